@@ -1,0 +1,64 @@
+"""lanczos_hessian: spectra of full-dataset neural-network Hessians at scale.
+
+Matrix-free curvature operators (Hessian, generalized Gauss-Newton, residual) over a whole
+data set, Lanczos eigenpairs with residual bounds, stochastic Lanczos quadrature for the
+bulk, and HDF5 output for offline analysis.
+"""
+
+from ._version import __version__
+from .dense import dense_matrix, dense_spectrum
+from .eigen import EigshResult, lanczos_eigsh
+from .errors import (
+    DenseSizeError,
+    ForwardModeUnsupportedError,
+    InvalidDataError,
+    InvalidLossError,
+    InvalidModelError,
+    LanczosHessianError,
+    NoConvergenceError,
+    NonDeterministicDataError,
+    NonFiniteError,
+    NumericalWarning,
+    OutputPathError,
+    SpectrumFileError,
+)
+from .operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
+from .outliers import OutlierCounts, count_outliers
+from .params import ParameterSpace
+from .slq import SLQResult, deflated_slq, slq
+from .analysis import Spectrum, read_spectrum
+from .density import spectral_density, wasserstein1
+
+__all__ = [
+    "__version__",
+    "CurvatureOperator",
+    "DenseSizeError",
+    "EigshResult",
+    "ForwardModeUnsupportedError",
+    "GGNOperator",
+    "HessianOperator",
+    "InvalidDataError",
+    "InvalidLossError",
+    "InvalidModelError",
+    "LanczosHessianError",
+    "NoConvergenceError",
+    "NonDeterministicDataError",
+    "NonFiniteError",
+    "NumericalWarning",
+    "OutputPathError",
+    "ParameterSpace",
+    "ResidualOperator",
+    "SpectrumFileError",
+    "dense_matrix",
+    "dense_spectrum",
+    "lanczos_eigsh",
+    "OutlierCounts",
+    "SLQResult",
+    "Spectrum",
+    "count_outliers",
+    "deflated_slq",
+    "read_spectrum",
+    "slq",
+    "spectral_density",
+    "wasserstein1",
+]

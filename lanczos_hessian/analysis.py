@@ -1,0 +1,224 @@
+"""Offline analysis of saved spectra: no model, no data, no GPU.
+
+``read_spectrum(path)`` loads a file written by any job (complete or cut off) into a
+:class:`Spectrum`: the eigenpairs with their residuals, the SLQ quadrature rules (rebuilt
+from the committed per-step records when the run did not finish), and the provenance. Its
+methods give what the seed papers plot and tabulate: the ordered top eigenvalues, outlier
+counts by three rules, the bulk density at any kernel width, trace and moments with standard
+errors, and the mass below zero and near zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import density
+from .errors import SpectrumFileError
+from .io import read_file
+from .outliers import count_outliers
+
+
+@dataclass
+class Quadrature:
+    """SLQ quadrature rules as saved: nodes/weights ``(P, m)``, outliers, ``dim``."""
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    dim: int
+    outliers: np.ndarray
+    num_steps_done: int
+    complete: bool
+    attrs: dict = field(default_factory=dict)
+
+    def measure(self):
+        return density.average_measure(self.nodes, self.weights, outliers=self.outliers,
+                                       dim=self.dim)
+
+    def density(self, width=None, grid=None, num_points=density.DEFAULT_NUM_POINTS):
+        return density.spectral_density(self.nodes, self.weights, grid, width, num_points,
+                                        outliers=self.outliers, dim=self.dim)
+
+    def trace(self):
+        return density.trace_estimate(self.nodes, self.weights, dim=self.dim,
+                                      outliers=self.outliers)
+
+    def moments(self, order):
+        return density.moment_estimates(self.nodes, self.weights, order, dim=self.dim,
+                                        outliers=self.outliers)
+
+    def fraction_below(self, threshold=0.0):
+        return density.fraction_below(self.nodes, self.weights, threshold,
+                                      outliers=self.outliers, dim=self.dim)
+
+    def fraction_within(self, band):
+        return density.fraction_within(self.nodes, self.weights, band,
+                                       outliers=self.outliers, dim=self.dim)
+
+    def mass_above(self, threshold):
+        return density.mass_above(self.nodes, self.weights, threshold,
+                                  outliers=self.outliers, dim=self.dim)
+
+
+@dataclass
+class Spectrum:
+    """Everything a spectrum file holds, in memory.
+
+    Attributes
+    ----------
+    path : Path
+    attrs : dict
+        Root provenance (package and torch version, operator, model size, ...).
+    eigenvalues, residual_bounds, residuals, converged : ndarray or None
+        From the ``eigs`` group (the last committed Ritz values if the run was cut off).
+    eigs_complete : bool
+    quadrature : Quadrature or None
+        The SLQ rules (``slq`` group).
+    dense_eigenvalues : ndarray or None
+        The exact spectrum, when the job computed it.
+    """
+
+    path: Path
+    attrs: dict
+    eigenvalues: np.ndarray | None = None
+    residual_bounds: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    converged: np.ndarray | None = None
+    eigs_complete: bool = False
+    eigs_attrs: dict = field(default_factory=dict)
+    quadrature: Quadrature | None = None
+    dense_eigenvalues: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return self.attrs.get("label") or self.path.stem
+
+    def top_eigenvalues(self) -> np.ndarray:
+        """Positive-end eigenvalues, descending: from ``eigs`` or else the dense spectrum."""
+        if self.eigenvalues is not None and len(self.eigenvalues):
+            values = self.eigenvalues
+            if self.eigs_attrs.get("which") == "BE":
+                k_bottom = int(self.eigs_attrs.get("k_bottom") or len(values) // 2)
+                values = np.sort(values)[k_bottom:]
+            return np.sort(values[np.isfinite(values)])[::-1]
+        if self.dense_eigenvalues is not None:
+            return np.sort(self.dense_eigenvalues)[::-1]
+        return np.zeros(0)
+
+    def outlier_counts(self, num: int | None = None):
+        """Outlier counts by gap, ratio and elbow (:func:`count_outliers`) of the top values."""
+        top = self.top_eigenvalues()
+        if num is not None:
+            top = top[:num]
+        return count_outliers(top) if len(top) >= 2 else None
+
+
+def read_spectrum(path) -> Spectrum:
+    """Load a spectrum file (see :mod:`lanczos_hessian.io`), complete or cut off."""
+    path = Path(path)
+    content = read_file(path)
+    spectrum = Spectrum(path=path, attrs=content["attrs"])
+    if "eigs" in content:
+        _load_eigs(spectrum, content["eigs"])
+    if "slq" in content:
+        spectrum.quadrature = _load_quadrature(content["slq"], content["attrs"], path, spectrum)
+    if "dense" in content and "eigenvalues" in content["dense"]:
+        spectrum.dense_eigenvalues = content["dense"]["eigenvalues"]
+    return spectrum
+
+
+def _load_eigs(spectrum, record):
+    spectrum.eigs_attrs = dict(record.attrs)
+    spectrum.eigs_complete = bool(record.attrs.get("complete", False))
+    if "eigenvalues" in record:
+        spectrum.eigenvalues = record["eigenvalues"]
+        spectrum.residual_bounds = record.get("residual_bounds")
+        spectrum.residuals = record.get("residuals")
+        converged = record.get("converged")
+        spectrum.converged = None if converged is None else converged.astype(bool)
+    elif record.steps.get("ritz_values") is not None and len(record.steps["ritz_values"]):
+        last = record.steps["ritz_values"][-1]  # a cut-off run: its last committed Ritz values
+        keep = np.isfinite(last)
+        spectrum.eigenvalues = last[keep]
+        spectrum.residual_bounds = record.steps["residual_bounds"][-1][keep]
+
+
+def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
+    attrs = dict(record.attrs)
+    dim = int(attrs.get("dim") or root_attrs.get("num_params") or 0)
+    if "nodes" in record:
+        return Quadrature(record["nodes"], record["weights"], dim,
+                          np.asarray(record.get("outliers", np.zeros(0))),
+                          int(attrs.get("num_steps", record["nodes"].shape[1])), True, attrs)
+    # a cut-off run: rebuild the rules from the committed per-step coefficients
+    steps = record.steps
+    if not steps or len(steps.get("alpha", ())) == 0:
+        raise SpectrumFileError(f"{path}: the SLQ run committed no step yet")
+    from .slq import quadrature_rules
+
+    alphas, betas = steps["alpha"].T, steps["beta"].T  # (P, steps), NaN once a probe stopped
+    num_nodes = np.isfinite(alphas).sum(axis=1)
+    nodes, weights = quadrature_rules(np.nan_to_num(alphas), np.nan_to_num(betas), num_nodes)
+    outliers = np.zeros(0)
+    if attrs.get("k_top") or attrs.get("k_bottom"):
+        if not spectrum.eigs_complete:
+            raise SpectrumFileError(f"{path}: deflated SLQ without its complete outliers")
+        outliers = spectrum.eigenvalues  # the deflation run finished before SLQ started
+    return Quadrature(nodes, weights, dim, outliers, int(alphas.shape[1]), False, attrs)
+
+
+def summarize(spectrum: Spectrum, num_top: int = 20) -> str:
+    """A plain-text summary: top eigenvalues with residuals, outlier counts, SLQ statistics."""
+    lines = [f"== {spectrum.path}",
+             f"   {spectrum.attrs.get('operator', '?')} of {spectrum.attrs.get('num_params', '?')} "
+             f"parameters, {spectrum.attrs.get('num_samples', '?')} samples, loss "
+             f"{spectrum.attrs.get('loss', '?')} ({spectrum.attrs.get('reduction', '?')}), "
+             f"lanczos_hessian {spectrum.attrs.get('package_version', '?')}, torch "
+             f"{spectrum.attrs.get('torch_version', '?')}"]
+    lines += _eigs_lines(spectrum, num_top)
+    if spectrum.quadrature is not None:
+        lines += _slq_lines(spectrum.quadrature)
+    return "\n".join(lines)
+
+
+def _eigs_lines(spectrum, num_top):
+    if spectrum.eigenvalues is None:
+        return []
+    state = "complete" if spectrum.eigs_complete else "CUT OFF: last committed Ritz values"
+    lines = [f"   eigenpairs ({spectrum.eigs_attrs.get('which', '?')}, {state}):"]
+    order = np.argsort(spectrum.eigenvalues)[::-1]
+    bounds = spectrum.residual_bounds
+    shown = list(order[:num_top]) + [i for i in order[num_top:][-5:]]
+    for i in dict.fromkeys(shown):
+        extra = "" if bounds is None else f"   residual bound {bounds[i]:.2e}"
+        if spectrum.residuals is not None:
+            extra += f"   true residual {spectrum.residuals[i]:.2e}"
+        lines.append(f"     {spectrum.eigenvalues[i]: .6e}{extra}")
+    counts = spectrum.outlier_counts(num_top)
+    if counts is not None:
+        lines.append(f"   outliers among the top {min(num_top, len(counts.values))}: "
+                     f"gap {counts.gap}, ratio {counts.ratio}, elbow {counts.elbow}")
+    return lines
+
+
+def _slq_lines(q: Quadrature):
+    state = "complete" if q.complete else f"CUT OFF after {q.num_steps_done} committed steps"
+    trace = q.trace()
+    moments = q.moments(2)
+    lo, hi = np.nanmin(q.nodes), np.nanmax(q.nodes)
+    # masses beyond 1% of the spectral radius: finer than the node spacing means nothing
+    band = 1e-2 * max(abs(lo), abs(hi), *(abs(q.outliers) if len(q.outliers) else [0.0]))
+    below = q.fraction_below(-band)
+    near = q.fraction_within(band)
+    return [
+        f"   SLQ ({q.nodes.shape[0]} probes x {q.nodes.shape[1]} nodes, {len(q.outliers)} "
+        f"deflated outliers, {state}):",
+        f"     trace          {trace.value: .6e} +- {trace.stderr:.2e}",
+        f"     tr(H^2)        {moments[2].value: .6e} +- {moments[2].stderr:.2e}",
+        f"     mass below -{band:.2e}   {below.value: .4f} +- {below.stderr:.4f}",
+        f"     mass |l| <= {band:.2e}  {near.value: .4f} +- {near.stderr:.4f}   "
+        "(1% of the spectral radius)",
+        f"     support        [{lo:.4e}, {hi:.4e}]",
+    ]

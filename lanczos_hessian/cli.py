@@ -1,0 +1,206 @@
+"""Command line: ``lanczos-hessian <command>`` (also ``python -m lanczos_hessian``).
+
+Commands: ``demo`` (the embedded default), ``eigs`` (eigenpairs of a problem's curvature),
+``slq`` (its spectral density by stochastic Lanczos quadrature, optionally deflated) and
+``analyze`` (summaries and figures of saved files, offline).
+Runs unchanged under ``torchrun --nproc-per-node N -m lanczos_hessian ...``: the process
+group is started from the environment, the data is sharded exactly across ranks, and only
+rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import LanczosHessianError
+
+logger = logging.getLogger("lanczos_hessian")
+
+
+def _common(parser):
+    parser.add_argument("--out", default=None, help="HDF5 file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+
+
+def _operator_args(parser):
+    parser.add_argument("--problem", default="clusters-mlp",
+                        help="built-in problem name or 'package.module:function' returning "
+                             "(model, loss_fn, data) (default clusters-mlp)")
+    parser.add_argument("--checkpoint", default=None, help="state_dict to load into the model")
+    parser.add_argument("--operator", choices=("hessian", "ggn", "residual"), default="hessian",
+                        help="H, its Gauss-Newton part G, or R = H - G (default hessian)")
+    parser.add_argument("--params", nargs="+", default=None,
+                        help="restrict to these parameters or module prefixes (a block)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--strategy", default="auto",
+                        choices=("auto", "forward-over-reverse", "reverse-over-reverse"))
+    parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
+                        "available, on the local rank's GPU)")
+    parser.add_argument("--model-dtype", choices=("float32", "float64"), default=None,
+                        help="cast the model (default: keep its dtype)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lanczos-hessian",
+        description="Spectra of full-dataset neural-network Hessians (Lanczos, SLQ, HDF5).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="Sagun et al. 2018 Sec. 3.1 on 10 Gaussian clusters")
+    _common(demo)
+    demo.set_defaults(out="demo.h5")
+    demo.add_argument("--num-examples", type=int, default=1000)
+    demo.add_argument("--num-classes", type=int, default=10)
+    demo.add_argument("--steps", type=int, default=2000, help="GD steps (default 2000)")
+    demo.add_argument("--no-dense", action="store_true", help="skip the exact dense spectrum")
+
+    eigs = sub.add_parser("eigs", help="extreme eigenpairs with residual bounds")
+    _common(eigs)
+    _operator_args(eigs)
+    eigs.add_argument("--k", type=int, default=20, help="number of eigenpairs (default 20)")
+    eigs.add_argument("--which", choices=("LA", "SA", "BE", "LM"), default="LA")
+    eigs.add_argument("--k-bottom", type=int, default=None, help="with --which BE")
+    eigs.add_argument("--tol", type=float, default=1e-6, help="residual <= tol*||H||")
+    eigs.add_argument("--ncv", type=int, default=None, help="basis size before a restart")
+    eigs.add_argument("--max-matvecs", type=int, default=None)
+    eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
+
+    slq = sub.add_parser("slq", help="spectral density by stochastic Lanczos quadrature")
+    _common(slq)
+    _operator_args(slq)
+    slq.add_argument("--num-probes", type=int, default=10)
+    slq.add_argument("--num-steps", type=int, default=80)
+    slq.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    slq.add_argument("--deflate-top", type=int, default=0,
+                     help="compute and deflate this many top eigenpairs first")
+    slq.add_argument("--deflate-bottom", type=int, default=0)
+    slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
+    slq.add_argument("--no-reorthogonalize", action="store_true",
+                     help="three vectors per probe instead of a stored basis")
+
+    analyze = sub.add_parser("analyze", help="summarize and plot saved spectrum files")
+    analyze.add_argument("files", nargs="+", help="HDF5 files written by this package")
+    analyze.add_argument("--plot", default=None, help="write the figures to this PNG")
+    analyze.add_argument("--width", type=float, default=None,
+                         help="kernel standard deviation for the density (default: "
+                              "sqrt(1e-5) x half the spectral range, Ghorbani et al. 2019)")
+    analyze.add_argument("--top", type=int, default=20, help="eigenvalues listed per run")
+    analyze.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _build_operator(args):
+    import torch
+
+    from .distributed import default_device
+    from .operators import OPERATORS
+    from .problems import load_problem
+
+    problem = load_problem(args.problem, args.checkpoint, **_problem_kwargs(args))
+    model = problem.model
+    if args.model_dtype:
+        model = model.to(getattr(torch, args.model_dtype))
+    model = model.to(torch.device(args.device) if args.device else default_device())
+    op = OPERATORS[args.operator](model, problem.loss_fn, problem.data, params=args.params,
+                                  batch_size=args.batch_size, strategy=args.strategy)
+    return problem, op
+
+
+def _problem_kwargs(args):
+    if args.problem == "clusters-mlp":
+        return {"seed": args.seed, "progress": not args.no_progress}
+    return {}
+
+
+def _run_demo(args, echo):
+    from .demo import run_demo
+
+    run_demo(args.out, num_classes=args.num_classes, num_examples=args.num_examples,
+             steps=args.steps, seed=args.seed, dense=not args.no_dense,
+             overwrite=args.overwrite, progress=not args.no_progress, echo=echo)
+
+
+def _run_eigs(args, echo):
+    from .io import check_output_path
+    from .jobs import eigs_job
+    from .report import eigen_table, run_summary
+
+    if args.out is not None:
+        check_output_path(args.out, args.overwrite)
+    problem, op = _build_operator(args)
+    result = eigs_job(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
+                      tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs, seed=args.seed,
+                      save_vectors=args.save_vectors, overwrite=args.overwrite,
+                      progress=not args.no_progress, attrs=problem.attrs)
+    echo(eigen_table(result.eigenvalues, result.residual_bounds, result.error_bounds,
+                     result.residuals, result.converged,
+                     title=f"{op.kind} eigenvalues ({args.which}, k={args.k}), "
+                           f"{op.shape[0]} parameters"))
+    echo(run_summary(result))
+    if args.out:
+        echo(f"written to {args.out}")
+
+
+def _run_slq(args, echo):
+    from .analysis import read_spectrum, summarize
+    from .io import check_output_path
+    from .jobs import slq_job
+
+    if args.out is not None:
+        check_output_path(args.out, args.overwrite)
+    problem, op = _build_operator(args)
+    eigs, result = slq_job(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
+                           probe=args.probe, k_top=args.deflate_top,
+                           k_bottom=args.deflate_bottom, tol=args.tol,
+                           reorthogonalize=not args.no_reorthogonalize, seed=args.seed,
+                           overwrite=args.overwrite, progress=not args.no_progress,
+                           attrs=problem.attrs)
+    echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
+         f"{result.num_passes} data passes ({result.deflation_passes} for "
+         f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")
+    if args.out:
+        echo(summarize(read_spectrum(args.out)))
+        echo(f"written to {args.out}")
+
+
+def _run_analyze(args, echo):
+    from .analysis import read_spectrum, summarize
+
+    if args.width is not None and not args.width > 0:
+        raise ValueError(f"--width must be positive, got {args.width}")
+    spectra = [read_spectrum(path) for path in args.files]
+    for spectrum in spectra:
+        echo(summarize(spectrum, args.top))
+    if args.plot:
+        from .plotting import plot_spectra
+
+        plot_spectra(spectra, args.plot, width=args.width)
+        echo(f"figures written to {args.plot}")
+
+
+COMMANDS = {"demo": _run_demo, "eigs": _run_eigs, "slq": _run_slq, "analyze": _run_analyze}
+
+
+def main(argv=None) -> int:
+    from .distributed import current_world, init_from_env
+
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    init_from_env()
+    echo = print if current_world().is_main else (lambda *a, **k: None)
+    try:
+        COMMANDS[args.command](args, echo)
+    except (LanczosHessianError, ValueError, FileNotFoundError, ImportError) as exc:
+        print(f"lanczos-hessian {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,74 @@
+"""Named errors and warnings, so that users can catch or filter them by type.
+
+Every error raised at the public edge of the package is one of these (or a plain
+``ValueError`` / ``TypeError`` for an argument of the wrong value or type) and names
+the offending value in its message.
+"""
+
+
+class LanczosHessianError(Exception):
+    """Base class of the package's own errors."""
+
+
+class InvalidModelError(LanczosHessianError, ValueError):
+    """The model cannot define a curvature operator (e.g. no trainable parameters)."""
+
+
+class InvalidLossError(LanczosHessianError, ValueError):
+    """The loss function does not return a finite scalar, or its reduction is unknown."""
+
+
+class InvalidDataError(LanczosHessianError, ValueError):
+    """The data source is empty, one-shot, or yields malformed batches."""
+
+
+class NonDeterministicDataError(LanczosHessianError, RuntimeError):
+    """Two passes over the data source yielded different batches.
+
+    A full-dataset operator must be the same matrix on every application; shuffling,
+    augmentation or ``drop_last`` with a random sampler break that and make Lanczos
+    meaningless.
+    """
+
+
+class NonFiniteError(LanczosHessianError, FloatingPointError):
+    """A NaN or Inf appeared in a loss or a curvature-vector product."""
+
+
+class ForwardModeUnsupportedError(LanczosHessianError, RuntimeError):
+    """Forward-mode differentiation failed on some op of the model or loss.
+
+    PyTorch lacks forward-mode (or forward-over-reverse) rules for some ops, e.g.
+    ``torch.nn.MSELoss`` in torch 2.13 ("ZeroTensors are immutable"); the
+    ``reverse-over-reverse`` strategy computes the same products without forward mode.
+    """
+
+
+class DenseSizeError(LanczosHessianError, MemoryError):
+    """A dense matrix was requested for a model above the allowed size."""
+
+
+class OutputPathError(LanczosHessianError, OSError):
+    """An output file exists (and overwriting was not allowed) or cannot be written."""
+
+
+class NoConvergenceError(LanczosHessianError, RuntimeError):
+    """Lanczos stopped before every wanted pair met its tolerance.
+
+    Attributes
+    ----------
+    result : EigshResult
+        The partial result, converged and unconverged pairs with their residuals.
+    """
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+class SpectrumFileError(LanczosHessianError, ValueError):
+    """An HDF5 file is not a spectrum file of this package, is incompatible, or is damaged."""
+
+
+class NumericalWarning(RuntimeWarning):
+    """A numerical result is less accurate than asked for (e.g. unconverged Ritz pairs)."""

@@ -1,0 +1,246 @@
+"""Curvature-matrix products on one batch: Hessian, generalized Gauss-Newton, residual.
+
+For a batch ``B = {(x_i, y_i)}`` with batch loss ``l_B(w) = loss(f(w, x_B), y_B)`` (the loss
+function's own reduction, ``mean`` or ``sum`` over the batch), this module computes, for a
+block of vectors ``V = [v_1 ... v_b]`` (flat parameter vectors, the model's dtype):
+
+* Hessian:   ``H_B V``  with ``H_B = d^2 l_B / dw^2``;
+* GGN:       ``G_B V``  with ``G_B = J_B^T (d^2 loss / dz^2) J_B``, ``J_B = df(w, x_B)/dw``
+  the Jacobian of the network outputs ``z`` (Sagun et al. 2018, Eq. 4: the Gauss-Newton
+  term, positive semi-definite for a convex loss such as cross-entropy or squared error);
+* residual:  ``R_B V = H_B V - G_B V`` (their Eq. 5: the term weighted by the loss gradient,
+  where negative curvature comes from).
+
+Two differentiation strategies, the same numbers up to rounding:
+
+``"forward-over-reverse"``
+    ``torch.func.jvp`` of ``torch.func.grad``, vectorized over the block by ``torch.func.vmap``.
+    One fused forward-reverse-forward sweep per vector; the vmapped sweep repeats the primal
+    work once per vector.
+``"reverse-over-reverse"``
+    One forward and one backward with ``create_graph=True`` build the gradient graph once;
+    each vector then costs one more backward through it (``retain_graph``). The primal work is
+    shared by the whole block. Works for every op with a double backward, also those that lack
+    forward-mode rules.
+
+``"auto"`` (the default) measures both on the first batch for each block size and keeps the
+faster one (falling back to reverse-over-reverse if forward mode is not supported by some op
+in the model). The measurement costs two extra products on one batch, not a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+
+from .errors import ForwardModeUnsupportedError
+from .params import ParameterSpace
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("auto", "forward-over-reverse", "reverse-over-reverse")
+KINDS = ("hessian", "ggn", "residual")
+
+
+class BatchCurvature:
+    """Curvature products of one model and loss on single batches.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Called as ``model(inputs)``; must already be in the mode products are taken in.
+    loss_fn : callable
+        ``loss_fn(outputs, targets) -> scalar``.
+    space : ParameterSpace
+        The parameters differentiated; all others and the buffers are held fixed.
+    strategy : str
+        One of :data:`STRATEGIES`.
+    """
+
+    def __init__(self, model, loss_fn, space: ParameterSpace, strategy: str = "auto"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        self.model, self.loss_fn, self.space = model, loss_fn, space
+        self.strategy = strategy
+        self.chosen: dict = {}  # (kind, block size) -> strategy picked by "auto"
+        self.timings: dict = {}
+
+    # ---- the functions being differentiated -------------------------------------------
+    def _state(self):
+        selected = set(self.space.names)
+        params = self.space.parameters(self.model)
+        frozen = {n: p.detach() for n, p in self.model.named_parameters() if n not in selected}
+        frozen.update({n: b for n, b in self.model.named_buffers()})
+        return params, frozen
+
+    def _outputs(self, params, frozen, inputs):
+        return functional_call(self.model, (params, frozen), (inputs,))
+
+    def loss(self, inputs, targets) -> torch.Tensor:
+        """The batch loss ``l_B(w)`` (no graph)."""
+        params, frozen = self._state()
+        with torch.no_grad():
+            return self.loss_fn(self._outputs(params, frozen, inputs), targets)
+
+    # ---- public entry -------------------------------------------------------------------
+    def products(self, kind: str, inputs, targets, V: torch.Tensor) -> tuple:
+        """Return ``(batch loss, C_B V)`` for ``kind`` in :data:`KINDS`.
+
+        ``V`` is ``(M, b)`` in the model's dtype and device; the product has the same layout.
+        """
+        strategy = self.strategy
+        if strategy == "auto":
+            key = (kind, V.shape[1])
+            if key not in self.chosen:
+                return self._calibrate(key, inputs, targets, V)
+            strategy = self.chosen[key]
+        return self._run(kind, strategy, inputs, targets, V)
+
+    def _run(self, kind, strategy, inputs, targets, V):
+        fn = _FUNCTIONS[(kind, strategy)]
+        if strategy == "reverse-over-reverse":
+            return fn(self, inputs, targets, V)
+        try:
+            return fn(self, inputs, targets, V)
+        except (NotImplementedError, RuntimeError) as exc:
+            raise ForwardModeUnsupportedError(
+                f"forward-over-reverse {kind} products failed on this model and loss "
+                f"({type(exc).__name__}: {exc}); use strategy='reverse-over-reverse' "
+                "(or 'auto', which falls back by itself)"
+            ) from exc
+
+    def _calibrate(self, key, inputs, targets, V):
+        """Time both strategies on this batch; keep the faster for this (kind, block size)."""
+        kind = key[0]
+        results = {}
+        for strategy in ("reverse-over-reverse", "forward-over-reverse"):
+            try:
+                self._run(kind, strategy, inputs, targets, V)  # warm-up (tracing, allocator)
+                start = time.perf_counter()
+                results[strategy] = self._run(kind, strategy, inputs, targets, V)
+                self.timings[key + (strategy,)] = time.perf_counter() - start
+            except ForwardModeUnsupportedError as exc:
+                logger.info("forward-over-reverse unavailable (%s); using reverse-over-reverse", exc)
+        times = {s: self.timings[key + (s,)] for s in results}
+        best = min(times, key=times.get)
+        self.chosen[key] = best
+        logger.info("products %s with %d vectors: chose %s (%s)", kind, key[1], best, times)
+        return results[best]
+
+
+# ---- forward-over-reverse ------------------------------------------------------------------
+def _hessian_fwd_rev(self: BatchCurvature, inputs, targets, V):
+    params, frozen = self._state()
+
+    def batch_loss(p):
+        return self.loss_fn(self._outputs(p, frozen, inputs), targets)
+
+    def grad_with_loss(p):
+        g, value = grad_and_value(batch_loss)(p)
+        return g, value
+
+    def hvp(v):
+        _, hv, value = jvp(grad_with_loss, (params,), (v,), has_aux=True)
+        return hv, value
+
+    HV, values = vmap(hvp)(self.space.split(V))
+    return values[0], self.space.join(HV.values(), batched=True)
+
+
+def _ggn_fwd_rev(self: BatchCurvature, inputs, targets, V):
+    params, frozen = self._state()
+
+    def outputs(p):
+        return self._outputs(p, frozen, inputs)
+
+    z, pullback = vjp(outputs, params)
+    z = z.detach()
+    loss_grad = grad(lambda out: self.loss_fn(out, targets))
+
+    def ggn_vp(v):
+        _, Jv = jvp(outputs, (params,), (v,))
+        _, HJv = jvp(loss_grad, (z,), (Jv,))
+        return pullback(HJv)[0]
+
+    GV = vmap(ggn_vp)(self.space.split(V))
+    value = self.loss_fn(z, targets).detach()
+    return value, self.space.join(GV.values(), batched=True)
+
+
+def _residual_fwd_rev(self: BatchCurvature, inputs, targets, V):
+    value, HV = _hessian_fwd_rev(self, inputs, targets, V)
+    _, GV = _ggn_fwd_rev(self, inputs, targets, V)
+    return value, HV - GV
+
+
+# ---- reverse-over-reverse ------------------------------------------------------------------
+def _leaves(self: BatchCurvature):
+    params, frozen = self._state()
+    leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+    return leaves, frozen
+
+
+def _backward(outputs, inputs, grad_outputs, retain):
+    """``sum_k grad_outputs[k]^T d outputs[k] / d inputs``, zeros where independent."""
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
+    outs, gouts = zip(*pairs)
+    return torch.autograd.grad(
+        outs, inputs, gouts, retain_graph=retain, allow_unused=True, materialize_grads=True
+    )
+
+
+def _hessian_rev_rev(self: BatchCurvature, inputs, targets, V):
+    leaves, frozen = _leaves(self)
+    with torch.enable_grad():
+        value = self.loss_fn(self._outputs(leaves, frozen, inputs), targets)
+        grads = torch.autograd.grad(value, list(leaves.values()), create_graph=True)
+        columns = []
+        b = V.shape[1]
+        for j in range(b):
+            v = self.space.split(V[:, j])
+            hv = _backward(grads, list(leaves.values()), list(v.values()), retain=j < b - 1)
+            columns.append(self.space.join(hv))
+    return value.detach(), torch.stack(columns, dim=1)
+
+
+def _ggn_rev_rev(self: BatchCurvature, inputs, targets, V):
+    leaves, frozen = _leaves(self)
+    params = list(leaves.values())
+    with torch.enable_grad():
+        z = self._outputs(leaves, frozen, inputs)
+        # J v by the double-vjp trick: J^T u is linear in u, so d(J^T u)/du applied to v is J v.
+        u = torch.zeros_like(z, requires_grad=True)
+        JTu = torch.autograd.grad(z, params, u, create_graph=True)
+        zd = z.detach().requires_grad_(True)
+        value = self.loss_fn(zd, targets)
+        loss_grad = torch.autograd.grad(value, zd, create_graph=True)[0]
+        columns = []
+        b = V.shape[1]
+        for j in range(b):
+            v = list(self.space.split(V[:, j]).values())
+            Jv = _backward(JTu, [u], v, retain=True)[0]
+            HJv = _backward([loss_grad], [zd], [Jv], retain=True)[0]
+            gv = _backward([z], params, [HJv], retain=j < b - 1)
+            columns.append(self.space.join(gv))
+    return value.detach(), torch.stack(columns, dim=1)
+
+
+def _residual_rev_rev(self: BatchCurvature, inputs, targets, V):
+    value, HV = _hessian_rev_rev(self, inputs, targets, V)
+    _, GV = _ggn_rev_rev(self, inputs, targets, V)
+    return value, HV - GV
+
+
+_FUNCTIONS = {
+    ("hessian", "forward-over-reverse"): _hessian_fwd_rev,
+    ("ggn", "forward-over-reverse"): _ggn_fwd_rev,
+    ("residual", "forward-over-reverse"): _residual_fwd_rev,
+    ("hessian", "reverse-over-reverse"): _hessian_rev_rev,
+    ("ggn", "reverse-over-reverse"): _ggn_rev_rev,
+    ("residual", "reverse-over-reverse"): _residual_rev_rev,
+}

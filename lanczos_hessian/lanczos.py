@@ -1,0 +1,226 @@
+"""Lanczos with full reorthogonalization and thick restart (Wu and Simon, 2000).
+
+The process maintains a Krylov decomposition of the symmetric operator ``A`` (``n x n``)
+
+    A Q_j = Q_j T_j + beta_j q_{j+1} e_j^T,      Q_j^T Q_j = I,   Q_j^T q_{j+1} = 0,
+
+with ``T_j = Q_j^T A Q_j`` (``j x j``, float64). Started from ``q_1 = v0 / ||v0||`` it is the
+classical Lanczos tridiagonalization: ``T_j`` has diagonal ``alphas`` and off-diagonal
+``betas``. After a thick restart (keep ``k`` Ritz pairs ``(theta_i, y_i)`` and the residual
+direction ``q_{j+1}``) ``T`` is an arrowhead matrix ``[[diag(theta), s], [s^T, ...]]``
+followed by a tridiagonal tail, with ``s_i = beta_j * S[j, i]`` [Wu and Simon, SIAM J. Matrix
+Anal. Appl. 22(2), 2000].
+
+One step (one application of ``A``), in the notation above:
+
+1. ``w = A q_j``                                             (the only expensive line)
+2. ``h = Q_j^T w``;  ``alpha_j = h_j``;  ``w <- w - Q_j h``   (classical Gram-Schmidt)
+3. ``h' = Q_j^T w``; ``w <- w - Q_j h'``                      (twice is enough: Giraud et
+   al., Numer. Math. 101, 2005; keeps ``||Q^T Q - I||`` at the level of machine epsilon)
+4. ``beta_j = ||w||``; if ``beta_j <= eps * ||T|| * max(100, sqrt(n))`` the Krylov space is
+   invariant (breakdown): continue from a random vector orthogonal to ``Q_j`` with
+   ``beta_j = 0``, which keeps the decomposition exact.
+5. ``q_{j+1} = w / beta_j``
+
+Full reorthogonalization against all of ``Q_j`` (rather than the three-term recurrence
+alone) subtracts ``alpha_j q_j + beta_{j-1} q_{j-1}`` *and* every rounding-error component
+along earlier vectors, which is what prevents the spurious copies ("ghosts") of converged
+eigenvalues of plain Lanczos [Paige 1976; Parlett, *The Symmetric Eigenvalue Problem*, ch. 13].
+``T`` is kept exactly structured (tridiagonal/arrowhead) from ``alpha``, ``beta`` and ``s``;
+the reorthogonalization coefficients are rounding-level and are not added to it.
+
+All recurrence scalars and ``T`` are float64, whatever the precision of the operator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .basis import TensorBasis
+
+EPS = float(np.finfo(np.float64).eps)
+
+
+def orthogonalize(w: torch.Tensor, basis) -> tuple:
+    """Classical Gram-Schmidt twice against ``basis``: return ``(w_perp, h)`` with ``h = Q^T w``."""
+    h = basis.project(w)
+    w = basis.subtract(w, h)
+    h2 = basis.project(w)
+    return basis.subtract(w, h2), h + h2
+
+
+class LanczosProcess:
+    """A Krylov decomposition grown one operator application at a time.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``matvec(V) -> A V`` on ``(n, b)`` float64 tensors (here ``b = 1``).
+    v0 : torch.Tensor
+        Start vector ``(n,)``; normalized here.
+    capacity : int
+        Maximum number of basis vectors held at once (``ncv``).
+    generator : torch.Generator
+        Source of the random vectors drawn after a breakdown.
+    basis : object, optional
+        A basis store (see :mod:`lanczos_hessian.basis`); default a :class:`TensorBasis`
+        on ``v0``'s device.
+    """
+
+    def __init__(self, matvec, v0: torch.Tensor, capacity: int, generator: torch.Generator,
+                 basis=None):
+        self.matvec = matvec
+        self.dim = v0.shape[0]
+        self.device = v0.device
+        self.capacity = min(capacity, self.dim)
+        self.generator = generator
+        self.basis = basis or TensorBasis(self.dim, self.capacity, device=self.device)
+        self.T = np.zeros((self.capacity + 1, self.capacity + 1))
+        norm = torch.linalg.vector_norm(v0)
+        if not torch.isfinite(norm) or norm == 0:
+            raise ValueError("the start vector v0 must be finite and nonzero")
+        self.next_q = v0.to(torch.float64) / norm
+        self.beta = 0.0  # coupling of the last basis vector to next_q
+        self.exhausted = False  # the basis spans an invariant subspace that cannot grow
+        self.num_matvecs = 0
+        self.num_breakdowns = 0
+        self.alphas: list = []  # the first cycle's tridiagonal (before any restart)
+        self.betas: list = []
+        self.restarted = False
+        self.block_start = 0  # first column of the Krylov block grown since the last breakdown
+        # Couplings dropped by locking: A Q = Q T + beta q e_j^T + sum_l u_l D[l]^T with unit
+        # u_l, so every Ritz residual gains at most sum_l |D[l] . S[:, i]|.
+        self.dropped = np.zeros((0, 0))
+        self._arrow_pending = False  # T[:k, k] already holds the arrow s after a restart
+        self.timings = {"operator": 0.0, "orthogonalization": 0.0}
+
+    @property
+    def size(self) -> int:
+        """Number of basis vectors ``j``."""
+        return self.basis.size
+
+    def anorm(self) -> float:
+        """A lower estimate of ``||A||_2``: the largest ``|entry|`` of ``T`` and ``beta``."""
+        j = self.size
+        return max(float(np.abs(self.T[:j, :j]).max(initial=0.0)), abs(self.beta))
+
+    def step(self) -> None:
+        """One Lanczos step (one application of ``A``); numbered as in the module docstring."""
+        j = self.size
+        q = self.next_q
+        self.basis.append(q)
+        if j > 0 and not self._arrow_pending:
+            self.T[j - 1, j] = self.T[j, j - 1] = self.beta
+        self._arrow_pending = False
+        t0 = time.perf_counter()
+        w = self.matvec(q.reshape(-1, 1)).reshape(-1).to(self.device, torch.float64)  # 1.
+        t1 = time.perf_counter()
+        self.num_matvecs += 1
+        alpha = float(q @ w)
+        w, _ = orthogonalize(w, self.basis)  # 2.-3.
+        self.T[j, j] = alpha
+        beta = float(torch.linalg.vector_norm(w))  # 4.
+        if not self.restarted:
+            self.alphas.append(alpha)
+            self.betas.append(beta)
+        if beta <= self._breakdown_tol():
+            w, beta = self._restart_after_breakdown()
+            self.block_start = self.size
+            if not self.restarted:
+                self.betas[-1] = 0.0
+        self.beta = beta
+        self.next_q = w / beta if beta > 0 else w  # 5.
+        self.timings["operator"] += t1 - t0
+        self.timings["orthogonalization"] += time.perf_counter() - t1
+
+    def _breakdown_tol(self) -> float:
+        return EPS * max(self.anorm(), EPS) * max(100.0, math.sqrt(self.dim))
+
+    def _restart_after_breakdown(self) -> tuple:
+        """An invariant subspace was found: continue with a random orthogonal direction.
+
+        Returns ``(q, 0.0)`` with ``q`` a unit vector orthogonal to the basis, or marks the
+        process exhausted when the basis already spans the whole space.
+        """
+        self.num_breakdowns += 1
+        if self.size >= self.dim:
+            self.exhausted = True
+            return torch.zeros(self.dim, dtype=torch.float64, device=self.device), 0.0
+        r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64).to(self.device)
+        r, _ = orthogonalize(r, self.basis)
+        norm = float(torch.linalg.vector_norm(r))
+        if norm <= 1e-8:  # nothing left outside span(Q)
+            self.exhausted = True
+            return torch.zeros_like(r), 0.0
+        return r / norm, 0.0  # beta = 0 decouples the new block
+
+    def _carry_dropped(self, S_keep: np.ndarray) -> np.ndarray:
+        """Earlier dropped couplings expressed in the new basis ``Q S_keep``."""
+        j = S_keep.shape[0]
+        if not self.dropped.size:
+            return np.zeros((0, S_keep.shape[1]))
+        return self.dropped[:, :j] @ S_keep
+
+    def ritz(self) -> tuple:
+        """Eigen-decomposition of ``T_j``: Ritz values ``theta`` (ascending) and ``S``."""
+        j = self.size
+        theta, S = np.linalg.eigh(self.T[:j, :j])
+        return theta, S
+
+    def residual_bounds(self, S: np.ndarray) -> np.ndarray:
+        """``||A y_i - theta_i y_i||`` for the Ritz vectors ``y_i = Q S[:, i]``, bounded for free.
+
+        ``|beta_j S[j, i]|`` (exact in exact arithmetic), plus ``sum_l |D[l] . S[:, i]|`` for
+        the couplings dropped when pairs were locked. No application of ``A``.
+        """
+        bounds = np.abs(self.beta * S[-1, :])
+        if self.dropped.size:
+            bounds = bounds + np.abs(self.dropped[:, : S.shape[0]] @ S).sum(axis=0)
+        return bounds
+
+    def current_block_ritz(self) -> tuple:
+        """Ritz values and residual bounds of the block grown since the last breakdown.
+
+        After a breakdown the basis splits into invariant blocks and a block growing from a
+        random vector in their complement; that block's extreme Ritz values are what is
+        known about the rest of the spectrum. Empty arrays when the block is empty.
+        """
+        a, j = self.block_start, self.size
+        theta, S = np.linalg.eigh(self.T[a:j, a:j])
+        return theta, np.abs(self.beta * S[-1, :]) if j > a else np.zeros(0)
+
+    def ritz_vectors(self, S: np.ndarray) -> torch.Tensor:
+        """``Q_j S`` (``n x r`` float64)."""
+        return self.basis.combine(S)
+
+    def thick_restart(self, theta: np.ndarray, S: np.ndarray, keep: np.ndarray,
+                      locked: np.ndarray) -> None:
+        """Keep the Ritz pairs ``keep`` (indices into ``theta``) and the residual direction.
+
+        The new decomposition is ``A Y = Y diag(theta_K) + q_{j+1} s^T`` with
+        ``s = beta_j S[j, K]``; ``T`` becomes the arrowhead ``[[diag(theta_K), s], [s^T, .]]``
+        whose last row is filled by the next step. Entries of ``s`` of pairs in ``locked``
+        (converged, ``|s_i| <= tol``) are set to zero: their pairs decouple and stay fixed
+        (locking), at the price of a perturbation no larger than the tolerance they met.
+        """
+        keep = np.asarray(keep)
+        s = self.beta * S[-1, keep]
+        is_locked = np.isin(keep, locked)
+        dropped = self._carry_dropped(S[:, keep])
+        if is_locked.any():
+            dropped = np.vstack([dropped, np.where(is_locked, s, 0.0)[None, :]])
+        s[is_locked] = 0.0
+        self.basis.reset(self.ritz_vectors(S[:, keep]))
+        k = len(keep)
+        self.dropped = np.zeros((len(dropped), self.capacity + 1))
+        self.dropped[:, :k] = dropped
+        self.T[:] = 0.0
+        self.T[np.arange(k), np.arange(k)] = theta[keep]
+        self.T[:k, k] = self.T[k, :k] = s
+        self._arrow_pending = True
+        self.restarted = True
+        self.block_start = 0

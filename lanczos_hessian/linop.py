@@ -1,0 +1,79 @@
+"""Adapters from what users pass (operators, matrices, callables) to a torch block matvec.
+
+The solvers work on ``(n, b)`` float64 tensors. A :class:`CurvatureOperator` is used through
+its torch-native ``apply`` (vectors stay on the model's device); any other
+``scipy.sparse.linalg.LinearOperator``, a dense ``numpy`` array or ``torch`` tensor, or a
+callable ``matvec(x: ndarray (n,)) -> ndarray (n,)`` goes through numpy on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, aslinearoperator
+
+
+@dataclass
+class BlockMatvec:
+    """``apply(V) -> A V`` on ``(n, b)`` float64 tensors, counting passes and vectors."""
+
+    apply_fn: object
+    dim: int
+    device: torch.device
+    num_passes: int = 0
+    num_vectors: int = 0
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        self.num_passes += 1
+        self.num_vectors += V.shape[1]
+        return self.apply_fn(V)
+
+
+def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
+    """Wrap ``op`` (see module docstring) as a :class:`BlockMatvec`.
+
+    ``dim`` is required only for a bare callable, whose size cannot be known otherwise.
+    """
+    from .operators import CurvatureOperator  # local: keeps the numerics free of model code
+
+    if isinstance(op, CurvatureOperator):
+        return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device)
+    if isinstance(op, torch.Tensor):
+        _check_square(tuple(op.shape))
+        A = op.to(torch.float64)
+        return BlockMatvec(lambda V: A @ V.to(A.device), A.shape[0], A.device)
+    if isinstance(op, (np.ndarray, LinearOperator)) or hasattr(op, "shape") and hasattr(op, "dot"):
+        lin = aslinearoperator(op)
+        _check_square(lin.shape)
+        return BlockMatvec(_numpy_block(lin.matmat), lin.shape[0], torch.device("cpu"))
+    if callable(op):
+        if dim is None:
+            raise ValueError("a bare matvec callable needs its dimension: pass dim=n (or v0)")
+        return BlockMatvec(_numpy_columns(op), dim, torch.device("cpu"))
+    raise TypeError(
+        f"expected a LinearOperator, a square matrix or a matvec callable, got {type(op).__name__}"
+    )
+
+
+def _check_square(shape):
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"the operator must be square, got shape {shape}")
+
+
+def _numpy_block(matmat):
+    def apply(V):
+        out = np.asarray(matmat(V.detach().cpu().numpy()), dtype=np.float64)
+        return torch.from_numpy(out.reshape(V.shape)).to(V.device)
+
+    return apply
+
+
+def _numpy_columns(matvec):
+    def apply(V):
+        X = V.detach().cpu().numpy()
+        cols = [np.asarray(matvec(X[:, j]), dtype=np.float64).reshape(-1) for j in range(X.shape[1])]
+        return torch.from_numpy(np.stack(cols, axis=1)).to(V.device)
+
+    return apply
