@@ -1,20 +1,34 @@
-"""Storage of a Lanczos basis ``Q = [q_1 ... q_j]`` with the three operations Lanczos needs.
+"""Storage of a Lanczos basis ``Q = [q_1 ... q_j]`` with the operations Lanczos needs.
 
-Lanczos with full reorthogonalization touches the basis in exactly three ways:
+Lanczos with full reorthogonalization touches the basis in a few ways only:
 
-* ``project(w)``  -> ``Q^T w``          (the Gram-Schmidt coefficients, float64),
-* ``subtract(w, h)``: ``w <- w - Q h``  (removing them),
-* ``combine(S)``  -> ``Q S``            (Ritz vectors, and the thick restart).
+* ``append(q)``                        store the next vector;
+* ``orthogonalize(w)`` -> ``(w - Q h, h)``  classical Gram-Schmidt twice, ``h = Q^T w``;
+* ``combine(S)`` -> ``Q S``             Ritz vectors (``combine_blocks`` streams them by rows);
+* ``restart(S)``: ``Q <- Q S``          the thick restart, in place.
 
-Any store that implements them (device memory, host memory, an HDF5 dataset streamed in
-blocks) gives the same numbers. :class:`TensorBasis` keeps ``Q`` as one preallocated tensor,
-on the operator's device (default) or in host memory.
+Three stores give the same numbers (float64 throughout):
+
+* :class:`TensorBasis` on the operator's device (fastest) or in host memory;
+* :class:`HDF5Basis`, an HDF5 dataset ``(dim, physical columns)`` chunked along the parameter
+  axis, streamed in row blocks: memory stays ``O(block_rows * j)`` whatever ``j``;
+* :class:`MirroredBasis`, an in-memory store whose every change is also written to an HDF5
+  store, so that a killed run can resume from its file.
+
+:func:`choose_basis` picks the store from a memory budget.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
+
+BYTES = 8  # float64
 
 
 class TensorBasis:
@@ -57,14 +71,288 @@ class TensorBasis:
         Q = self.Q[:, : self.size]
         return w - (Q @ h.to(Q.device, Q.dtype)).to(w.device, w.dtype)
 
+    def orthogonalize(self, w: torch.Tensor) -> tuple:
+        """Classical Gram-Schmidt twice: ``(w - Q h, h)`` with ``h = Q^T w`` accumulated."""
+        h = self.project(w)
+        w = self.subtract(w, h)
+        h2 = self.project(w)
+        return self.subtract(w, h2), h + h2
+
     def combine(self, S: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``Q S`` for ``S`` of shape ``(size, r)``: a ``(dim, r)`` float64 tensor."""
         Q = self.Q[:, : self.size]
         S = torch.as_tensor(S, dtype=Q.dtype, device=Q.device)
         return (Q @ S).to(torch.float64)
 
+    def combine_blocks(self, S, block_rows: int = 1 << 20):
+        """Yield ``(start, stop, (Q S)[start:stop])`` row blocks (for writing to disk)."""
+        for start in range(0, self.dim, block_rows):
+            stop = min(start + block_rows, self.dim)
+            Q = self.Q[start:stop, : self.size]
+            yield start, stop, (Q @ torch.as_tensor(S, dtype=Q.dtype, device=Q.device)).cpu()
+
+    def restart(self, S: np.ndarray) -> None:
+        """``Q <- Q S`` (``S`` is ``(size, r)`` with orthonormal columns): the thick restart."""
+        r = S.shape[1]
+        self.Q[:, :r] = self.combine(S).to(self.Q.dtype)
+        self.size = r
+
     def reset(self, columns: torch.Tensor) -> None:
-        """Replace the basis by the orthonormal ``columns`` ``(dim, r)`` (thick restart)."""
+        """Replace the basis by the orthonormal ``columns`` ``(dim, r)``."""
         r = columns.shape[1]
         self.Q[:, :r] = columns.to(self.Q.device, self.Q.dtype)
         self.size = r
+
+    def state(self) -> dict:
+        return {"size": self.size}
+
+    @property
+    def nbytes(self) -> int:
+        return self.Q.numel() * self.Q.element_size()
+
+
+class HDF5Basis:
+    """A basis in an HDF5 dataset, streamed in row blocks; never overwrites live columns.
+
+    The dataset has ``physical = capacity + capacity`` columns (at most ``capacity`` live,
+    the rest free) and is chunked ``(block_rows, 1)``: one column is a contiguous run of
+    chunks, so appending a column writes only that column, and a row block of every column
+    is read with one chunk per column. Logical column ``i`` is physical column
+    ``column_map[i]``. A thick restart writes ``Q S`` into free physical columns and only
+    then switches the map, so the previously committed basis stays intact until the next
+    commit (a killed restart loses nothing). Reorthogonalization fuses the four sweeps of
+    classical Gram-Schmidt twice into three reads of the basis.
+
+    Parameters
+    ----------
+    dataset : h5py.Dataset
+        ``(dim, physical)`` float64, created by :func:`create_basis_dataset`.
+    capacity : int
+        Maximum number of live columns.
+    device : torch.device
+        Where the row blocks are computed (the vectors' device).
+    block_rows : int
+        Rows per streamed block (memory ``block_rows * capacity * 8`` bytes).
+    """
+
+    def __init__(self, dataset, capacity: int, device=None, block_rows: int = 1 << 18,
+                 column_map=None):
+        self.ds = dataset
+        self.dim = dataset.shape[0]
+        self.capacity = capacity
+        self.device = torch.device(device or "cpu")
+        self.block_rows = block_rows
+        self.column_map = list(column_map or [])
+        self.bytes_read = 0
+        self.bytes_written = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.column_map)
+
+    def _free_columns(self, count: int) -> list:
+        used = set(self.column_map)
+        free = [c for c in range(self.ds.shape[1]) if c not in used]
+        if len(free) < count:
+            raise RuntimeError(f"HDF5 basis has {len(free)} free columns, {count} needed")
+        return free[:count]
+
+    def _blocks(self):
+        for start in range(0, self.dim, self.block_rows):
+            yield start, min(start + self.block_rows, self.dim)
+
+    def _read(self, start, stop) -> torch.Tensor:
+        """Rows ``start:stop`` of the live columns, in logical order, as a float64 tensor."""
+        if not self.column_map:
+            return torch.zeros(stop - start, 0, dtype=torch.float64, device=self.device)
+        lo, hi = min(self.column_map), max(self.column_map) + 1
+        block = self.ds[start:stop, lo:hi]
+        self.bytes_read += block.nbytes
+        cols = np.asarray(self.column_map) - lo
+        return torch.from_numpy(np.ascontiguousarray(block[:, cols])).to(self.device)
+
+    def append(self, q: torch.Tensor) -> None:
+        if self.size == self.capacity:
+            raise RuntimeError(f"basis is full ({self.capacity} columns)")
+        column = self._free_columns(1)[0]
+        values = q.detach().to(torch.float64).cpu().numpy()
+        for start, stop in self._blocks():
+            self.ds[start:stop, column] = values[start:stop]
+        self.bytes_written += values.nbytes
+        self.column_map.append(column)
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        h = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        for start, stop in self._blocks():
+            h += self._read(start, stop).T @ w[start:stop].to(self.device, torch.float64)
+        return h.to(w.device)
+
+    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        out = w.clone()
+        hd = h.to(self.device, torch.float64)
+        for start, stop in self._blocks():
+            out[start:stop] -= (self._read(start, stop) @ hd).to(w.device, w.dtype)
+        return out
+
+    def orthogonalize(self, w: torch.Tensor) -> tuple:
+        """CGS twice in three sweeps: ``h1 = Q^T w``; then per block ``w -= Q h1`` while
+        accumulating ``h2 = Q^T w`` (row-separable); then ``w -= Q h2``."""
+        h1 = self.project(w)
+        out = w.clone()
+        h2 = torch.zeros_like(h1, device=self.device)
+        hd = h1.to(self.device)
+        for start, stop in self._blocks():
+            Q = self._read(start, stop)
+            block = out[start:stop].to(self.device, torch.float64) - Q @ hd
+            h2 += Q.T @ block
+            out[start:stop] = block.to(w.device, w.dtype)
+        return self.subtract(out, h2), h1 + h2.to(h1.device)
+
+    def combine_blocks(self, S, block_rows: int | None = None):
+        """Yield ``(start, stop, (Q S)[start:stop])`` float64 CPU row blocks."""
+        S = torch.as_tensor(np.asarray(S), dtype=torch.float64, device=self.device)
+        for start, stop in self._blocks():
+            yield start, stop, (self._read(start, stop) @ S).cpu()
+
+    def combine(self, S) -> torch.Tensor:
+        """``Q S`` assembled in memory (``dim x r``); use :meth:`combine_blocks` for big ``r``."""
+        S = np.asarray(S)
+        out = torch.empty(self.dim, S.shape[1], dtype=torch.float64)
+        for start, stop, block in self.combine_blocks(S):
+            out[start:stop] = block
+        return out.to(self.device)
+
+    def restart(self, S: np.ndarray) -> None:
+        """``Q <- Q S`` streamed: the new columns go to free physical columns, then the map
+        switches (the old columns stay readable until the caller commits)."""
+        S = np.asarray(S)
+        targets = self._free_columns(S.shape[1])
+        lo, hi = min(targets), max(targets) + 1
+        idx = np.asarray(targets) - lo
+        for start, stop, block in self.combine_blocks(S):
+            current = self.ds[start:stop, lo:hi]
+            current[:, idx] = block.numpy()
+            self.ds[start:stop, lo:hi] = current
+            self.bytes_written += block.numpy().nbytes
+        self.column_map = targets
+
+    def reset(self, columns: torch.Tensor) -> None:
+        self.column_map = []
+        for j in range(columns.shape[1]):
+            self.append(columns[:, j])
+
+    def state(self) -> dict:
+        return {"size": self.size, "column_map": list(self.column_map)}
+
+
+class MirroredBasis:
+    """An in-memory basis whose changes are also written to an :class:`HDF5Basis`.
+
+    Reads come from memory; the HDF5 copy is what a resumed run reloads.
+    """
+
+    def __init__(self, primary: TensorBasis, mirror: HDF5Basis):
+        self.primary, self.mirror = primary, mirror
+        self.dim, self.capacity = primary.dim, primary.capacity
+
+    @property
+    def size(self) -> int:
+        return self.primary.size
+
+    @property
+    def column_map(self):
+        return self.mirror.column_map
+
+    def append(self, q):
+        self.primary.append(q)
+        self.mirror.append(q)
+
+    def project(self, w):
+        return self.primary.project(w)
+
+    def subtract(self, w, h):
+        return self.primary.subtract(w, h)
+
+    def orthogonalize(self, w):
+        return self.primary.orthogonalize(w)
+
+    def combine(self, S):
+        return self.primary.combine(S)
+
+    def combine_blocks(self, S, block_rows: int = 1 << 20):
+        return self.primary.combine_blocks(S, block_rows)
+
+    def restart(self, S):
+        self.mirror.restart(S)
+        self.primary.restart(S)
+
+    def reset(self, columns):
+        self.primary.reset(columns)
+        self.mirror.reset(columns)
+
+    def state(self) -> dict:
+        return self.mirror.state()
+
+    @classmethod
+    def load(cls, mirror: HDF5Basis, device=None) -> "MirroredBasis":
+        """Rebuild the in-memory copy from the HDF5 store (resume)."""
+        primary = TensorBasis(mirror.dim, mirror.capacity, device=device)
+        for start, stop in mirror._blocks():
+            block = mirror._read(start, stop)
+            primary.Q[start:stop, : mirror.size] = block.to(primary.Q.device)
+        primary.size = mirror.size
+        return cls(primary, mirror)
+
+
+def create_basis_dataset(group, name: str, dim: int, capacity: int, block_rows: int = 1 << 18):
+    """An HDF5 dataset for :class:`HDF5Basis`: ``(dim, 2 * capacity)`` float64, chunked
+    ``(min(dim, block_rows), 1)`` along the parameter axis."""
+    return group.create_dataset(name, shape=(dim, 2 * capacity), dtype="f8",
+                                chunks=(min(dim, block_rows), 1))
+
+
+def parse_bytes(value) -> int:
+    """``"6GiB"``, ``"500MB"``, ``"2e9"`` or an int -> bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    match = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(value))
+    if not match:
+        raise ValueError(f"cannot read a memory size from {value!r} (e.g. '6GiB', '500MB')")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    scale = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KIB": 2**10,
+             "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 2**10, "M": 2**20, "G": 2**30,
+             "T": 2**40}[unit]
+    return int(number * scale)
+
+
+def working_bytes(dim: int) -> int:
+    """Memory the Lanczos recurrence needs besides the basis: ``q``, ``w``, next ``q`` and a
+    copy during orthogonalization, float64 (the operator's own buffers are not counted)."""
+    return 4 * dim * BYTES
+
+
+def choose_location(dim: int, capacity: int, budget=None, device=None,
+                    host_budget=None) -> str:
+    """``"device"``, ``"host"`` or ``"disk"`` for a basis of ``capacity`` float64 columns.
+
+    ``budget`` is the memory (bytes, or a string like ``"6GiB"``) the solver may use on the
+    operator's device for the basis and its working vectors; ``host_budget`` the same in
+    host memory when the device is a GPU. The basis goes to the first place where it fits:
+    the device, then (GPU only) host memory, then disk. No budget means the device.
+    Raises ``MemoryError`` when the budget cannot even hold the working vectors.
+    """
+    need, work = dim * capacity * BYTES, working_bytes(dim)
+    if budget is None:
+        return "device"
+    budget = parse_bytes(budget)
+    if budget < work:
+        raise MemoryError(
+            f"memory budget {budget / 2**30:.2f} GiB is too small for the working vectors "
+            f"of Lanczos ({work / 2**30:.2f} GiB: 4 vectors of {dim} float64 values)"
+        )
+    if budget >= work + need:
+        return "device"
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    if on_gpu and host_budget is not None and parse_bytes(host_budget) >= need:
+        return "host"
+    return "disk"

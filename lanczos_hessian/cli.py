@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     eigs.add_argument("--ncv", type=int, default=None, help="basis size before a restart")
     eigs.add_argument("--max-matvecs", type=int, default=None)
     eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
+    eigs.add_argument("--resume", action="store_true",
+                      help="continue a killed run from the last committed step in --out")
+    eigs.add_argument("--memory-budget", default=None,
+                      help="memory for the Lanczos basis, e.g. 6GiB; the basis goes to disk "
+                           "(in --out) when it does not fit (default: no limit)")
 
     slq = sub.add_parser("slq", help="spectral density by stochastic Lanczos quadrature")
     _common(slq)
@@ -135,12 +140,15 @@ def _run_eigs(args, echo):
     from .jobs import eigs_job
     from .report import eigen_table, run_summary
 
-    if args.out is not None:
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out, the file of the run to continue")
+    if args.out is not None and not args.resume:
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
     result = eigs_job(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
                       tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs, seed=args.seed,
                       save_vectors=args.save_vectors, overwrite=args.overwrite,
+                      resume=args.resume, memory_budget=args.memory_budget,
                       progress=not args.no_progress, attrs=problem.attrs)
     echo(eigen_table(result.eigenvalues, result.residual_bounds, result.error_bounds,
                      result.residuals, result.converged,
@@ -200,7 +208,7 @@ def main(argv=None) -> int:
     echo = print if current_world().is_main else (lambda *a, **k: None)
     try:
         COMMANDS[args.command](args, echo)
-    except (LanczosHessianError, ValueError, FileNotFoundError, ImportError) as exc:
+    except (LanczosHessianError, ValueError, FileNotFoundError, ImportError, MemoryError) as exc:
         print(f"lanczos-hessian {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

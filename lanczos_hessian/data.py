@@ -10,6 +10,11 @@ same samples on every pass. Three forms are accepted:
   samples: shuffling is harmless for a sum, random augmentation or ``drop_last`` with a
   shuffling sampler is not, and is detected);
 * any other re-iterable of ``(inputs, targets)`` batches, e.g. a list.
+
+Under ``torch.distributed`` every rank passes the *whole* data set and keeps an exact share
+of it (no padding, no dropped or repeated sample): a contiguous range of samples of a tensor
+pair, or every ``world_size``-th batch of an iterable (which must then yield its batches in
+the same order on every rank: a shuffling or distributed sampler is refused).
 """
 
 from __future__ import annotations
@@ -53,12 +58,16 @@ class DataSource:
                     "operator makes many passes: pass a list, a DataLoader or an "
                     "(inputs, targets) pair of tensors"
                 )
+            if world_size > 1:
+                _check_rank_independent_order(data, world_size)
             self._iterable = data
         else:
             n = len(self._tensors[0])
             if n < world_size:
                 raise InvalidDataError(
-                    f"{world_size} ranks but only {n} samples: every rank needs at least one"
+                    f"{world_size} ranks (processes) but the data has only {n} "
+                    f"sample{'s' if n > 1 else ''}: every rank needs at least one; launch "
+                    "fewer processes"
                 )
 
     @property
@@ -68,6 +77,28 @@ class DataSource:
             return None
         lo, hi = self._shard_range(len(self._tensors[0]))
         return hi - lo
+
+    @property
+    def total_samples(self) -> int | None:
+        """Number of samples over all ranks, when known without a pass (tensor pairs)."""
+        return None if self._tensors is None else len(self._tensors[0])
+
+    def identity(self) -> tuple:
+        """What every rank must agree on before sharding, as six floats.
+
+        A tensor pair gives ``(0, N, sum, 1-norm of the inputs, sum, 1-norm of the targets)``
+        (float64, one read of the data); an iterable ``(1, number of batches or -1, 0, 0, 0,
+        0)``. Compared across ranks by the operators at construction, so that a rank that
+        loaded a different (e.g. already sharded) data set is an error, not a wrong sum.
+        """
+        if self._tensors is not None:
+            inputs, targets = self._tensors
+            return (0.0, float(len(inputs)), *_sums(inputs), *_sums(targets))
+        try:
+            length = float(len(self._iterable))
+        except TypeError:
+            length = -1.0
+        return (1.0, length, 0.0, 0.0, 0.0, 0.0)
 
     def _shard_range(self, n: int) -> tuple:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
@@ -85,12 +116,29 @@ class DataSource:
                 yield unpack_batch(batch, index)
 
     def first_batch(self) -> tuple:
-        """The first batch of this rank's shard, validated; raises on an empty source."""
-        for batch in self:
-            return batch
-        raise InvalidDataError(
-            "the data source is empty" + (f" on rank {self.rank}" if self.world_size > 1 else "")
-        )
+        """The first batch of this rank's shard, validated; raises on an empty source.
+
+        Under ``torch.distributed`` an iterable with fewer batches than ranks leaves some
+        rank without any: that rank raises here (and, through the operators' collective
+        check at construction, every other rank with it).
+        """
+        if self._tensors is not None:
+            for batch in self:
+                return batch
+        else:
+            count = 0
+            for index, batch in enumerate(self._iterable):
+                if index % self.world_size == self.rank:
+                    return unpack_batch(batch, index)
+                count += 1
+            if count and self.world_size > 1:
+                raise InvalidDataError(
+                    f"rank {self.rank} of {self.world_size} receives no batch: the data source "
+                    f"yields {count} batch{'es' if count > 1 else ''} and batches are dealt "
+                    f"round-robin to the {self.world_size} ranks, so every rank needs at least "
+                    "one; use smaller batches or fewer processes"
+                )
+        raise InvalidDataError("the data source is empty: it yielded no batch")
 
 
 def _as_tensor_pair(data):
@@ -113,6 +161,42 @@ def _as_tensor_pair(data):
             "pair of tensors, a DataLoader or an iterable of batches"
         )
     return None
+
+
+def _sums(t: torch.Tensor) -> tuple:
+    """``(sum, sum of absolute values)`` of a tensor in float64, without a float64 copy."""
+    t = t.detach()
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    if t.is_floating_point():
+        l1 = torch.linalg.vector_norm(t, 1, dtype=torch.float64)
+    else:
+        l1 = torch.sum(t.abs(), dtype=torch.float64)
+    return float(torch.sum(t, dtype=torch.float64)), float(l1)
+
+
+def _check_rank_independent_order(data, world_size: int) -> None:
+    """Refuse loaders whose batches differ between ranks (round-robin needs one order)."""
+    from torch.utils.data import DataLoader, RandomSampler
+    from torch.utils.data.distributed import DistributedSampler
+
+    if not isinstance(data, DataLoader):
+        return
+    samplers = [data.sampler, getattr(data.batch_sampler, "sampler", None)]
+    if any(isinstance(s, DistributedSampler) for s in samplers):
+        raise InvalidDataError(
+            "the DataLoader has a DistributedSampler; pass the whole, unsharded data (a "
+            "sequential DataLoader or an (inputs, targets) pair): the operator shards it "
+            "exactly itself, where a DistributedSampler would pad it with repeated samples"
+        )
+    if any(isinstance(s, RandomSampler) for s in samplers):
+        raise InvalidDataError(
+            f"the DataLoader shuffles; with {world_size} ranks its batches are dealt "
+            "round-robin, which needs the same batch order on every rank: use shuffle=False "
+            "(the order of a sum does not matter)"
+        )
 
 
 def unpack_batch(batch, index: int) -> tuple:

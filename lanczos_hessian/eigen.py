@@ -155,6 +155,7 @@ def lanczos_eigsh(
     dim: int | None = None,
     basis=None,
     callback=None,
+    checkpoint=None,
     progress: bool = False,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
@@ -196,7 +197,11 @@ def lanczos_eigsh(
     basis : object, optional
         A basis store (:mod:`lanczos_hessian.basis`) with capacity ``ncv``.
     callback : callable, optional
-        ``callback(process, theta, bounds)`` after every step (e.g. to commit state).
+        ``callback(process, theta, bounds)`` after every step (e.g. to record it).
+    checkpoint : object, optional
+        ``restore(process)`` and ``commit(process, driver_state, finished)``, called before
+        the first step and after every step: a killed run resumes from the last commit
+        (:class:`lanczos_hessian.checkpoint.LanczosCheckpointer`).
     progress : bool
         Show a tqdm progress bar over operator applications.
     """
@@ -211,38 +216,55 @@ def lanczos_eigsh(
     process = LanczosProcess(matvec, v0, ncv, generator, basis=basis)
     start = time.perf_counter()
     t_ritz = 0.0
-    bar = _progress_bar(progress, max_matvecs)
-    num_restarts = 0
-    while True:
+    num_restarts, finished, elapsed_before = 0, False, 0.0
+    resumed = checkpoint.restore(process) if checkpoint is not None else None
+    if resumed is not None:
+        num_restarts, finished = resumed["num_restarts"], resumed["finished"]
+        matvec.num_passes, matvec.num_vectors = resumed["num_passes"], resumed["num_vectors"]
+        elapsed_before = resumed["elapsed"]
+        logger.info("resumed after %d operator applications", process.num_matvecs)
+    bar = _progress_bar(progress, max_matvecs, process.num_matvecs)
+    while not finished:
         process.step()
         t0 = time.perf_counter()
-        theta, S = process.ritz()
-        bounds = process.residual_bounds(S)
-        anorm = max(process.anorm(), float(np.abs(theta).max()))
-        want = wanted_indices(theta, k, which, k_bottom)
-        threshold = _thresholds(theta, tol, anorm, criterion)
+        theta, S, bounds, want, threshold, anorm = _ritz_state(process, k, which, k_bottom,
+                                                               tol, criterion)
         done = bounds[want] <= threshold[want]
         t_ritz += time.perf_counter() - t0
         _update_bar(bar, theta[want], done)
         if callback is not None:
             callback(process, theta, bounds)
-        finished = (len(want) == k and done.all()
-                    and _complement_explored(process, which, threshold.min())) or process.exhausted
-        if finished or process.num_matvecs >= max_matvecs:
-            break
-        if process.size == process.capacity:
-            converged = np.flatnonzero(bounds <= threshold)
+        converged = (len(want) == k and done.all()
+                     and _complement_explored(process, which, threshold.min()))
+        finished = converged or process.exhausted or process.num_matvecs >= max_matvecs
+        if not finished and process.size == process.capacity:
             keep = _keep_indices(theta, k, which, process.capacity, k_bottom)
-            locked = np.intersect1d(keep, converged)
+            locked = np.intersect1d(keep, np.flatnonzero(bounds <= threshold))
             process.thick_restart(theta, S, keep, locked)
             num_restarts += 1
+        if checkpoint is not None:
+            checkpoint.commit(process, {"num_restarts": num_restarts,
+                                        "num_passes": matvec.num_passes,
+                                        "num_vectors": matvec.num_vectors,
+                                        "elapsed": elapsed_before + time.perf_counter() - start},
+                              finished)
     if bar is not None:
         bar.close()
+    theta, S, bounds, want, _, anorm = _ritz_state(process, k, which, k_bottom, tol, criterion)
     result = _assemble(process, theta, S, bounds, want, tol, anorm, criterion, which, matvec,
                        return_eigenvectors, true_residuals, num_restarts,
-                       {"ritz": t_ritz, "total": time.perf_counter() - start})
+                       {"ritz": t_ritz, "total": elapsed_before + time.perf_counter() - start})
     _report_convergence(result, k, raise_on_unconverged)
     return result
+
+
+def _ritz_state(process, k, which, k_bottom, tol, criterion) -> tuple:
+    """Ritz pairs of the current ``T``, their bounds, the wanted ones and the thresholds."""
+    theta, S = process.ritz()
+    bounds = process.residual_bounds(S)
+    anorm = max(process.anorm(), float(np.abs(theta).max()))
+    want = wanted_indices(theta, k, which, k_bottom)
+    return theta, S, bounds, want, _thresholds(theta, tol, anorm, criterion), anorm
 
 
 def _thresholds(theta, tol, anorm, criterion) -> np.ndarray:
@@ -359,12 +381,12 @@ def _report_convergence(result, k, raise_on_unconverged):
     warnings.warn(message, NumericalWarning, stacklevel=3)
 
 
-def _progress_bar(progress, total):
+def _progress_bar(progress, total, initial=0):
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="Lanczos", unit="matvec", leave=False)
+    return tqdm(total=total, initial=initial, desc="Lanczos", unit="matvec", leave=False)
 
 
 def _update_bar(bar, theta_wanted, done):

@@ -12,8 +12,9 @@ Layout (format ``lanczos_hessian.spectrum``, version :data:`FORMAT_VERSION`)::
                             attr "committed" counts the rows that are complete
 
 A record is appended by resizing every dataset of ``steps``, writing the row, then raising
-``committed`` and flushing. Readers trust ``committed`` only, so a file cut off by a crash
-or ``kill -9`` is readable up to its last committed step.
+the counter ``steps/committed`` (a one-element dataset) and flushing. Readers trust that
+counter only, so a file cut off by a crash or ``kill -9`` is readable up to its last
+committed step. Long runs stream in HDF5's SWMR mode, so another process can follow them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import OutputPathError, SpectrumFileError
+from .h5flags import clear_write_flags
 
 FORMAT = "lanczos_hessian.spectrum"
 FORMAT_VERSION = 1
@@ -69,6 +71,13 @@ def _is_numeric_sequence(value):
 class SpectrumWriter:
     """Writes one spectrum file; use as a context manager.
 
+    Two phases. While *declaring*, groups, attributes and datasets may be created freely.
+    :meth:`start_streaming` then switches the file to HDF5's single-writer/multiple-reader
+    (SWMR) mode: from there on only declared datasets are written and grown, so that another
+    process can read the file while the run goes on, and a killed run leaves a consistent
+    file. :meth:`finish` leaves SWMR mode (it reopens the file) for the final arrays and
+    attributes.
+
     Parameters
     ----------
     path : str or Path
@@ -77,9 +86,20 @@ class SpectrumWriter:
         Provenance written on the root group.
     overwrite : bool
         Replace an existing file.
+    append : bool
+        Open an existing file of ours to continue it (resume) instead of creating one.
     """
 
-    def __init__(self, path, attrs: dict | None = None, overwrite: bool = False):
+    def __init__(self, path, attrs: dict | None = None, overwrite: bool = False,
+                 append: bool = False):
+        self.path = Path(path)
+        self.streaming = False
+        if append:
+            open_spectrum(self.path).close()  # ours, readable, compatible
+            _refuse_if_locked(self.path)
+            clear_write_flags(self.path)  # left set by the killed writer
+            self.file = h5py.File(self.path, "r+", libver="latest")
+            return
         self.path = check_output_path(path, overwrite)
         try:
             self.file = h5py.File(self.path, "w", libver="latest")
@@ -95,7 +115,6 @@ class SpectrumWriter:
         }
         root.update(attrs or {})
         self.set_attrs("/", root)
-        self.file.flush()
 
     def __enter__(self):
         return self
@@ -108,7 +127,26 @@ class SpectrumWriter:
             self.file.flush()
             self.file.close()
 
+    def start_streaming(self) -> None:
+        """Enter SWMR mode: readers may open the file while records are appended."""
+        self.file.flush()
+        self.file.swmr_mode = True
+        self.streaming = True
+
+    def finish(self) -> None:
+        """Leave SWMR mode (close and reopen read-write) to write final arrays and attributes."""
+        if self.streaming:
+            self.file.close()
+            self.file = h5py.File(self.path, "r+", libver="latest")
+            self.streaming = False
+
+    def _declaring(self, what):
+        if self.streaming:
+            raise RuntimeError(f"cannot {what} while streaming (SWMR); declare it first or "
+                               "call finish()")
+
     def set_attrs(self, group: str, attrs: dict) -> None:
+        self._declaring("set attributes")
         node = self.file.require_group(group)
         for key, value in attrs.items():
             node.attrs[key] = _attr_value(value)
@@ -116,6 +154,7 @@ class SpectrumWriter:
 
     def write_arrays(self, group: str, arrays: dict) -> None:
         """Write fixed arrays (``None`` values are skipped) and flush."""
+        self._declaring("create datasets")
         node = self.file.require_group(group)
         for key, value in arrays.items():
             if value is None:
@@ -127,26 +166,61 @@ class SpectrumWriter:
             node.create_dataset(key, data=value, chunks=chunks)
         self.file.flush()
 
+    def declare_steps(self, group: str, row: dict) -> None:
+        """Create the growing datasets of ``group/steps`` from an example row (no record)."""
+        steps = self.file.require_group(f"{group}/steps")
+        for key, value in row.items():
+            value = _record_value(value)
+            if key not in steps:
+                self._declaring("create datasets")
+                steps.create_dataset(key, shape=(0,) + value.shape, maxshape=(None,) + value.shape,
+                                     dtype=value.dtype, chunks=(64,) + value.shape)
+        if COMMITTED not in steps:
+            self._declaring("create datasets")
+            steps.create_dataset(COMMITTED, data=np.zeros(1, dtype=np.int64))
+
+    def committed(self, group: str) -> int:
+        """Number of committed records of ``group/steps`` (0 if none)."""
+        steps = self.file.get(f"{group}/steps")
+        return 0 if steps is None or COMMITTED not in steps else int(steps[COMMITTED][0])
+
     def append_step(self, group: str, row: dict) -> int:
         """Append one record to ``group/steps`` and commit it; returns the committed count.
 
-        Each value is a scalar or a fixed-shape array; datasets are created on the first
-        record with an unlimited first axis.
+        Each value is a scalar or a fixed-shape array. Every dataset is grown and written
+        first; the counter is raised last, then the file is flushed.
         """
-        steps = self.file.require_group(f"{group}/steps")
-        count = int(steps.attrs.get("committed", 0))
+        self.declare_steps(group, row)
+        steps = self.file[f"{group}/steps"]
+        count = int(steps[COMMITTED][0])
         for key, value in row.items():
-            value = np.asarray(value, dtype=np.float64 if np.asarray(value).dtype.kind == "f"
-                               else None)
-            if key not in steps:
-                steps.create_dataset(key, shape=(0,) + value.shape, maxshape=(None,) + value.shape,
-                                     dtype=value.dtype, chunks=(64,) + value.shape)
             ds = steps[key]
             ds.resize(count + 1, axis=0)
-            ds[count] = value
-        steps.attrs["committed"] = count + 1
+            ds[count] = _record_value(value)
+        steps[COMMITTED][0] = count + 1
         self.file.flush()
         return count + 1
+
+
+COMMITTED = "committed"
+
+
+def _refuse_if_locked(path) -> None:
+    """Raise :class:`OutputPathError` if a live process holds ``path`` open for writing."""
+    import fcntl
+
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise OutputPathError(f"{path} is open in another process (a running job?); "
+                                  "resume only a run whose process has ended") from exc
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _record_value(value):
+    value = np.asarray(value)
+    return value.astype(np.float64) if value.dtype.kind == "f" else value
 
 
 def _torch_version():
@@ -202,6 +276,8 @@ class SpectrumRecord(dict):
 def _decode(value):
     if isinstance(value, bytes):
         value = value.decode()
+    if isinstance(value, str) and value == "None":
+        return None
     if isinstance(value, str) and value[:1] in "[{":
         try:
             return json.loads(value)
@@ -220,12 +296,12 @@ def open_spectrum(path) -> h5py.File:
     try:
         # a plain open first: HDF5 checks the stored end-of-file against the real size
         # only outside SWMR mode, so this is what detects a truncated file
-        handle = h5py.File(path, "r")
+        handle = h5py.File(path, "r", locking=False)  # never block a running writer
     except OSError as exc:
         if "truncated" in str(exc) or "signature" in str(exc):
             raise SpectrumFileError(f"{path} is truncated or not an HDF5 file ({exc})") from exc
         try:  # a file held open by a writer in SWMR mode
-            handle = h5py.File(path, "r", libver="latest", swmr=True)
+            handle = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
         except OSError:
             raise SpectrumFileError(f"{path} is not a readable HDF5 file ({exc})") from exc
     fmt = _decode(handle.attrs.get("format", ""))
@@ -246,8 +322,8 @@ def read_group(node: h5py.Group) -> SpectrumRecord:
     arrays, steps = {}, {}
     for key, item in node.items():
         if key == "steps":
-            committed = int(item.attrs.get("committed", 0))
-            steps = {k: ds[:committed] for k, ds in item.items()}
+            committed = int(item[COMMITTED][0]) if COMMITTED in item else 0
+            steps = {k: ds[:committed] for k, ds in item.items() if k != COMMITTED}
         elif isinstance(item, h5py.Dataset):
             arrays[key] = item[()]
     attrs = {k: _decode(v) for k, v in node.attrs.items()}

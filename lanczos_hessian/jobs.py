@@ -13,6 +13,9 @@ import platform
 import numpy as np
 from .distributed import current_world
 from .eigen import lanczos_eigsh, wanted_indices
+from .basis import HDF5Basis, choose_location, create_basis_dataset
+from .checkpoint import LanczosCheckpointer, RunCheckpoint, model_fingerprint
+from .errors import OutputPathError
 from .io import SpectrumWriter, check_output_path, write_eigs
 
 logger = logging.getLogger(__name__)
@@ -87,22 +90,103 @@ def step_recorder(writer, group: str, k: int, which: str, k_bottom=None):
 
 def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
              max_matvecs=None, seed=0, save_vectors=False, true_residuals=True,
-             overwrite=False, progress=True, attrs=None):
-    """Eigenpairs of ``op`` by :func:`lanczos_eigsh`, streamed to and stored in ``out``."""
-    if out is not None and current_world().is_main:
-        check_output_path(out, overwrite)
+             overwrite=False, resume=False, memory_budget=None, progress=True, attrs=None):
+    """Eigenpairs of ``op`` by :func:`lanczos_eigsh`, committed to ``out`` after every pass.
+
+    ``memory_budget`` (bytes or ``"6GiB"``) decides where the Lanczos basis lives: in device
+    memory if it fits beside the working vectors, else on disk in ``out`` (streamed in row
+    blocks; :func:`~lanczos_hessian.basis.choose_location`). With a file, the basis is
+    always kept in it too, with the rest of the state, so that ``resume=True`` continues a
+    killed run from its last committed application (:mod:`lanczos_hessian.checkpoint`).
+    """
+    world = current_world()
+    n = op.shape[0]
+    capacity = min(ncv or max(2 * k + 1, 20), n)
+    location = choose_location(n, capacity, memory_budget, op.device)
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
-                "max_matvecs": max_matvecs, "seed": seed}
-    with open_writer(out, provenance(op, seed=seed, **(attrs or {})), overwrite) as writer:
-        writer.set_attrs("eigs", {**settings, "complete": False})
+                "max_matvecs": max_matvecs, "seed": seed, "operator": op.kind,
+                "num_params": n, "reduction": op.reduction, "model_dtype": str(op.model_dtype),
+                "world_size": world.size, "model": model_fingerprint(op)}
+    if out is None or not world.is_main:
+        return _eigs_in_memory(op, location, capacity, k, which, k_bottom, tol, ncv,
+                               max_matvecs, seed, save_vectors, true_residuals, progress)
+    if not resume:
+        check_output_path(out, overwrite)
+        check_disk_space(out, n, capacity)
+    writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
+                            overwrite=overwrite, append=resume)
+    with writer:
+        store = RunCheckpoint(writer, "eigs", n, 1, capacity)
+        if resume:
+            store.check_same_run(settings)
+            _rewind_steps(writer, "eigs", store.count)
+        else:
+            writer.set_attrs("eigs", {**_plain_settings(settings), "complete": False})
+            store.declare(settings)
+            writer.declare_steps("eigs", _eigs_row(k))
+        checkpointer = LanczosCheckpointer(store, op)
+        basis = store.basis(location, op.device, checkpointer.committed_column_map())
+        writer.start_streaming()
         result = lanczos_eigsh(
             op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
             rng=seed, return_eigenvectors=save_vectors, true_residuals=true_residuals,
-            callback=step_recorder(writer, "eigs", k, which, k_bottom),
-            progress=progress and current_world().is_main,
+            callback=step_recorder(writer, "eigs", k, which, k_bottom), basis=basis,
+            checkpoint=checkpointer, progress=progress,
         )
-        write_eigs(writer, result, "eigs", settings)
+        writer.finish()
+        write_eigs(writer, result, "eigs", {**_plain_settings(settings),
+                                             "basis_location": location})
     return result
+
+
+def _eigs_in_memory(op, location, capacity, k, which, k_bottom, tol, ncv, max_matvecs, seed,
+                    save_vectors, true_residuals, progress):
+    """The same computation without a file of its own (other ranks, or no ``out``)."""
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory() as tmp:
+        basis = None
+        if location == "disk":
+            handle = h5py.File(f"{tmp}/basis.h5", "w")
+            basis = HDF5Basis(create_basis_dataset(handle, "basis", op.shape[0], capacity),
+                              capacity, device=op.device)
+        return lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv,
+                             max_matvecs=max_matvecs, rng=seed, basis=basis,
+                             return_eigenvectors=save_vectors, true_residuals=true_residuals,
+                             progress=progress and current_world().is_main)
+
+
+def _eigs_row(k):
+    return {"matvec": 0, "alpha": 0.0, "beta": 0.0, "ritz_values": np.zeros(k),
+            "residual_bounds": np.zeros(k)}
+
+
+def _plain_settings(settings):
+    return {key: ("None" if value is None else value) for key, value in settings.items()}
+
+
+def _rewind_steps(writer, group, count):
+    """Drop records appended after the last committed state (a kill between the two)."""
+    steps = writer.file[f"{group}/steps"]
+    if int(steps["committed"][0]) > count:
+        steps["committed"][0] = count
+        writer.file.flush()
+
+
+def check_disk_space(out, dim, capacity) -> None:
+    """Refuse to start when the output's file system cannot hold the basis (before any pass)."""
+    import shutil
+    from pathlib import Path
+
+    need = dim * 2 * capacity * 8 + 2 * dim * 8
+    free = shutil.disk_usage(Path(out).resolve().parent).free
+    if free < need:
+        raise OutputPathError(
+            f"not enough disk space for the Lanczos basis in {out}: {need / 2**30:.2f} GiB "
+            f"needed ({capacity} columns of {dim} float64 values, double-buffered), "
+            f"{free / 2**30:.2f} GiB free")
 
 
 def slq_recorder(writer, group: str = "slq"):

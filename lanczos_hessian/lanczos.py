@@ -46,11 +46,11 @@ EPS = float(np.finfo(np.float64).eps)
 
 
 def orthogonalize(w: torch.Tensor, basis) -> tuple:
-    """Classical Gram-Schmidt twice against ``basis``: return ``(w_perp, h)`` with ``h = Q^T w``."""
-    h = basis.project(w)
-    w = basis.subtract(w, h)
-    h2 = basis.project(w)
-    return basis.subtract(w, h2), h + h2
+    """Classical Gram-Schmidt twice against ``basis``: return ``(w_perp, h)`` with ``h = Q^T w``.
+
+    The store does the sweeps (:mod:`lanczos_hessian.basis`), streaming them when on disk.
+    """
+    return basis.orthogonalize(w)
 
 
 class LanczosProcess:
@@ -214,7 +214,7 @@ class LanczosProcess:
         if is_locked.any():
             dropped = np.vstack([dropped, np.where(is_locked, s, 0.0)[None, :]])
         s[is_locked] = 0.0
-        self.basis.reset(self.ritz_vectors(S[:, keep]))
+        self.basis.restart(S[:, keep])
         k = len(keep)
         self.dropped = np.zeros((len(dropped), self.capacity + 1))
         self.dropped[:, :k] = dropped
@@ -224,3 +224,43 @@ class LanczosProcess:
         self._arrow_pending = True
         self.restarted = True
         self.block_start = 0
+
+    # ---- checkpointing -----------------------------------------------------------------
+    def state_dict(self) -> tuple:
+        """``(small, vectors)``: everything needed to continue exactly, but the basis itself.
+
+        ``small`` holds numpy arrays and scalars (``T``, the coefficients, counters, the
+        random generator's state, the basis layout); ``vectors`` the next Lanczos vector.
+        """
+        small = {
+            "T": self.T.copy(), "beta": self.beta, "exhausted": self.exhausted,
+            "num_matvecs": self.num_matvecs, "num_breakdowns": self.num_breakdowns,
+            "alphas": np.asarray(self.alphas, dtype=np.float64),
+            "betas": np.asarray(self.betas, dtype=np.float64),
+            "restarted": self.restarted, "block_start": self.block_start,
+            "dropped": self.dropped.copy(), "arrow_pending": self._arrow_pending,
+            "generator": self.generator.get_state().numpy().copy(),
+            "timing_operator": self.timings["operator"],
+            "timing_orthogonalization": self.timings["orthogonalization"],
+            "basis_size": self.basis.size,
+        }
+        return small, {"next_q": self.next_q}
+
+    def load_state_dict(self, small: dict, vectors: dict) -> None:
+        """Restore what :meth:`state_dict` returned (the basis is restored by its store)."""
+        self.T[:] = small["T"]
+        self.beta = float(small["beta"])
+        self.exhausted = bool(small["exhausted"])
+        self.num_matvecs = int(small["num_matvecs"])
+        self.num_breakdowns = int(small["num_breakdowns"])
+        self.alphas = [float(a) for a in small["alphas"]]
+        self.betas = [float(b) for b in small["betas"]]
+        self.restarted = bool(small["restarted"])
+        self.block_start = int(small["block_start"])
+        self.dropped = np.asarray(small["dropped"], dtype=np.float64).reshape(
+            -1, self.capacity + 1) if np.size(small["dropped"]) else np.zeros((0, 0))
+        self._arrow_pending = bool(small["arrow_pending"])
+        self.generator.set_state(torch.from_numpy(np.asarray(small["generator"], dtype=np.uint8)))
+        self.timings = {"operator": float(small["timing_operator"]),
+                        "orthogonalization": float(small["timing_orthogonalization"])}
+        self.next_q = vectors["next_q"].to(self.device, torch.float64)

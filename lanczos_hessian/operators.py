@@ -18,6 +18,21 @@ flat float64 buffer, all-reduced once per application under ``torch.distributed`
 count travels in the same buffer). A block product ``C V`` for ``V`` of shape ``(M, b)`` is
 still one pass.
 
+Under ``torch.distributed`` every rank holds the same model and the whole data set, and
+keeps an exact shard of the data (:class:`~lanczos_hessian.data.DataSource`). Layout of the
+buffer reduced once per application, ``W`` ranks::
+
+    [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
+
+The error flag makes a rank that fails in its local part (a NaN, a bad batch, a changed
+data source) fail every rank instead of leaving them in the all-reduce
+(:func:`~lanczos_hessian.distributed.all_reduce_or_raise`). The last ``3 W`` slots (each rank
+fills its own row; adding zeros is exact) check, at no extra collective, that every rank
+applied the operator to the same block: a solver seeded differently on each rank raises
+:class:`~lanczos_hessian.distributed.RankMismatchError` on every rank. At construction, one
+more collective checks that the ranks agree on the operator, the model's parameters and
+buffers, and the data, and fails every rank if one of them could not build its part.
+
 Products are taken with the model in eval mode (dropout off, batch-norm on its running
 statistics), so the operator is a fixed symmetric matrix; the caller's train/eval flags are
 restored afterwards.
@@ -27,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 
 import numpy as np
@@ -34,12 +50,14 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from .data import DataSource, PassFingerprint
-from .distributed import all_reduce_sum, current_world
+from .distributed import RankMismatchError, all_reduce_or_raise, current_world, gather_rows
 from .errors import InvalidLossError, NonFiniteError
 from .hvp import STRATEGIES, BatchCurvature
 from .params import ParameterSpace
 
 logger = logging.getLogger(__name__)
+
+_IDENTITY_WIDTH = 16  # numbers per rank in the construction-time agreement check
 
 
 @contextlib.contextmanager
@@ -116,22 +134,93 @@ class CurvatureOperator(LinearOperator):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         self.model, self.loss_fn = model, loss_fn
-        self.space = ParameterSpace.of(model, params)
-        self.reduction = infer_reduction(loss_fn, reduction)
         self.world = current_world()
-        self.data = DataSource(data, batch_size, self.world.rank, self.world.size)
-        first = self.space.parameters(model)[self.space.names[0]]
-        self.device, self.model_dtype = first.device, first.dtype
-        self.curvature = BatchCurvature(model, loss_fn, self.space, strategy)
+        self.device = _model_device(model)
         self.check_data, self.progress = check_data, progress
         self._reference_fingerprint = None
+        self._num_samples = None  # over all ranks, from the first pass (or the tensors)
         self.num_applications = 0  # passes over the data
         self.num_vectors = 0  # products counted per vector
         self.time_in_products = 0.0
-        super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
-        self._check_loss_on_first_batch()
+        error = identity = None
+        try:  # every rank reaches the agreement check below, also after a local failure
+            self.space = ParameterSpace.of(model, params)
+            self.reduction = infer_reduction(loss_fn, reduction)
+            self.data = DataSource(data, batch_size, self.world.rank, self.world.size)
+            first = self.space.parameters(model)[self.space.names[0]]
+            self.device, self.model_dtype = first.device, first.dtype
+            self.curvature = BatchCurvature(model, loss_fn, self.space, strategy)
+            super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
+            self._check_loss_on_first_batch()
+            self._num_samples = self.data.total_samples
+            if self.world.size > 1:
+                identity = self._identity()
+        except Exception as exc:
+            error = exc
+        self._agree_across_ranks(identity, error)
 
     # ---- validation ---------------------------------------------------------------------
+    _IDENTITY = (
+        # (name, index in the identity row, index of its scale or None for exact equality)
+        ("operator kind", 0, None), ("loss reduction", 1, None),
+        ("number of parameters", 2, None), ("model dtype size", 3, None),
+        ("number of model tensors", 4, None), ("sum of the model's parameters and buffers", 5, 6),
+        ("sum of their squares", 7, 7), ("position-weighted sum of the model's tensors", 8, 9),
+        ("data form (0: tensor pair, 1: iterable)", 10, None),
+        ("number of samples (tensor pair) or batches (iterable)", 11, None),
+        ("sum of the inputs", 12, 13), ("sum of the targets", 14, 15),
+    )
+
+    def _identity(self) -> list:
+        """What all ranks must share: the operator, a fingerprint of the model, the data."""
+        tensors = [t.detach() for _, t in self.model.named_parameters()]
+        tensors += [t.detach() for _, t in self.model.named_buffers()]
+        tensors = [t for t in tensors if t.is_floating_point()]
+        f64 = torch.float64
+        sums = [float(torch.sum(t, dtype=f64)) for t in tensors]
+        abs_sums = [float(torch.linalg.vector_norm(t, 1, dtype=f64)) for t in tensors]
+        squares = [float(torch.linalg.vector_norm(t, 2, dtype=f64)) ** 2 for t in tensors]
+        identity = [
+            float(("hessian", "ggn", "residual").index(self.kind)),
+            0.0 if self.reduction == "mean" else 1.0,
+            float(self.space.dim), float(self.model_dtype.itemsize), float(len(tensors)),
+            math.fsum(sums), math.fsum(abs_sums), math.fsum(squares),
+            math.fsum((i + 1) * v for i, v in enumerate(sums)),
+            math.fsum((i + 1) * v for i, v in enumerate(abs_sums)),
+            *self.data.identity(),
+        ]
+        assert len(identity) == _IDENTITY_WIDTH
+        return identity
+
+    def _agree_across_ranks(self, identity, error):
+        """One collective at construction: every rank learns whether any rank failed to
+        build its part (and fails with it), and whether all ranks hold the same model and
+        data. Single-process: re-raises ``error``."""
+        if self.world.size == 1:
+            if error is not None:
+                raise error
+            return
+        row = np.zeros(_IDENTITY_WIDTH) if identity is None else np.asarray(identity, dtype=np.float64)
+        rows = gather_rows(torch.from_numpy(row), error, device=self.device,
+                           what=f"building the {self.kind} operator").numpy()
+        for name, col, scale_col in self._IDENTITY:
+            values = rows[:, col]
+            if scale_col is None:
+                same = bool(np.all(values == values[0]))
+            else:
+                tol = 1e-9 * float(np.max(np.abs(rows[:, scale_col]))) + 1e-300
+                same = bool(np.all(np.isfinite(values))) and float(np.ptp(values)) <= tol
+                same = same or bool(np.all((values == values[0])  # equal infinities/NaNs
+                                           | (np.isnan(values) & np.isnan(values[0]))))
+            if not same:
+                listed = ", ".join(f"rank {r}: {v:.17g}" for r, v in enumerate(values))
+                hint = ("pass the whole data set on every rank (the operator shards it "
+                        "exactly itself)" if col >= 10 else
+                        "build the model identically on every rank (seed its initialization, "
+                        "load the same checkpoint everywhere, move it to the same dtype)")
+                raise RankMismatchError(
+                    f"the {self.world.size} ranks disagree on the {name} ({listed}); {hint}")
+
     def _check_loss_on_first_batch(self):
         inputs, targets = self.data.first_batch()
         with evaluation_mode(self.model):
@@ -147,7 +236,7 @@ class CurvatureOperator(LinearOperator):
                 f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' or 'sum'"
             )
         if not torch.isfinite(value):
-            raise NonFiniteError(f"the loss is {value.item()} on batch 0")
+            raise NonFiniteError(f"the loss is {value.item()} on {_where(0, self.world)}")
 
     def _to_device(self, inputs, targets):
         x = inputs.to(self.device, non_blocking=True)
@@ -177,21 +266,38 @@ class CurvatureOperator(LinearOperator):
 
     def _accumulate(self, block: torch.Tensor) -> torch.Tensor:
         dim, b = block.shape
-        buffer = torch.zeros(dim * b + 1, dtype=torch.float64, device=self.device)
-        fingerprint = PassFingerprint()
-        for index, (inputs, targets) in enumerate(self._batches()):
-            x, y = self._to_device(inputs, targets)
-            value, product = self.curvature.products(self.kind, x, y, block)
-            _check_finite(value, product, index, self.kind)
-            weight = len(x) if self.reduction == "mean" else 1.0
-            buffer[:-1].add_(product.reshape(-1).to(torch.float64), alpha=weight)
-            buffer[-1] += len(x)
-            if self.check_data:
-                fingerprint.add(inputs, targets)
-        self._check_fingerprint(fingerprint)
-        all_reduce_sum(buffer)
-        total = buffer[:-1].view(dim, b)
-        return total / buffer[-1] if self.reduction == "mean" else total
+        size, rank = self.world.size, self.world.rank
+        n = dim * b
+        checks = 3 if size > 1 else 0  # per rank: sum V, |V|_1, |V|_2 (module docstring)
+        buffer = torch.zeros(n + 2 + checks * size, dtype=torch.float64, device=self.device)
+        error = None
+        try:  # every rank reaches the one all-reduce, also after a local failure
+            if checks:
+                row = buffer[n + 2 + 3 * rank: n + 5 + 3 * rank]
+                row[0] = torch.sum(block, dtype=torch.float64)
+                row[1] = torch.linalg.vector_norm(block, 1, dtype=torch.float64)
+                row[2] = torch.linalg.vector_norm(block, 2, dtype=torch.float64)
+            fingerprint = PassFingerprint()
+            for index, (inputs, targets) in enumerate(self._batches()):
+                x, y = self._to_device(inputs, targets)
+                value, product = self.curvature.products(self.kind, x, y, block)
+                _check_finite(value, product, index, self.kind, self.world)
+                weight = len(x) if self.reduction == "mean" else 1.0
+                buffer[:n].add_(product.reshape(-1).to(torch.float64), alpha=weight)
+                buffer[n] += len(x)
+                if self.check_data:
+                    fingerprint.add(inputs, targets)
+            self._check_fingerprint(fingerprint)
+        except Exception as exc:
+            error = exc
+        all_reduce_or_raise(buffer, error, flag_index=n + 1,
+                            what=f"a {self.kind} pass over the data")
+        if checks:
+            _check_same_block(buffer[n + 2:].view(size, 3).cpu().numpy(), self.kind)
+        if self._num_samples is None:
+            self._num_samples = int(buffer[n])
+        total = buffer[:n].view(dim, b)
+        return total / buffer[n] if self.reduction == "mean" else total
 
     def _batches(self):
         batches = self.data
@@ -208,6 +314,12 @@ class CurvatureOperator(LinearOperator):
             self._reference_fingerprint = fingerprint
         else:
             fingerprint.check_same(self._reference_fingerprint)
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples over all ranks: known at construction for a tensor pair, after the first
+        application for an iterable (None before)."""
+        return self._num_samples
 
     @property
     def data_fingerprint(self) -> tuple | None:
@@ -242,14 +354,50 @@ class CurvatureOperator(LinearOperator):
                 f"dtype={self.dtype} device={self.device}>")
 
 
-def _check_finite(value, product, index, kind):
+def _model_device(model) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _where(index, world) -> str:
+    return f"batch {index}" + (f" of rank {world.rank}" if world.size > 1 else "")
+
+
+def _check_finite(value, product, index, kind, world=None):
+    where = _where(index, world or current_world())
     if not torch.isfinite(value):
-        raise NonFiniteError(f"the loss is {value.item()} on batch {index}")
+        raise NonFiniteError(f"the loss is {value.item()} on {where}")
     if not torch.isfinite(product).all():
         raise NonFiniteError(
-            f"the {kind}-vector product has NaN or Inf entries on batch {index} "
+            f"the {kind}-vector product has NaN or Inf entries on {where} "
             "(overflow in the model, a non-differentiable op, or a NaN in the vector)"
         )
+
+
+#: Relative tolerance when comparing the per-rank fingerprints of the applied block: far
+#: above rounding (equal blocks give equal sums up to the order of a reduction), far below
+#: the difference between blocks drawn from different seeds.
+SAME_BLOCK_RTOL = 1e-10
+
+
+def _check_same_block(rows: np.ndarray, kind: str) -> None:
+    """Raise :class:`RankMismatchError` (on every rank alike: all see the same ``rows``)
+    unless every rank applied the operator to the same block. ``rows``: ``(W, 3)`` of
+    (sum, 1-norm, 2-norm) per rank."""
+    if not np.all(np.isfinite(rows)):
+        return  # an overflowing norm proves nothing; non-finite products are caught anyway
+    sums, l1, l2 = rows.T
+    if (np.ptp(sums) <= SAME_BLOCK_RTOL * l1.max() and np.ptp(l1) <= SAME_BLOCK_RTOL * l1.max()
+            and np.ptp(l2) <= SAME_BLOCK_RTOL * l2.max()):
+        return
+    listed = ", ".join(f"rank {r}: sum {s:.17g}, norm {n:.17g}"
+                       for r, (s, n) in enumerate(zip(sums, l2)))
+    raise RankMismatchError(
+        f"the ranks applied the {kind} operator to different vectors ({listed}); every rank "
+        "must run the same solver on the same vectors: seed it with the same integer on every "
+        "rank (rng=0, not rng=None), or draw the start vectors on rank 0 and broadcast them"
+    )
 
 
 class HessianOperator(CurvatureOperator):

@@ -1,0 +1,216 @@
+"""Commit a solver's state after every operator application; resume it after a kill.
+
+The state of a run lives in ``<group>/state`` of its spectrum file:
+
+* ``basis``: the Lanczos basis (an :class:`~lanczos_hessian.basis.HDF5Basis` dataset),
+  appended column by column, never overwritten while committed (see its docstring);
+* ``vectors_0``/``vectors_1`` and ``blob_0``/``blob_1``: two slots, each holding the vectors
+  the recurrence needs next and every small array and scalar (``T``, coefficients, counters,
+  the random generator's state, the basis layout, the data fingerprint) as an ``.npz`` blob;
+* ``commit``: ``[count, slot, finished]``, written last.
+
+A commit writes the slot *not* named by ``commit``, flushes, then writes ``commit`` and
+flushes again. Killed anywhere, the file names a complete slot: the last committed
+application. The file is in SWMR mode while the run streams, so its structure stays
+consistent on disk.
+
+Resuming checks that the run is the same: the settings, the model's parameters (a SHA-256 of
+their float64 values) and, at the first pass after the resume, the data (its pass
+fingerprint: sample count and sums); a mismatch is refused with a message naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+
+import numpy as np
+import torch
+
+from .basis import HDF5Basis, MirroredBasis, create_basis_dataset
+from .data import PassFingerprint
+from .errors import LanczosHessianError
+
+STATE = "state"
+
+
+class ResumeError(LanczosHessianError, ValueError):
+    """A run cannot be resumed from this file (different run, or nothing committed)."""
+
+
+def model_fingerprint(op) -> str:
+    """SHA-256 (first 16 hex digits) of the selected parameters as float64 bytes."""
+    flat = op.flat_parameters().cpu().numpy()
+    return hashlib.sha256(flat.tobytes()).hexdigest()[:16]
+
+
+def _pack(small: dict) -> np.ndarray:
+    buffer = _io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in small.items()})
+    return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
+
+
+def _unpack(blob: np.ndarray) -> dict:
+    with np.load(_io.BytesIO(blob.tobytes()), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+class RunCheckpoint:
+    """Double-buffered committed state of one solver run (see the module docstring).
+
+    Parameters
+    ----------
+    writer : SpectrumWriter
+        The run's file (declaring phase when creating, any phase when loading).
+    group : str
+        The run's group (``"eigs"``, ``"slq"``).
+    dim : int
+        Vector length ``n``.
+    num_vectors : int
+        Vectors per slot (1 for Lanczos, ``2 P`` for ``P`` lockstep probes).
+    capacity : int
+        Basis columns (0: no basis).
+    block_rows : int
+        Chunk length along the parameter axis.
+    """
+
+    def __init__(self, writer, group: str, dim: int, num_vectors: int, capacity: int,
+                 block_rows: int = 1 << 18):
+        self.writer, self.group = writer, group
+        self.dim, self.num_vectors, self.capacity = dim, num_vectors, capacity
+        self.block_rows = min(block_rows, dim)
+        self.path = f"{group}/{STATE}"
+
+    # ---- creation ------------------------------------------------------------------
+    def declare(self, settings: dict) -> None:
+        """Create the state datasets and record the run's identity (before streaming)."""
+        f = self.writer.file
+        state = f.require_group(self.path)
+        for slot in (0, 1):
+            state.create_dataset(f"vectors_{slot}", shape=(self.num_vectors, self.dim),
+                                 dtype="f8", chunks=(1, self.block_rows))
+            state.create_dataset(f"blob_{slot}", shape=(0,), maxshape=(None,), dtype="u1",
+                                 chunks=(1 << 16,))
+        state.create_dataset("commit", data=np.zeros(3, dtype=np.int64))
+        if self.capacity:
+            create_basis_dataset(state, "basis", self.dim, self.capacity, self.block_rows)
+        self.writer.set_attrs(self.path, {f"run_{k}": v for k, v in settings.items()})
+
+    def basis(self, location: str, device, column_map=None):
+        """The basis store backed by this file: on disk, or in memory mirrored to disk."""
+        ds = self.writer.file[f"{self.path}/basis"]
+        disk = HDF5Basis(ds, self.capacity, device=device, block_rows=self.block_rows,
+                         column_map=column_map)
+        if location == "disk":
+            return disk
+        if column_map:
+            return MirroredBasis.load(disk, device=device)
+        from .basis import TensorBasis
+
+        return MirroredBasis(TensorBasis(self.dim, self.capacity, device=device), disk)
+
+    # ---- commit and load -----------------------------------------------------------------
+    def _commit_record(self) -> np.ndarray:
+        return self.writer.file[f"{self.path}/commit"][:]
+
+    @property
+    def count(self) -> int:
+        """Number of committed states (0: nothing to resume)."""
+        return int(self._commit_record()[0])
+
+    def save(self, small: dict, vectors: list, finished: bool = False) -> int:
+        """Write the free slot, flush, then the commit record; returns the new count."""
+        f = self.writer.file
+        count, slot, _ = self._commit_record()
+        target = 1 - int(slot) if count else 0
+        blob = _pack(small)
+        ds = f[f"{self.path}/blob_{target}"]
+        ds.resize((blob.size,))
+        ds[:] = blob
+        vec = f[f"{self.path}/vectors_{target}"]
+        for i, v in enumerate(vectors):
+            vec[i] = v.detach().to(torch.float64).cpu().numpy()
+        f.flush()
+        f[f"{self.path}/commit"][:] = np.array([count + 1, target, int(finished)])
+        f.flush()
+        return int(count) + 1
+
+    def load(self) -> tuple:
+        """``(count, small, vectors (num_vectors, n) array, finished)`` of the committed slot."""
+        count, slot, finished = (int(x) for x in self._commit_record())
+        if count == 0:
+            raise ResumeError(f"{self.writer.path}: the {self.group} run committed no state yet")
+        f = self.writer.file
+        small = _unpack(f[f"{self.path}/blob_{slot}"][:])
+        vectors = f[f"{self.path}/vectors_{slot}"][:]
+        return count, small, vectors, bool(finished)
+
+    def check_same_run(self, settings: dict) -> None:
+        """Raise :class:`ResumeError` naming every setting that differs from the file's."""
+        node = self.writer.file.get(self.path)
+        if node is None:
+            raise ResumeError(f"{self.writer.path} has no resumable {self.group} run")
+        saved = {k[len("run_"):]: _plain(v) for k, v in node.attrs.items() if k.startswith("run_")}
+        differences = [
+            f"{key}: file has {saved.get(key)!r}, this run has {_plain(value)!r}"
+            for key, value in settings.items() if _plain(value) != saved.get(key)
+        ]
+        if differences:
+            raise ResumeError(f"{self.writer.path} is from a different run; refusing to resume ("
+                              + "; ".join(differences) + ")")
+
+
+def _plain(value):
+    """Attribute values as comparable Python values (None, lists and numpy scalars)."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None:
+        return "None"
+    return value
+
+
+def expect_data_fingerprint(op, fingerprint) -> None:
+    """Make ``op``'s next pass compare its data with the resumed run's first pass."""
+    if fingerprint is None or not np.size(fingerprint) or not op.check_data:
+        return
+    values = [float(v) for v in np.asarray(fingerprint).reshape(-1)]
+    op._reference_fingerprint = PassFingerprint(int(values[0]), *values[1:])
+
+
+class LanczosCheckpointer:
+    """The ``checkpoint`` hook of :func:`~lanczos_hessian.eigen.lanczos_eigsh` for one file."""
+
+    def __init__(self, store: RunCheckpoint, op=None):
+        self.store, self.op = store, op
+
+    def restore(self, process) -> dict | None:
+        """Load the committed state into ``process``; the driver's own state, or None."""
+        if self.store.count == 0:
+            return None
+        _, small, vectors, finished = self.store.load()
+        process.load_state_dict(small, {"next_q": torch.from_numpy(vectors[0])})
+        if self.op is not None:
+            expect_data_fingerprint(self.op, small.get("data_fingerprint"))
+        return {"num_restarts": int(small["num_restarts"]), "finished": finished,
+                "num_passes": int(small["num_passes"]), "num_vectors": int(small["num_vectors"]),
+                "elapsed": float(small["elapsed"])}
+
+    def commit(self, process, driver: dict, finished: bool) -> None:
+        small, vectors = process.state_dict()
+        small.update({k: v for k, v in driver.items()})
+        small["column_map"] = np.asarray(process.basis.state().get("column_map", []), dtype=np.int64)
+        fingerprint = None if self.op is None else self.op.data_fingerprint
+        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint else [], dtype=np.float64)
+        self.store.save(small, [vectors["next_q"]], finished)
+
+    def committed_column_map(self) -> list:
+        if self.store.count == 0:
+            return []
+        _, small, _, _ = self.store.load()
+        return [int(c) for c in small["column_map"]]

@@ -1,0 +1,186 @@
+"""Out-of-core bases, committed state, kill -9 and resume, readers following a writer."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import spectrum_matrix
+from lanczos_hessian import lanczos_eigsh
+from lanczos_hessian.basis import (
+    HDF5Basis,
+    MirroredBasis,
+    TensorBasis,
+    choose_location,
+    create_basis_dataset,
+    parse_bytes,
+)
+from lanczos_hessian.checkpoint import ResumeError
+from lanczos_hessian.errors import OutputPathError
+from lanczos_hessian.io import read_file
+
+PROBLEMS = str(Path(__file__).parent / "problems")
+COMMAND = [sys.executable, "-m", "lanczos_hessian", "eigs", "--problem", "slow_mlp:build",
+           "--k", "6", "--which", "BE", "--ncv", "14", "--tol", "1e-10", "--batch-size", "30",
+           "--strategy", "reverse-over-reverse", "--no-progress"]
+TIMEOUT = 240
+
+
+def run_cli(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(COMMAND + args, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT, **kwargs)
+
+
+def committed_steps(path):
+    try:
+        return len(read_file(path)["eigs"].steps.get("alpha", []))
+    except Exception:  # not created yet, or between creation and the first record
+        return 0
+
+
+def run_until(path, args, target):
+    """Start the CLI and SIGKILL it once ``target`` steps are committed; return what it saw."""
+    env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen(COMMAND + args, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    seen, deadline = [], time.monotonic() + TIMEOUT
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            count = committed_steps(path)  # a reader following the running writer
+            seen.append(count)
+            if count >= target:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        process.wait(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return seen, process.returncode
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "ref.h5"
+    done = run_cli(["--out", str(path)])
+    assert done.returncode == 0, done.stderr
+    return read_file(path)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    path = tmp_path / "run.h5"
+    total = len(reference["eigs"].steps["alpha"])
+    assert reference["eigs"].attrs["num_restarts"] >= 3  # kills fall before and after restarts
+    args = ["--out", str(path)]
+    for i, target in enumerate((5, total // 2, total - 3)):
+        seen, code = run_until(path, args if i == 0 else args + ["--resume"], target)
+        assert code == -signal.SIGKILL, f"run ended by itself (code {code}) before step {target}"
+        # 0: not readable while (re)opening. A resume may first drop the one record written
+        # after the last committed state (killed between the two), then steps only grow.
+        readable = [count for count in seen if count]
+        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
+        assert seen[-1] >= target and drops in ([], [1])
+    done = run_cli(args + ["--resume"])
+    assert done.returncode == 0, done.stderr
+    resumed, ref = read_file(path)["eigs"], reference["eigs"]
+    np.testing.assert_array_equal(resumed["eigenvalues"], ref["eigenvalues"])
+    np.testing.assert_array_equal(resumed["residual_bounds"], ref["residual_bounds"])
+    np.testing.assert_array_equal(resumed.steps["alpha"], ref.steps["alpha"])
+    np.testing.assert_array_equal(resumed.steps["ritz_values"], ref.steps["ritz_values"])
+    assert resumed.attrs["num_matvecs"] == ref.attrs["num_matvecs"]
+
+
+def test_analyze_reads_a_running_job(tmp_path):
+    path = tmp_path / "live.h5"
+    seen, _ = run_until(path, ["--out", str(path)], 8)
+    assert seen[-1] >= 8
+    done = subprocess.run([sys.executable, "-m", "lanczos_hessian", "analyze", str(path)],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert "CUT OFF" in done.stdout
+
+
+def test_resume_refuses_a_different_run(reference, tmp_path):
+    path = tmp_path / "run.h5"
+    run_until(path, ["--out", str(path)], 4)
+    other_k = run_cli(["--out", str(path), "--resume", "--k", "8"])
+    assert other_k.returncode == 2 and "different run" in other_k.stderr
+    assert "k: file has 6, this run has 8" in other_k.stderr
+    other_data = subprocess.run(
+        [a if a != "slow_mlp:build" else "slow_mlp:build_other_data" for a in COMMAND]
+        + ["--out", str(path), "--resume"],
+        env=dict(os.environ, PYTHONPATH=PROBLEMS), capture_output=True, text=True,
+        timeout=TIMEOUT)
+    assert other_data.returncode == 2 and "data source yielded different" in other_data.stderr
+    assert run_cli(["--out", str(tmp_path / "none.h5"), "--resume"]).returncode == 2
+
+
+@pytest.mark.parametrize("location", ["device", "host", "disk", "mirrored"])
+def test_every_basis_store_gives_the_same_numbers(location, tmp_path):
+    rng = np.random.default_rng(0)
+    A = spectrum_matrix(np.concatenate([rng.uniform(-1, 1, 150), [3, 4, 5, 6.0]]), seed=0)
+    reference = lanczos_eigsh(A, k=4, which="LA", ncv=10, tol=1e-10, rng=0)
+    n, capacity = A.shape[0], 10
+    handle = h5py.File(tmp_path / "basis.h5", "w")
+    basis = {
+        "device": lambda: TensorBasis(n, capacity),
+        "host": lambda: TensorBasis(n, capacity, device="cpu"),
+        "disk": lambda: HDF5Basis(create_basis_dataset(handle, "Q", n, capacity, 64), capacity,
+                                  block_rows=64),
+        "mirrored": lambda: MirroredBasis(TensorBasis(n, capacity), HDF5Basis(
+            create_basis_dataset(handle, "Q", n, capacity, 64), capacity, block_rows=64)),
+    }[location]()
+    result = lanczos_eigsh(A, k=4, which="LA", ncv=10, tol=1e-10, rng=0, basis=basis)
+    assert result.num_restarts > 0
+    np.testing.assert_allclose(result.eigenvalues, reference.eigenvalues, rtol=1e-13)
+    np.testing.assert_allclose(result.eigenvectors, reference.eigenvectors, atol=1e-10)
+    assert result.num_matvecs == reference.num_matvecs
+
+
+def test_disk_basis_streams_and_keeps_committed_columns(tmp_path):
+    n, capacity = 1000, 6
+    with h5py.File(tmp_path / "b.h5", "w") as handle:
+        disk = HDF5Basis(create_basis_dataset(handle, "Q", n, capacity, 128), capacity,
+                         block_rows=128)
+        Q, _ = torch.linalg.qr(torch.randn(n, 5, dtype=torch.float64))
+        for j in range(5):
+            disk.append(Q[:, j])
+        w = torch.randn(n, dtype=torch.float64)
+        w_perp, h = disk.orthogonalize(w)
+        assert float((Q.T @ w_perp).abs().max()) < 1e-14
+        np.testing.assert_allclose(h, Q.T @ w, rtol=1e-12)
+        before = list(disk.column_map)
+        S = np.linalg.qr(np.random.default_rng(0).standard_normal((5, 3)))[0]
+        disk.restart(S)
+        assert not set(disk.column_map) & set(before)  # new columns, old ones untouched
+        np.testing.assert_allclose(disk.combine(np.eye(3)), Q @ torch.from_numpy(S), atol=1e-13)
+        assert disk.bytes_read > 0 and disk.bytes_written > 0
+
+
+def test_memory_budget_and_disk_space_errors(tmp_path, monkeypatch):
+    assert choose_location(10**6, 20, None) == "device"
+    assert choose_location(10**6, 20, "1GiB") == "device"
+    assert choose_location(10**6, 20, "100MB") == "disk"
+    assert choose_location(10**6, 20, "100MB", "cuda", host_budget="1GiB") == "host"
+    assert parse_bytes("6GiB") == 6 * 2**30 and parse_bytes(1e3) == 1000
+    with pytest.raises(MemoryError, match="too small for the working vectors"):
+        choose_location(10**6, 20, "1MB")
+    with pytest.raises(ValueError, match="memory size"):
+        parse_bytes("lots")
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    from lanczos_hessian.jobs import check_disk_space
+
+    with pytest.raises(OutputPathError, match=r"not enough disk space .* GiB needed"):
+        check_disk_space(tmp_path / "x.h5", 10**6, 20)
