@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import numpy as np
 import torch
@@ -145,6 +146,7 @@ class HDF5Basis:
         self.column_map = list(column_map or [])
         self.bytes_read = 0
         self.bytes_written = 0
+        self.io_seconds = 0.0  # time spent reading and writing the dataset
 
     @property
     def size(self) -> int:
@@ -166,7 +168,9 @@ class HDF5Basis:
         if not self.column_map:
             return torch.zeros(stop - start, 0, dtype=torch.float64, device=self.device)
         lo, hi = min(self.column_map), max(self.column_map) + 1
+        t0 = time.perf_counter()
         block = self.ds[start:stop, lo:hi]
+        self.io_seconds += time.perf_counter() - t0
         self.bytes_read += block.nbytes
         cols = np.asarray(self.column_map) - lo
         return torch.from_numpy(np.ascontiguousarray(block[:, cols])).to(self.device)
@@ -176,8 +180,10 @@ class HDF5Basis:
             raise RuntimeError(f"basis is full ({self.capacity} columns)")
         column = self._free_columns(1)[0]
         values = q.detach().to(torch.float64).cpu().numpy()
+        t0 = time.perf_counter()
         for start, stop in self._blocks():
             self.ds[start:stop, column] = values[start:stop]
+        self.io_seconds += time.perf_counter() - t0
         self.bytes_written += values.nbytes
         self.column_map.append(column)
 
@@ -207,6 +213,14 @@ class HDF5Basis:
             h2 += Q.T @ block
             out[start:stop] = block.to(w.device, w.dtype)
         return self.subtract(out, h2), h1 + h2.to(h1.device)
+
+    def gram(self) -> torch.Tensor:
+        """``Q^T Q`` (``j x j``), streamed: how orthonormal the stored basis is."""
+        G = torch.zeros(self.size, self.size, dtype=torch.float64, device=self.device)
+        for start, stop in self._blocks():
+            Q = self._read(start, stop)
+            G += Q.T @ Q
+        return G
 
     def combine_blocks(self, S, block_rows: int | None = None):
         """Yield ``(start, stop, (Q S)[start:stop])`` float64 CPU row blocks."""

@@ -214,3 +214,44 @@ class LanczosCheckpointer:
             return []
         _, small, _, _ = self.store.load()
         return [int(c) for c in small["column_map"]]
+
+
+class ReplicaCheckpointer:
+    """The resume of a rank that does not write: the committed state, read from the file.
+
+    Under ``torch.distributed`` every rank runs the same Lanczos recurrence, so on resume
+    every rank must restore the same committed state; the ranks that do not write read it
+    (before the writing rank reopens the file) and keep their basis in memory.
+    """
+
+    def __init__(self, small, vectors, finished, basis):
+        self.small, self.vectors, self.finished, self.basis = small, vectors, finished, basis
+
+    @classmethod
+    def read(cls, path, group: str, capacity: int, device) -> "ReplicaCheckpointer":
+        from .basis import TensorBasis
+        from .io import open_spectrum
+
+        with open_spectrum(path) as f:
+            state = f.get(f"{group}/{STATE}")
+            if state is None or int(state["commit"][0]) == 0:
+                raise ResumeError(f"{path}: the {group} run committed no state yet")
+            _, slot, finished = (int(x) for x in state["commit"][:])
+            small = _unpack(state[f"blob_{slot}"][:])
+            vectors = state[f"vectors_{slot}"][:]
+            columns = [int(c) for c in small["column_map"]]
+            dim = state["basis"].shape[0]
+            basis = TensorBasis(dim, capacity, device=device)
+            for c in columns:
+                basis.append(torch.from_numpy(state["basis"][:, c]))
+        return cls(small, vectors, bool(finished), basis)
+
+    def restore(self, process) -> dict:
+        process.load_state_dict(self.small, {"next_q": torch.from_numpy(self.vectors[0])})
+        return {"num_restarts": int(self.small["num_restarts"]), "finished": self.finished,
+                "num_passes": int(self.small["num_passes"]),
+                "num_vectors": int(self.small["num_vectors"]),
+                "elapsed": float(self.small["elapsed"])}
+
+    def commit(self, process, driver, finished) -> None:
+        """Nothing: the writing rank commits."""

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
     eigs.add_argument("--resume", action="store_true",
                       help="continue a killed run from the last committed step in --out")
+    eigs.add_argument("--shard-vectors", action="store_true",
+                      help="under torchrun: each rank keeps only its rows of the Lanczos "
+                           "vectors and basis (memory / number of ranks; not resumable)")
     eigs.add_argument("--memory-budget", default=None,
                       help="memory for the Lanczos basis, e.g. 6GiB; the basis goes to disk "
                            "(in --out) when it does not fit (default: no limit)")
@@ -149,6 +152,7 @@ def _run_eigs(args, echo):
                       tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs, seed=args.seed,
                       save_vectors=args.save_vectors, overwrite=args.overwrite,
                       resume=args.resume, memory_budget=args.memory_budget,
+                      shard_vectors=args.shard_vectors,
                       progress=not args.no_progress, attrs=problem.attrs)
     echo(eigen_table(result.eigenvalues, result.residual_bounds, result.error_bounds,
                      result.residuals, result.converged,

@@ -33,6 +33,7 @@ import torch
 from .errors import NoConvergenceError, NumericalWarning
 from .lanczos import LanczosProcess
 from .linop import as_block_matvec
+from .sharding import ShardedMatvec
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def lanczos_eigsh(
     basis=None,
     callback=None,
     checkpoint=None,
+    shard=None,
     progress: bool = False,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
@@ -202,6 +204,10 @@ def lanczos_eigsh(
         ``restore(process)`` and ``commit(process, driver_state, finished)``, called before
         the first step and after every step: a killed run resumes from the last commit
         (:class:`lanczos_hessian.checkpoint.LanczosCheckpointer`).
+    shard : Shard, optional
+        Split every Lanczos vector and the basis across the ranks of the process group
+        (:mod:`lanczos_hessian.sharding`): basis memory per rank divided by their number.
+        ``basis``, if given, holds this rank's rows; eigenvectors are gathered whole.
     progress : bool
         Show a tqdm progress bar over operator applications.
     """
@@ -213,7 +219,9 @@ def lanczos_eigsh(
     ncv = min(ncv or max(2 * k + 1, 20), n)
     max_matvecs = max_matvecs or max(20 * ncv, 300)
     generator, v0 = _start_vector(rng, v0, n, matvec.device)
-    process = LanczosProcess(matvec, v0, ncv, generator, basis=basis)
+    if shard is not None and shard.is_split:
+        matvec, v0 = ShardedMatvec(matvec, shard), shard.local(v0)
+    process = LanczosProcess(matvec, v0, ncv, generator, basis=basis, shard=shard)
     start = time.perf_counter()
     t_ritz = 0.0
     num_restarts, finished, elapsed_before = 0, False, 0.0
@@ -332,12 +340,15 @@ def _gap_bounds(theta_all, idx, bounds):
 
 def _assemble(process, theta, S, bounds, want, tol, anorm, criterion, which, matvec,
               return_eigenvectors, true_residuals, num_restarts, timings):
+    shard = process.shard
     vectors = process.ritz_vectors(S[:, want]) if (return_eigenvectors or true_residuals) else None
     residuals = None
     if true_residuals:
-        AY = matvec(vectors.to(matvec.device))
-        R = AY.to(vectors.device) - vectors * torch.as_tensor(theta[want], device=vectors.device)
-        residuals = torch.linalg.vector_norm(R, dim=0).cpu().numpy()
+        AY = matvec(vectors.to(matvec.device)).to(vectors.device)
+        R = AY - vectors * torch.as_tensor(theta[want], device=vectors.device)
+        residuals = shard.sum((R * R).sum(dim=0)).sqrt().cpu().numpy()
+    if return_eigenvectors:
+        vectors = shard.gather(vectors)
     timings = {**process.timings, **timings}
     # the free bound knows nothing of rounding in the operator (float32 products): where the
     # true residual was measured, the error bound uses whichever residual is larger

@@ -7,14 +7,22 @@ arrays with their provenance. Only the main rank (global rank 0) writes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 
 import numpy as np
 from .distributed import current_world
 from .eigen import lanczos_eigsh, wanted_indices
-from .basis import HDF5Basis, choose_location, create_basis_dataset
-from .checkpoint import LanczosCheckpointer, RunCheckpoint, model_fingerprint
+from .basis import HDF5Basis, TensorBasis, choose_location, create_basis_dataset
+from .checkpoint import (
+    LanczosCheckpointer,
+    ReplicaCheckpointer,
+    ResumeError,
+    RunCheckpoint,
+    model_fingerprint,
+)
+from .sharding import Shard
 from .errors import OutputPathError
 from .io import SpectrumWriter, check_output_path, write_eigs
 
@@ -90,7 +98,8 @@ def step_recorder(writer, group: str, k: int, which: str, k_bottom=None):
 
 def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
              max_matvecs=None, seed=0, save_vectors=False, true_residuals=True,
-             overwrite=False, resume=False, memory_budget=None, progress=True, attrs=None):
+             overwrite=False, resume=False, memory_budget=None, shard_vectors=False,
+             progress=True, attrs=None):
     """Eigenpairs of ``op`` by :func:`lanczos_eigsh`, committed to ``out`` after every pass.
 
     ``memory_budget`` (bytes or ``"6GiB"``) decides where the Lanczos basis lives: in device
@@ -98,64 +107,89 @@ def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=Non
     blocks; :func:`~lanczos_hessian.basis.choose_location`). With a file, the basis is
     always kept in it too, with the rest of the state, so that ``resume=True`` continues a
     killed run from its last committed application (:mod:`lanczos_hessian.checkpoint`).
+
+    Under ``torch.distributed`` every rank runs the recurrence and rank 0 writes. With
+    ``shard_vectors`` each rank keeps only its rows of the Lanczos vectors and basis
+    (:mod:`lanczos_hessian.sharding`); such a run records its steps and results but keeps
+    no resumable state, since the basis exists only in pieces on the ranks.
     """
     world = current_world()
     n = op.shape[0]
     capacity = min(ncv or max(2 * k + 1, 20), n)
-    location = choose_location(n, capacity, memory_budget, op.device)
+    shard = Shard(n) if shard_vectors and world.size > 1 else None
+    rows = shard.local_dim if shard else n
+    location = choose_location(rows, capacity, memory_budget, op.device)
+    if shard is not None and resume:
+        raise ResumeError("a run with sharded Lanczos vectors cannot be resumed (each rank "
+                          "holds only a slice of the basis); run without --shard-vectors")
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
                 "max_matvecs": max_matvecs, "seed": seed, "operator": op.kind,
                 "num_params": n, "reduction": op.reduction, "model_dtype": str(op.model_dtype),
                 "world_size": world.size, "model": model_fingerprint(op)}
-    if out is None or not world.is_main:
-        return _eigs_in_memory(op, location, capacity, k, which, k_bottom, tol, ncv,
-                               max_matvecs, seed, save_vectors, true_residuals, progress)
-    if not resume:
+    if out is not None and world.is_main and not resume:
         check_output_path(out, overwrite)
-        check_disk_space(out, n, capacity)
+        check_disk_space(out, rows, capacity)
+    replica = _read_replica_state(out, capacity, op.device) if resume else None
+    solve = dict(k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
+                 rng=seed, return_eigenvectors=save_vectors, true_residuals=true_residuals,
+                 shard=shard)
+    if out is None or not world.is_main:
+        with _scratch_basis(rows, capacity, location, op.device) as basis:
+            return lanczos_eigsh(op, **solve, basis=replica.basis if replica else basis,
+                                 checkpoint=replica, progress=progress and world.is_main)
     writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
                             overwrite=overwrite, append=resume)
-    with writer:
-        store = RunCheckpoint(writer, "eigs", n, 1, capacity)
+    with writer, _scratch_basis(rows, capacity, location, op.device) as scratch:
+        store = None if shard else RunCheckpoint(writer, "eigs", n, 1, capacity)
         if resume:
             store.check_same_run(settings)
             _rewind_steps(writer, "eigs", store.count)
         else:
             writer.set_attrs("eigs", {**_plain_settings(settings), "complete": False})
-            store.declare(settings)
             writer.declare_steps("eigs", _eigs_row(k))
-        checkpointer = LanczosCheckpointer(store, op)
-        basis = store.basis(location, op.device, checkpointer.committed_column_map())
+            if store is not None:
+                store.declare(settings)
+        checkpointer = LanczosCheckpointer(store, op) if store is not None else None
+        basis = (store.basis(location, op.device, checkpointer.committed_column_map())
+                 if store is not None else scratch)
         writer.start_streaming()
-        result = lanczos_eigsh(
-            op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
-            rng=seed, return_eigenvectors=save_vectors, true_residuals=true_residuals,
-            callback=step_recorder(writer, "eigs", k, which, k_bottom), basis=basis,
-            checkpoint=checkpointer, progress=progress,
-        )
+        result = lanczos_eigsh(op, **solve, basis=basis, checkpoint=checkpointer,
+                               callback=step_recorder(writer, "eigs", k, which, k_bottom),
+                               progress=progress)
         writer.finish()
         write_eigs(writer, result, "eigs", {**_plain_settings(settings),
-                                             "basis_location": location})
+                                             "basis_location": location,
+                                             "sharded": shard is not None})
     return result
 
 
-def _eigs_in_memory(op, location, capacity, k, which, k_bottom, tol, ncv, max_matvecs, seed,
-                    save_vectors, true_residuals, progress):
-    """The same computation without a file of its own (other ranks, or no ``out``)."""
+def _read_replica_state(out, capacity, device):
+    """On resume under torch.distributed: the committed state for the ranks that do not
+    write, read before rank 0 reopens the file (two barriers order it)."""
+    world = current_world()
+    if world.size == 1:
+        return None
+    import torch.distributed as dist
+
+    dist.barrier()
+    replica = None if world.is_main else ReplicaCheckpointer.read(out, "eigs", capacity, device)
+    dist.barrier()
+    return replica
+
+
+@contextlib.contextmanager
+def _scratch_basis(rows, capacity, location, device):
+    """A basis of this rank's own: in memory, or on disk in a temporary HDF5 file."""
+    if location != "disk":
+        yield TensorBasis(rows, capacity, device=device)
+        return
     import tempfile
 
     import h5py
 
-    with tempfile.TemporaryDirectory() as tmp:
-        basis = None
-        if location == "disk":
-            handle = h5py.File(f"{tmp}/basis.h5", "w")
-            basis = HDF5Basis(create_basis_dataset(handle, "basis", op.shape[0], capacity),
-                              capacity, device=op.device)
-        return lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv,
-                             max_matvecs=max_matvecs, rng=seed, basis=basis,
-                             return_eigenvectors=save_vectors, true_residuals=true_residuals,
-                             progress=progress and current_world().is_main)
+    with tempfile.TemporaryDirectory() as tmp, h5py.File(f"{tmp}/basis.h5", "w") as handle:
+        yield HDF5Basis(create_basis_dataset(handle, "basis", rows, capacity), capacity,
+                        device=device)
 
 
 def _eigs_row(k):

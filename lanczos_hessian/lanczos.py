@@ -69,19 +69,27 @@ class LanczosProcess:
     basis : object, optional
         A basis store (see :mod:`lanczos_hessian.basis`); default a :class:`TensorBasis`
         on ``v0``'s device.
+    shard : Shard, optional
+        When the vectors are split across ranks (:mod:`lanczos_hessian.sharding`): ``v0``,
+        the basis and every vector here are this rank's rows, ``matvec`` works on row
+        slices, and inner products are summed over ranks.
     """
 
     def __init__(self, matvec, v0: torch.Tensor, capacity: int, generator: torch.Generator,
-                 basis=None):
+                 basis=None, shard=None):
+        from .sharding import Shard, ShardedBasis
+
         self.matvec = matvec
-        self.dim = v0.shape[0]
+        self.shard = shard or Shard(v0.shape[0], 0, 1)
+        self.dim = self.shard.n
         self.device = v0.device
         self.capacity = min(capacity, self.dim)
         self.generator = generator
-        self.basis = basis or TensorBasis(self.dim, self.capacity, device=self.device)
+        basis = basis or TensorBasis(v0.shape[0], self.capacity, device=self.device)
+        self.basis = ShardedBasis(basis, self.shard) if self.shard.is_split else basis
         self.T = np.zeros((self.capacity + 1, self.capacity + 1))
-        norm = torch.linalg.vector_norm(v0)
-        if not torch.isfinite(norm) or norm == 0:
+        norm = self.shard.norm(v0.to(torch.float64))
+        if not np.isfinite(norm) or norm == 0:
             raise ValueError("the start vector v0 must be finite and nonzero")
         self.next_q = v0.to(torch.float64) / norm
         self.beta = 0.0  # coupling of the last basis vector to next_q
@@ -120,10 +128,10 @@ class LanczosProcess:
         w = self.matvec(q.reshape(-1, 1)).reshape(-1).to(self.device, torch.float64)  # 1.
         t1 = time.perf_counter()
         self.num_matvecs += 1
-        alpha = float(q @ w)
+        alpha = self.shard.dot(q, w)
         w, _ = orthogonalize(w, self.basis)  # 2.-3.
         self.T[j, j] = alpha
-        beta = float(torch.linalg.vector_norm(w))  # 4.
+        beta = self.shard.norm(w)  # 4.
         if not self.restarted:
             self.alphas.append(alpha)
             self.betas.append(beta)
@@ -149,10 +157,12 @@ class LanczosProcess:
         self.num_breakdowns += 1
         if self.size >= self.dim:
             self.exhausted = True
-            return torch.zeros(self.dim, dtype=torch.float64, device=self.device), 0.0
-        r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64).to(self.device)
+            return torch.zeros_like(self.next_q), 0.0
+        # drawn whole on every rank from the same generator state, then this rank's rows
+        r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64)
+        r = self.shard.local(r).to(self.device)
         r, _ = orthogonalize(r, self.basis)
-        norm = float(torch.linalg.vector_norm(r))
+        norm = self.shard.norm(r)
         if norm <= 1e-8:  # nothing left outside span(Q)
             self.exhausted = True
             return torch.zeros_like(r), 0.0

@@ -40,6 +40,7 @@ def test_reader_trusts_only_committed_records(tmp_path):
         writer.append_step("slq", {"value": float(i), "row": np.arange(3) * i})
     # a crash between resizing and committing leaves an uncommitted row behind
     steps = writer.file["slq/steps"]
+    assert int(steps["committed"][0]) == 5
     steps["value"].resize(6, axis=0)
     steps["value"][5] = 99.0
     writer.file.flush()
