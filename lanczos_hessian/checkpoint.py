@@ -255,3 +255,75 @@ class ReplicaCheckpointer:
 
     def commit(self, process, driver, finished) -> None:
         """Nothing: the writing rank commits."""
+
+
+class SLQCheckpointer:
+    """The ``checkpoint`` hook of :func:`~lanczos_hessian.slq.slq` for one file.
+
+    Slots hold the ``2 P`` vectors of the ``P`` lockstep recurrences (current and previous
+    Lanczos vectors); each probe's basis is an append-only :class:`HDF5Basis` (or one mirrored
+    in memory), truncated on resume to the committed number of columns.
+    """
+
+    def __init__(self, store: RunCheckpoint, op=None, bases=None):
+        self.store, self.op, self.bases = store, op, bases or []
+
+    def restore(self, lanczos) -> int | None:
+        if self.store.count == 0:
+            return None
+        _, small, vectors, _ = self.store.load()
+        P = vectors.shape[0] // 2
+        q = torch.from_numpy(vectors[:P].T.copy())
+        q_prev = torch.from_numpy(vectors[P:].T.copy())
+        lanczos.load_state_dict(small, q, q_prev)
+        for basis, size in zip(lanczos.bases or [], small["basis_sizes"]):
+            _restore_columns(basis, int(size))
+        if self.op is not None:
+            expect_data_fingerprint(self.op, small.get("data_fingerprint"))
+        return int(small["step"])
+
+    def commit(self, lanczos, step: int, finished: bool) -> None:
+        small, (q, q_prev) = lanczos.state_dict()
+        small["step"] = step
+        small["basis_sizes"] = np.array([b.size for b in (lanczos.bases or [])], dtype=np.int64)
+        fingerprint = None if self.op is None else self.op.data_fingerprint
+        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint else [], dtype=np.float64)
+        self.store.save(small, list(q.T) + list(q_prev.T), finished)
+
+
+def _restore_columns(basis, size: int) -> None:
+    """Point an append-only store at its first ``size`` committed columns (and reload the
+    in-memory copy of a mirrored one); columns written after the last commit are dropped."""
+    if isinstance(basis, MirroredBasis):
+        basis.mirror.column_map = list(range(size))
+        for start, stop in basis.mirror._blocks():
+            basis.primary.Q[start:stop, :size] = basis.mirror._read(start, stop).to(
+                basis.primary.Q.device)
+        basis.primary.size = size
+    elif isinstance(basis, HDF5Basis):
+        basis.column_map = list(range(size))
+    else:
+        raise ResumeError("resuming SLQ needs bases stored in the run's file")
+
+
+def probe_basis_factory(writer, group: str, location: str, device,
+                        block_rows: int = 1 << 18):
+    """``basis_factory`` for :func:`~lanczos_hessian.slq.slq` whose bases live in the file.
+
+    Probe ``p``'s basis is ``<group>/state/basis_<p>`` (created on first use while declaring;
+    on resume, reloaded with its committed columns by :class:`SLQCheckpointer`).
+    """
+    state = writer.file.require_group(f"{group}/{STATE}")
+
+    def make(p, dim, capacity):
+        name = f"basis_{p}"
+        if name not in state:
+            create_basis_dataset(state, name, dim, capacity, min(block_rows, dim))
+        disk = HDF5Basis(state[name], capacity, device=device, block_rows=min(block_rows, dim))
+        if location == "disk":
+            return disk  # SLQCheckpointer.restore() points it at the committed columns
+        from .basis import TensorBasis
+
+        return MirroredBasis(TensorBasis(dim, capacity, device=device), disk)
+
+    return make

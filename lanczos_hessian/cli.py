@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
+    slq.add_argument("--resume", action="store_true",
+                     help="continue a killed run from the last committed step in --out")
+    slq.add_argument("--memory-budget", default=None,
+                     help="memory for the probes' bases, e.g. 6GiB (else on disk in --out)")
 
     analyze = sub.add_parser("analyze", help="summarize and plot saved spectrum files")
     analyze.add_argument("files", nargs="+", help="HDF5 files written by this package")
@@ -168,14 +172,15 @@ def _run_slq(args, echo):
     from .io import check_output_path
     from .jobs import slq_job
 
-    if args.out is not None:
+    if args.out is not None and not args.resume:
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
     eigs, result = slq_job(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
                            probe=args.probe, k_top=args.deflate_top,
                            k_bottom=args.deflate_bottom, tol=args.tol,
                            reorthogonalize=not args.no_reorthogonalize, seed=args.seed,
-                           overwrite=args.overwrite, progress=not args.no_progress,
+                           overwrite=args.overwrite, resume=args.resume,
+                           memory_budget=args.memory_budget, progress=not args.no_progress,
                            attrs=problem.attrs)
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "

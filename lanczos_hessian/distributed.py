@@ -179,6 +179,23 @@ def broadcast(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     return tensor
 
 
+def common_seed(seed: int | None = None) -> int:
+    """``seed`` itself, or (for ``None``) fresh entropy drawn on rank 0 and shared by all.
+
+    For solvers that draw random vectors: every rank must draw the same ones (the operators
+    check this on every application, see :mod:`lanczos_hessian.operators`). One small
+    collective when ``seed`` is None under a process group; no collective otherwise.
+    """
+    if seed is not None:
+        return int(seed)
+    import numpy as np
+
+    value = [int(np.random.default_rng().integers(2**63))]
+    if is_distributed():
+        dist.broadcast_object_list(value, src=0)
+    return value[0]
+
+
 def all_reduce_or_raise(buffer: torch.Tensor, error: BaseException | None, *,
                         flag_index: int = -1, what: str = "a collective step") -> torch.Tensor:
     """The one all-reduce (sum) of a step, joined by every rank even after a local failure.

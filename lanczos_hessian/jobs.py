@@ -12,19 +12,23 @@ import logging
 import platform
 
 import numpy as np
-from .distributed import current_world
-from .eigen import lanczos_eigsh, wanted_indices
+
 from .basis import HDF5Basis, TensorBasis, choose_location, create_basis_dataset
 from .checkpoint import (
     LanczosCheckpointer,
     ReplicaCheckpointer,
     ResumeError,
     RunCheckpoint,
+    SLQCheckpointer,
     model_fingerprint,
+    probe_basis_factory,
 )
-from .sharding import Shard
+from .distributed import current_world
+from .eigen import lanczos_eigsh, wanted_indices
 from .errors import OutputPathError
 from .io import SpectrumWriter, check_output_path, write_eigs
+from .sharding import Shard
+from .slq import slq
 
 logger = logging.getLogger(__name__)
 
@@ -258,35 +262,95 @@ def write_slq(writer, result, group: str = "slq", settings: dict | None = None) 
 
 def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=0,
             k_bottom=0, tol=1e-6, reorthogonalize=True, seed=0, overwrite=False,
-            progress=True, attrs=None):
+            resume=False, memory_budget=None, progress=True, attrs=None):
     """SLQ of ``op`` (deflated by ``k_top``/``k_bottom`` eigenpairs first), streamed to ``out``.
 
-    The deflation eigenpairs are computed by one :func:`lanczos_eigsh` run (``LA``, ``SA``
-    or ``BE``) and stored in the ``eigs`` group; the quadrature goes to ``slq``. Returns
-    ``(eigs result or None, slq result)``.
+    The deflation eigenpairs come from one :func:`lanczos_eigsh` run (``LA``, ``SA`` or
+    ``BE``) stored with their eigenvectors in the ``eigs`` group; the quadrature goes to
+    ``slq``. With a file, both phases commit their state after every operator application
+    and ``resume=True`` continues a killed run (single process). The two phases draw from
+    independent seeds spawned from ``seed``, so a resumed run draws the same probes.
+    Returns ``(eigs result or None, slq result)``.
     """
-    from .slq import slq
-
-    if out is not None and current_world().is_main:
-        check_output_path(out, overwrite)
+    world = current_world()
+    if resume and (out is None or world.size > 1):
+        raise ResumeError("resuming SLQ needs --out and a single process")
+    eigs_seed, slq_seed = (int(s.generate_state(1)[0]) for s in
+                           np.random.SeedSequence(seed).spawn(2))
+    k = k_top + k_bottom
+    which = "BE" if k_top and k_bottom else "LA" if k_top else "SA"
+    k_b = k_bottom if which == "BE" else None
     settings = {"num_probes": num_probes, "num_steps": num_steps, "probe": probe,
                 "k_top": k_top, "k_bottom": k_bottom, "tol": tol, "seed": seed,
-                "reorthogonalize": reorthogonalize}
-    main = current_world().is_main
-    rng = np.random.default_rng(seed)
-    with open_writer(out, provenance(op, seed=seed, **(attrs or {})), overwrite) as writer:
-        eigs = None
-        if k_top + k_bottom > 0:
-            k, which = k_top + k_bottom, ("BE" if k_top and k_bottom else "LA" if k_top else "SA")
-            k_b = k_bottom if which == "BE" else None
-            writer.set_attrs("eigs", {"k": k, "which": which, "complete": False})
-            eigs = lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=rng,
-                                 callback=step_recorder(writer, "eigs", k, which, k_b),
-                                 progress=progress and main)
-            write_eigs(writer, eigs, "eigs", {"k": k, "k_bottom": k_b})
-        writer.set_attrs("slq", {**settings, "complete": False})
-        result = slq(op, num_probes, num_steps, probe=probe, rng=rng,
+                "reorthogonalize": reorthogonalize, "operator": op.kind,
+                "num_params": op.shape[0], "model": model_fingerprint(op)}
+    if out is None or not world.is_main:
+        eigs = (lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed)
+                if k else None)
+        return eigs, slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
+                         reorthogonalize=reorthogonalize, deflate=eigs,
+                         progress=progress and world.is_main)
+    n = op.shape[0]
+    capacity = min(num_steps, n - k)
+    location = choose_location(n, capacity * num_probes, memory_budget, op.device)
+    if not resume:
+        check_output_path(out, overwrite)
+    writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
+                            overwrite=overwrite, append=resume)
+    with writer:
+        slq_store = RunCheckpoint(writer, "slq", n, 2 * num_probes, 0)
+        eigs_store = RunCheckpoint(writer, "eigs", n, 1, min(max(2 * k + 1, 20), n)) if k else None
+        if resume:
+            slq_store.check_same_run(settings)
+            _rewind_steps(writer, "slq", slq_store.count)
+        else:
+            _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes,
+                              capacity if reorthogonalize else 0)
+        eigs = _deflation_phase(writer, op, eigs_store, k, which, k_b, tol, eigs_seed, location,
+                                resume, progress) if k else None
+        make_basis = probe_basis_factory(writer, "slq", location, op.device)
+        writer.start_streaming()
+        result = slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
                      reorthogonalize=reorthogonalize, deflate=eigs,
-                     callback=slq_recorder(writer), progress=progress and main)
-        write_slq(writer, result, "slq", settings)
+                     callback=slq_recorder(writer), progress=progress,
+                     basis_factory=make_basis if reorthogonalize else None,
+                     checkpoint=SLQCheckpointer(slq_store, op))
+        writer.finish()
+        write_slq(writer, result, "slq", _plain_settings(settings))
     return eigs, result
+
+
+def _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes, capacity):
+    """Create every dataset both phases will stream into (SWMR allows no new ones later)."""
+    if eigs_store is not None:
+        writer.set_attrs("eigs", {"k": k, "complete": False})
+        writer.declare_steps("eigs", _eigs_row(k))
+        eigs_store.declare({"k": k})
+    writer.set_attrs("slq", {**_plain_settings(settings), "complete": False})
+    writer.declare_steps("slq", {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
+                                 "num_passes": 0})
+    slq_store.declare(settings)
+    state = writer.file[f"slq/{slq_store.path.split('/', 1)[1]}"]
+    for p in range(num_probes if capacity else 0):
+        create_basis_dataset(state, f"basis_{p}", slq_store.dim, capacity,
+                             min(1 << 18, slq_store.dim))
+
+
+def _deflation_phase(writer, op, store, k, which, k_bottom, tol, seed, location, resume,
+                     progress):
+    """The outliers: computed (committed step by step), or read back when already complete."""
+    if resume and writer.file["eigs"].attrs.get("complete", False):
+        group = writer.file["eigs"]
+        return (group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:])
+    checkpointer = LanczosCheckpointer(store, op)
+    basis = store.basis(location, op.device, checkpointer.committed_column_map())
+    if resume:
+        _rewind_steps(writer, "eigs", store.count)
+    writer.start_streaming()
+    eigs = lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, rng=seed,
+                         basis=basis, checkpoint=checkpointer,
+                         callback=step_recorder(writer, "eigs", k, which, k_bottom),
+                         progress=progress)
+    writer.finish()
+    write_eigs(writer, eigs, "eigs", {"k": k, "k_bottom": k_bottom})
+    return eigs

@@ -200,7 +200,7 @@ class CurvatureOperator(LinearOperator):
             if error is not None:
                 raise error
             return
-        row = np.zeros(_IDENTITY_WIDTH) if identity is None else np.asarray(identity, dtype=np.float64)
+        row = np.zeros(_IDENTITY_WIDTH) if identity is None else np.asarray(identity, float)
         rows = gather_rows(torch.from_numpy(row), error, device=self.device,
                            what=f"building the {self.kind} operator").numpy()
         for name, col, scale_col in self._IDENTITY:
@@ -361,7 +361,7 @@ def _model_device(model) -> torch.device:
 
 
 def _where(index, world) -> str:
-    return f"batch {index}" + (f" of rank {world.rank}" if world.size > 1 else "")
+    return f"batch {index}" + (f" of rank {world.rank}'s shard" if world.size > 1 else "")
 
 
 def _check_finite(value, product, index, kind, world=None):

@@ -345,7 +345,8 @@ class _LockstepLanczos:
     """``P`` independent Lanczos recurrences advanced by one block product per step."""
 
     def __init__(self, matvec: BlockMatvec, U: torch.Tensor, num_steps: int,
-                 reorthogonalize: bool, project: _Projector, basis_device=None):
+                 reorthogonalize: bool, project: _Projector, basis_device=None,
+                 basis_factory=None):
         n, P = U.shape
         self.matvec, self.project = matvec, project
         self.dim = n
@@ -363,8 +364,8 @@ class _LockstepLanczos:
         self.max_length = n - project.rank if reorthogonalize else math.inf
         capacity = int(min(num_steps, self.max_length))
         basis_device = U.device if basis_device is None else torch.device(basis_device)
-        self.bases = ([TensorBasis(n, capacity, device=basis_device) for _ in range(P)]
-                      if reorthogonalize else None)
+        make = basis_factory or (lambda p, dim, cap: TensorBasis(dim, cap, device=basis_device))
+        self.bases = [make(p, n, capacity) for p in range(P)] if reorthogonalize else None
         self.timings = {"operator": 0.0, "orthogonalization": 0.0}
 
     def step(self) -> None:
@@ -420,6 +421,27 @@ class _LockstepLanczos:
     def snapshot(self, step: int) -> tuple:
         return self.alphas[:, :step].copy(), self.betas[:, :step].copy()
 
+    def state_dict(self) -> tuple:
+        """``(small, vectors)`` to continue exactly; the bases are restored by their stores."""
+        small = {"beta_prev": self.beta_prev.copy(), "alphas": self.alphas.copy(),
+                 "betas": self.betas.copy(), "num_nodes": self.num_nodes.copy(),
+                 "active": self.active.copy(), "anorm": self.anorm.copy(),
+                 "timing_operator": self.timings["operator"],
+                 "timing_orthogonalization": self.timings["orthogonalization"]}
+        return small, [self.q, self.q_prev]
+
+    def load_state_dict(self, small: dict, q, q_prev) -> None:
+        self.beta_prev = np.array(small["beta_prev"], dtype=np.float64)
+        self.alphas = np.array(small["alphas"], dtype=np.float64)
+        self.betas = np.array(small["betas"], dtype=np.float64)
+        self.num_nodes = np.array(small["num_nodes"], dtype=np.int64)
+        self.active = np.array(small["active"], dtype=bool)
+        self.anorm = np.array(small["anorm"], dtype=np.float64)
+        self.timings = {"operator": float(small["timing_operator"]),
+                        "orthogonalization": float(small["timing_orthogonalization"])}
+        self.q = q.to(self.q.device, torch.float64).clone()
+        self.q_prev = q_prev.to(self.q.device, torch.float64).clone()
+
 
 # ------------------------------------------------------------------ drivers
 
@@ -457,7 +479,7 @@ def _start_vectors(probes, num_probes, probe, rng, n, device, project) -> tuple:
 def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademacher",
         rng=None, reorthogonalize: bool = True, deflate=None, callback=None,
         progress: bool = False, dim: int | None = None, probes=None,
-        basis_device=None) -> SLQResult:
+        basis_device=None, basis_factory=None, checkpoint=None) -> SLQResult:
     """Stochastic Lanczos quadrature with ``num_probes`` probes of ``num_steps`` steps each.
 
     Parameters
@@ -495,6 +517,13 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     basis_device : torch.device or str, optional
         Where the ``P`` stored bases (``P * num_steps * n`` float64 numbers) live; default
         the operator's device, ``"cpu"`` to keep them in host memory (same numbers).
+    basis_factory : callable, optional
+        ``basis_factory(p, n, capacity)`` returns probe ``p``'s basis store (e.g. an
+        :class:`~lanczos_hessian.basis.HDF5Basis` on disk); overrides ``basis_device``.
+    checkpoint : object, optional
+        ``restore(lanczos) -> step or None`` before the first step and
+        ``commit(lanczos, step, finished)`` after every step: a killed run resumes from its
+        last committed step (:class:`lanczos_hessian.checkpoint.SLQCheckpointer`).
 
     Returns
     -------
@@ -509,9 +538,14 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     project = _Projector(Y)
     U, seed = _start_vectors(probes, num_probes, probe, rng, n, device, project)
     passes0, vectors0 = matvec.num_passes, matvec.num_vectors
-    lanczos = _LockstepLanczos(matvec, U, num_steps, reorthogonalize, project, basis_device)
-    bar = _progress_bar(progress, num_steps)
+    lanczos = _LockstepLanczos(matvec, U, num_steps, reorthogonalize, project, basis_device,
+                               basis_factory)
     steps = 0
+    if checkpoint is not None:
+        steps = checkpoint.restore(lanczos) or 0
+        passes0 -= steps  # the restored steps count as this run's passes
+        vectors0 -= int(lanczos.num_nodes.sum())
+    bar = _progress_bar(progress, num_steps, steps)
     while steps < num_steps and lanczos.active.any():
         was_active = lanczos.active.copy()
         lanczos.step()
@@ -521,6 +555,8 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
         if callback is not None:
             callback(steps, _step_state(lanczos, steps, was_active, matvec, passes0,
                                         vectors0, time.perf_counter() - start))
+        if checkpoint is not None:
+            checkpoint.commit(lanczos, steps, not (steps < num_steps and lanczos.active.any()))
     if bar is not None:
         bar.close()
     t0 = time.perf_counter()
@@ -632,9 +668,9 @@ def _eigsh_operand(op, dim):
                           dtype=np.float64), None
 
 
-def _progress_bar(progress, total):
+def _progress_bar(progress, total, initial=0):
     if not progress:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="SLQ", unit="step", leave=False)
+    return tqdm(total=total, initial=initial, desc="SLQ", unit="step", leave=False)

@@ -39,22 +39,27 @@ def run_cli(args, **kwargs):
                           timeout=TIMEOUT, **kwargs)
 
 
-def committed_steps(path):
+SLQ_COMMAND = [sys.executable, "-m", "lanczos_hessian", "slq", "--problem", "slow_mlp:build",
+               "--num-probes", "3", "--num-steps", "20", "--deflate-top", "3", "--tol", "1e-10",
+               "--batch-size", "30", "--strategy", "reverse-over-reverse", "--no-progress"]
+
+
+def committed_steps(path, group="eigs"):
     try:
-        return len(read_file(path)["eigs"].steps.get("alpha", []))
+        return len(read_file(path)[group].steps.get("alpha", []))
     except Exception:  # not created yet, or between creation and the first record
         return 0
 
 
-def run_until(path, args, target):
+def run_until(path, args, target, command=COMMAND, group="eigs"):
     """Start the CLI and SIGKILL it once ``target`` steps are committed; return what it saw."""
     env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen(COMMAND + args, env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(command + args, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     seen, deadline = [], time.monotonic() + TIMEOUT
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            count = committed_steps(path)  # a reader following the running writer
+            count = committed_steps(path, group)  # a reader following the running writer
             seen.append(count)
             if count >= target:
                 process.send_signal(signal.SIGKILL)
@@ -96,6 +101,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     np.testing.assert_array_equal(resumed.steps["alpha"], ref.steps["alpha"])
     np.testing.assert_array_equal(resumed.steps["ritz_values"], ref.steps["ritz_values"])
     assert resumed.attrs["num_matvecs"] == ref.attrs["num_matvecs"]
+
+
+def test_killed_slq_run_resumes_in_both_phases(tmp_path):
+    env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
+    done = subprocess.run(SLQ_COMMAND + ["--out", str(ref_path)], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    args = ["--out", str(path)]
+    _, code = run_until(path, args, 6, SLQ_COMMAND, "eigs")  # in the deflation phase
+    assert code == -signal.SIGKILL
+    _, code = run_until(path, args + ["--resume"], 8, SLQ_COMMAND, "slq")  # in the SLQ phase
+    assert code == -signal.SIGKILL
+    done = subprocess.run(SLQ_COMMAND + args + ["--resume"], env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    ref, run = read_file(ref_path), read_file(path)
+    np.testing.assert_array_equal(run["slq"]["nodes"], ref["slq"]["nodes"])
+    np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
+    np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
+    assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
 
 
 def test_analyze_reads_a_running_job(tmp_path):
