@@ -307,6 +307,11 @@ def layer_spectra(model, loss_fn, data, layers=None, k: int = 5, *, operator: st
     Returns ``{layer: eigenvalues ascending}``, or ``{layer: EigshResult}`` with
     ``return_results=True``. Extra keyword arguments go to the operator (``batch_size``,
     ``reduction``, ...).
+
+    Single-vector Lanczos sees one copy of an exactly repeated eigenvalue: a last layer's
+    weight block, ``sum_i H_softmax,i (x) a_i a_i^T``, has a zero eigenvalue of multiplicity
+    at least ``fan_in`` (the softmax Hessian has rank ``classes - 1``), so its bottom end is
+    returned with one zero, not all of them. The top ends are unaffected in practice.
     """
     if operator not in OPERATORS:
         raise ValueError(f"unknown operator {operator!r}; choose one of {sorted(OPERATORS)}")

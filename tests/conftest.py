@@ -11,6 +11,16 @@ import pytest
 import torch
 from torch.func import functional_call, hessian, jacrev
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """One intra-op thread: small products on a shared 2-core machine are 30-100x slower
+    with two threads fighting other processes (measured on the tests of tracking.py)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_mlp(seed=0):
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),

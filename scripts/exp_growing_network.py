@@ -1,0 +1,149 @@
+"""Growing the network at fixed data (Sagun et al. 2018, Sec. 3.2, Figs. 3 and 5).
+
+1,000 real MNIST digits (flattened, standardized), MLPs 784-h-10 with one hidden ReLU layer of
+h = 10, 30, 50 and 70 units (7,960 to 55,660 parameters), cross-entropy, the same learning rate
+(0.1) and number of full-batch GD steps (1,000) from seeded initializations. For each: the top
+120 and bottom 20 eigenvalues of the full-dataset Hessian (one Lanczos run, float64, tol 1e-4
+relative to ||H||), and the SLQ density deflated by them (10 probes x 60 steps), from which the
+negative part of the spectrum is drawn against its rank as a percentage of the parameters
+(the SLQ quantile function: the eigenvalue below which a fraction p of all M eigenvalues lie,
+drawn where it is below -1e-3 lambda_max, the resolution of the quadrature around the large
+atom of the bulk at zero).
+
+The paper's claim: fixing the data and growing the network leaves the top (outlier)
+eigenvalues where they are and only scales the bulk; the negative eigenvalues, ranked by
+percentage, fall on similar curves for every size. Quick mode: h = 10 and 30, 300 samples,
+300 steps, top 30 and bottom 5.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import expcommon as ec  # noqa: E402
+
+from lanczos_hessian.datasets import load_mnist  # noqa: E402
+from lanczos_hessian.io import SpectrumWriter  # noqa: E402
+from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.training import evaluate, train  # noqa: E402
+
+NAME = "growing_network"
+LR = 0.1
+PERCENT = np.geomspace(1e-5, 0.5, 241)  # rank fractions p of all M eigenvalues
+
+
+def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
+    ec.setup()
+    timer = ec.Timer()
+    paths = ec.out_paths(NAME, out_dir, quick)
+    if quick:
+        n, widths, steps, k_top, k_bottom = 300, (10, 30), 300, 30, 5
+        probes, lsteps = 4, 30
+    else:
+        n, widths, steps, k_top, k_bottom = 1000, (10, 30, 50, 70), 1000, 120, 20
+        probes, lsteps = 10, 60
+    x, y = load_mnist(n, flatten=True)
+    attrs = {"experiment": NAME, "quick": quick, "seed": seed, "num_samples": n,
+             "hidden": list(widths), "steps": steps, "learning_rate": LR,
+             "paper": "Sagun et al. 2018, Sec. 3.2, Figs. 3 and 5"}
+    percent = PERCENT
+    runs = []
+    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+        for h in widths:
+            torch.manual_seed(seed)
+            model = mlp([784, h, 10], "relu")
+            loss_fn = torch.nn.CrossEntropyLoss()
+            train(model, loss_fn, x, y, steps=steps, lr=LR, rng=seed)
+            loss, acc = evaluate(model, loss_fn, x, y)
+            r = ec.eigs_and_density(ec.float64_copy(model), loss_fn, (x.double(), y),
+                                    k_top=k_top, k_bottom=k_bottom, tol=1e-4,
+                                    num_probes=probes, num_steps=lsteps, seed=seed,
+                                    batch_size=n, writer=writer, run=f"h{h}")
+            q = ec.quantiles(r["slq"], percent)
+            writer.write_arrays(f"h{h}", {"negative_quantiles": q, "percent": percent})
+            row = {"hidden": h, "num_params": num_parameters(model), "loss": loss,
+                   "accuracy": acc, "top": r["top"], "bottom": r["bottom"],
+                   "outliers": ec.counts_dict(r["counts"]),
+                   "mass_below_1e-2_lmax": r["mass_below"],
+                   "mass_below_1e-3_lmax": r["mass_below_small"],
+                   "quantiles": q, "converged": r["converged"], "num_matvecs": r["num_matvecs"],
+                   "seconds": r["seconds"]}
+            runs.append(row)
+            echo(f"h={h:3d} ({row['num_params']} params): loss {loss:.3g} acc {acc:.3f} | top-3 "
+                 f"{np.array2string(r['top'][:3], precision=3)} 10th {r['top'][9]:.3g} | bottom "
+                 f"{r['bottom'][0]:.3g} | mass below -1e-3 lmax {r['mass_below_small']:.3f} | gap "
+                 f"{r['counts'].gap} | {r['num_matvecs']} matvecs [{timer():.0f} s]")
+    summary = summarize(runs)
+    echo(summary["text"])
+    plot(runs, percent, paths["png"])
+    payload = {"experiment": NAME, "quick": quick, "settings": attrs, "runs": runs,
+               "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
+    ec.write_json(paths["json"], payload)
+    echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
+    return payload
+
+
+def summarize(runs) -> dict:
+    top10 = np.stack([r["top"][:10] for r in runs])
+    spread = (top10.max(0) - top10.min(0)) / top10.mean(0)
+    tail = np.stack([r["top"][-10:] for r in runs])
+    lines = [f"top-10 eigenvalues, relative spread across widths: "
+             f"{np.array2string(spread, precision=2)}",
+             f"ranks {len(runs[0]['top']) - 9}-{len(runs[0]['top'])} (bulk edge) by width: "
+             f"{np.array2string(tail.mean(1), precision=4)}",
+             f"mass below -1e-3 lambda_max by width: "
+             f"{[round(r['mass_below_1e-3_lmax'], 4) for r in runs]}",
+             f"bottom eigenvalue by width: {[round(float(r['bottom'][0]), 5) for r in runs]}"]
+    return {"text": "\n".join(lines), "top10_relative_spread": spread,
+            "bulk_edge_mean": tail.mean(1)}
+
+
+def plot(runs, percent, path):
+    plt = ec.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, r in enumerate(runs):
+        label = f"784-{r['hidden']}-10 ({r['num_params']} p)"
+        top = r["top"]
+        axes[0].plot(np.arange(1, len(top) + 1), top, "-", lw=1, color=f"C{i}", label=label)
+        axes[1].loglog(np.arange(1, len(top) + 1), top, "-", lw=1, color=f"C{i}", label=label)
+        neg = r["quantiles"] < -1e-3 * r["top"][0]  # below the resolution of the zero atom
+        axes[2].plot(100 * percent[neg], r["quantiles"][neg], "-", color=f"C{i}", label=label)
+        axes[2].plot(100 * np.arange(1, len(r["bottom"]) + 1) / r["num_params"], r["bottom"],
+                     "x", ms=3, color=f"C{i}")
+    axes[0].set(title="top eigenvalues (Fig. 3)", xlabel="rank", ylabel="eigenvalue")
+    axes[1].set(title="the same, log-log", xlabel="rank", ylabel="eigenvalue")
+    axes[2].set(title="negative eigenvalues ranked by percentage (Fig. 5)",
+                xlabel="rank / M (%): SLQ (lines, < -1e-3 lmax), Lanczos (x)",
+                ylabel="eigenvalue", xscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    ec.save_figure(fig, path)
+
+
+def replot(out_dir=None, quick=False):
+    """Redraw the PNG from the HDF5 and JSON files (quantiles recomputed from the rules)."""
+    import json
+
+    paths = ec.out_paths(NAME, out_dir, quick)
+    runs = json.loads(paths["json"].read_text())["runs"]
+    stored = ec.stored_runs(paths["h5"], [f"h{r['hidden']}" for r in runs])
+    for r in runs:
+        s = stored[f"h{r['hidden']}"]
+        r.update(top=s["top"], bottom=s["bottom"], quantiles=ec.quantiles(s["slq"], PERCENT))
+    plot(runs, PERCENT, paths["png"])
+
+
+if __name__ == "__main__":
+    args = ec.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--replot", action="store_true", help="only redraw the PNG from the written files"))
+    if args.replot:
+        replot(args.out_dir, args.quick)
+    else:
+        main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)

@@ -1,0 +1,244 @@
+"""Shared plumbing of the ``scripts/exp_*.py`` experiments (not part of the package).
+
+Every experiment has a ``main(quick=..., out_dir=..., seed=...)`` returning the dict it also
+writes as JSON, and a command line ``python scripts/exp_<name>.py [--quick] [--out-dir D]``.
+Full runs write ``docs/exp_<name>.{h5,png,json}``; quick runs default to ``out/quick/``
+(ignored by git) so that they never overwrite the documented results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+QUICK_DIR = ROOT / "out" / "quick"
+
+
+def parse_args(description: str, argv=None, extra=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small CPU-fast version")
+    parser.add_argument("--out-dir", default=None,
+                        help="where to write (default docs/, or out/quick/ with --quick)")
+    parser.add_argument("--seed", type=int, default=0)
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args(argv)
+
+
+def out_paths(name: str, out_dir=None, quick: bool = False) -> dict:
+    """``{"h5", "png", "json"}`` paths of experiment ``name`` (directory created)."""
+    directory = Path(out_dir) if out_dir is not None else (QUICK_DIR if quick else DOCS)
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"exp_{name}"
+    return {ext: directory / f"{stem}.{ext}" for ext in ("h5", "png", "json")}
+
+
+def setup(threads: int | None = None):
+    """One torch thread by default: on the shared 2-core machine two threads made the dense
+    Hessian of a 4k-parameter MLP ten times slower (95 s against 9 s), from contention."""
+    torch.set_num_threads(threads or int(os.environ.get("EXP_THREADS", 1)))
+
+
+def to_jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    return value
+
+
+def write_json(path, payload: dict) -> None:
+    Path(path).write_text(json.dumps(to_jsonable(payload), indent=1) + "\n")
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "legend.fontsize": 7})
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 90, max_bytes: int = 300_000) -> int:
+    """Save a PNG, lowering the resolution until it is under ``max_bytes``; returns its size."""
+    plt = pyplot()
+    while True:
+        fig.savefig(path, dpi=dpi)
+        size = Path(path).stat().st_size
+        if size < max_bytes or dpi <= 40:
+            break
+        dpi = int(dpi * 0.8)
+    plt.close(fig)
+    return size
+
+
+def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy for analysis (the trained model is left as it is)."""
+    return copy.deepcopy(model).double()
+
+
+def dense_eigenvalues(model, loss_fn, data, kind: str = "hessian", batch_size=None,
+                      block_size: int = 128) -> np.ndarray:
+    """All eigenvalues (ascending) of the exact float64 matrix of a small model."""
+    from lanczos_hessian.dense import dense_matrix
+    from lanczos_hessian.operators import OPERATORS
+
+    x, y = data
+    model64 = float64_copy(model)
+    x64 = x.double() if x.is_floating_point() else x
+    y64 = y.double() if y.is_floating_point() else y
+    op = OPERATORS[kind](model64, loss_fn, (x64, y64), batch_size=batch_size or len(x))
+    return np.linalg.eigvalsh(dense_matrix(op, method="products", block_size=block_size))
+
+
+class Timer:
+    """Wall seconds since creation (``timer()``) and this process's CPU seconds (``.cpu()``):
+    the machine is shared, so wall time can be several times the CPU time."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
+
+    def cpu(self) -> float:
+        return time.process_time() - self.cpu_start
+
+
+def log(*args):
+    print(*args, flush=True)
+    sys.stdout.flush()
+
+
+def eigs_and_density(model, loss_fn, data, *, k_top: int, k_bottom: int, tol: float,
+                     num_probes: int = 0, num_steps: int = 40, seed: int = 0, batch_size=None,
+                     kind: str = "hessian", writer=None, run: str | None = None,
+                     max_matvecs=None) -> dict:
+    """Top ``k_top`` and bottom ``k_bottom`` eigenpairs (one Lanczos run, ``BE``) and, with
+    ``num_probes``, the SLQ density deflated by them; written under ``run/`` when a writer
+    is given. The model is used as it is (pass a float64 copy for float64 products).
+
+    Spectral masses are counted beyond ``delta = 1e-2 lambda_max`` (``mass_below``,
+    ``mass_near_zero``) and ``1e-3 lambda_max`` (``mass_below_small``): a trained network's
+    bulk has a large atom at zero (dead units, constant input pixels), and Gauss nodes of
+    that atom fall on either side of zero, so ``mass_negative`` (below exactly 0) is not a
+    count of negative eigenvalues."""
+    import dataclasses
+
+    from lanczos_hessian import lanczos_eigsh, slq
+    from lanczos_hessian.jobs import write_slq
+    from lanczos_hessian.io import write_eigs
+    from lanczos_hessian.operators import OPERATORS
+    from lanczos_hessian.outliers import count_outliers
+
+    op = OPERATORS[kind](model, loss_fn, data, batch_size=batch_size)
+    timer = Timer()
+    result = lanczos_eigsh(op, k=k_top + k_bottom, which="BE", k_bottom=k_bottom, tol=tol,
+                           rng=seed, max_matvecs=max_matvecs)
+    values = np.sort(result.eigenvalues)
+    top, bottom = values[k_bottom:][::-1], values[:k_bottom]
+    out = {"top": top, "bottom": bottom, "num_params": op.shape[0],
+           "converged": bool(result.all_converged), "num_matvecs": result.num_matvecs,
+           "max_residual_bound": float(result.residual_bounds.max()),
+           "counts": count_outliers(top)}
+    bulk = None
+    if num_probes:
+        bulk = slq(op, num_probes, num_steps, rng=seed, deflate=result)
+        delta = 1e-2 * abs(top[0])
+        out.update(slq=bulk, delta=delta,
+                   mass_below=bulk.fraction_below(-delta).value,
+                   mass_near_zero=bulk.fraction_within(delta).value,
+                   mass_below_small=bulk.fraction_below(-1e-3 * abs(top[0])).value,
+                   mass_negative=bulk.fraction_below(0.0).value)
+    out["seconds"] = timer()
+    if writer is not None:
+        group = run or "run"
+        write_eigs(writer, dataclasses.replace(result, eigenvectors=None), f"{group}/eigs",
+                   {"k_top": k_top, "k_bottom": k_bottom})
+        if bulk is not None:
+            write_slq(writer, bulk, f"{group}/slq")
+    return out
+
+
+def quantiles(result, probabilities) -> np.ndarray:
+    """Quantiles of the SLQ estimate of the spectral measure (outliers included): the
+    eigenvalue at each rank fraction ``p`` (resolution: the quadrature nodes)."""
+    from lanczos_hessian.density import quadrature_measure
+
+    nodes, weights = quadrature_measure(result)
+    order = np.argsort(nodes)
+    nodes, weights = np.asarray(nodes)[order], np.asarray(weights)[order]
+    cdf = np.cumsum(weights) / np.sum(weights)
+    return np.interp(probabilities, cdf, nodes)
+
+
+def counts_dict(counts) -> dict:
+    return {"gap": counts.gap, "ratio": counts.ratio, "elbow": counts.elbow}
+
+
+def mnist_train_test(n_train: int, n_test: int, flatten: bool = False):
+    """``load_mnist(n_train)`` (the package's balanced subset) and a disjoint balanced
+    held-out set of ``n_test`` digits from the rest of the shipped 10,000."""
+    from lanczos_hessian.datasets import balanced_indices, load_mnist
+
+    x, y = load_mnist(flatten=flatten)
+    labels = y.numpy()
+    train_idx = balanced_indices(labels, n_train)
+    rest = np.setdiff1d(np.arange(len(labels)), train_idx)
+    test_idx = rest[balanced_indices(labels[rest], n_test)]
+    return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
+
+
+class StoredQuadrature:
+    """The SLQ rules of a written ``<run>/slq`` group, with ``density()`` like an SLQResult
+    (for redrawing figures from the HDF5 file without recomputing)."""
+
+    def __init__(self, group):
+        self.nodes, self.weights = group["nodes"][()], group["weights"][()]
+        self.outliers = group["outliers"][()] if "outliers" in group else np.zeros(0)
+        self.dim = int(group.attrs["dim"])
+
+    def density(self, grid=None, width=None):
+        from lanczos_hessian.density import spectral_density
+
+        return spectral_density(self.nodes, self.weights, grid, width, outliers=self.outliers,
+                                dim=self.dim)
+
+
+def stored_runs(path, names) -> dict:
+    """``{name: {"top", "bottom", "slq"}}`` of runs written by :func:`eigs_and_density`."""
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as handle:
+        for name in names:
+            eigs = handle[f"{name}/eigs"]
+            k_bottom = int(eigs.attrs["k_bottom"])
+            values = np.sort(eigs["eigenvalues"][()])
+            out[name] = {"top": values[k_bottom:][::-1], "bottom": values[:k_bottom],
+                         "slq": StoredQuadrature(handle[f"{name}/slq"])
+                         if f"{name}/slq" in handle else None}
+    return out
