@@ -28,6 +28,14 @@ from .params import ParameterSpace
 from .slq import SLQResult, deflated_slq, slq
 from .analysis import Spectrum, read_spectrum
 from .density import spectral_density, wasserstein1
+from .geometry import (
+    direction_profile,
+    full_gradient,
+    gradient_overlap,
+    layer_spectra,
+    line_profile,
+)
+from .tracking import SpectrumTracker, read_tracking
 
 __all__ = [
     "__version__",
@@ -61,4 +69,11 @@ __all__ = [
     "slq",
     "spectral_density",
     "wasserstein1",
+    "SpectrumTracker",
+    "direction_profile",
+    "full_gradient",
+    "gradient_overlap",
+    "layer_spectra",
+    "line_profile",
+    "read_tracking",
 ]

@@ -25,6 +25,9 @@ def _common(parser):
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds a rank waits for the others under torchrun before it "
+                             "fails (default $LANCZOS_HESSIAN_TIMEOUT or 1800)")
 
 
 def _operator_args(parser):
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "sqrt(1e-5) x half the spectral range, Ghorbani et al. 2019)")
     analyze.add_argument("--top", type=int, default=20, help="eigenvalues listed per run")
     analyze.add_argument("-v", "--verbose", action="store_true")
+    analyze.add_argument("--timeout", type=float, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -149,7 +153,7 @@ def _run_eigs(args, echo):
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out, the file of the run to continue")
-    if args.out is not None and not args.resume:
+    if args.out is not None and not args.resume and _is_main():
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
     result = eigs_job(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
@@ -172,7 +176,7 @@ def _run_slq(args, echo):
     from .io import check_output_path
     from .jobs import slq_job
 
-    if args.out is not None and not args.resume:
+    if args.out is not None and not args.resume and _is_main():
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
     eigs, result = slq_job(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
@@ -208,12 +212,22 @@ def _run_analyze(args, echo):
 COMMANDS = {"demo": _run_demo, "eigs": _run_eigs, "slq": _run_slq, "analyze": _run_analyze}
 
 
+def _is_main() -> bool:
+    from .distributed import current_world
+
+    return current_world().is_main
+
+
 def main(argv=None) -> int:
     from .distributed import current_world, init_from_env
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    init_from_env()
+    try:
+        init_from_env(timeout_s=args.timeout)
+    except ValueError as exc:
+        print(f"lanczos-hessian: error: {exc}", file=sys.stderr)
+        return 2
     echo = print if current_world().is_main else (lambda *a, **k: None)
     try:
         COMMANDS[args.command](args, echo)

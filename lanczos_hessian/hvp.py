@@ -205,7 +205,7 @@ def _hessian_rev_rev(self: BatchCurvature, inputs, targets, V):
             v = self.space.split(V[:, j])
             hv = _backward(grads, list(leaves.values()), list(v.values()), retain=j < b - 1)
             columns.append(self.space.join(hv))
-    return value.detach(), torch.stack(columns, dim=1)
+    return value.detach(), torch.stack(columns).T
 
 
 def _ggn_rev_rev(self: BatchCurvature, inputs, targets, V):
@@ -227,7 +227,7 @@ def _ggn_rev_rev(self: BatchCurvature, inputs, targets, V):
             HJv = _backward([loss_grad], [zd], [Jv], retain=True)[0]
             gv = _backward([z], params, [HJv], retain=j < b - 1)
             columns.append(self.space.join(gv))
-    return value.detach(), torch.stack(columns, dim=1)
+    return value.detach(), torch.stack(columns).T
 
 
 def _residual_rev_rev(self: BatchCurvature, inputs, targets, V):

@@ -50,8 +50,8 @@ def provenance(op, seed=None, **extra) -> dict:
         "seed": seed,
         "hostname": platform.node(),
     }
-    if op.data.num_samples is not None and world.size == 1:
-        attrs["num_samples"] = op.data.num_samples
+    if op.num_samples is not None:
+        attrs["num_samples"] = op.num_samples  # over all ranks
     attrs.update(extra)
     return attrs
 

@@ -283,7 +283,9 @@ class CurvatureOperator(LinearOperator):
                 value, product = self.curvature.products(self.kind, x, y, block)
                 _check_finite(value, product, index, self.kind, self.world)
                 weight = len(x) if self.reduction == "mean" else 1.0
-                buffer[:n].add_(product.reshape(-1).to(torch.float64), alpha=weight)
+                # vector-major accumulator: the products come as the transpose of a
+                # contiguous (b, M) block, so this adds in place with no copy or transpose
+                buffer[:n].view(b, dim).add_(product.T, alpha=weight)
                 buffer[n] += len(x)
                 if self.check_data:
                     fingerprint.add(inputs, targets)
@@ -296,7 +298,7 @@ class CurvatureOperator(LinearOperator):
             _check_same_block(buffer[n + 2:].view(size, 3).cpu().numpy(), self.kind)
         if self._num_samples is None:
             self._num_samples = int(buffer[n])
-        total = buffer[:n].view(dim, b)
+        total = buffer[:n].view(b, dim).T
         return total / buffer[n] if self.reduction == "mean" else total
 
     def _batches(self):
