@@ -126,6 +126,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-eigs", action="store_true")
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -133,12 +134,16 @@ def main():
     products, eigs = [], []
     print("model   params              strategy   b      time   per-vector cost")
     for name, (model, flat) in models().items():
+        if name not in args.models:
+            continue
         inputs = x.reshape(len(x), -1) if flat else x
         bench_products(name, model, inputs[: args.samples], y[: args.samples],
                        args.batch_size, args.repeats, products)
     if not args.skip_eigs:
         print("\ntop-10 eigenvalues, relative residual 1e-6")
         for name, (model, flat) in models().items():
+            if name not in args.models:
+                continue
             _quick_train(model, x, y, flat)
             inputs = x.reshape(len(x), -1) if flat else x
             bench_eigs(name, model, inputs[: args.eig_samples], y[: args.eig_samples],
