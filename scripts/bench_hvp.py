@@ -5,6 +5,9 @@ MNIST digits (the shipped 10k subset), all on this machine's CPU:
 
 1. one full-dataset gradient (the unit) and one full-dataset HVP per strategy, as a ratio;
 2. block products with 1, 4 and 16 vectors: time per vector over the gradient's time;
+4. (``--slq``) SLQ with 10 probes x 80 steps on the CNN: lockstep probes, streamed to HDF5,
+   against one probe at a time (wall time and data passes), and the share of the time that
+   is not the operator (reorthogonalization, quadrature, HDF5 writes);
 3. the top 10 eigenvalues to relative residual 1e-6 (ARPACK's criterion ||r|| <= tol |theta|):
    operator applications and wall time of ``lanczos_eigsh`` beside
    ``scipy.sparse.linalg.eigsh`` on the same operator.
@@ -113,6 +116,53 @@ def bench_eigs(name, model, inputs, targets, batch_size, rows):
           f"{row['arpack_max_rel_residual']:.1e})", flush=True)
 
 
+def bench_slq(model, inputs, targets, batch_size, num_probes, num_steps):
+    """SLQ lockstep (one pass per step, streamed to HDF5) vs one probe at a time."""
+    import tempfile
+
+    from lanczos_hessian.jobs import slq_job
+    from lanczos_hessian.slq import draw_probes, slq
+
+    loss_fn = torch.nn.CrossEntropyLoss()
+    op = HessianOperator(model, loss_fn, (inputs, targets), batch_size=batch_size,
+                         check_data=False)
+    op.apply(torch.randn(op.shape[0], num_probes, dtype=torch.float64))  # warm-up, calibration
+    with tempfile.TemporaryDirectory() as tmp:
+        passes = op.num_applications
+        start = time.perf_counter()
+        _, lock = slq_job(op, f"{tmp}/slq.h5", num_probes=num_probes, num_steps=num_steps,
+                          seed=0, progress=False)
+        lock_s = time.perf_counter() - start
+        lock_passes = op.num_applications - passes
+    t = lock.timings
+    non_operator = lock_s - t["operator"]
+    slq_seed = int(np.random.SeedSequence(0).spawn(2)[1].generate_state(1)[0])  # slq_job's
+    Z = draw_probes(op.shape[0], num_probes, "rademacher", slq_seed)
+    passes = op.num_applications
+    start = time.perf_counter()
+    single = [slq(op, 1, num_steps, probes=Z[:, [p]]) for p in range(num_probes)]
+    single_s = time.perf_counter() - start
+    single_passes = op.num_applications - passes
+    diff = max(float(np.nanmax(np.abs(one.nodes[0] - lock.nodes[p])))
+               for p, one in enumerate(single))
+    row = {"params": op.shape[0], "samples": len(inputs), "probes": num_probes,
+           "steps": num_steps, "lockstep_seconds": lock_s, "lockstep_passes": lock_passes,
+           "single_seconds": single_s, "single_passes": single_passes,
+           "speedup": single_s / lock_s, "operator_seconds": t["operator"],
+           "orthogonalization_seconds": t["orthogonalization"],
+           "quadrature_seconds": t["quadrature"],
+           "hdf5_and_other_seconds": lock_s - t["operator"] - t["orthogonalization"]
+           - t["quadrature"],
+           "non_operator_fraction": non_operator / lock_s, "max_node_difference": diff}
+    print(f" cnn  SLQ {num_probes} probes x {num_steps} steps: lockstep {lock_s:.0f} s in "
+          f"{lock_passes} passes, one probe at a time {single_s:.0f} s in {single_passes} "
+          f"passes ({row['speedup']:.2f}x); not the operator: {100 * row['non_operator_fraction']:.1f}% "
+          f"(reorthogonalization {t['orthogonalization']:.1f} s, quadrature "
+          f"{t['quadrature']:.2f} s, HDF5 and the rest {row['hdf5_and_other_seconds']:.1f} s); "
+          f"max node difference {diff:.1e}", flush=True)
+    return row
+
+
 def _relative_residuals(op, values, vectors):
     """True ||H v - theta v|| / |theta| (one block application, not counted in the comparison)."""
     HV = op.apply(torch.from_numpy(np.ascontiguousarray(vectors))).numpy()
@@ -126,6 +176,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-eigs", action="store_true")
+    parser.add_argument("--slq", action="store_true", help="also SLQ lockstep vs one at a time")
+    parser.add_argument("--slq-samples", type=int, default=256)
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -148,7 +200,13 @@ def main():
             inputs = x.reshape(len(x), -1) if flat else x
             bench_eigs(name, model, inputs[: args.eig_samples], y[: args.eig_samples],
                        args.batch_size, eigs)
-    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+    slq_row = None
+    if args.slq:
+        print("\nSLQ on the CNN")
+        model = models()["cnn"][0]
+        slq_row = bench_slq(model, x[: args.slq_samples], y[: args.slq_samples],
+                            args.batch_size, 10, 80)
+    report = {"slq": slq_row, "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "threads": torch.get_num_threads(), "torch": torch.__version__},
               "products": products, "eigs": eigs}
     if args.json:
