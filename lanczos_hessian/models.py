@@ -5,7 +5,6 @@ None needs torchvision. Parameter counts are stated in each docstring and checke
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}

@@ -20,7 +20,6 @@ import warnings
 
 import numpy as np
 import scipy.sparse.linalg as spla
-import torch
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh
 from lanczos_hessian.problems import clusters_mlp

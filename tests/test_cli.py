@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from lanczos_hessian.cli import main
 from lanczos_hessian.io import read_file

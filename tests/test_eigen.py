@@ -1,6 +1,5 @@
 """Lanczos and lanczos_eigsh against dense float64 spectra."""
 
-import warnings
 
 import numpy as np
 import pytest

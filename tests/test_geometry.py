@@ -28,16 +28,6 @@ from lanczos_hessian.params import ParameterSpace
 from conftest import CASES, reference_matrices
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module, restored after: on the shared 2-core machine,
-    two OpenMP threads per process made these small products 30-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _case(name):
     make_model, make_data, make_loss = CASES[name]
     return make_model(), make_data(), make_loss()

@@ -22,7 +22,6 @@ from lanczos_hessian.basis import (
     create_basis_dataset,
     parse_bytes,
 )
-from lanczos_hessian.checkpoint import ResumeError
 from lanczos_hessian.errors import OutputPathError
 from lanczos_hessian.io import read_file
 

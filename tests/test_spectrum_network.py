@@ -3,7 +3,6 @@ offline analysis of saved runs (round trip, cut-off files, plots, bad input)."""
 
 import numpy as np
 import pytest
-import torch
 
 from lanczos_hessian import (
     HessianOperator,

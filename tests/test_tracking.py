@@ -12,16 +12,6 @@ from lanczos_hessian.tracking import SpectrumTracker, read_tracking, warm_start_
 from conftest import reference_matrices
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this module, restored after: on the shared 2-core machine,
-    two OpenMP threads per process made these small products 30-100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _problem(seed=0, n=60):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 5, generator=g, dtype=torch.float64)
