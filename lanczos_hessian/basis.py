@@ -173,7 +173,9 @@ class HDF5Basis:
         self.io_seconds += time.perf_counter() - t0
         self.bytes_read += block.nbytes
         cols = np.asarray(self.column_map) - lo
-        return torch.from_numpy(np.ascontiguousarray(block[:, cols])).to(self.device)
+        if len(cols) != hi - lo or np.any(cols != np.arange(hi - lo)):
+            block = np.ascontiguousarray(block[:, cols])  # live columns in logical order
+        return torch.from_numpy(block).to(self.device)
 
     def append(self, q: torch.Tensor) -> None:
         if self.size == self.capacity:

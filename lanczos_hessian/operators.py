@@ -278,10 +278,12 @@ class CurvatureOperator(LinearOperator):
                 row[1] = torch.linalg.vector_norm(block, 1, dtype=torch.float64)
                 row[2] = torch.linalg.vector_norm(block, 2, dtype=torch.float64)
             fingerprint = PassFingerprint()
+            health = []  # per batch: the loss and the sum of the product, checked once a pass
             for index, (inputs, targets) in enumerate(self._batches()):
                 x, y = self._to_device(inputs, targets)
                 value, product = self.curvature.products(self.kind, x, y, block)
-                _check_finite(value, product, index, self.kind, self.world)
+                health.append(torch.stack([value.detach().to(torch.float64).reshape(()),
+                                           product.sum(dtype=torch.float64)]))
                 weight = len(x) if self.reduction == "mean" else 1.0
                 # vector-major accumulator: the products come as the transpose of a
                 # contiguous (b, M) block, so this adds in place with no copy or transpose
@@ -289,6 +291,8 @@ class CurvatureOperator(LinearOperator):
                 buffer[n] += len(x)
                 if self.check_data:
                     fingerprint.add(inputs, targets)
+            if health:
+                _check_finite(torch.stack(health), self.kind, self.world)
             self._check_fingerprint(fingerprint)
         except Exception as exc:
             error = exc
@@ -366,15 +370,22 @@ def _where(index, world) -> str:
     return f"batch {index}" + (f" of rank {world.rank}'s shard" if world.size > 1 else "")
 
 
-def _check_finite(value, product, index, kind, world=None):
+def _check_finite(health: torch.Tensor, kind, world=None):
+    """Raise :class:`NonFiniteError` naming the first batch whose loss or product is not
+    finite. ``health`` is ``(batches, 2)``: each batch's loss and the sum of its product
+    (a NaN or Inf entry makes the sum non-finite). One device sync per pass, not per batch.
+    """
+    bad = ~torch.isfinite(health)
+    if not bool(bad.any()):
+        return
+    index = int(bad.any(dim=1).nonzero()[0, 0])
     where = _where(index, world or current_world())
-    if not torch.isfinite(value):
-        raise NonFiniteError(f"the loss is {value.item()} on {where}")
-    if not torch.isfinite(product).all():
-        raise NonFiniteError(
-            f"the {kind}-vector product has NaN or Inf entries on {where} "
-            "(overflow in the model, a non-differentiable op, or a NaN in the vector)"
-        )
+    if bool(bad[index, 0]):
+        raise NonFiniteError(f"the loss is {float(health[index, 0])} on {where}")
+    raise NonFiniteError(
+        f"the {kind}-vector product has NaN or Inf entries on {where} "
+        "(overflow in the model, a non-differentiable op, or a NaN in the vector)"
+    )
 
 
 #: Relative tolerance when comparing the per-rank fingerprints of the applied block: far
