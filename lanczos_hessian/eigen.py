@@ -32,6 +32,7 @@ import torch
 
 from .errors import NoConvergenceError, NumericalWarning
 from .lanczos import LanczosProcess
+from .distributed import common_seed
 from .linop import as_block_matvec
 from .sharding import ShardedMatvec
 
@@ -301,6 +302,8 @@ def _complement_explored(process, which, threshold) -> bool:
 
 
 def _start_vector(rng, v0, n, device):
+    if rng is None:  # every rank must draw the same vectors: rank 0's entropy, shared
+        rng = common_seed(None)
     seed_rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     generator = torch.Generator().manual_seed(int(seed_rng.integers(2**62)))
     if v0 is None:

@@ -87,6 +87,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from . import density
 from .basis import TensorBasis
+from .distributed import common_seed
 from .eigen import EigshResult, lanczos_eigsh
 from .lanczos import EPS, orthogonalize
 from .linop import BlockMatvec, as_block_matvec
@@ -268,8 +269,8 @@ def draw_probes(dim: int, num_probes: int, kind: str = "rademacher", rng=None) -
 
 def _resolve_seed(rng) -> int:
     """An integer seed: ``rng`` itself, fresh entropy for None, or drawn from a Generator."""
-    if rng is None:  # 63 bits: storable as an int64 (e.g. an HDF5 attribute)
-        return int(np.random.default_rng().integers(2**63))
+    if rng is None:  # 63 bits (an int64 attribute); drawn on rank 0, shared by all ranks
+        return common_seed(None)
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(2**63))
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
