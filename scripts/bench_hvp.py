@@ -175,6 +175,7 @@ def main():
     parser.add_argument("--eig-samples", type=int, default=512, help="data set size for eigs")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-products", action="store_true")
     parser.add_argument("--skip-eigs", action="store_true")
     parser.add_argument("--slq", action="store_true", help="also SLQ lockstep vs one at a time")
     parser.add_argument("--slq-samples", type=int, default=256)
@@ -186,7 +187,7 @@ def main():
     products, eigs = [], []
     print("model   params              strategy   b      time   per-vector cost")
     for name, (model, flat) in models().items():
-        if name not in args.models:
+        if name not in args.models or args.skip_products:
             continue
         inputs = x.reshape(len(x), -1) if flat else x
         bench_products(name, model, inputs[: args.samples], y[: args.samples],

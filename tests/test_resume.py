@@ -171,6 +171,22 @@ def test_every_basis_store_gives_the_same_numbers(location, tmp_path):
     assert result.num_matvecs == reference.num_matvecs
 
 
+def test_mirror_holds_the_bits_of_the_memory_basis_after_a_restart(tmp_path):
+    """A resume reloads the mirror, so it must equal the in-memory basis exactly."""
+    n, capacity = 300, 8
+    with h5py.File(tmp_path / "m.h5", "w") as handle:
+        basis = MirroredBasis(TensorBasis(n, capacity), HDF5Basis(
+            create_basis_dataset(handle, "Q", n, capacity, 64), capacity, block_rows=64))
+        Q, _ = torch.linalg.qr(torch.randn(n, 6, dtype=torch.float64))
+        for j in range(6):
+            basis.append(Q[:, j])
+        assert basis.primary.rows[: basis.size].is_contiguous()  # one vector per row
+        basis.restart(np.linalg.qr(np.random.default_rng(1).standard_normal((6, 3)))[0])
+        memory = basis.primary.Q[:, : basis.size]
+        disk = basis.mirror.combine(np.eye(basis.size))
+        assert torch.equal(memory, disk)
+
+
 def test_disk_basis_streams_and_keeps_committed_columns(tmp_path):
     n, capacity = 1000, 6
     with h5py.File(tmp_path / "b.h5", "w") as handle:
