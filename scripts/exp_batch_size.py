@@ -109,11 +109,7 @@ def plot(runs, path):
     axes[2].set(title="SLQ density (kernel 0.01 lambda_max, log scale)", xlabel="eigenvalue",
                 yscale="log",
                 ylim=(1e-8, None))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes, path)
 
 
 def replot(out_dir=None, quick=False):

@@ -207,11 +207,7 @@ def plot(a, b, c, path):
     axes[2].axvline(1.0, color="k", lw=0.7, ls=":")
     axes[2].set(title="clusters, SGD: overlap with the top-m eigenspace (mean over training)",
                 xlabel="m / C", ylabel="fraction of the gradient", ylim=(0, 1.02))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes, path)
 
 
 if __name__ == "__main__":

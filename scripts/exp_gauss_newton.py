@@ -137,11 +137,7 @@ def plot(rows, spectra, path):
         axes[0, j].set(title=f"{key}: top 30", xlabel="rank", yscale="symlog")
         axes[0, j].set_yscale("symlog", linthresh=1e-3 * lam)
         axes[1, j].set(title=f"{key}: bottom 30 / lambda_max(H)", xlabel="rank from the bottom")
-    for ax in axes.ravel():
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes.ravel(), path)
 
 
 if __name__ == "__main__":

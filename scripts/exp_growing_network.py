@@ -120,11 +120,7 @@ def plot(runs, percent, path):
     axes[2].set(title="negative eigenvalues ranked by percentage (Fig. 5)",
                 xlabel="rank / M (%): SLQ (lines, < -1e-3 lmax), Lanczos (x)",
                 ylabel="eigenvalue", xscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes, path)
 
 
 def replot(out_dir=None, quick=False):

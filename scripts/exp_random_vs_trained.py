@@ -113,11 +113,7 @@ def plot(runs, path):
                 ylabel="density", xlim=(-0.15, 0.15))
     axes[2].set(title="SLQ density (log scale)", xlabel="lambda / lambda_max", yscale="log",
                 ylim=(1e-6, None))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes, path)
 
 
 def replot(out_dir=None, quick=False):

@@ -161,11 +161,7 @@ def plot(t, profile, path_loss, hessian, ends, path):
                 "(Hessian lambda_max: " +
                 ", ".join(f"{n} {h['top'][0]:.3g}" for n, h in hessian.items()) + ")",
                 xlabel="small-batch step", ylabel="training loss", yscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    ec.save_figure(fig, path)
+    ec.finish_figure(fig, axes, path)
 
 
 def replot(out_dir=None, quick=False):

@@ -94,6 +94,15 @@ def save_figure(fig, path, dpi: int = 90, max_bytes: int = 300_000) -> int:
     return size
 
 
+def finish_figure(fig, axes, path) -> int:
+    """Grid and legend on every panel, tight layout, then :func:`save_figure`."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A float64 copy for analysis (the trained model is left as it is)."""
     return copy.deepcopy(model).double()
