@@ -141,7 +141,7 @@ def _eigs_worker(args):
 
 
 # ---- the driver ---------------------------------------------------------------------------
-def _spawn(kind, extra, ranks=1, timeout=3600):
+def _spawn(kind, extra, ranks=1, timeout=6 * 3600):
     base = [sys.executable, __file__, "--worker", kind] + extra
     if ranks == 1:
         out = subprocess.run(base, capture_output=True, text=True, timeout=timeout)
@@ -178,6 +178,8 @@ def main():
     parser.add_argument("--skip-steps", action="store_true",
                         help="only the thick-restart eigs part")
     parser.add_argument("--scratch", default=None, help="directory for the on-disk bases")
+    parser.add_argument("--worker-timeout", type=float, default=6 * 3600,
+                        help="seconds each measured run may take")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ranks", type=int, default=1, help=argparse.SUPPRESS)
@@ -195,7 +197,8 @@ def main():
         _run_steps(args, common, report)
     if not args.skip_eigs:
         row = _spawn("eigs", common + ["--ncv", str(args.ncv), "--tol", str(args.tol),
-                                       "--max-matvecs", str(args.max_matvecs)])[0]
+                                       "--max-matvecs", str(args.max_matvecs)],
+                     timeout=args.worker_timeout)[0]
         report["eigs"] = row
         print(f"\ntop-10 by thick restart (ncv={row['ncv']}, basis on disk): "
               f"{row['converged']}/10 converged to tol={args.tol:g}*||H|| in "
@@ -214,10 +217,12 @@ def _run_steps(args, common, report):
     print(" steps  ranks   peak RSS   operator/step   reorth arith/step   I/O/step   "
           "read/step   ||Q^TQ-I||")
     for steps in args.steps:
-        row = _spawn("steps", common + ["--steps-one", str(steps)])[0]
+        row = _spawn("steps", common + ["--steps-one", str(steps)],
+                     timeout=args.worker_timeout)[0]
         report["steps"].append(row)
         _print_steps(row)
-    for row in _spawn("steps", common + ["--steps-one", str(args.sharded_steps)], ranks=2):
+    for row in _spawn("steps", common + ["--steps-one", str(args.sharded_steps)], ranks=2,
+                      timeout=args.worker_timeout):
         report["sharded"].append(row)
         _print_steps(row)
     report["projection_100_steps"] = _project(report["steps"][-1], 100)
