@@ -185,7 +185,8 @@ def main():
     torch.set_num_threads(torch.get_num_threads())
     x, y = load_mnist(max(args.samples, args.eig_samples))
     products, eigs = [], []
-    print("model   params              strategy   b      time   per-vector cost")
+    if not args.skip_products:
+        print("model   params              strategy   b      time   per-vector cost")
     for name, (model, flat) in models().items():
         if name not in args.models or args.skip_products:
             continue

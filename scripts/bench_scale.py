@@ -141,7 +141,7 @@ def _eigs_worker(args):
 
 
 # ---- the driver ---------------------------------------------------------------------------
-def _spawn(kind, extra, ranks=1, timeout=6 * 3600):
+def _spawn(kind, extra, timeout, ranks=1):
     base = [sys.executable, __file__, "--worker", kind] + extra
     if ranks == 1:
         out = subprocess.run(base, capture_output=True, text=True, timeout=timeout)
@@ -221,8 +221,8 @@ def _run_steps(args, common, report):
                      timeout=args.worker_timeout)[0]
         report["steps"].append(row)
         _print_steps(row)
-    for row in _spawn("steps", common + ["--steps-one", str(args.sharded_steps)], ranks=2,
-                      timeout=args.worker_timeout):
+    for row in _spawn("steps", common + ["--steps-one", str(args.sharded_steps)],
+                      timeout=args.worker_timeout, ranks=2):
         report["sharded"].append(row)
         _print_steps(row)
     report["projection_100_steps"] = _project(report["steps"][-1], 100)
