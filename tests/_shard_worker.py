@@ -36,6 +36,7 @@ def main(out_dir):
              dense_residuals=dense.residuals, dense_matvecs=dense.num_matvecs,
              network_values=network.eigenvalues, network_vectors=network.eigenvectors,
              network_residuals=network.residuals, local_rows=Shard(A.shape[0]).local_dim)
+    dist.barrier()  # both ranks done communicating before gloo tears down its threads
     dist.destroy_process_group()
 
 
