@@ -240,10 +240,9 @@ class ReplicaCheckpointer:
             small = _unpack(state[f"blob_{slot}"][:])
             vectors = state[f"vectors_{slot}"][:]
             columns = [int(c) for c in small["column_map"]]
-            dim = state["basis"].shape[0]
-            basis = TensorBasis(dim, capacity, device=device)
-            for c in columns:
-                basis.append(torch.from_numpy(state["basis"][:, c]))
+            disk = HDF5Basis(state["basis"], capacity, column_map=columns)
+            basis = TensorBasis(disk.dim, capacity, device=device)
+            basis.load_from(disk)
         return cls(small, vectors, bool(finished), basis)
 
     def restore(self, process) -> dict:
@@ -296,10 +295,7 @@ def _restore_columns(basis, size: int) -> None:
     in-memory copy of a mirrored one); columns written after the last commit are dropped."""
     if isinstance(basis, MirroredBasis):
         basis.mirror.column_map = list(range(size))
-        for start, stop in basis.mirror._blocks():
-            basis.primary.Q[start:stop, :size] = basis.mirror._read(start, stop).to(
-                basis.primary.Q.device)
-        basis.primary.size = size
+        basis.primary.load_from(basis.mirror)
     elif isinstance(basis, HDF5Basis):
         basis.column_map = list(range(size))
     else:

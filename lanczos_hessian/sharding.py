@@ -117,10 +117,11 @@ class ShardedBasis:
         return self.local_store.subtract(w, h)
 
     def orthogonalize(self, w):
-        """Classical Gram-Schmidt twice; each ``Q^T w`` is one all-reduce of ``j`` numbers."""
+        """Classical Gram-Schmidt twice in three sweeps of the local rows; each ``Q^T w`` is
+        one all-reduce of ``j`` numbers."""
         h = self.project(w)
-        w = self.subtract(w, h)
-        h2 = self.project(w)
+        w, h2_local = self.local_store.subtract_project(w, h)
+        h2 = self.shard.sum(h2_local).to(w.device)
         return self.subtract(w, h2), h + h2
 
     def combine(self, S):

@@ -11,7 +11,9 @@ is its own:
    half the rows);
 3. the top 10 eigenpairs by thick-restart Lanczos with the basis on disk and the Ritz vectors
    written to HDF5 row block by row block;
-4. what 100 steps would need here: disk, I/O and time, extrapolated from (1).
+4. what 100 steps would need here: disk, I/O and time, extrapolated from (1); when that
+   basis is larger than this machine's memory, its sweeps cannot stay in the page cache, so
+   the I/O is also projected at the disk's own read rate (measured with ``O_DIRECT``).
 
     python scripts/bench_scale.py --json out/bench_scale.json
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import resource
 import socket
@@ -122,7 +125,7 @@ def _eigs_worker(args):
         theta, S = process.ritz()
         want = np.argsort(theta)[-10:]
         vectors = handle.create_dataset("eigenvectors", shape=(n, 10), dtype="f8",
-                                        chunks=(min(n, 1 << 18), 1))
+                                        chunks=(min(n, 1 << 15), 10))
         t0 = time.perf_counter()
         for lo, hi, block in basis.combine_blocks(S[:, want]):
             vectors[lo:hi] = block.numpy()
@@ -225,11 +228,48 @@ def _run_steps(args, common, report):
                       timeout=args.worker_timeout, ranks=2):
         report["sharded"].append(row)
         _print_steps(row)
-    report["projection_100_steps"] = _project(report["steps"][-1], 100)
-    p = report["projection_100_steps"]
+    report["projection_100_steps"] = p = _project(report["steps"][-1], 100)
     print(f"\n100 steps here: basis {p['disk_gib']:.1f} GiB on disk, {p['read_tib']:.2f} TiB "
-          f"read in reorthogonalization, about {p['hours']:.1f} h "
-          f"({p['operator_h']:.1f} h operator, {p['io_h']:.1f} h I/O)")
+          f"read in reorthogonalization at {p['io_rate_gib_s']:.1f} GiB/s, about "
+          f"{p['hours']:.2f} h ({p['operator_h']:.2f} h operator, {p['reorth_arith_h']:.2f} h "
+          f"reorthogonalization arithmetic, {p['io_h']:.2f} h I/O)")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if p["disk_gib"] * GIB > memory:
+        rate = _device_read_rate(args.scratch or tempfile.gettempdir())
+        p["memory_gib"], p["device_read_gib_s"] = memory / GIB, rate and rate / GIB
+        if rate:
+            p["io_h_device"] = p["read_tib"] * 2**40 / rate / 3600
+            print(f"  but that basis exceeds this machine's {memory / GIB:.0f} GiB of memory: "
+                  f"read from the disk itself at {rate / GIB:.2f} GiB/s (O_DIRECT), the I/O "
+                  f"would take about {p['io_h_device']:.1f} h")
+
+
+def _device_read_rate(directory, nbytes=2 * GIB, block=8 << 20):
+    """Sequential read rate (bytes/s) of the disk holding ``directory``, bypassing the page
+    cache with ``O_DIRECT``; ``None`` where the file system does not support it."""
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        path = f"{tmp}/probe"
+        chunk = os.urandom(block)
+        with open(path, "wb") as f:
+            for _ in range(nbytes // block):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except (AttributeError, OSError):
+            return None
+        buffer = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT requires
+        try:
+            start, total = time.perf_counter(), 0
+            while (count := os.readv(fd, [buffer])) > 0:
+                total += count
+            return total / (time.perf_counter() - start)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+            buffer.close()
 
 
 def _print_steps(row):
@@ -241,16 +281,18 @@ def _print_steps(row):
 
 
 def _project(row, steps):
-    """Extrapolate to ``steps``: reads grow linearly per step (3 sweeps of j columns)."""
+    """Extrapolate to ``steps``: reads and reorthogonalization arithmetic grow linearly per
+    step (3 sweeps of the j columns at step j), the operator is constant per step."""
     n, measured = row["params"], row["steps"]
-    per_column_read = row["bytes_read"] / (3 * measured * (measured + 1) / 2)
-    read = per_column_read * 3 * steps * (steps + 1) / 2
+    growth = (steps * (steps + 1)) / (measured * (measured + 1))  # sum of j, then over now
+    read = row["bytes_read"] * growth
     io_rate = row["bytes_read"] / max(row["io_s"], 1e-9)
     operator_h = row["operator_s"] / measured * steps / 3600
     io_h = read / io_rate / 3600
+    arith_h = row["reorth_arith_s"] * growth / 3600
     return {"steps": steps, "disk_gib": n * (steps + 1) * 8 / GIB, "read_tib": read / 2**40,
             "io_rate_gib_s": io_rate / GIB, "operator_h": operator_h, "io_h": io_h,
-            "hours": operator_h + io_h}
+            "reorth_arith_h": arith_h, "hours": operator_h + io_h + arith_h}
 
 
 if __name__ == "__main__":

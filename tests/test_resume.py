@@ -18,6 +18,7 @@ from lanczos_hessian.basis import (
     HDF5Basis,
     MirroredBasis,
     TensorBasis,
+    _runs,
     choose_location,
     create_basis_dataset,
     parse_bytes,
@@ -205,6 +206,28 @@ def test_disk_basis_streams_and_keeps_committed_columns(tmp_path):
         assert not set(disk.column_map) & set(before)  # new columns, old ones untouched
         np.testing.assert_allclose(disk.combine(np.eye(3)), Q @ torch.from_numpy(S), atol=1e-13)
         assert disk.bytes_read > 0 and disk.bytes_written > 0
+        # appends wrap into freed slots: the live columns become several runs of slots
+        memory = TensorBasis(n, capacity)
+        memory.reset(disk.combine(np.eye(3)))
+        extra, _ = torch.linalg.qr(torch.randn(n, 2, dtype=torch.float64))
+        for j in range(2):
+            disk.append(extra[:, j])
+            memory.append(extra[:, j])
+        assert len(_runs(disk.column_map)) > 1
+        w = torch.randn(n, dtype=torch.float64)
+        np.testing.assert_allclose(disk.project(w), memory.project(w), rtol=1e-13)
+        T = np.linalg.qr(np.random.default_rng(2).standard_normal((5, 4)))[0]
+        disk.restart(T)
+        memory.restart(T)
+        np.testing.assert_allclose(disk.combine(np.eye(4)), memory.combine(np.eye(4)),
+                                   atol=1e-14)
+
+
+def test_disk_basis_of_an_older_layout_is_refused(tmp_path):
+    with h5py.File(tmp_path / "old.h5", "w") as handle:
+        old = handle.create_dataset("Q", shape=(100, 12), dtype="f8", chunks=(64, 1))
+        with pytest.raises(ValueError, match="older version"):
+            HDF5Basis(old, 6)
 
 
 def test_memory_budget_and_disk_space_errors(tmp_path, monkeypatch):
