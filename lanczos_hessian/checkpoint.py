@@ -14,6 +14,10 @@ flushes again. Killed anywhere, the file names a complete slot: the last committ
 application. The file is in SWMR mode while the run streams, so its structure stays
 consistent on disk.
 
+With Lanczos vectors sharded across ranks, each rank holds such a state for its rows (rank 0
+in the run's file, the others in files of their own); the ranks resume from the last count
+that all of them committed, which a rank one commit ahead still holds in its other slot.
+
 Resuming checks that the run is the same: the settings, the model's parameters (a SHA-256 of
 their float64 values) and, at the first pass after the resume, the data (its pass
 fingerprint: sample count and sums); a mismatch is refused with a message naming it.
@@ -123,7 +127,7 @@ class RunCheckpoint:
         f = self.writer.file
         count, slot, _ = self._commit_record()
         target = 1 - int(slot) if count else 0
-        blob = _pack(small)
+        blob = _pack({**small, "commit_count": count + 1})
         ds = f[f"{self.path}/blob_{target}"]
         ds.resize((blob.size,))
         ds[:] = blob
@@ -135,13 +139,21 @@ class RunCheckpoint:
         f.flush()
         return int(count) + 1
 
-    def load(self) -> tuple:
-        """``(count, small, vectors (num_vectors, n) array, finished)`` of the committed slot."""
-        count, slot, finished = (int(x) for x in self._commit_record())
-        if count == 0:
+    def load(self, count: int | None = None) -> tuple:
+        """``(count, small, vectors (num_vectors, n) array, finished)`` of the committed slot,
+        or of the slot before it when ``count`` is one less than the committed count (the
+        ranks of a sharded run agree on the last state that all of them committed)."""
+        committed, slot, finished = (int(x) for x in self._commit_record())
+        if committed == 0:
             raise ResumeError(f"{self.writer.path}: the {self.group} run committed no state yet")
+        count = committed if count is None else count
+        if count == committed - 1:
+            slot, finished = 1 - slot, 0
         f = self.writer.file
         small = _unpack(f[f"{self.path}/blob_{slot}"][:])
+        if count != committed and int(small.get("commit_count", -1)) != count:
+            raise ResumeError(f"{self.writer.path}: state {count} of the {self.group} run is "
+                              f"gone (the file has committed {committed})")
         vectors = f[f"{self.path}/vectors_{slot}"][:]
         return count, small, vectors, bool(finished)
 
@@ -186,14 +198,15 @@ def expect_data_fingerprint(op, fingerprint) -> None:
 class LanczosCheckpointer:
     """The ``checkpoint`` hook of :func:`~lanczos_hessian.eigen.lanczos_eigsh` for one file."""
 
-    def __init__(self, store: RunCheckpoint, op=None):
+    def __init__(self, store: RunCheckpoint, op=None, count: int | None = None):
         self.store, self.op = store, op
+        self.count = store.count if count is None else count  # the state to resume from
 
     def restore(self, process) -> dict | None:
         """Load the committed state into ``process``; the driver's own state, or None."""
-        if self.store.count == 0:
+        if self.count == 0:
             return None
-        _, small, vectors, finished = self.store.load()
+        _, small, vectors, finished = self.store.load(self.count)
         process.load_state_dict(small, {"next_q": torch.from_numpy(vectors[0])})
         if self.op is not None:
             expect_data_fingerprint(self.op, small.get("data_fingerprint"))
@@ -210,9 +223,9 @@ class LanczosCheckpointer:
         self.store.save(small, [vectors["next_q"]], finished)
 
     def committed_column_map(self) -> list:
-        if self.store.count == 0:
+        if self.count == 0:
             return []
-        _, small, _, _ = self.store.load()
+        _, small, _, _ = self.store.load(self.count)
         return [int(c) for c in small["column_map"]]
 
 

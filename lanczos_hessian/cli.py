@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="continue a killed run from the last committed step in --out")
     eigs.add_argument("--shard-vectors", action="store_true",
                       help="under torchrun: each rank keeps only its rows of the Lanczos "
-                           "vectors and basis (memory / number of ranks; not resumable)")
+                           "vectors and basis (memory / number of ranks); with --out, "
+                           "rank r > 0 commits its rows to OUT.rank<r>-of-<N>.h5 beside it")
     eigs.add_argument("--memory-budget", default=None,
                       help="memory for the Lanczos basis, e.g. 6GiB; the basis goes to disk "
                            "(in --out) when it does not fit (default: no limit)")
@@ -219,19 +220,25 @@ def _is_main() -> bool:
 
 
 def main(argv=None) -> int:
-    from .distributed import current_world, init_from_env
+    from .distributed import current_world, group_running, init_from_env, shutdown
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
+    ours = not group_running()  # a group started here is ended here
     try:
         init_from_env(timeout_s=args.timeout)
     except ValueError as exc:
         print(f"lanczos-hessian: error: {exc}", file=sys.stderr)
         return 2
     echo = print if current_world().is_main else (lambda *a, **k: None)
+    orderly = False
     try:
         COMMANDS[args.command](args, echo)
+        orderly = True
     except (LanczosHessianError, ValueError, FileNotFoundError, ImportError, MemoryError) as exc:
         print(f"lanczos-hessian {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if ours:
+            shutdown(orderly)
     return 0

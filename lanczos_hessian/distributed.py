@@ -157,6 +157,24 @@ def init_from_env(timeout_s: float | None = None) -> World:
     return current_world()
 
 
+def group_running() -> bool:
+    """Whether a ``torch.distributed`` process group is initialized in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def shutdown(orderly: bool = True) -> None:
+    """End the process group, if one is running: after a barrier when every rank finished
+    alike (``orderly``), so that no rank tears down its connections while another still
+    uses them (gloo aborts the process then), else at once."""
+    if not group_running():
+        return
+    try:
+        if orderly:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def default_device(world: World | None = None) -> torch.device:
     """``cuda:<local rank>`` when CUDA is available, else the CPU."""
     world = world or current_world()

@@ -114,8 +114,10 @@ def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=Non
 
     Under ``torch.distributed`` every rank runs the recurrence and rank 0 writes. With
     ``shard_vectors`` each rank keeps only its rows of the Lanczos vectors and basis
-    (:mod:`lanczos_hessian.sharding`); such a run records its steps and results but keeps
-    no resumable state, since the basis exists only in pieces on the ranks.
+    (:mod:`lanczos_hessian.sharding`); rank 0 keeps its rows of the state in ``out`` and
+    every other rank ``r`` in a file of its own beside it, :func:`shard_state_path`, so
+    that the run resumes on the same number of ranks from the last state all of them
+    committed.
     """
     world = current_world()
     n = op.shape[0]
@@ -123,47 +125,121 @@ def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=Non
     shard = Shard(n) if shard_vectors and world.size > 1 else None
     rows = shard.local_dim if shard else n
     location = choose_location(rows, capacity, memory_budget, op.device)
-    if shard is not None and resume:
-        raise ResumeError("a run with sharded Lanczos vectors cannot be resumed (each rank "
-                          "holds only a slice of the basis); run without --shard-vectors")
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
                 "max_matvecs": max_matvecs, "seed": seed, "operator": op.kind,
                 "num_params": n, "reduction": op.reduction, "model_dtype": str(op.model_dtype),
                 "world_size": world.size, "model": model_fingerprint(op)}
+    solve = dict(k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
+                 rng=seed, return_eigenvectors=save_vectors, true_residuals=true_residuals,
+                 shard=shard)
+    if out is not None and shard is not None:
+        return _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, which,
+                                 k_bottom, overwrite, resume, progress, attrs)
     if out is not None and world.is_main and not resume:
         check_output_path(out, overwrite)
         check_disk_space(out, rows, capacity)
     replica = _read_replica_state(out, capacity, op.device) if resume else None
-    solve = dict(k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv, max_matvecs=max_matvecs,
-                 rng=seed, return_eigenvectors=save_vectors, true_residuals=true_residuals,
-                 shard=shard)
     if out is None or not world.is_main:
         with _scratch_basis(rows, capacity, location, op.device) as basis:
             return lanczos_eigsh(op, **solve, basis=replica.basis if replica else basis,
                                  checkpoint=replica, progress=progress and world.is_main)
     writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
                             overwrite=overwrite, append=resume)
-    with writer, _scratch_basis(rows, capacity, location, op.device) as scratch:
-        store = None if shard else RunCheckpoint(writer, "eigs", n, 1, capacity)
+    with writer:
+        store = RunCheckpoint(writer, "eigs", n, 1, capacity)
         if resume:
             store.check_same_run(settings)
             _rewind_steps(writer, "eigs", store.count)
         else:
-            writer.set_attrs("eigs", {**_plain_settings(settings), "complete": False})
-            writer.declare_steps("eigs", _eigs_row(k))
-            if store is not None:
-                store.declare(settings)
-        checkpointer = LanczosCheckpointer(store, op) if store is not None else None
-        basis = (store.basis(location, op.device, checkpointer.committed_column_map())
-                 if store is not None else scratch)
+            _declare_eigs_file(writer, store, settings, k)
+        checkpointer = LanczosCheckpointer(store, op)
+        basis = store.basis(location, op.device, checkpointer.committed_column_map())
         writer.start_streaming()
         result = lanczos_eigsh(op, **solve, basis=basis, checkpoint=checkpointer,
                                callback=step_recorder(writer, "eigs", k, which, k_bottom),
                                progress=progress)
         writer.finish()
         write_eigs(writer, result, "eigs", {**_plain_settings(settings),
-                                             "basis_location": location,
-                                             "sharded": shard is not None})
+                                             "basis_location": location, "sharded": False})
+    return result
+
+
+def _declare_eigs_file(writer, store, settings, k):
+    writer.set_attrs("eigs", {**_plain_settings(settings), "complete": False})
+    writer.declare_steps("eigs", _eigs_row(k))
+    store.declare(settings)
+
+
+def shard_state_path(out, rank: int, world_size: int):
+    """Where rank ``rank`` (> 0) of a run with sharded Lanczos vectors keeps its rows of the
+    run's state: ``run.h5`` -> ``run.rank1-of-4.h5``, beside the run's own file (rank 0
+    keeps its rows in the run's file)."""
+    from pathlib import Path
+
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
+
+
+def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, which,
+                      k_bottom, overwrite, resume, progress, attrs):
+    """:func:`eigs_job` with sharded vectors: each rank commits its rows of the state to its
+    own file after every application; rank 0's file also holds the records and results.
+
+    On resume the ranks agree on the last state that every one of them committed (a kill
+    can fall between two ranks' commits, so a rank may be one state ahead: its previous
+    slot still holds the agreed state, and its basis columns of that state are intact,
+    since a step never overwrites the committed columns)."""
+    world = current_world()
+    main = world.is_main
+    path = out if main else shard_state_path(out, world.rank, world.size)
+    error, writer, store = None, None, None
+    try:
+        if not resume:
+            check_output_path(path, overwrite)
+            check_disk_space(path, shard.local_dim, capacity)
+            role = ({} if main else {"shard_of": str(out), "shard_rank": world.rank})
+            writer = SpectrumWriter(path, {**provenance(op, seed=settings["seed"], **role),
+                                           **(attrs or {})}, overwrite=overwrite)
+        else:
+            if not main and not path.exists():
+                raise ResumeError(f"{path} is missing: a run with sharded vectors resumes "
+                                  f"on the number of ranks it ran on, here {world.size}")
+            writer = SpectrumWriter(path, append=True)
+        store = RunCheckpoint(writer, "eigs", shard.local_dim, 1, capacity)
+        if resume:
+            store.check_same_run(settings)
+        elif main:
+            _declare_eigs_file(writer, store, settings, k)
+        else:
+            store.declare(settings)
+        count = store.count
+    except Exception as exc:  # every rank learns of it, then each raises
+        error, count = exc, 0
+    try:
+        from .distributed import gather_rows
+
+        counts = gather_rows([count], error, device=op.device, what="opening the run's files")
+    except Exception:
+        if writer is not None:
+            writer.close()
+        raise
+    with writer:
+        agreed = int(counts.min())
+        if resume and int(counts.max()) - agreed > 1:
+            raise ResumeError(f"the ranks' files hold states {counts.reshape(-1).tolist()}: "
+                              "more than one apart, not one run")
+        if main and resume:
+            _rewind_steps(writer, "eigs", agreed)
+        checkpointer = LanczosCheckpointer(store, op if main else None, count=agreed)
+        basis = store.basis(location, op.device, checkpointer.committed_column_map())
+        writer.start_streaming()
+        callback = step_recorder(writer, "eigs", k, which, k_bottom) if main else None
+        result = lanczos_eigsh(op, **solve, basis=basis, checkpoint=checkpointer,
+                               callback=callback, progress=progress and main)
+        writer.finish()
+        if main:
+            write_eigs(writer, result, "eigs", {**_plain_settings(settings),
+                                                 "basis_location": location, "sharded": True})
     return result
 
 

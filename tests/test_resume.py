@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,24 +52,32 @@ def committed_steps(path, group="eigs"):
         return 0
 
 
+def problem_env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return env
+
+
 def run_until(path, args, target, command=COMMAND, group="eigs"):
-    """Start the CLI and SIGKILL it once ``target`` steps are committed; return what it saw."""
-    env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen(command + args, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    """Start the CLI and SIGKILL it (with every process it started, as a preemption does)
+    once ``target`` steps are committed; return what it saw and its exit code."""
+    process = subprocess.Popen(command + args, env=problem_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
     seen, deadline = [], time.monotonic() + TIMEOUT
     try:
         while process.poll() is None and time.monotonic() < deadline:
             count = committed_steps(path, group)  # a reader following the running writer
             seen.append(count)
             if count >= target:
-                process.send_signal(signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)
                 break
             time.sleep(0.02)
         process.wait(timeout=TIMEOUT)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     return seen, process.returncode
 
 
@@ -147,6 +156,46 @@ def test_resume_refuses_a_different_run(reference, tmp_path):
         timeout=TIMEOUT)
     assert other_data.returncode == 2 and "data source yielded different" in other_data.stderr
     assert run_cli(["--out", str(tmp_path / "none.h5"), "--resume"]).returncode == 2
+
+
+def torchrun_sharded():
+    """The test command on 2 gloo ranks under torchrun, with the Lanczos vectors sharded."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+            "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
+            "-m", "lanczos_hessian", *COMMAND[3:], "--shard-vectors"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_killed_sharded_run_resumes_to_the_uninterrupted_result(tmp_path):
+    env = dict(problem_env(), OMP_NUM_THREADS="1")
+    reference_path = tmp_path / "ref.h5"
+    done = subprocess.run(torchrun_sharded() + ["--out", str(reference_path)], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ref.rank1-of-2.h5").exists()  # rank 1's rows of the state
+    reference = read_file(reference_path)["eigs"]
+    assert reference.attrs["sharded"] and reference.attrs["num_restarts"] >= 2
+    path, total = tmp_path / "run.h5", len(reference.steps["alpha"])
+    for i, target in enumerate((4, total // 2)):  # before and after a thick restart
+        seen, code = run_until(path, ["--out", str(path)] + (["--resume"] if i else []),
+                               target, command=torchrun_sharded())
+        assert code == -signal.SIGKILL, f"run ended by itself (code {code}) before {target}"
+        readable = [count for count in seen if count]  # continued, not started afresh:
+        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
+        assert seen[-1] >= target and drops in ([], [1])
+    done = subprocess.run(torchrun_sharded() + ["--out", str(path), "--resume"], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = read_file(path)["eigs"]
+    np.testing.assert_array_equal(resumed["eigenvalues"], reference["eigenvalues"])
+    np.testing.assert_array_equal(resumed["residual_bounds"], reference["residual_bounds"])
+    assert resumed.attrs["num_matvecs"] == reference.attrs["num_matvecs"]
+    other_world = run_cli(["--out", str(path), "--resume"])  # one process: not the same run
+    assert other_world.returncode == 2 and "world_size: file has 2, this run has 1" \
+        in other_world.stderr
 
 
 @pytest.mark.parametrize("location", ["device", "host", "disk", "mirrored"])
