@@ -303,6 +303,61 @@ class SLQCheckpointer:
         self.store.save(small, list(q.T) + list(q_prev.T), finished)
 
 
+class ReplicaSLQCheckpointer:
+    """The SLQ resume of a rank that does not write (replicated runs under
+    ``torch.distributed``): the committed state and every probe's committed basis columns,
+    copied from the run's file into this rank's own stores before the writing rank reopens
+    the file. :meth:`basis_factory` hands those stores to :func:`~lanczos_hessian.slq.slq`.
+    """
+
+    def __init__(self, small, vectors, bases):
+        self.small, self.vectors, self.bases = small, vectors, bases
+
+    @classmethod
+    def read(cls, path, group: str, make_store) -> "ReplicaSLQCheckpointer | None":
+        """``None`` when nothing was committed; ``make_store(p, dim, capacity)`` makes the
+        store each probe's committed columns are copied into (block by block)."""
+        from .io import open_spectrum
+
+        with open_spectrum(path) as f:
+            state = f.get(f"{group}/{STATE}")
+            if state is None or int(state["commit"][0]) == 0:
+                return None
+            _, slot, _ = (int(x) for x in state["commit"][:])
+            small = _unpack(state[f"blob_{slot}"][:])
+            vectors = state[f"vectors_{slot}"][:]
+            bases = []
+            for p, size in enumerate(int(s) for s in small["basis_sizes"]):
+                ds = state[f"basis_{p}"]
+                disk = HDF5Basis(ds, ds.shape[0] // 2, column_map=list(range(size)))
+                store = make_store(p, disk.dim, disk.capacity)
+                copy_columns(disk, store)
+                bases.append(store)
+        return cls(small, vectors, bases)
+
+    def basis_factory(self, p, dim, capacity):
+        return self.bases[p]
+
+    def restore(self, lanczos) -> int:
+        P = self.vectors.shape[0] // 2
+        lanczos.load_state_dict(self.small, torch.from_numpy(self.vectors[:P].T.copy()),
+                                torch.from_numpy(self.vectors[P:].T.copy()))
+        return int(self.small["step"])
+
+    def commit(self, lanczos, step: int, finished: bool) -> None:
+        """Nothing: the writing rank commits."""
+
+
+def copy_columns(source: HDF5Basis, target) -> None:
+    """Make ``target`` (an empty in-memory or on-disk store) hold ``source``'s live columns,
+    streamed block by block."""
+    if isinstance(target, HDF5Basis):
+        target.replace(source.size, ((start, stop, source.read_block(start, stop))
+                                     for start, stop in source._blocks()))
+    else:
+        target.load_from(source)
+
+
 def _restore_columns(basis, size: int) -> None:
     """Point an append-only store at its first ``size`` committed columns (and reload the
     in-memory copy of a mirrored one); columns written after the last commit are dropped."""

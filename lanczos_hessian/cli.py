@@ -190,7 +190,7 @@ def _run_slq(args, echo):
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")
-    if args.out:
+    if args.out and _is_main():  # only the writing rank reads its file back
         echo(summarize(read_spectrum(args.out)))
         echo(f"written to {args.out}")
 

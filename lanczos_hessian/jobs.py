@@ -8,6 +8,7 @@ arrays with their provenance. Only the main rank (global rank 0) writes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import platform
 
@@ -17,6 +18,7 @@ from .basis import HDF5Basis, TensorBasis, choose_location, create_basis_dataset
 from .checkpoint import (
     LanczosCheckpointer,
     ReplicaCheckpointer,
+    ReplicaSLQCheckpointer,
     ResumeError,
     RunCheckpoint,
     SLQCheckpointer,
@@ -344,13 +346,14 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
     The deflation eigenpairs come from one :func:`lanczos_eigsh` run (``LA``, ``SA`` or
     ``BE``) stored with their eigenvectors in the ``eigs`` group; the quadrature goes to
     ``slq``. With a file, both phases commit their state after every operator application
-    and ``resume=True`` continues a killed run (single process). The two phases draw from
-    independent seeds spawned from ``seed``, so a resumed run draws the same probes.
-    Returns ``(eigs result or None, slq result)``.
+    and ``resume=True`` continues a killed run; under ``torch.distributed`` the ranks that do
+    not write first copy the committed state from the file (:class:`ReplicaSLQCheckpointer`).
+    The two phases draw from independent seeds spawned from ``seed``, so a resumed run draws
+    the same probes. Returns ``(eigs result or None, slq result)``.
     """
     world = current_world()
-    if resume and (out is None or world.size > 1):
-        raise ResumeError("resuming SLQ needs --out and a single process")
+    if resume and out is None:
+        raise ResumeError("resuming SLQ needs the run's file (--out)")
     eigs_seed, slq_seed = (int(s.generate_state(1)[0]) for s in
                            np.random.SeedSequence(seed).spawn(2))
     k = k_top + k_bottom
@@ -360,22 +363,39 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
                 "k_top": k_top, "k_bottom": k_bottom, "tol": tol, "seed": seed,
                 "reorthogonalize": reorthogonalize, "operator": op.kind,
                 "num_params": op.shape[0], "model": model_fingerprint(op)}
-    if out is None or not world.is_main:
-        eigs = (lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed)
-                if k else None)
-        return eigs, slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
-                         reorthogonalize=reorthogonalize, deflate=eigs,
-                         progress=progress and world.is_main)
     n = op.shape[0]
     capacity = min(num_steps, n - k)
+    eigs_capacity = min(max(2 * k + 1, 20), n)
     location = choose_location(n, capacity * num_probes, memory_budget, op.device)
-    if not resume:
+    if out is None or not world.is_main:
+        with contextlib.ExitStack() as stack:
+            make_store = _probe_store_factory(stack, location, op.device)
+            eigs_replica, eigs_attrs, slq_replica = (
+                _read_slq_replicas(out, k, eigs_capacity, make_store, op.device)
+                if resume else (None, {}, None))
+            eigs = None
+            if isinstance(eigs_replica, tuple):  # the deflation phase had finished
+                eigs = eigs_replica
+            elif k:
+                eigs = lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed,
+                                     basis=eigs_replica.basis if eigs_replica else None,
+                                     checkpoint=eigs_replica)
+            factory = slq_replica.basis_factory if slq_replica else make_store
+            result = slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
+                         reorthogonalize=reorthogonalize, deflate=eigs,
+                         progress=progress and world.is_main,
+                         basis_factory=factory if reorthogonalize else None,
+                         checkpoint=slq_replica)
+            return eigs, _with_deflation_cost(result, eigs, eigs_attrs)
+    if resume:
+        _read_slq_replicas(out, k, eigs_capacity, None, op.device)  # the others read first
+    else:
         check_output_path(out, overwrite)
     writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
                             overwrite=overwrite, append=resume)
     with writer:
         slq_store = RunCheckpoint(writer, "slq", n, 2 * num_probes, 0)
-        eigs_store = RunCheckpoint(writer, "eigs", n, 1, min(max(2 * k + 1, 20), n)) if k else None
+        eigs_store = RunCheckpoint(writer, "eigs", n, 1, eigs_capacity) if k else None
         if resume:
             slq_store.check_same_run(settings)
             _rewind_steps(writer, "slq", slq_store.count)
@@ -384,6 +404,7 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
                               capacity if reorthogonalize else 0)
         eigs = _deflation_phase(writer, op, eigs_store, k, which, k_b, tol, eigs_seed, location,
                                 resume, progress) if k else None
+        eigs_attrs = dict(writer.file["eigs"].attrs) if k else {}
         make_basis = probe_basis_factory(writer, "slq", location, op.device)
         writer.start_streaming()
         result = slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
@@ -392,8 +413,89 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
                      basis_factory=make_basis if reorthogonalize else None,
                      checkpoint=SLQCheckpointer(slq_store, op))
         writer.finish()
+        result = _with_deflation_cost(result, eigs, eigs_attrs)
         write_slq(writer, result, "slq", _plain_settings(settings))
     return eigs, result
+
+
+def _with_deflation_cost(result, eigs, eigs_attrs=None):
+    """``result`` with the passes and products of the deflation eigenpairs counted in
+    (taken from the eigenpair result, or from the file's ``eigs`` attributes when the
+    deflation had finished before a resume)."""
+    if eigs is None:
+        return result
+    if hasattr(eigs, "num_passes"):
+        passes, matvecs = eigs.num_passes, eigs.num_matvecs
+    else:
+        passes = int((eigs_attrs or {}).get("num_passes", 0))
+        matvecs = int((eigs_attrs or {}).get("num_matvecs", 0))
+    return dataclasses.replace(result, num_passes=result.num_passes + passes,
+                               num_matvecs=result.num_matvecs + matvecs,
+                               deflation_passes=passes, deflation_matvecs=matvecs)
+
+
+def _probe_store_factory(stack, location, device):
+    """``basis_factory`` for the SLQ probes of a rank that does not write: in memory, or on
+    disk in a temporary HDF5 file of its own (closed with ``stack``)."""
+    if location != "disk":
+        return lambda p, dim, capacity: TensorBasis(dim, capacity, device=device)
+    import tempfile
+
+    import h5py
+
+    tmp = stack.enter_context(tempfile.TemporaryDirectory())
+    handle = stack.enter_context(h5py.File(f"{tmp}/bases.h5", "w"))
+
+    def make(p, dim, capacity):
+        rows = min(1 << 18, dim)
+        return HDF5Basis(create_basis_dataset(handle, f"basis_{p}", dim, capacity, rows),
+                         capacity, device=device, block_rows=rows)
+
+    return make
+
+
+def _read_slq_replicas(out, k, eigs_capacity, make_store, device):
+    """On resume under torch.distributed, every rank calls this before rank 0 reopens the
+    file: the ranks that do not write read the committed state of both phases (the finished
+    deflation as ``(eigenvalues, eigenvectors, residual_bounds)``, else a
+    :class:`ReplicaCheckpointer` or None; and a :class:`ReplicaSLQCheckpointer` or None).
+    Also returns the file's ``eigs`` attributes (the deflation's cost). A barrier opens the
+    reading, one all-reduce with the error protocol closes it."""
+    world = current_world()
+    if world.size == 1:
+        return None, {}, None
+    import torch.distributed as dist
+
+    from .distributed import gather_rows
+
+    dist.barrier()
+    eigs = state = error = None
+    attrs = {}
+    if not world.is_main:
+        try:
+            if k:
+                eigs, attrs = _read_deflation_replica(out, eigs_capacity, device)
+            state = ReplicaSLQCheckpointer.read(out, "slq", make_store)
+        except Exception as exc:  # every rank learns of it, then each raises
+            error = exc
+    gather_rows([0.0], error, device=device, what="reading the committed state")
+    return eigs, attrs, state
+
+
+def _read_deflation_replica(out, capacity, device):
+    """The deflation phase as the file holds it, with the ``eigs`` attributes: its result
+    when finished, else a :class:`ReplicaCheckpointer` (None when nothing was committed)."""
+    from .io import open_spectrum
+
+    with open_spectrum(out) as f:
+        group = f["eigs"]
+        attrs = dict(group.attrs)
+        if attrs.get("complete", False):
+            return (group["eigenvalues"][:], group["eigenvectors"][:],
+                    group["residual_bounds"][:]), attrs
+        if "state" not in group or int(group["state/commit"][0]) == 0:
+            return None, attrs
+    return ReplicaCheckpointer.read(out, "eigs", capacity, device), attrs
 
 
 def _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes, capacity):

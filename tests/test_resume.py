@@ -131,6 +131,7 @@ def test_killed_slq_run_resumes_in_both_phases(tmp_path):
     np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
     np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
     assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
+    assert run["slq"].attrs["deflation_passes"] == ref["eigs"].attrs["num_passes"] > 0
 
 
 def test_analyze_reads_a_running_job(tmp_path):
@@ -158,14 +159,46 @@ def test_resume_refuses_a_different_run(reference, tmp_path):
     assert run_cli(["--out", str(tmp_path / "none.h5"), "--resume"]).returncode == 2
 
 
-def torchrun_sharded():
-    """The test command on 2 gloo ranks under torchrun, with the Lanczos vectors sharded."""
+def torchrun(command):
+    """``command`` (a ``python -m lanczos_hessian ...`` line) on 2 gloo ranks under torchrun."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
             "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(port),
-            "-m", "lanczos_hessian", *COMMAND[3:], "--shard-vectors"]
+            "-m", "lanczos_hessian", *command[3:]]
+
+
+def torchrun_sharded():
+    """The test command on 2 gloo ranks under torchrun, with the Lanczos vectors sharded."""
+    return torchrun(COMMAND) + ["--shard-vectors"]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "5000"]], ids=["memory", "disk"])
+def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
+    """Rank 1 does not write: on resume it copies the committed state from rank 0's file."""
+    env = dict(problem_env(), OMP_NUM_THREADS="1")
+    ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
+    done = subprocess.run(torchrun(SLQ_COMMAND) + budget + ["--out", str(ref_path)], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    args = budget + ["--out", str(path)]
+    for target, group in ((6, "eigs"), (8, "slq")):  # in the deflation phase, then in SLQ
+        seen, code = run_until(path, args + (["--resume"] if group == "slq" else []), target,
+                               torchrun(SLQ_COMMAND), group)
+        readable = [count for count in seen if count]  # continued, not started afresh
+        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
+        assert code == -signal.SIGKILL and seen[-1] >= target and drops in ([], [1])
+    done = subprocess.run(torchrun(SLQ_COMMAND) + args + ["--resume"], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref, run = read_file(ref_path), read_file(path)
+    np.testing.assert_array_equal(run["slq"]["nodes"], ref["slq"]["nodes"])
+    np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
+    np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
+    assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
+    assert run["slq"].attrs["deflation_passes"] == ref["eigs"].attrs["num_passes"] > 0
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
