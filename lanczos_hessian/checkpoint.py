@@ -241,8 +241,9 @@ class ReplicaCheckpointer:
         self.small, self.vectors, self.finished, self.basis = small, vectors, finished, basis
 
     @classmethod
-    def read(cls, path, group: str, capacity: int, device) -> "ReplicaCheckpointer":
-        from .basis import TensorBasis
+    def read(cls, path, group: str, basis) -> "ReplicaCheckpointer":
+        """The committed state of ``group``, its basis columns copied into the empty store
+        ``basis`` (this rank's own: in memory, or a scratch file), block by block."""
         from .io import open_spectrum
 
         with open_spectrum(path) as f:
@@ -253,9 +254,7 @@ class ReplicaCheckpointer:
             small = _unpack(state[f"blob_{slot}"][:])
             vectors = state[f"vectors_{slot}"][:]
             columns = [int(c) for c in small["column_map"]]
-            disk = HDF5Basis(state["basis"], capacity, column_map=columns)
-            basis = TensorBasis(disk.dim, capacity, device=device)
-            basis.load_from(disk)
+            copy_columns(HDF5Basis(state["basis"], basis.capacity, column_map=columns), basis)
         return cls(small, vectors, bool(finished), basis)
 
     def restore(self, process) -> dict:

@@ -140,11 +140,13 @@ def eigs_job(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=Non
     if out is not None and world.is_main and not resume:
         check_output_path(out, overwrite)
         check_disk_space(out, rows, capacity)
-    replica = _read_replica_state(out, capacity, op.device) if resume else None
     if out is None or not world.is_main:
         with _scratch_basis(rows, capacity, location, op.device) as basis:
-            return lanczos_eigsh(op, **solve, basis=replica.basis if replica else basis,
-                                 checkpoint=replica, progress=progress and world.is_main)
+            replica = _read_replica_state(out, basis) if resume else None
+            return lanczos_eigsh(op, **solve, basis=basis, checkpoint=replica,
+                                 progress=progress and world.is_main)
+    if resume:
+        _read_replica_state(out, None)  # the other ranks read before this one reopens it
     writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
                             overwrite=overwrite, append=resume)
     with writer:
@@ -245,17 +247,26 @@ def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, wh
     return result
 
 
-def _read_replica_state(out, capacity, device):
-    """On resume under torch.distributed: the committed state for the ranks that do not
-    write, read before rank 0 reopens the file (two barriers order it)."""
+def _read_replica_state(out, basis):
+    """On resume under torch.distributed, every rank calls this before rank 0 reopens the
+    file: the ranks that do not write read the committed state, its basis copied into their
+    own store ``basis``. A barrier opens the reading, one all-reduce with the error protocol
+    closes it."""
     world = current_world()
     if world.size == 1:
         return None
     import torch.distributed as dist
 
+    from .distributed import gather_rows
+
     dist.barrier()
-    replica = None if world.is_main else ReplicaCheckpointer.read(out, "eigs", capacity, device)
-    dist.barrier()
+    replica = error = None
+    if not world.is_main:
+        try:
+            replica = ReplicaCheckpointer.read(out, "eigs", basis)
+        except Exception as exc:  # every rank learns of it, then each raises
+            error = exc
+    gather_rows([0.0], error, what="reading the committed state")
     return replica
 
 
@@ -371,15 +382,16 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
         with contextlib.ExitStack() as stack:
             make_store = _probe_store_factory(stack, location, op.device)
             eigs_replica, eigs_attrs, slq_replica = (
-                _read_slq_replicas(out, k, eigs_capacity, make_store, op.device)
+                _read_slq_replicas(out, k, n, eigs_capacity, make_store, op.device)
                 if resume else (None, {}, None))
             eigs = None
             if isinstance(eigs_replica, tuple):  # the deflation phase had finished
                 eigs = eigs_replica
             elif k:
+                basis = (eigs_replica.basis if eigs_replica
+                         else make_store("eigs", n, eigs_capacity))
                 eigs = lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed,
-                                     basis=eigs_replica.basis if eigs_replica else None,
-                                     checkpoint=eigs_replica)
+                                     basis=basis, checkpoint=eigs_replica)
             factory = slq_replica.basis_factory if slq_replica else make_store
             result = slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
                          reorthogonalize=reorthogonalize, deflate=eigs,
@@ -388,7 +400,7 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
                          checkpoint=slq_replica)
             return eigs, _with_deflation_cost(result, eigs, eigs_attrs)
     if resume:
-        _read_slq_replicas(out, k, eigs_capacity, None, op.device)  # the others read first
+        _read_slq_replicas(out, k, n, eigs_capacity, None, op.device)  # the others read first
     else:
         check_output_path(out, overwrite)
     writer = SpectrumWriter(out, None if resume else provenance(op, seed=seed, **(attrs or {})),
@@ -447,14 +459,16 @@ def _probe_store_factory(stack, location, device):
     handle = stack.enter_context(h5py.File(f"{tmp}/bases.h5", "w"))
 
     def make(p, dim, capacity):
-        rows = min(1 << 18, dim)
-        return HDF5Basis(create_basis_dataset(handle, f"basis_{p}", dim, capacity, rows),
+        rows, name = min(1 << 18, dim), f"basis_{p}"
+        if name in handle:  # made before and not used (a resume that needed no copy)
+            del handle[name]
+        return HDF5Basis(create_basis_dataset(handle, name, dim, capacity, rows),
                          capacity, device=device, block_rows=rows)
 
     return make
 
 
-def _read_slq_replicas(out, k, eigs_capacity, make_store, device):
+def _read_slq_replicas(out, k, dim, eigs_capacity, make_store, device):
     """On resume under torch.distributed, every rank calls this before rank 0 reopens the
     file: the ranks that do not write read the committed state of both phases (the finished
     deflation as ``(eigenvalues, eigenvectors, residual_bounds)``, else a
@@ -474,7 +488,8 @@ def _read_slq_replicas(out, k, eigs_capacity, make_store, device):
     if not world.is_main:
         try:
             if k:
-                eigs, attrs = _read_deflation_replica(out, eigs_capacity, device)
+                store = make_store("eigs", dim, eigs_capacity)
+                eigs, attrs = _read_deflation_replica(out, store)
             state = ReplicaSLQCheckpointer.read(out, "slq", make_store)
         except Exception as exc:  # every rank learns of it, then each raises
             error = exc
@@ -482,9 +497,10 @@ def _read_slq_replicas(out, k, eigs_capacity, make_store, device):
     return eigs, attrs, state
 
 
-def _read_deflation_replica(out, capacity, device):
+def _read_deflation_replica(out, basis):
     """The deflation phase as the file holds it, with the ``eigs`` attributes: its result
-    when finished, else a :class:`ReplicaCheckpointer` (None when nothing was committed)."""
+    when finished, else a :class:`ReplicaCheckpointer` with its basis copied into ``basis``
+    (None when nothing was committed)."""
     from .io import open_spectrum
 
     with open_spectrum(out) as f:
@@ -495,7 +511,7 @@ def _read_deflation_replica(out, capacity, device):
                     group["residual_bounds"][:]), attrs
         if "state" not in group or int(group["state/commit"][0]) == 0:
             return None, attrs
-    return ReplicaCheckpointer.read(out, "eigs", capacity, device), attrs
+    return ReplicaCheckpointer.read(out, "eigs", basis), attrs
 
 
 def _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes, capacity):

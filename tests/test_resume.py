@@ -169,11 +169,6 @@ def torchrun(command):
             "-m", "lanczos_hessian", *command[3:]]
 
 
-def torchrun_sharded():
-    """The test command on 2 gloo ranks under torchrun, with the Lanczos vectors sharded."""
-    return torchrun(COMMAND) + ["--shard-vectors"]
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 @pytest.mark.parametrize("budget", [[], ["--memory-budget", "5000"]], ids=["memory", "disk"])
 def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
@@ -202,24 +197,29 @@ def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-def test_killed_sharded_run_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--memory-budget", "5000"], ["--shard-vectors"]],
+                         ids=["replicated", "replicated-basis-on-disk", "sharded"])
+def test_killed_run_on_two_ranks_resumes_to_the_uninterrupted_result(options, tmp_path):
+    """Replicated: rank 1 copies the committed state from rank 0's file. Sharded: each rank
+    resumes its rows from its own file, from the last state both committed."""
     env = dict(problem_env(), OMP_NUM_THREADS="1")
-    reference_path = tmp_path / "ref.h5"
-    done = subprocess.run(torchrun_sharded() + ["--out", str(reference_path)], env=env,
+    reference_path, sharded = tmp_path / "ref.h5", "--shard-vectors" in options
+    command = torchrun(COMMAND) + options
+    done = subprocess.run(command + ["--out", str(reference_path)], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "ref.rank1-of-2.h5").exists()  # rank 1's rows of the state
+    assert (tmp_path / "ref.rank1-of-2.h5").exists() == sharded  # rank 1's rows of the state
     reference = read_file(reference_path)["eigs"]
-    assert reference.attrs["sharded"] and reference.attrs["num_restarts"] >= 2
+    assert reference.attrs["sharded"] == sharded and reference.attrs["num_restarts"] >= 2
     path, total = tmp_path / "run.h5", len(reference.steps["alpha"])
     for i, target in enumerate((4, total // 2)):  # before and after a thick restart
         seen, code = run_until(path, ["--out", str(path)] + (["--resume"] if i else []),
-                               target, command=torchrun_sharded())
+                               target, command=torchrun(COMMAND) + options)
         assert code == -signal.SIGKILL, f"run ended by itself (code {code}) before {target}"
         readable = [count for count in seen if count]  # continued, not started afresh:
         drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
         assert seen[-1] >= target and drops in ([], [1])
-    done = subprocess.run(torchrun_sharded() + ["--out", str(path), "--resume"], env=env,
+    done = subprocess.run(torchrun(COMMAND) + options + ["--out", str(path), "--resume"], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = read_file(path)["eigs"]
