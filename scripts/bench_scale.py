@@ -79,8 +79,11 @@ def _steps_worker(args):
         g = torch.Generator().manual_seed(0)
         v0 = shard.local(torch.randn(n, generator=g, dtype=torch.float64))
         process = LanczosProcess(matvec, v0, args.steps + 1, g, basis=basis, shard=shard)
+        from tqdm.auto import tqdm
+
         start = time.perf_counter()
-        for _ in range(args.steps):
+        for _ in tqdm(range(args.steps), desc=f"{args.steps} steps, rank {shard.rank}",
+                      unit="step", leave=False, disable=shard.rank > 0):
             process.step()
         total = time.perf_counter() - start
         gram = shard.sum(basis.gram())  # orthogonality of the on-disk basis, streamed
@@ -119,7 +122,8 @@ def _eigs_worker(args):
         start = time.perf_counter()
         result = lanczos_eigsh(op, k=10, which="LA", tol=args.tol, ncv=ncv,
                                max_matvecs=args.max_matvecs, rng=0, basis=basis,
-                               return_eigenvectors=False, true_residuals=False, callback=keep)
+                               return_eigenvectors=False, true_residuals=False, callback=keep,
+                               progress=True)
         solve_s = time.perf_counter() - start
         process = holder["process"]
         theta, S = process.ritz()
@@ -145,17 +149,19 @@ def _eigs_worker(args):
 
 # ---- the driver ---------------------------------------------------------------------------
 def _spawn(kind, extra, timeout, ranks=1):
+    """Run a worker; its progress bars and errors go to this terminal's stderr."""
     base = [sys.executable, __file__, "--worker", kind] + extra
     if ranks == 1:
-        out = subprocess.run(base, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(base, stdout=subprocess.PIPE, text=True, timeout=timeout)
         if out.returncode:
-            raise RuntimeError(out.stderr[-3000:])
+            raise RuntimeError(f"the {kind} worker failed (exit {out.returncode}; its "
+                               "error is printed above)")
         return [json.loads(out.stdout.strip().splitlines()[-1])]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = [subprocess.Popen(base + ["--ranks", str(ranks)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
+                              stderr=None if r == 0 else subprocess.PIPE, text=True,
                               env=dict(os.environ, RANK=str(r), WORLD_SIZE=str(ranks),
                                        LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
                                        MASTER_PORT=str(port)))
@@ -164,7 +170,7 @@ def _spawn(kind, extra, timeout, ranks=1):
     for p in procs:
         stdout, stderr = p.communicate(timeout=timeout)
         if p.returncode:
-            raise RuntimeError(stderr[-3000:])
+            raise RuntimeError((stderr or "the error of rank 0 is printed above")[-3000:])
         results.append(json.loads(stdout.strip().splitlines()[-1]))
     return results
 
