@@ -197,8 +197,10 @@ def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-@pytest.mark.parametrize("options", [[], ["--memory-budget", "5000"], ["--shard-vectors"]],
-                         ids=["replicated", "replicated-basis-on-disk", "sharded"])
+@pytest.mark.parametrize("options", [[], ["--memory-budget", "5000"], ["--shard-vectors"],
+                                     ["--shard-vectors", "--memory-budget", "3000"]],
+                         ids=["replicated", "replicated-basis-on-disk", "sharded",
+                              "sharded-basis-on-disk"])
 def test_killed_run_on_two_ranks_resumes_to_the_uninterrupted_result(options, tmp_path):
     """Replicated: rank 1 copies the committed state from rank 0's file. Sharded: each rank
     resumes its rows from its own file, from the last state both committed."""
@@ -211,6 +213,8 @@ def test_killed_run_on_two_ranks_resumes_to_the_uninterrupted_result(options, tm
     assert (tmp_path / "ref.rank1-of-2.h5").exists() == sharded  # rank 1's rows of the state
     reference = read_file(reference_path)["eigs"]
     assert reference.attrs["sharded"] == sharded and reference.attrs["num_restarts"] >= 2
+    assert reference.attrs["basis_location"] == ("disk" if "--memory-budget" in options
+                                                 else "device")
     path, total = tmp_path / "run.h5", len(reference.steps["alpha"])
     for i, target in enumerate((4, total // 2)):  # before and after a thick restart
         seen, code = run_until(path, ["--out", str(path)] + (["--resume"] if i else []),
