@@ -360,6 +360,7 @@ def copy_columns(source: HDF5Basis, target) -> None:
 def _restore_columns(basis, size: int) -> None:
     """Point an append-only store at its first ``size`` committed columns (and reload the
     in-memory copy of a mirrored one); columns written after the last commit are dropped."""
+    basis = getattr(basis, "local_store", basis)  # this rank's rows of a sharded store
     if isinstance(basis, MirroredBasis):
         basis.mirror.column_map = list(range(size))
         basis.primary.load_from(basis.mirror)

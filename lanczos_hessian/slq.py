@@ -91,6 +91,7 @@ from .distributed import common_seed
 from .eigen import EigshResult, lanczos_eigsh
 from .lanczos import EPS, orthogonalize
 from .linop import BlockMatvec, as_block_matvec
+from .sharding import Shard, ShardedBasis, ShardedMatvec
 
 logger = logging.getLogger(__name__)
 
@@ -282,21 +283,27 @@ def _resolve_seed(rng) -> int:
 
 
 class _Projector:
-    """``P = I - Q Q^T`` for an orthonormal basis ``Q`` of ``span(Y)`` (identity if ``k = 0``)."""
+    """``P = I - Q Q^T`` for an orthonormal basis ``Q`` of ``span(Y)`` (identity if ``k = 0``).
 
-    def __init__(self, Y: torch.Tensor | None):
-        self.Q = None if Y is None or Y.shape[1] == 0 else torch.linalg.qr(Y)[0]
+    With a :class:`~lanczos_hessian.sharding.Shard`, ``Y`` is whole and ``Q`` keeps this
+    rank's rows; ``Q^T W`` is summed over ranks.
+    """
+
+    def __init__(self, Y: torch.Tensor | None, shard=None):
+        self.shard = shard or Shard(0 if Y is None else Y.shape[0], 0, 1)
+        Q = None if Y is None or Y.shape[1] == 0 else torch.linalg.qr(Y)[0]
+        self.Q = None if Q is None else self.shard.local(Q).contiguous()
 
     @property
     def rank(self) -> int:
         return 0 if self.Q is None else self.Q.shape[1]
 
     def __call__(self, W: torch.Tensor) -> torch.Tensor:
-        """``P W``, by classical Gram-Schmidt twice (``W`` is ``(n, b)``)."""
+        """``P W``, by classical Gram-Schmidt twice (``W`` is ``(n, b)``, or this rank's rows)."""
         if self.Q is None:
             return W
         for _ in range(2):
-            W = W - self.Q @ (self.Q.T @ W)
+            W = W - self.Q @ self.shard.sum(self.Q.T @ W)
         return W
 
 
@@ -347,8 +354,10 @@ class _LockstepLanczos:
 
     def __init__(self, matvec: BlockMatvec, U: torch.Tensor, num_steps: int,
                  reorthogonalize: bool, project: _Projector, basis_device=None,
-                 basis_factory=None):
-        n, P = U.shape
+                 basis_factory=None, shard=None):
+        rows, P = U.shape
+        self.shard = shard or Shard(rows, 0, 1)
+        n = self.shard.n
         self.matvec, self.project = matvec, project
         self.dim = n
         self.reorthogonalize = reorthogonalize
@@ -366,7 +375,8 @@ class _LockstepLanczos:
         capacity = int(min(num_steps, self.max_length))
         basis_device = U.device if basis_device is None else torch.device(basis_device)
         make = basis_factory or (lambda p, dim, cap: TensorBasis(dim, cap, device=basis_device))
-        self.bases = [make(p, n, capacity) for p in range(P)] if reorthogonalize else None
+        self.bases = ([self._sharded(make(p, rows, capacity)) for p in range(P)]
+                      if reorthogonalize else None)
         self.timings = {"operator": 0.0, "orthogonalization": 0.0}
 
     def step(self) -> None:
@@ -382,7 +392,7 @@ class _LockstepLanczos:
             alpha, W = self._reorthogonalized(idx, Q, W)
         else:
             alpha, W = self._three_term(idx, Q, W)
-        beta = torch.linalg.vector_norm(W, dim=0).cpu().numpy()
+        beta = self.shard.sum((W * W).sum(dim=0)).sqrt().cpu().numpy()
         self.timings["operator"] += t1 - t0
         self.timings["orthogonalization"] += time.perf_counter() - t1
         self.anorm[idx] = np.maximum.reduce([self.anorm[idx], np.abs(alpha),
@@ -401,9 +411,13 @@ class _LockstepLanczos:
         self.beta_prev[kept] = beta[keep]
         self.active[idx[broke]] = False
 
+    def _sharded(self, store):
+        """A probe's store, wrapped so that its inner products sum over ranks when split."""
+        return ShardedBasis(store, self.shard) if self.shard.is_split else store
+
     def _reorthogonalized(self, idx, Q, W):
         """``alpha = q^T A q``; then CGS twice against each probe's own basis (with ``q``)."""
-        alpha = (Q * W).sum(dim=0).cpu().numpy()
+        alpha = self.shard.sum((Q * W).sum(dim=0)).cpu().numpy()
         columns = []
         for c, p in enumerate(idx):
             self.bases[p].append(Q[:, c])
@@ -415,7 +429,7 @@ class _LockstepLanczos:
         """Paige's ordering: ``w = A q - beta_prev q_prev``; ``alpha = q^T w``; ``w -= alpha q``."""
         beta_prev = torch.as_tensor(self.beta_prev[idx], dtype=torch.float64, device=W.device)
         W = W - self.q_prev[:, idx] * beta_prev
-        alpha_t = (Q * W).sum(dim=0)
+        alpha_t = self.shard.sum((Q * W).sum(dim=0)).to(W.device)
         W = W - Q * alpha_t
         return alpha_t.cpu().numpy(), W
 
@@ -455,8 +469,9 @@ def _validate(num_probes, num_steps, probe):
         raise ValueError(f"unknown probe={probe!r}; choose one of {PROBES}")
 
 
-def _start_vectors(probes, num_probes, probe, rng, n, device, project) -> tuple:
-    """Unit columns ``P z / ||P z||`` and the seed (None for explicit probes)."""
+def _start_vectors(probes, num_probes, probe, rng, n, device, project, shard) -> tuple:
+    """Unit columns ``P z / ||P z||`` (this rank's rows of them when sharded) and the seed
+    (None for explicit probes)."""
     if probes is None:
         seed = _resolve_seed(rng)
         Z = torch.from_numpy(draw_probes(n, num_probes, probe, seed))
@@ -469,8 +484,8 @@ def _start_vectors(probes, num_probes, probe, rng, n, device, project) -> tuple:
         if Z.shape != (n, num_probes):
             raise ValueError(f"probes have shape {tuple(Z.shape)}, expected ({n}, "
                              f"{num_probes}) (num_probes={num_probes})")
-    Z = project(Z.to(device))
-    norms = torch.linalg.vector_norm(Z, dim=0)
+    Z = project(shard.local(Z).to(device))
+    norms = shard.sum((Z * Z).sum(dim=0)).sqrt().to(device)
     if not bool(torch.isfinite(norms).all()) or bool((norms <= EPS * math.sqrt(n)).any()):
         raise ValueError("a probe is zero (or not finite) after projection onto the "
                          "complement of the deflated eigenvectors")
@@ -480,7 +495,7 @@ def _start_vectors(probes, num_probes, probe, rng, n, device, project) -> tuple:
 def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademacher",
         rng=None, reorthogonalize: bool = True, deflate=None, callback=None,
         progress: bool = False, dim: int | None = None, probes=None,
-        basis_device=None, basis_factory=None, checkpoint=None) -> SLQResult:
+        basis_device=None, basis_factory=None, checkpoint=None, shard=None) -> SLQResult:
     """Stochastic Lanczos quadrature with ``num_probes`` probes of ``num_steps`` steps each.
 
     Parameters
@@ -525,6 +540,11 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
         ``restore(lanczos) -> step or None`` before the first step and
         ``commit(lanczos, step, finished)`` after every step: a killed run resumes from its
         last committed step (:class:`lanczos_hessian.checkpoint.SLQCheckpointer`).
+    shard : Shard, optional
+        Under ``torch.distributed``, split every Lanczos vector and basis by rows across the
+        ranks (:mod:`lanczos_hessian.sharding`): each rank stores ``1 / W`` of the ``P``
+        bases, inner products are summed over ranks, and every rank ends with the same
+        result. ``basis_factory`` then makes stores of this rank's rows.
 
     Returns
     -------
@@ -536,11 +556,14 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     n = matvec.dim
     device = matvec.device
     outliers, outlier_residuals, Y = _parse_deflate(deflate, n, device)
-    project = _Projector(Y)
-    U, seed = _start_vectors(probes, num_probes, probe, rng, n, device, project)
+    shard = shard if shard is not None and shard.is_split else Shard(n, 0, 1)
+    project = _Projector(Y, shard)
+    U, seed = _start_vectors(probes, num_probes, probe, rng, n, device, project, shard)
+    if shard.is_split:
+        matvec = ShardedMatvec(matvec, shard)
     passes0, vectors0 = matvec.num_passes, matvec.num_vectors
     lanczos = _LockstepLanczos(matvec, U, num_steps, reorthogonalize, project, basis_device,
-                               basis_factory)
+                               basis_factory, shard)
     steps = 0
     if checkpoint is not None:
         steps = checkpoint.restore(lanczos) or 0

@@ -16,7 +16,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import make_mlp, mlp_data, spectrum_matrix  # noqa: E402
-from lanczos_hessian import HessianOperator, lanczos_eigsh  # noqa: E402
+from lanczos_hessian import HessianOperator, lanczos_eigsh, slq  # noqa: E402
 from lanczos_hessian.sharding import Shard  # noqa: E402
 
 
@@ -31,7 +31,14 @@ def main(out_dir):
     op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data, batch_size=5)
     network = lanczos_eigsh(op, k=5, which="LA", ncv=12, tol=1e-10, rng=1, true_residuals=True,
                             shard=Shard(op.shape[0]))
+    slq_dense = slq(A, num_probes=3, num_steps=15, rng=2, deflate=dense,
+                    shard=Shard(A.shape[0]))
+    slq_network = slq(op, num_probes=2, num_steps=12, rng=3, deflate=network,
+                      reorthogonalize=False, shard=Shard(op.shape[0]))
     np.savez(Path(out_dir) / f"rank{rank}.npz",
+             slq_dense_nodes=slq_dense.nodes, slq_dense_weights=slq_dense.weights,
+             slq_dense_passes=slq_dense.num_passes,
+             slq_network_nodes=slq_network.nodes, slq_network_weights=slq_network.weights,
              dense_values=dense.eigenvalues, dense_vectors=dense.eigenvectors,
              dense_residuals=dense.residuals, dense_matvecs=dense.num_matvecs,
              network_values=network.eigenvalues, network_vectors=network.eigenvectors,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from conftest import make_mlp, mlp_data, spectrum_matrix
-from lanczos_hessian import HessianOperator, lanczos_eigsh
+from lanczos_hessian import HessianOperator, lanczos_eigsh, slq
 
 WORKER = Path(__file__).parent / "_shard_worker.py"
 
@@ -44,6 +44,9 @@ def test_sharded_lanczos_matches_single_process(tmp_path):
     dense = lanczos_eigsh(A, k=4, which="BE", ncv=10, tol=1e-10, rng=0, true_residuals=True)
     op = HessianOperator(make_mlp(), torch.nn.CrossEntropyLoss(), mlp_data(n=37), batch_size=5)
     network = lanczos_eigsh(op, k=5, which="LA", ncv=12, tol=1e-10, rng=1, true_residuals=True)
+    slq_dense = slq(A, num_probes=3, num_steps=15, rng=2, deflate=dense)
+    slq_network = slq(op, num_probes=2, num_steps=12, rng=3, deflate=network,
+                      reorthogonalize=False)
     for saved in ranks:  # every rank ends with the same, whole result
         np.testing.assert_allclose(saved["dense_values"], dense.eigenvalues, rtol=1e-12)
         assert int(saved["dense_matvecs"]) == dense.num_matvecs
@@ -51,3 +54,10 @@ def test_sharded_lanczos_matches_single_process(tmp_path):
                                    atol=1e-9)
         np.testing.assert_allclose(saved["network_values"], network.eigenvalues, rtol=1e-11)
         np.testing.assert_allclose(saved["network_residuals"], network.residuals, atol=1e-12)
+        # SLQ with sharded probes, bases and deflation vectors: the same Gauss rules
+        np.testing.assert_allclose(saved["slq_dense_nodes"], slq_dense.nodes, atol=1e-10)
+        np.testing.assert_allclose(saved["slq_dense_weights"], slq_dense.weights, atol=1e-10)
+        assert int(saved["slq_dense_passes"]) == slq_dense.num_passes == 15
+        np.testing.assert_allclose(saved["slq_network_nodes"], slq_network.nodes, atol=1e-10)
+        np.testing.assert_allclose(saved["slq_network_weights"], slq_network.weights,
+                                   atol=1e-10)
