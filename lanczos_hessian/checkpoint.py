@@ -157,6 +157,24 @@ class RunCheckpoint:
         vectors = f[f"{self.path}/vectors_{slot}"][:]
         return count, small, vectors, bool(finished)
 
+    def rewind(self, count: int) -> None:
+        """Make state ``count`` (the committed one, the one before it, or 0) the committed
+        state, so that the next :meth:`save` overwrites the slot of the later one and the
+        counts of a sharded run's ranks stay in step."""
+        committed, slot, _ = (int(x) for x in self._commit_record())
+        if count == committed:
+            return
+        if count == 0:
+            record = [0, 0, 0]
+        elif count == committed - 1:
+            self.load(count)  # checks that the slot holds it
+            record = [count, 1 - slot, 0]
+        else:
+            raise ResumeError(f"{self.writer.path}: cannot go back from state {committed} "
+                              f"to {count}")
+        self.writer.file[f"{self.path}/commit"][:] = np.array(record)
+        self.writer.file.flush()
+
     def check_same_run(self, settings: dict) -> None:
         """Raise :class:`ResumeError` naming every setting that differs from the file's."""
         node = self.writer.file.get(self.path)
@@ -276,13 +294,14 @@ class SLQCheckpointer:
     in memory), truncated on resume to the committed number of columns.
     """
 
-    def __init__(self, store: RunCheckpoint, op=None, bases=None):
+    def __init__(self, store: RunCheckpoint, op=None, bases=None, count: int | None = None):
         self.store, self.op, self.bases = store, op, bases or []
+        self.count = store.count if count is None else count  # the state to resume from
 
     def restore(self, lanczos) -> int | None:
-        if self.store.count == 0:
+        if self.count == 0:
             return None
-        _, small, vectors, _ = self.store.load()
+        _, small, vectors, _ = self.store.load(self.count)
         P = vectors.shape[0] // 2
         q = torch.from_numpy(vectors[:P].T.copy())
         q_prev = torch.from_numpy(vectors[P:].T.copy())

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a killed run from the last committed step in --out")
     slq.add_argument("--memory-budget", default=None,
                      help="memory for the probes' bases, e.g. 6GiB (else on disk in --out)")
+    slq.add_argument("--shard-vectors", action="store_true",
+                     help="under torchrun: each rank keeps only its rows of the probes' "
+                          "vectors and bases; with --out, rank r > 0 commits its rows to "
+                          "OUT.rank<r>-of-<N>.h5 beside it")
 
     analyze = sub.add_parser("analyze", help="summarize and plot saved spectrum files")
     analyze.add_argument("files", nargs="+", help="HDF5 files written by this package")
@@ -185,7 +189,8 @@ def _run_slq(args, echo):
                            k_bottom=args.deflate_bottom, tol=args.tol,
                            reorthogonalize=not args.no_reorthogonalize, seed=args.seed,
                            overwrite=args.overwrite, resume=args.resume,
-                           memory_budget=args.memory_budget, progress=not args.no_progress,
+                           memory_budget=args.memory_budget,
+                           shard_vectors=args.shard_vectors, progress=not args.no_progress,
                            attrs=problem.attrs)
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "

@@ -193,22 +193,11 @@ def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, wh
     can fall between two ranks' commits, so a rank may be one state ahead: its previous
     slot still holds the agreed state, and its basis columns of that state are intact,
     since a step never overwrites the committed columns)."""
-    world = current_world()
-    main = world.is_main
-    path = out if main else shard_state_path(out, world.rank, world.size)
+    main = current_world().is_main
     error, writer, store = None, None, None
     try:
-        if not resume:
-            check_output_path(path, overwrite)
-            check_disk_space(path, shard.local_dim, capacity)
-            role = ({} if main else {"shard_of": str(out), "shard_rank": world.rank})
-            writer = SpectrumWriter(path, {**provenance(op, seed=settings["seed"], **role),
-                                           **(attrs or {})}, overwrite=overwrite)
-        else:
-            if not main and not path.exists():
-                raise ResumeError(f"{path} is missing: a run with sharded vectors resumes "
-                                  f"on the number of ranks it ran on, here {world.size}")
-            writer = SpectrumWriter(path, append=True)
+        writer = _open_rank_file(op, out, settings["seed"], resume, overwrite, attrs,
+                                 shard.local_dim, capacity)
         store = RunCheckpoint(writer, "eigs", shard.local_dim, 1, capacity)
         if resume:
             store.check_same_run(settings)
@@ -219,19 +208,9 @@ def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, wh
         count = store.count
     except Exception as exc:  # every rank learns of it, then each raises
         error, count = exc, 0
-    try:
-        from .distributed import gather_rows
-
-        counts = gather_rows([count], error, device=op.device, what="opening the run's files")
-    except Exception:
-        if writer is not None:
-            writer.close()
-        raise
+    agreed, = _agree_on_states([count], error, writer, op.device)
     with writer:
-        agreed = int(counts.min())
-        if resume and int(counts.max()) - agreed > 1:
-            raise ResumeError(f"the ranks' files hold states {counts.reshape(-1).tolist()}: "
-                              "more than one apart, not one run")
+        store.rewind(agreed)
         if main and resume:
             _rewind_steps(writer, "eigs", agreed)
         checkpointer = LanczosCheckpointer(store, op if main else None, count=agreed)
@@ -245,6 +224,46 @@ def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, wh
             write_eigs(writer, result, "eigs", {**_plain_settings(settings),
                                                  "basis_location": location, "sharded": True})
     return result
+
+
+def _open_rank_file(op, out, seed, resume, overwrite, attrs, rows, capacity):
+    """This rank's file of a run with sharded vectors: ``out`` on rank 0, else
+    :func:`shard_state_path`; created (after checking the path, and the disk space for
+    ``capacity`` basis columns of ``rows`` values) or reopened to resume."""
+    world = current_world()
+    main = world.is_main
+    path = out if main else shard_state_path(out, world.rank, world.size)
+    if not resume:
+        check_output_path(path, overwrite)
+        check_disk_space(path, rows, capacity)
+        role = {} if main else {"shard_of": str(out), "shard_rank": world.rank}
+        return SpectrumWriter(path, {**provenance(op, seed=seed, **role), **(attrs or {})},
+                              overwrite=overwrite)
+    if not main and not path.exists():
+        raise ResumeError(f"{path} is missing: a run with sharded vectors resumes on the "
+                          f"number of ranks it ran on, here {world.size}")
+    return SpectrumWriter(path, append=True)
+
+
+def _agree_on_states(counts, error, writer, device) -> list:
+    """The states every rank can resume from: for each of ``counts`` (a rank's committed
+    state counts, or 0/1 flags), the minimum over ranks. One all-reduce, with the error
+    protocol (a rank that failed to open its file fails every rank with its message).
+    Ranks a kill caught between two commits differ by one; more is not one run."""
+    from .distributed import gather_rows
+
+    try:
+        table = gather_rows(counts, error, device=device, what="opening the run's files")
+    except Exception:
+        if writer is not None:
+            writer.close()
+        raise
+    low, high = table.min(dim=0).values, table.max(dim=0).values
+    if bool((high - low > 1).any()):
+        writer.close()
+        raise ResumeError(f"the ranks' files hold states {table.int().tolist()}: more than "
+                          "one commit apart, not one run")
+    return [int(v) for v in low]
 
 
 def _read_replica_state(out, basis):
@@ -351,7 +370,7 @@ def write_slq(writer, result, group: str = "slq", settings: dict | None = None) 
 
 def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=0,
             k_bottom=0, tol=1e-6, reorthogonalize=True, seed=0, overwrite=False,
-            resume=False, memory_budget=None, progress=True, attrs=None):
+            resume=False, memory_budget=None, shard_vectors=False, progress=True, attrs=None):
     """SLQ of ``op`` (deflated by ``k_top``/``k_bottom`` eigenpairs first), streamed to ``out``.
 
     The deflation eigenpairs come from one :func:`lanczos_eigsh` run (``LA``, ``SA`` or
@@ -360,7 +379,9 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
     and ``resume=True`` continues a killed run; under ``torch.distributed`` the ranks that do
     not write first copy the committed state from the file (:class:`ReplicaSLQCheckpointer`).
     The two phases draw from independent seeds spawned from ``seed``, so a resumed run draws
-    the same probes. Returns ``(eigs result or None, slq result)``.
+    the same probes. With ``shard_vectors`` (under ``torch.distributed``) both phases split
+    their vectors and bases by rows across the ranks, each rank committing its rows to its
+    own file as :func:`eigs_job` does. Returns ``(eigs result or None, slq result)``.
     """
     world = current_world()
     if resume and out is None:
@@ -377,7 +398,17 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
     n = op.shape[0]
     capacity = min(num_steps, n - k)
     eigs_capacity = min(max(2 * k + 1, 20), n)
-    location = choose_location(n, capacity * num_probes, memory_budget, op.device)
+    shard = Shard(n) if shard_vectors and world.size > 1 else None
+    rows = shard.local_dim if shard else n
+    location = choose_location(rows, capacity * num_probes, memory_budget, op.device)
+    if shard is not None:
+        phases = dict(k=k, which=which, k_bottom=k_b, tol=tol, eigs_seed=eigs_seed,
+                      slq_seed=slq_seed, num_probes=num_probes, num_steps=num_steps,
+                      probe=probe, reorthogonalize=reorthogonalize, progress=progress)
+        if out is None:
+            return _sharded_slq(op, shard, **phases)
+        return _sharded_slq_job(op, out, shard, settings, phases, capacity, eigs_capacity,
+                                location, overwrite, resume, attrs)
     if out is None or not world.is_main:
         with contextlib.ExitStack() as stack:
             make_store = _probe_store_factory(stack, location, op.device)
@@ -428,6 +459,97 @@ def slq_job(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_
         result = _with_deflation_cost(result, eigs, eigs_attrs)
         write_slq(writer, result, "slq", _plain_settings(settings))
     return eigs, result
+
+
+def _sharded_slq(op, shard, *, k, which, k_bottom, tol, eigs_seed, slq_seed, num_probes,
+                 num_steps, probe, reorthogonalize, progress):
+    """Both phases with sharded vectors and no file."""
+    main = current_world().is_main
+    eigs = (lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, rng=eigs_seed,
+                          shard=shard) if k else None)
+    result = slq(op, num_probes, num_steps, probe=probe, rng=slq_seed,
+                 reorthogonalize=reorthogonalize, deflate=eigs, progress=progress and main,
+                 shard=shard)
+    return eigs, _with_deflation_cost(result, eigs)
+
+
+def _sharded_slq_job(op, out, shard, settings, phases, capacity, eigs_capacity, location,
+                     overwrite, resume, attrs):
+    """:func:`slq_job` with sharded vectors: every rank commits its rows of both phases'
+    state to its own file (as :func:`_sharded_eigs_job`); rank 0's file holds the records
+    and results, every rank's file the deflation eigenpairs once that phase is done.
+
+    On resume the ranks agree on the deflation's committed state, on whether every rank
+    finished it, and on the SLQ's committed state (minimum over ranks of each)."""
+    main = current_world().is_main
+    k, num_probes, rows = phases["k"], phases["num_probes"], shard.local_dim
+    error = writer = slq_store = eigs_store = None
+    try:
+        writer = _open_rank_file(op, out, settings["seed"], resume, overwrite, attrs, rows,
+                                 capacity * num_probes + eigs_capacity)
+        slq_store = RunCheckpoint(writer, "slq", rows, 2 * num_probes, 0)
+        eigs_store = RunCheckpoint(writer, "eigs", rows, 1, eigs_capacity) if k else None
+        if resume:
+            slq_store.check_same_run(settings)
+        else:
+            _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes,
+                              capacity if phases["reorthogonalize"] else 0)
+        done = bool(k and writer.file["eigs"].attrs.get("complete", False))
+        mine = [eigs_store.count if k else 0, float(done), slq_store.count]
+    except Exception as exc:  # every rank learns of it, then each raises
+        error, mine = exc, [0, 0, 0]
+    eigs_count, all_done, slq_count = _agree_on_states(mine, error, writer, op.device)
+    with writer:
+        eigs, eigs_attrs = None, {}
+        if k:
+            eigs = _sharded_deflation(writer, op, eigs_store, shard, phases, location,
+                                      eigs_count, bool(all_done), resume)
+            eigs_attrs = dict(writer.file["eigs"].attrs)
+        slq_store.rewind(slq_count)
+        if main and resume:
+            _rewind_steps(writer, "slq", slq_count)
+        make_basis = probe_basis_factory(writer, "slq", location, op.device)
+        writer.start_streaming()
+        result = slq(op, num_probes, phases["num_steps"], probe=phases["probe"],
+                     rng=phases["slq_seed"], reorthogonalize=phases["reorthogonalize"],
+                     deflate=eigs, callback=slq_recorder(writer) if main else None,
+                     progress=phases["progress"] and main,
+                     basis_factory=make_basis if phases["reorthogonalize"] else None,
+                     checkpoint=SLQCheckpointer(slq_store, op if main else None,
+                                                count=slq_count),
+                     shard=shard)
+        writer.finish()
+        result = _with_deflation_cost(result, eigs, eigs_attrs)
+        if main:
+            write_slq(writer, result, "slq", {**_plain_settings(settings), "sharded": True})
+    return eigs, result
+
+
+def _sharded_deflation(writer, op, store, shard, phases, location, count, all_done, resume):
+    """The deflation phase of :func:`_sharded_slq_job` on this rank: read back when every
+    rank finished it, else computed or resumed from the agreed state; each rank writes the
+    eigenpairs into its own file (rank 0 with its records)."""
+    main = current_world().is_main
+    group = writer.file["eigs"]
+    if all_done:
+        return (group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:])
+    written = bool(group.attrs.get("complete", False))  # this rank's, not every rank's
+    k, which, k_bottom = phases["k"], phases["which"], phases["k_bottom"]
+    store.rewind(count)
+    checkpointer = LanczosCheckpointer(store, op if main else None, count=count)
+    basis = store.basis(location, op.device, checkpointer.committed_column_map())
+    if main and resume and not written:
+        _rewind_steps(writer, "eigs", count)
+    writer.start_streaming()
+    callback = step_recorder(writer, "eigs", k, which, k_bottom) if main and not written \
+        else None
+    eigs = lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=phases["tol"],
+                         rng=phases["eigs_seed"], basis=basis, checkpoint=checkpointer,
+                         callback=callback, progress=phases["progress"] and main, shard=shard)
+    writer.finish()
+    if not written:
+        write_eigs(writer, eigs, "eigs", {"k": k, "k_bottom": k_bottom, "sharded": True})
+    return eigs
 
 
 def _with_deflation_cost(result, eigs, eigs_attrs=None):

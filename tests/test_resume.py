@@ -170,14 +170,18 @@ def torchrun(command):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
-@pytest.mark.parametrize("budget", [[], ["--memory-budget", "5000"]], ids=["memory", "disk"])
+@pytest.mark.parametrize("budget", [[], ["--memory-budget", "5000"], ["--shard-vectors"],
+                                    ["--shard-vectors", "--memory-budget", "3000"]],
+                         ids=["memory", "disk", "sharded", "sharded-disk"])
 def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
-    """Rank 1 does not write: on resume it copies the committed state from rank 0's file."""
+    """Replicated, rank 1 does not write: on resume it copies the committed state from rank
+    0's file. Sharded, each rank resumes its rows of both phases from its own file."""
     env = dict(problem_env(), OMP_NUM_THREADS="1")
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
     done = subprocess.run(torchrun(SLQ_COMMAND) + budget + ["--out", str(ref_path)], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ref.rank1-of-2.h5").exists() == ("--shard-vectors" in budget)
     args = budget + ["--out", str(path)]
     for target, group in ((6, "eigs"), (8, "slq")):  # in the deflation phase, then in SLQ
         seen, code = run_until(path, args + (["--resume"] if group == "slq" else []), target,
@@ -335,3 +339,28 @@ def test_memory_budget_and_disk_space_errors(tmp_path, monkeypatch):
 
     with pytest.raises(OutputPathError, match=r"not enough disk space .* GiB needed"):
         check_disk_space(tmp_path / "x.h5", 10**6, 20)
+
+
+def test_a_rank_one_commit_ahead_rewinds_to_the_agreed_state(tmp_path):
+    """Sharded runs resume from the last state every rank committed: a rank one commit
+    ahead goes back to its other slot, and its next commit takes the count the others'
+    take (so that a second kill finds the ranks' counts in step again)."""
+    from lanczos_hessian.checkpoint import ResumeError, RunCheckpoint
+    from lanczos_hessian.io import SpectrumWriter
+
+    with SpectrumWriter(tmp_path / "run.h5", {}) as writer:
+        store = RunCheckpoint(writer, "eigs", 5, 1, 0)
+        store.declare({"k": 1})
+        for i in range(1, 4):
+            store.save({"step": np.array(i)}, [torch.full((5,), float(i))])
+        assert store.load(2)[1]["step"] == 2 and store.load(2)[2][0, 0] == 2.0
+        with pytest.raises(ResumeError, match="state 1 of the eigs run is gone"):
+            store.load(1)
+        with pytest.raises(ResumeError, match="cannot go back from state 3 to 1"):
+            store.rewind(1)
+        store.rewind(2)
+        assert store.count == 2 and store.load()[1]["step"] == 2
+        assert store.save({"step": np.array(7)}, [torch.zeros(5)]) == 3
+        assert store.load()[1]["step"] == 7 and store.load(2)[1]["step"] == 2
+        store.rewind(0)
+        assert store.count == 0
