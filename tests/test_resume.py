@@ -81,6 +81,25 @@ def run_until(path, args, target, command=COMMAND, group="eigs"):
     return seen, process.returncode
 
 
+def assert_continued(seen, target):
+    """What a reader saw of a killed run: it reached ``target`` steps, and a resume did not
+    start afresh. (0: not readable while (re)opening; a resume may first drop the one record
+    written after the last committed state, killed between the two, then steps only grow.)"""
+    readable = [count for count in seen if count]
+    drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
+    assert seen[-1] >= target and drops in ([], [1])
+
+
+def assert_same_slq(path, reference_path):
+    """A resumed SLQ run's file holds bit for bit the uninterrupted run's results."""
+    ref, run = read_file(reference_path), read_file(path)
+    np.testing.assert_array_equal(run["slq"]["nodes"], ref["slq"]["nodes"])
+    np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
+    np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
+    assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
+    assert run["slq"].attrs["deflation_passes"] == ref["eigs"].attrs["num_passes"] > 0
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("ref") / "ref.h5"
@@ -97,11 +116,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     for i, target in enumerate((5, total // 2, total - 3)):
         seen, code = run_until(path, args if i == 0 else args + ["--resume"], target)
         assert code == -signal.SIGKILL, f"run ended by itself (code {code}) before step {target}"
-        # 0: not readable while (re)opening. A resume may first drop the one record written
-        # after the last committed state (killed between the two), then steps only grow.
-        readable = [count for count in seen if count]
-        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
-        assert seen[-1] >= target and drops in ([], [1])
+        assert_continued(seen, target)
     done = run_cli(args + ["--resume"])
     assert done.returncode == 0, done.stderr
     resumed, ref = read_file(path)["eigs"], reference["eigs"]
@@ -126,12 +141,7 @@ def test_killed_slq_run_resumes_in_both_phases(tmp_path):
     done = subprocess.run(SLQ_COMMAND + args + ["--resume"], env=env, capture_output=True,
                           text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr
-    ref, run = read_file(ref_path), read_file(path)
-    np.testing.assert_array_equal(run["slq"]["nodes"], ref["slq"]["nodes"])
-    np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
-    np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
-    assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
-    assert run["slq"].attrs["deflation_passes"] == ref["eigs"].attrs["num_passes"] > 0
+    assert_same_slq(path, ref_path)
 
 
 def test_analyze_reads_a_running_job(tmp_path):
@@ -186,18 +196,12 @@ def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
     for target, group in ((6, "eigs"), (8, "slq")):  # in the deflation phase, then in SLQ
         seen, code = run_until(path, args + (["--resume"] if group == "slq" else []), target,
                                torchrun(SLQ_COMMAND), group)
-        readable = [count for count in seen if count]  # continued, not started afresh
-        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
-        assert code == -signal.SIGKILL and seen[-1] >= target and drops in ([], [1])
+        assert code == -signal.SIGKILL
+        assert_continued(seen, target)
     done = subprocess.run(torchrun(SLQ_COMMAND) + args + ["--resume"], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
-    ref, run = read_file(ref_path), read_file(path)
-    np.testing.assert_array_equal(run["slq"]["nodes"], ref["slq"]["nodes"])
-    np.testing.assert_array_equal(run["slq"]["weights"], ref["slq"]["weights"])
-    np.testing.assert_array_equal(run["eigs"]["eigenvalues"], ref["eigs"]["eigenvalues"])
-    assert run["slq"].attrs["num_passes"] == ref["slq"].attrs["num_passes"]
-    assert run["slq"].attrs["deflation_passes"] == ref["eigs"].attrs["num_passes"] > 0
+    assert_same_slq(path, ref_path)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
@@ -224,9 +228,7 @@ def test_killed_run_on_two_ranks_resumes_to_the_uninterrupted_result(options, tm
         seen, code = run_until(path, ["--out", str(path)] + (["--resume"] if i else []),
                                target, command=torchrun(COMMAND) + options)
         assert code == -signal.SIGKILL, f"run ended by itself (code {code}) before {target}"
-        readable = [count for count in seen if count]  # continued, not started afresh:
-        drops = [a - b for a, b in zip(readable, readable[1:]) if b < a]
-        assert seen[-1] >= target and drops in ([], [1])
+        assert_continued(seen, target)
     done = subprocess.run(torchrun(COMMAND) + options + ["--out", str(path), "--resume"], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
