@@ -1,7 +1,5 @@
 """``python -m lanczos_hessian``: the command line (see :mod:`lanczos_hessian.cli`)."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+run()

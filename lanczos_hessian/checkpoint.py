@@ -216,15 +216,14 @@ def expect_data_fingerprint(op, fingerprint) -> None:
 class LanczosCheckpointer:
     """The ``checkpoint`` hook of :func:`~lanczos_hessian.eigen.lanczos_eigsh` for one file."""
 
-    def __init__(self, store: RunCheckpoint, op=None, count: int | None = None):
+    def __init__(self, store: RunCheckpoint, op=None):
         self.store, self.op = store, op
-        self.count = store.count if count is None else count  # the state to resume from
 
     def restore(self, process) -> dict | None:
         """Load the committed state into ``process``; the driver's own state, or None."""
-        if self.count == 0:
+        if self.store.count == 0:
             return None
-        _, small, vectors, finished = self.store.load(self.count)
+        _, small, vectors, finished = self.store.load()
         process.load_state_dict(small, {"next_q": torch.from_numpy(vectors[0])})
         if self.op is not None:
             expect_data_fingerprint(self.op, small.get("data_fingerprint"))
@@ -241,9 +240,9 @@ class LanczosCheckpointer:
         self.store.save(small, [vectors["next_q"]], finished)
 
     def committed_column_map(self) -> list:
-        if self.count == 0:
+        if self.store.count == 0:
             return []
-        _, small, _, _ = self.store.load(self.count)
+        _, small, _, _ = self.store.load()
         return [int(c) for c in small["column_map"]]
 
 
@@ -252,28 +251,28 @@ class ReplicaCheckpointer:
 
     Under ``torch.distributed`` every rank runs the same Lanczos recurrence, so on resume
     every rank must restore the same committed state; the ranks that do not write read it
-    (before the writing rank reopens the file) and keep their basis in memory.
+    (before the writing rank reopens the file) into a basis store of their own.
     """
 
     def __init__(self, small, vectors, finished, basis):
         self.small, self.vectors, self.finished, self.basis = small, vectors, finished, basis
 
     @classmethod
-    def read(cls, path, group: str, basis) -> "ReplicaCheckpointer":
+    def read(cls, path, group: str, basis) -> "ReplicaCheckpointer | None":
         """The committed state of ``group``, its basis columns copied into the empty store
-        ``basis`` (this rank's own: in memory, or a scratch file), block by block."""
+        ``basis`` (this rank's own: in memory, or a scratch file), block by block; None when
+        nothing was committed (the writing rank then starts afresh too)."""
         from .io import open_spectrum
 
+        committed = _committed_slot(path, group)
+        if committed is None:
+            return None
+        small, vectors, finished = committed
+        columns = [int(c) for c in small["column_map"]]
         with open_spectrum(path) as f:
-            state = f.get(f"{group}/{STATE}")
-            if state is None or int(state["commit"][0]) == 0:
-                raise ResumeError(f"{path}: the {group} run committed no state yet")
-            _, slot, finished = (int(x) for x in state["commit"][:])
-            small = _unpack(state[f"blob_{slot}"][:])
-            vectors = state[f"vectors_{slot}"][:]
-            columns = [int(c) for c in small["column_map"]]
-            copy_columns(HDF5Basis(state["basis"], basis.capacity, column_map=columns), basis)
-        return cls(small, vectors, bool(finished), basis)
+            disk = HDF5Basis(f[f"{group}/{STATE}/basis"], basis.capacity, column_map=columns)
+            copy_columns(disk, basis)
+        return cls(small, vectors, finished, basis)
 
     def restore(self, process) -> dict:
         process.load_state_dict(self.small, {"next_q": torch.from_numpy(self.vectors[0])})
@@ -294,18 +293,14 @@ class SLQCheckpointer:
     in memory), truncated on resume to the committed number of columns.
     """
 
-    def __init__(self, store: RunCheckpoint, op=None, bases=None, count: int | None = None):
+    def __init__(self, store: RunCheckpoint, op=None, bases=None):
         self.store, self.op, self.bases = store, op, bases or []
-        self.count = store.count if count is None else count  # the state to resume from
 
     def restore(self, lanczos) -> int | None:
-        if self.count == 0:
+        if self.store.count == 0:
             return None
-        _, small, vectors, _ = self.store.load(self.count)
-        P = vectors.shape[0] // 2
-        q = torch.from_numpy(vectors[:P].T.copy())
-        q_prev = torch.from_numpy(vectors[P:].T.copy())
-        lanczos.load_state_dict(small, q, q_prev)
+        _, small, vectors, _ = self.store.load()
+        lanczos.load_state_dict(small, *_lockstep_vectors(vectors))
         for basis, size in zip(lanczos.bases or [], small["basis_sizes"]):
             _restore_columns(basis, int(size))
         if self.op is not None:
@@ -337,16 +332,14 @@ class ReplicaSLQCheckpointer:
         store each probe's committed columns are copied into (block by block)."""
         from .io import open_spectrum
 
+        committed = _committed_slot(path, group)
+        if committed is None:
+            return None
+        small, vectors, _ = committed
+        bases = []
         with open_spectrum(path) as f:
-            state = f.get(f"{group}/{STATE}")
-            if state is None or int(state["commit"][0]) == 0:
-                return None
-            _, slot, _ = (int(x) for x in state["commit"][:])
-            small = _unpack(state[f"blob_{slot}"][:])
-            vectors = state[f"vectors_{slot}"][:]
-            bases = []
             for p, size in enumerate(int(s) for s in small["basis_sizes"]):
-                ds = state[f"basis_{p}"]
+                ds = f[f"{group}/{STATE}/basis_{p}"]
                 disk = HDF5Basis(ds, ds.shape[0] // 2, column_map=list(range(size)))
                 store = make_store(p, disk.dim, disk.capacity)
                 copy_columns(disk, store)
@@ -357,13 +350,31 @@ class ReplicaSLQCheckpointer:
         return self.bases[p]
 
     def restore(self, lanczos) -> int:
-        P = self.vectors.shape[0] // 2
-        lanczos.load_state_dict(self.small, torch.from_numpy(self.vectors[:P].T.copy()),
-                                torch.from_numpy(self.vectors[P:].T.copy()))
+        lanczos.load_state_dict(self.small, *_lockstep_vectors(self.vectors))
         return int(self.small["step"])
 
     def commit(self, lanczos, step: int, finished: bool) -> None:
         """Nothing: the writing rank commits."""
+
+
+def _lockstep_vectors(vectors: np.ndarray) -> tuple:
+    """The ``(n, P)`` current and previous Lanczos vectors of ``P`` lockstep probes from a
+    slot's ``(2 P, n)`` rows."""
+    P = vectors.shape[0] // 2
+    return torch.from_numpy(vectors[:P].T.copy()), torch.from_numpy(vectors[P:].T.copy())
+
+
+def _committed_slot(path, group: str):
+    """``(small, vectors, finished)`` of ``group``'s committed slot, read from the file at
+    ``path``; None when nothing was committed."""
+    from .io import open_spectrum
+
+    with open_spectrum(path) as f:
+        state = f.get(f"{group}/{STATE}")
+        if state is None or int(state["commit"][0]) == 0:
+            return None
+        _, slot, finished = (int(x) for x in state["commit"][:])
+        return _unpack(state[f"blob_{slot}"][:]), state[f"vectors_{slot}"][:], bool(finished)
 
 
 def copy_columns(source: HDF5Basis, target) -> None:

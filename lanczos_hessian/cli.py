@@ -224,6 +224,14 @@ def _is_main() -> bool:
     return current_world().is_main
 
 
+def run() -> None:
+    """The ``lanczos-hessian`` command: :func:`main`, then exit with its code (see
+    :func:`~lanczos_hessian.distributed.exit_process` for runs under ``torchrun``)."""
+    from .distributed import exit_process
+
+    exit_process(main())
+
+
 def main(argv=None) -> int:
     from .distributed import current_world, group_running, init_from_env, shutdown
 

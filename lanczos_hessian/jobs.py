@@ -213,7 +213,7 @@ def _sharded_eigs_job(op, out, shard, solve, settings, capacity, location, k, wh
         store.rewind(agreed)
         if main and resume:
             _rewind_steps(writer, "eigs", agreed)
-        checkpointer = LanczosCheckpointer(store, op if main else None, count=agreed)
+        checkpointer = LanczosCheckpointer(store, op if main else None)
         basis = store.basis(location, op.device, checkpointer.committed_column_map())
         writer.start_streaming()
         callback = step_recorder(writer, "eigs", k, which, k_bottom) if main else None
@@ -266,27 +266,33 @@ def _agree_on_states(counts, error, writer, device) -> list:
     return [int(v) for v in low]
 
 
-def _read_replica_state(out, basis):
+def _read_before_main_reopens(read, device=None, default=None):
     """On resume under torch.distributed, every rank calls this before rank 0 reopens the
-    file: the ranks that do not write read the committed state, its basis copied into their
-    own store ``basis``. A barrier opens the reading, one all-reduce with the error protocol
-    closes it."""
+    run's file: the ranks that do not write call ``read()`` (they read the committed state)
+    and return its value, rank 0 returns ``default``. A barrier opens the reading, one
+    all-reduce with the error protocol closes it (a rank that fails fails every rank)."""
     world = current_world()
     if world.size == 1:
-        return None
+        return default
     import torch.distributed as dist
 
     from .distributed import gather_rows
 
     dist.barrier()
-    replica = error = None
+    value, error = default, None
     if not world.is_main:
         try:
-            replica = ReplicaCheckpointer.read(out, "eigs", basis)
+            value = read()
         except Exception as exc:  # every rank learns of it, then each raises
             error = exc
-    gather_rows([0.0], error, what="reading the committed state")
-    return replica
+    gather_rows([0.0], error, device=device, what="reading the committed state")
+    return value
+
+
+def _read_replica_state(out, basis):
+    """The committed eigs state for a rank that does not write, its basis copied into this
+    rank's own store ``basis`` (see :func:`_read_before_main_reopens`)."""
+    return _read_before_main_reopens(lambda: ReplicaCheckpointer.read(out, "eigs", basis))
 
 
 @contextlib.contextmanager
@@ -515,8 +521,7 @@ def _sharded_slq_job(op, out, shard, settings, phases, capacity, eigs_capacity, 
                      deflate=eigs, callback=slq_recorder(writer) if main else None,
                      progress=phases["progress"] and main,
                      basis_factory=make_basis if phases["reorthogonalize"] else None,
-                     checkpoint=SLQCheckpointer(slq_store, op if main else None,
-                                                count=slq_count),
+                     checkpoint=SLQCheckpointer(slq_store, op if main else None),
                      shard=shard)
         writer.finish()
         result = _with_deflation_cost(result, eigs, eigs_attrs)
@@ -532,11 +537,11 @@ def _sharded_deflation(writer, op, store, shard, phases, location, count, all_do
     main = current_world().is_main
     group = writer.file["eigs"]
     if all_done:
-        return (group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:])
+        return _finished_deflation(group)
     written = bool(group.attrs.get("complete", False))  # this rank's, not every rank's
     k, which, k_bottom = phases["k"], phases["which"], phases["k_bottom"]
     store.rewind(count)
-    checkpointer = LanczosCheckpointer(store, op if main else None, count=count)
+    checkpointer = LanczosCheckpointer(store, op if main else None)
     basis = store.basis(location, op.device, checkpointer.committed_column_map())
     if main and resume and not written:
         _rewind_steps(writer, "eigs", count)
@@ -595,28 +600,15 @@ def _read_slq_replicas(out, k, dim, eigs_capacity, make_store, device):
     file: the ranks that do not write read the committed state of both phases (the finished
     deflation as ``(eigenvalues, eigenvectors, residual_bounds)``, else a
     :class:`ReplicaCheckpointer` or None; and a :class:`ReplicaSLQCheckpointer` or None).
-    Also returns the file's ``eigs`` attributes (the deflation's cost). A barrier opens the
-    reading, one all-reduce with the error protocol closes it."""
-    world = current_world()
-    if world.size == 1:
-        return None, {}, None
-    import torch.distributed as dist
+    Also returns the file's ``eigs`` attributes (the deflation's cost); see
+    :func:`_read_before_main_reopens`."""
 
-    from .distributed import gather_rows
+    def read():
+        eigs, attrs = (_read_deflation_replica(out, make_store("eigs", dim, eigs_capacity))
+                       if k else (None, {}))
+        return eigs, attrs, ReplicaSLQCheckpointer.read(out, "slq", make_store)
 
-    dist.barrier()
-    eigs = state = error = None
-    attrs = {}
-    if not world.is_main:
-        try:
-            if k:
-                store = make_store("eigs", dim, eigs_capacity)
-                eigs, attrs = _read_deflation_replica(out, store)
-            state = ReplicaSLQCheckpointer.read(out, "slq", make_store)
-        except Exception as exc:  # every rank learns of it, then each raises
-            error = exc
-    gather_rows([0.0], error, device=device, what="reading the committed state")
-    return eigs, attrs, state
+    return _read_before_main_reopens(read, device, default=(None, {}, None))
 
 
 def _read_deflation_replica(out, basis):
@@ -629,11 +621,14 @@ def _read_deflation_replica(out, basis):
         group = f["eigs"]
         attrs = dict(group.attrs)
         if attrs.get("complete", False):
-            return (group["eigenvalues"][:], group["eigenvectors"][:],
-                    group["residual_bounds"][:]), attrs
-        if "state" not in group or int(group["state/commit"][0]) == 0:
-            return None, attrs
+            return _finished_deflation(group), attrs
     return ReplicaCheckpointer.read(out, "eigs", basis), attrs
+
+
+def _finished_deflation(group) -> tuple:
+    """``(eigenvalues, eigenvectors, residual_bounds)`` of a finished ``eigs`` group: the
+    ``deflate`` argument of :func:`~lanczos_hessian.slq.slq`."""
+    return group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:]
 
 
 def _declare_slq_file(writer, settings, slq_store, eigs_store, k, num_probes, capacity):
@@ -656,8 +651,7 @@ def _deflation_phase(writer, op, store, k, which, k_bottom, tol, seed, location,
                      progress):
     """The outliers: computed (committed step by step), or read back when already complete."""
     if resume and writer.file["eigs"].attrs.get("complete", False):
-        group = writer.file["eigs"]
-        return (group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:])
+        return _finished_deflation(writer.file["eigs"])
     checkpointer = LanczosCheckpointer(store, op)
     basis = store.basis(location, op.device, checkpointer.committed_column_map())
     if resume:

@@ -5,6 +5,7 @@ Computes the same eigenpairs with Lanczos vectors sharded across ranks, on a den
 and on a data-parallel network Hessian, and saves them with the basis sizes.
 """
 
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -45,6 +46,8 @@ def main(out_dir):
              network_residuals=network.residuals, local_rows=Shard(A.shape[0]).local_dim)
     dist.barrier()  # both ranks done communicating before gloo tears down its threads
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads can abort it (distributed.py)
 
 
 if __name__ == "__main__":
