@@ -6,8 +6,8 @@ bulk, and HDF5 output for offline analysis.
 """
 
 from ._version import __version__
-from .dense import dense_matrix, dense_spectrum
-from .eigen import EigshResult, lanczos_eigsh
+from .curvature.dense import dense_matrix, dense_spectrum
+from .linalg.eigsh import EigshResult, lanczos_eigsh
 from .errors import (
     DenseSizeError,
     ForwardModeUnsupportedError,
@@ -22,20 +22,20 @@ from .errors import (
     OutputPathError,
     SpectrumFileError,
 )
-from .operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
-from .outliers import OutlierCounts, count_outliers
-from .params import ParameterSpace
-from .slq import SLQResult, deflated_slq, slq
-from .analysis import Spectrum, read_spectrum
-from .density import spectral_density, wasserstein1
-from .geometry import (
+from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
+from .analysis.outliers import OutlierCounts, count_outliers
+from .curvature.params import ParameterSpace
+from .linalg.slq import SLQResult, deflated_slq, slq
+from .analysis.spectrum import Spectrum, read_spectrum
+from .linalg.density import spectral_density, wasserstein1
+from .analysis.geometry import (
     direction_profile,
     full_gradient,
     gradient_overlap,
     layer_spectra,
     line_profile,
 )
-from .tracking import SpectrumTracker, read_tracking
+from .analysis.tracking import SpectrumTracker, read_tracking
 
 __all__ = [
     "__version__",

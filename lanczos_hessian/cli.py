@@ -123,9 +123,9 @@ def _configure_logging(verbose: bool) -> None:
 def _build_operator(args):
     import torch
 
-    from .distributed import default_device
-    from .operators import OPERATORS
-    from .problems import load_problem
+    from .parallel.distributed import default_device
+    from .curvature.operators import OPERATORS
+    from .examples.problems import load_problem
 
     problem = load_problem(args.problem, args.checkpoint, **_problem_kwargs(args))
     model = problem.model
@@ -144,7 +144,7 @@ def _problem_kwargs(args):
 
 
 def _run_demo(args, echo):
-    from .demo import run_demo
+    from .examples.demo import run_demo
 
     run_demo(args.out, num_classes=args.num_classes, num_examples=args.num_examples,
              steps=args.steps, seed=args.seed, dense=not args.no_dense,
@@ -152,9 +152,9 @@ def _run_demo(args, echo):
 
 
 def _run_eigs(args, echo):
-    from .io import check_output_path
-    from .jobs import eigs_job
-    from .report import eigen_table, run_summary
+    from .storage.hdf5 import check_output_path
+    from .run import eigs_job
+    from .analysis.report import eigen_table, run_summary
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out, the file of the run to continue")
@@ -177,9 +177,9 @@ def _run_eigs(args, echo):
 
 
 def _run_slq(args, echo):
-    from .analysis import read_spectrum, summarize
-    from .io import check_output_path
-    from .jobs import slq_job
+    from .analysis.spectrum import read_spectrum, summarize
+    from .storage.hdf5 import check_output_path
+    from .run import slq_job
 
     if args.out is not None and not args.resume and _is_main():
         check_output_path(args.out, args.overwrite)
@@ -201,7 +201,7 @@ def _run_slq(args, echo):
 
 
 def _run_analyze(args, echo):
-    from .analysis import read_spectrum, summarize
+    from .analysis.spectrum import read_spectrum, summarize
 
     if args.width is not None and not args.width > 0:
         raise ValueError(f"--width must be positive, got {args.width}")
@@ -209,7 +209,7 @@ def _run_analyze(args, echo):
     for spectrum in spectra:
         echo(summarize(spectrum, args.top))
     if args.plot:
-        from .plotting import plot_spectra
+        from .analysis.plotting import plot_spectra
 
         plot_spectra(spectra, args.plot, width=args.width)
         echo(f"figures written to {args.plot}")
@@ -219,7 +219,7 @@ COMMANDS = {"demo": _run_demo, "eigs": _run_eigs, "slq": _run_slq, "analyze": _r
 
 
 def _is_main() -> bool:
-    from .distributed import current_world
+    from .parallel.distributed import current_world
 
     return current_world().is_main
 
@@ -227,13 +227,13 @@ def _is_main() -> bool:
 def run() -> None:
     """The ``lanczos-hessian`` command: :func:`main`, then exit with its code (see
     :func:`~lanczos_hessian.distributed.exit_process` for runs under ``torchrun``)."""
-    from .distributed import exit_process
+    from .parallel.distributed import exit_process
 
     exit_process(main())
 
 
 def main(argv=None) -> int:
-    from .distributed import current_world, group_running, init_from_env, shutdown
+    from .parallel.distributed import current_world, group_running, init_from_env, shutdown
 
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)

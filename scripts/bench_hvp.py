@@ -30,9 +30,9 @@ import scipy.sparse.linalg as spla
 import torch
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh
-from lanczos_hessian.datasets import load_mnist
-from lanczos_hessian.models import mlp, num_parameters, small_cnn
-from lanczos_hessian.operators import evaluation_mode
+from lanczos_hessian.examples.datasets import load_mnist
+from lanczos_hessian.examples.models import mlp, num_parameters, small_cnn
+from lanczos_hessian.curvature.operators import evaluation_mode
 
 
 def models():
@@ -120,8 +120,8 @@ def bench_slq(model, inputs, targets, batch_size, num_probes, num_steps):
     """SLQ lockstep (one pass per step, streamed to HDF5) vs one probe at a time."""
     import tempfile
 
-    from lanczos_hessian.jobs import slq_job
-    from lanczos_hessian.slq import draw_probes, slq
+    from lanczos_hessian.run import slq_job
+    from lanczos_hessian.linalg.slq import draw_probes, slq
 
     loss_fn = torch.nn.CrossEntropyLoss()
     op = HessianOperator(model, loss_fn, (inputs, targets), batch_size=batch_size,
@@ -219,7 +219,7 @@ def main():
 
 def _quick_train(model, x, y, flat, steps=100):
     """A few SGD steps so that the spectrum is that of a network in training, not at init."""
-    from lanczos_hessian.training import train
+    from lanczos_hessian.examples.training import train
 
     inputs = x.reshape(len(x), -1) if flat else x
     train(model, torch.nn.CrossEntropyLoss(), inputs, y, steps=steps, lr=0.05, batch_size=128)

@@ -2,7 +2,7 @@
 
 The Hessian-vector products run in the model's dtype (float64, float32 or bfloat16); the
 accumulation over batches, the Lanczos recurrence and the tridiagonal eigensolve stay in
-float64 (see lanczos_hessian.operators and lanczos_hessian.lanczos). On the demo's network
+float64 (see lanczos_hessian.curvature.operators and lanczos_hessian.linalg.lanczos). On the demo's network
 (MLP 100-30-30-10 on 10 Gaussian clusters, trained), this script reports for each precision
 the relative error of the top 10 eigenvalues, of the most negative one, of the SLQ trace,
 and the true residuals, against the float64 run with the same seeds.
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh, slq
-from lanczos_hessian.problems import clusters_mlp
+from lanczos_hessian.examples.problems import clusters_mlp
 
 
 def measure(model, loss_fn, inputs, targets, dtype):

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh
-from lanczos_hessian.problems import clusters_mlp
+from lanczos_hessian.examples.problems import clusters_mlp
 
 
 def spectrum_matrix(eigenvalues, seed=0):

@@ -40,7 +40,7 @@ def _problem(num_images, seed=0):
     import torch
 
     from lanczos_hessian import HessianOperator
-    from lanczos_hessian.models import alexnet_imagenet
+    from lanczos_hessian.examples.models import alexnet_imagenet
 
     torch.manual_seed(seed)
     model = alexnet_imagenet()
@@ -56,10 +56,10 @@ def _steps_worker(args):
     import h5py
     import torch
 
-    from lanczos_hessian.basis import HDF5Basis, create_basis_dataset
-    from lanczos_hessian.lanczos import LanczosProcess
-    from lanczos_hessian.linop import as_block_matvec
-    from lanczos_hessian.sharding import Shard, ShardedMatvec
+    from lanczos_hessian.linalg.basis import HDF5Basis, create_basis_dataset
+    from lanczos_hessian.linalg.lanczos import LanczosProcess
+    from lanczos_hessian.linalg.linop import as_block_matvec
+    from lanczos_hessian.parallel.sharding import Shard, ShardedMatvec
 
     if args.ranks > 1:
         import torch.distributed as dist
@@ -107,7 +107,7 @@ def _eigs_worker(args):
     import numpy as np
 
     from lanczos_hessian import lanczos_eigsh
-    from lanczos_hessian.basis import HDF5Basis, create_basis_dataset
+    from lanczos_hessian.linalg.basis import HDF5Basis, create_basis_dataset
 
     op = _problem(args.images)
     n, ncv = op.shape[0], args.ncv

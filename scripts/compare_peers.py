@@ -73,12 +73,12 @@ import scipy.sparse.linalg as spla
 import torch
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh
-from lanczos_hessian import density as dens
-from lanczos_hessian.dense import dense_matrix
-from lanczos_hessian.models import mlp, num_parameters, small_cnn
-from lanczos_hessian.slq import slq
-from lanczos_hessian.synthetic import gaussian_clusters
-from lanczos_hessian.training import train
+from lanczos_hessian.linalg import density as dens
+from lanczos_hessian.curvature.dense import dense_matrix
+from lanczos_hessian.examples.models import mlp, num_parameters, small_cnn
+from lanczos_hessian.linalg.slq import slq
+from lanczos_hessian.examples.synthetic import gaussian_clusters
+from lanczos_hessian.examples.training import train
 
 TOL = 1e-6  # the stated accuracy: relative residual ||H y - theta y|| <= TOL * |theta|
 PEERS = {"pyhessian": "pyhessian", "curvlinops": "curvlinops-for-pytorch",
@@ -138,7 +138,7 @@ def make_problem(name: str, cfg: dict) -> Problem:
         model, batch, steps, lr = mlp([100, 30, 30, 10]), cfg["batch"], cfg["train_steps"], 0.1
         desc = f"MLP 100-30-30-10 on 10 Gaussian clusters ({cfg['samples']} samples)"
     elif name == "cnn":
-        from lanczos_hessian.datasets import load_digits
+        from lanczos_hessian.examples.datasets import load_digits
 
         x, y = load_digits(cfg["samples"])
         model = small_cnn(1, 10, 8, channels=(4, 8), hidden=16)

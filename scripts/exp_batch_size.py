@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import num_parameters, small_cnn  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import num_parameters, small_cnn  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "batch_size"
 LR = 0.05

@@ -39,13 +39,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
-from lanczos_hessian.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.outliers import count_outliers  # noqa: E402
-from lanczos_hessian.synthetic import gaussian_clusters  # noqa: E402
-from lanczos_hessian.tracking import SpectrumTracker  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
+from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
+from lanczos_hessian.analysis.tracking import SpectrumTracker  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "fort_ganguli"
 LR = 0.1

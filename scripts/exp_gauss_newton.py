@@ -34,13 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian import GGNOperator, HessianOperator  # noqa: E402
-from lanczos_hessian.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.dense import dense_matrix  # noqa: E402
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.outliers import count_outliers  # noqa: E402
-from lanczos_hessian.synthetic import gaussian_clusters  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
+from lanczos_hessian.curvature.dense import dense_matrix  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
+from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "gauss_newton"
 LR = 0.1

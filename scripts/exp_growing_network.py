@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
-from lanczos_hessian.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "growing_network"
 LR = 0.1

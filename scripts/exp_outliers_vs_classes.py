@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh  # noqa: E402
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.outliers import count_outliers  # noqa: E402
-from lanczos_hessian.synthetic import gaussian_clusters  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
+from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "outliers_vs_classes"
 CLASSES = (2, 5, 10, 20, 50)

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh  # noqa: E402
-from lanczos_hessian.datasets import load_fashion_mnist  # noqa: E402
-from lanczos_hessian.geometry import line_profile  # noqa: E402
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import alexnet_bare, num_parameters  # noqa: E402
-from lanczos_hessian.params import ParameterSpace  # noqa: E402
-from lanczos_hessian.training import evaluate, train  # noqa: E402
+from lanczos_hessian.examples.datasets import load_fashion_mnist  # noqa: E402
+from lanczos_hessian.analysis.geometry import line_profile  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import alexnet_bare, num_parameters  # noqa: E402
+from lanczos_hessian.curvature.params import ParameterSpace  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "same_basin"
 LR = 0.05
@@ -103,7 +103,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
          f"[{timer():.0f} s]")
     hessian = {}
     for name, w in (("LB", w_lb), ("SB", w_sb)):
-        from lanczos_hessian.geometry import set_flat_parameters
+        from lanczos_hessian.analysis.geometry import set_flat_parameters
 
         set_flat_parameters(model, space, w)
         values, bounds, matvecs = top_eigenvalues(model, loss_fn, (x[:nh], y[:nh]), k, budget,
@@ -168,7 +168,7 @@ def replot(out_dir=None, quick=False):
     """Redraw the PNG from the JSON (no recomputation)."""
     import json
 
-    from lanczos_hessian.geometry import LineProfile
+    from lanczos_hessian.analysis.geometry import LineProfile
 
     paths = ec.out_paths(NAME, out_dir, quick)
     d = json.loads(paths["json"].read_text())

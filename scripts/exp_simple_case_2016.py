@@ -38,10 +38,10 @@ from torch.func import functional_call, grad, hessian, stack_module_state, vmap
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
-from lanczos_hessian.io import SpectrumWriter  # noqa: E402
-from lanczos_hessian.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.synthetic import two_blobs  # noqa: E402
-from lanczos_hessian.training import train  # noqa: E402
+from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.examples.synthetic import two_blobs  # noqa: E402
+from lanczos_hessian.examples.training import train  # noqa: E402
 
 NAME = "simple_case_2016"
 WIDTHS = (2, 6, 10, 14, 18)  # 18, 74, 162, 282, 434 parameters

@@ -111,8 +111,8 @@ def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
 def dense_eigenvalues(model, loss_fn, data, kind: str = "hessian", batch_size=None,
                       block_size: int = 128) -> np.ndarray:
     """All eigenvalues (ascending) of the exact float64 matrix of a small model."""
-    from lanczos_hessian.dense import dense_matrix
-    from lanczos_hessian.operators import OPERATORS
+    from lanczos_hessian.curvature.dense import dense_matrix
+    from lanczos_hessian.curvature.operators import OPERATORS
 
     x, y = data
     model64 = float64_copy(model)
@@ -158,10 +158,10 @@ def eigs_and_density(model, loss_fn, data, *, k_top: int, k_bottom: int, tol: fl
     import dataclasses
 
     from lanczos_hessian import lanczos_eigsh, slq
-    from lanczos_hessian.jobs import write_slq
-    from lanczos_hessian.io import write_eigs
-    from lanczos_hessian.operators import OPERATORS
-    from lanczos_hessian.outliers import count_outliers
+    from lanczos_hessian.run import write_slq
+    from lanczos_hessian.storage.hdf5 import write_eigs
+    from lanczos_hessian.curvature.operators import OPERATORS
+    from lanczos_hessian.analysis.outliers import count_outliers
 
     op = OPERATORS[kind](model, loss_fn, data, batch_size=batch_size)
     timer = Timer()
@@ -195,7 +195,7 @@ def eigs_and_density(model, loss_fn, data, *, k_top: int, k_bottom: int, tol: fl
 def quantiles(result, probabilities) -> np.ndarray:
     """Quantiles of the SLQ estimate of the spectral measure (outliers included): the
     eigenvalue at each rank fraction ``p`` (resolution: the quadrature nodes)."""
-    from lanczos_hessian.density import quadrature_measure
+    from lanczos_hessian.linalg.density import quadrature_measure
 
     nodes, weights = quadrature_measure(result)
     order = np.argsort(nodes)
@@ -211,7 +211,7 @@ def counts_dict(counts) -> dict:
 def mnist_train_test(n_train: int, n_test: int, flatten: bool = False):
     """``load_mnist(n_train)`` (the package's balanced subset) and a disjoint balanced
     held-out set of ``n_test`` digits from the rest of the shipped 10,000."""
-    from lanczos_hessian.datasets import balanced_indices, load_mnist
+    from lanczos_hessian.examples.datasets import balanced_indices, load_mnist
 
     x, y = load_mnist(flatten=flatten)
     labels = y.numpy()
@@ -231,7 +231,7 @@ class StoredQuadrature:
         self.dim = int(group.attrs["dim"])
 
     def density(self, grid=None, width=None):
-        from lanczos_hessian.density import spectral_density
+        from lanczos_hessian.linalg.density import spectral_density
 
         return spectral_density(self.nodes, self.weights, grid, width, outliers=self.outliers,
                                 dim=self.dim)

@@ -54,7 +54,7 @@ PRODUCT_CASES = [(kind, "mean", form) for kind in ("hessian", "ggn", "residual")
 
 
 def build_operator(kind, reduction="mean", form="tensors", data=None, model=None, **kwargs):
-    from lanczos_hessian.operators import OPERATORS
+    from lanczos_hessian.curvature.operators import OPERATORS
 
     data = make_data() if data is None else data
     data = as_batches(data) if form == "batches" else data
@@ -65,7 +65,7 @@ def build_operator(kind, reduction="mean", form="tensors", data=None, model=None
 def numerics(outdir: Path, rank: int) -> dict:
     """Products, eigenpairs, SLQ and the two jobs' files (rank 0 writes them)."""
     from lanczos_hessian import slq
-    from lanczos_hessian.jobs import eigs_job, slq_job
+    from lanczos_hessian.run import eigs_job, slq_job
 
     out = {"products": {}}
     for case in PRODUCT_CASES:
@@ -116,12 +116,12 @@ def _failure_cases(rank):
     def bad_batch():  # batch 5 is dealt to rank 1 and is not an (inputs, targets) pair
         batches = as_batches(make_data())
         batches[5] = batches[5][0]
-        from lanczos_hessian.operators import GGNOperator
+        from lanczos_hessian.curvature.operators import GGNOperator
 
         GGNOperator(make_model(), loss_for("mean"), batches).apply(make_block(51, 2))
 
     def changed_data():
-        from lanczos_hessian.operators import HessianOperator
+        from lanczos_hessian.curvature.operators import HessianOperator
 
         op = HessianOperator(make_model(), loss_for("mean"),
                              _ChangingBatches(as_batches(make_data())))
@@ -129,7 +129,7 @@ def _failure_cases(rank):
         op.apply(make_block(51, 1))
 
     def fewer_batches_than_ranks():
-        from lanczos_hessian.operators import HessianOperator
+        from lanczos_hessian.curvature.operators import HessianOperator
 
         HessianOperator(make_model(), loss_for("mean"), as_batches(make_data(), 40))
 
@@ -171,7 +171,7 @@ def failures(outdir: Path, rank: int) -> dict:
         out["cases"][name] = (*outcome, time.perf_counter() - start)
     op = build_operator("hessian")
     out["after"] = op.apply(make_block(op.shape[0])).numpy()
-    from lanczos_hessian.distributed import common_seed
+    from lanczos_hessian.parallel.distributed import common_seed
 
     out["seed"] = common_seed()  # drawn on rank 0, shared
     return out
@@ -197,7 +197,7 @@ SCENARIOS = {"numerics": numerics, "failures": failures, "timeout": timeout}
 
 def main(scenario: str, outdir: str) -> int:
     torch.set_num_threads(1)
-    from lanczos_hessian.distributed import current_world, init_from_env
+    from lanczos_hessian.parallel.distributed import current_world, init_from_env
 
     outdir = Path(outdir)
     world = init_from_env()  # the timeout comes from $LANCZOS_HESSIAN_TIMEOUT, as in the CLI

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import make_mlp, mlp_data, spectrum_matrix  # noqa: E402
 from lanczos_hessian import HessianOperator, lanczos_eigsh, slq  # noqa: E402
-from lanczos_hessian.sharding import Shard  # noqa: E402
+from lanczos_hessian.parallel.sharding import Shard  # noqa: E402
 
 
 def main(out_dir):

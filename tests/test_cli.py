@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from lanczos_hessian.cli import main
-from lanczos_hessian.io import read_file
+from lanczos_hessian.storage.hdf5 import read_file
 
 
 def test_demo_runs_on_a_reduced_size_and_writes_its_file(tmp_path, capsys):

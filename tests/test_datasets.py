@@ -1,4 +1,4 @@
-"""Tests for lanczos_hessian.datasets (offline real-data loaders)."""
+"""Tests for lanczos_hessian.examples.datasets (offline real-data loaders)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lanczos_hessian import datasets as ds
+from lanczos_hessian.examples import datasets as ds
 
 MNIST_SHA256 = "0217e13bd0668deb198aa7d305edbf0331eb89f8a6e7dd226e03d1aa3a9bd4ef"
 MNIST_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]

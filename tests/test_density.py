@@ -1,4 +1,4 @@
-"""Tests for lanczos_hessian.density: pure functions of quadrature nodes and weights.
+"""Tests for lanczos_hessian.linalg.density: pure functions of quadrature nodes and weights.
 
 References are hand computations, ``scipy.stats.wasserstein_distance``, and Gauss-Legendre
 rules (an exact quadrature of the uniform measure, independent of the SLQ code).
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy.stats import wasserstein_distance
 
-from lanczos_hessian import density as D
+from lanczos_hessian.linalg import density as D
 
 NAN = math.nan
 

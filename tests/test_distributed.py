@@ -26,11 +26,11 @@ import pytest
 import torch
 
 import _dist_worker as worker
-from lanczos_hessian.distributed import (
+from lanczos_hessian.parallel.distributed import (
     TIMEOUT_ENV, DistributedError, RankFailedError, all_reduce_or_raise, current_world,
     gather_rows, init_from_env,
 )
-from lanczos_hessian.data import DataSource
+from lanczos_hessian.curvature.data import DataSource
 from lanczos_hessian.errors import InvalidDataError, LanczosHessianError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -366,7 +366,7 @@ def test_without_a_group_the_helpers_are_plain(monkeypatch):
 
 
 def test_timeout_must_be_finite(monkeypatch):
-    from lanczos_hessian.distributed import DEFAULT_TIMEOUT_S, resolve_timeout
+    from lanczos_hessian.parallel.distributed import DEFAULT_TIMEOUT_S, resolve_timeout
 
     monkeypatch.delenv(TIMEOUT_ENV, raising=False)
     assert resolve_timeout() == DEFAULT_TIMEOUT_S and resolve_timeout(5) == 5.0

@@ -15,8 +15,8 @@ from lanczos_hessian import (
     dense_matrix,
     lanczos_eigsh,
 )
-from lanczos_hessian.lanczos import LanczosProcess
-from lanczos_hessian.linop import as_block_matvec
+from lanczos_hessian.linalg.lanczos import LanczosProcess
+from lanczos_hessian.linalg.linop import as_block_matvec
 
 EPS = np.finfo(np.float64).eps
 

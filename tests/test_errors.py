@@ -16,7 +16,7 @@ from lanczos_hessian import (
     dense_matrix,
     lanczos_eigsh,
 )
-from lanczos_hessian.io import SpectrumWriter, check_output_path
+from lanczos_hessian.storage.hdf5 import SpectrumWriter, check_output_path
 
 LOSS = torch.nn.CrossEntropyLoss()
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lanczos_hessian import HessianOperator, lanczos_eigsh
-from lanczos_hessian.geometry import (
+from lanczos_hessian.analysis.geometry import (
     direction_profile,
     full_gradient,
     full_loss,
@@ -23,7 +23,7 @@ from lanczos_hessian.geometry import (
     loss_and_gradient,
     orthonormal_basis,
 )
-from lanczos_hessian.params import ParameterSpace
+from lanczos_hessian.curvature.params import ParameterSpace
 
 from conftest import CASES, reference_matrices
 

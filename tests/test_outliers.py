@@ -1,4 +1,4 @@
-"""Tests for lanczos_hessian.outliers (the three counting rules of Sagun et al. 2018)."""
+"""Tests for lanczos_hessian.analysis.outliers (the three counting rules of Sagun et al. 2018)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from lanczos_hessian.outliers import (
+from lanczos_hessian.analysis.outliers import (
     OutlierCounts,
     count_outliers,
     elbow_count,

@@ -15,7 +15,7 @@ import torch
 
 from conftest import spectrum_matrix
 from lanczos_hessian import lanczos_eigsh
-from lanczos_hessian.basis import (
+from lanczos_hessian.linalg.basis import (
     HDF5Basis,
     MirroredBasis,
     TensorBasis,
@@ -25,7 +25,7 @@ from lanczos_hessian.basis import (
     parse_bytes,
 )
 from lanczos_hessian.errors import OutputPathError
-from lanczos_hessian.io import read_file
+from lanczos_hessian.storage.hdf5 import read_file
 
 PROBLEMS = str(Path(__file__).parent / "problems")
 COMMAND = [sys.executable, "-m", "lanczos_hessian", "eigs", "--problem", "slow_mlp:build",
@@ -337,7 +337,7 @@ def test_memory_budget_and_disk_space_errors(tmp_path, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
-    from lanczos_hessian.jobs import check_disk_space
+    from lanczos_hessian.run import check_disk_space
 
     with pytest.raises(OutputPathError, match=r"not enough disk space .* GiB needed"):
         check_disk_space(tmp_path / "x.h5", 10**6, 20)
@@ -347,8 +347,8 @@ def test_a_rank_one_commit_ahead_rewinds_to_the_agreed_state(tmp_path):
     """Sharded runs resume from the last state every rank committed: a rank one commit
     ahead goes back to its other slot, and its next commit takes the count the others'
     take (so that a second kill finds the ranks' counts in step again)."""
-    from lanczos_hessian.checkpoint import ResumeError, RunCheckpoint
-    from lanczos_hessian.io import SpectrumWriter
+    from lanczos_hessian.storage.checkpoint import ResumeError, RunCheckpoint
+    from lanczos_hessian.storage.hdf5 import SpectrumWriter
 
     with SpectrumWriter(tmp_path / "run.h5", {}) as writer:
         store = RunCheckpoint(writer, "eigs", 5, 1, 0)

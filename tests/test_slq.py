@@ -1,4 +1,4 @@
-"""Tests for lanczos_hessian.slq against dense float64 matrices with known spectra.
+"""Tests for lanczos_hessian.linalg.slq against dense float64 matrices with known spectra.
 
 Test spectra (``A = Q diag(lam) Q^T`` with a random orthogonal ``Q``):
 
@@ -20,11 +20,11 @@ import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from lanczos_hessian import density as D
-from lanczos_hessian.eigen import lanczos_eigsh
-from lanczos_hessian.lanczos import LanczosProcess
-from lanczos_hessian.linop import as_block_matvec
-from lanczos_hessian.slq import (
+from lanczos_hessian.linalg import density as D
+from lanczos_hessian.linalg.eigsh import lanczos_eigsh
+from lanczos_hessian.linalg.lanczos import LanczosProcess
+from lanczos_hessian.linalg.linop import as_block_matvec
+from lanczos_hessian.linalg.slq import (
     SLQResult,
     SLQStep,
     deflated_slq,

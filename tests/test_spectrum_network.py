@@ -15,9 +15,9 @@ from lanczos_hessian import (
     wasserstein1,
 )
 from lanczos_hessian.cli import main
-from lanczos_hessian.density import exact_measure, quadrature_measure
-from lanczos_hessian.jobs import slq_job
-from lanczos_hessian.problems import clusters_mlp
+from lanczos_hessian.linalg.density import exact_measure, quadrature_measure
+from lanczos_hessian.run import slq_job
+from lanczos_hessian.examples.problems import clusters_mlp
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_lockstep_on_a_network_makes_one_pass_per_step(trained):
 
 
 def _probes(n, num, seed):
-    from lanczos_hessian.slq import draw_probes
+    from lanczos_hessian.linalg.slq import draw_probes
 
     Z = draw_probes(n, num, "rademacher", seed)
     return [Z[:, [p]] for p in range(num)]
@@ -102,7 +102,7 @@ def test_saved_run_round_trips_and_a_cut_off_run_stays_readable(trained, tmp_pat
         if step == 9:
             raise Killed
 
-    import lanczos_hessian.jobs as jobs
+    import lanczos_hessian.run as jobs
     original = jobs.slq_recorder
 
     def recorder(writer, group="slq"):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lanczos_hessian.io import SpectrumWriter
-from lanczos_hessian.training import train
-from lanczos_hessian.tracking import SpectrumTracker, read_tracking, warm_start_vector
+from lanczos_hessian.storage.hdf5 import SpectrumWriter
+from lanczos_hessian.examples.training import train
+from lanczos_hessian.analysis.tracking import SpectrumTracker, read_tracking, warm_start_vector
 
 from conftest import reference_matrices
 

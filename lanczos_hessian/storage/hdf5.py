@@ -28,8 +28,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ._version import __version__
-from .errors import OutputPathError, SpectrumFileError
+from .._version import __version__
+from ..errors import OutputPathError, SpectrumFileError
 from .h5flags import clear_write_flags
 
 FORMAT = "lanczos_hessian.spectrum"

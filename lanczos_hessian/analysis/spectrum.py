@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import density
-from .errors import SpectrumFileError
-from .io import read_file
+from ..linalg import density
+from ..errors import SpectrumFileError
+from ..storage.hdf5 import read_file
 from .outliers import count_outliers
 
 
@@ -156,7 +156,7 @@ def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
     steps = record.steps
     if not steps or len(steps.get("alpha", ())) == 0:
         raise SpectrumFileError(f"{path}: the SLQ run committed no step yet")
-    from .slq import quadrature_rules
+    from ..linalg.slq import quadrature_rules
 
     alphas, betas = steps["alpha"].T, steps["beta"].T  # (P, steps), NaN once a probe stopped
     num_nodes = np.isfinite(alphas).sum(axis=1)

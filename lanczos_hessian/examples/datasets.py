@@ -204,7 +204,7 @@ def _data_dir() -> Path:
     The first one holding ``mnist_10k.npz`` wins; if none does, the
     source-checkout location is returned.
     """
-    package_dir = Path(__file__).resolve().parent
+    package_dir = Path(__file__).resolve().parent.parent  # lanczos_hessian/
     candidates = (
         package_dir.parent / "data",
         package_dir / "data",

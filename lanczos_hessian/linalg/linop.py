@@ -36,7 +36,7 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
 
     ``dim`` is required only for a bare callable, whose size cannot be known otherwise.
     """
-    from .operators import CurvatureOperator  # local: keeps the numerics free of model code
+    from ..curvature.operators import CurvatureOperator  # local: keeps the numerics free of model code
 
     if isinstance(op, CurvatureOperator):
         return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device)

@@ -36,7 +36,7 @@ import time
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
 
-from .errors import ForwardModeUnsupportedError
+from ..errors import ForwardModeUnsupportedError
 from .params import ParameterSpace
 
 logger = logging.getLogger(__name__)

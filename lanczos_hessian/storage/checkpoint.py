@@ -31,9 +31,9 @@ import io as _io
 import numpy as np
 import torch
 
-from .basis import HDF5Basis, MirroredBasis, create_basis_dataset
-from .data import PassFingerprint
-from .errors import LanczosHessianError
+from ..linalg.basis import HDF5Basis, MirroredBasis, create_basis_dataset
+from ..curvature.data import PassFingerprint
+from ..errors import LanczosHessianError
 
 STATE = "state"
 
@@ -109,7 +109,7 @@ class RunCheckpoint:
             return disk
         if column_map:
             return MirroredBasis.load(disk, device=device)
-        from .basis import TensorBasis
+        from ..linalg.basis import TensorBasis
 
         return MirroredBasis(TensorBasis(self.dim, self.capacity, device=device), disk)
 
@@ -262,7 +262,7 @@ class ReplicaCheckpointer:
         """The committed state of ``group``, its basis columns copied into the empty store
         ``basis`` (this rank's own: in memory, or a scratch file), block by block; None when
         nothing was committed (the writing rank then starts afresh too)."""
-        from .io import open_spectrum
+        from .hdf5 import open_spectrum
 
         committed = _committed_slot(path, group)
         if committed is None:
@@ -330,7 +330,7 @@ class ReplicaSLQCheckpointer:
     def read(cls, path, group: str, make_store) -> "ReplicaSLQCheckpointer | None":
         """``None`` when nothing was committed; ``make_store(p, dim, capacity)`` makes the
         store each probe's committed columns are copied into (block by block)."""
-        from .io import open_spectrum
+        from .hdf5 import open_spectrum
 
         committed = _committed_slot(path, group)
         if committed is None:
@@ -367,7 +367,7 @@ def _lockstep_vectors(vectors: np.ndarray) -> tuple:
 def _committed_slot(path, group: str):
     """``(small, vectors, finished)`` of ``group``'s committed slot, read from the file at
     ``path``; None when nothing was committed."""
-    from .io import open_spectrum
+    from .hdf5 import open_spectrum
 
     with open_spectrum(path) as f:
         state = f.get(f"{group}/{STATE}")
@@ -416,7 +416,7 @@ def probe_basis_factory(writer, group: str, location: str, device,
         disk = HDF5Basis(state[name], capacity, device=device, block_rows=min(block_rows, dim))
         if location == "disk":
             return disk  # SLQCheckpointer.restore() points it at the committed columns
-        from .basis import TensorBasis
+        from ..linalg.basis import TensorBasis
 
         return MirroredBasis(TensorBasis(dim, capacity, device=device), disk)
 

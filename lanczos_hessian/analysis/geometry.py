@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value
 
-from .distributed import all_reduce_sum
-from .eigen import lanczos_eigsh
-from .operators import OPERATORS, CurvatureOperator, HessianOperator, evaluation_mode
-from .params import ParameterSpace
+from ..parallel.distributed import all_reduce_sum
+from ..linalg.eigsh import lanczos_eigsh
+from ..curvature.operators import OPERATORS, CurvatureOperator, HessianOperator, evaluation_mode
+from ..curvature.params import ParameterSpace
 
 __all__ = [
     "LineProfile",

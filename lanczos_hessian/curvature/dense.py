@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, hessian, jacrev
 
-from .distributed import all_reduce_sum
-from .errors import DenseSizeError
+from ..parallel.distributed import all_reduce_sum
+from ..errors import DenseSizeError
 from .operators import CurvatureOperator, evaluation_mode
 
 DEFAULT_MAX_DIM = 12_000  # 12k x 12k float64 is 1.15 GB

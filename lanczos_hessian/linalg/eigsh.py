@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .errors import NoConvergenceError, NumericalWarning
+from ..errors import NoConvergenceError, NumericalWarning
 from .lanczos import LanczosProcess
-from .distributed import common_seed
+from ..parallel.distributed import common_seed
 from .linop import as_block_matvec
-from .sharding import ShardedMatvec
+from ..parallel.sharding import ShardedMatvec
 
 logger = logging.getLogger(__name__)
 

@@ -61,10 +61,10 @@ import time
 import numpy as np
 import torch
 
-from .eigen import lanczos_eigsh
+from ..linalg.eigsh import lanczos_eigsh
 from .geometry import gradient_overlap, loss_and_gradient
-from .io import SpectrumWriter, read_file
-from .operators import OPERATORS
+from ..storage.hdf5 import SpectrumWriter, read_file
+from ..curvature.operators import OPERATORS
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class SpectrumTracker:
             row.update(loss=full_loss(op)[0], grad_norm=np.nan, overlap=np.nan,
                        overlap_parts=np.full(self.k, np.nan))
         if self.slq_probes > 0:
-            from .slq import slq
+            from ..linalg.slq import slq
 
             bulk = slq(op, self.slq_probes, min(self.slq_steps, dim),
                        rng=int(self.rng.integers(2**31)))

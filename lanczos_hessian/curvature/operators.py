@@ -50,9 +50,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from .data import DataSource, PassFingerprint
-from .distributed import RankMismatchError, all_reduce_or_raise, current_world, gather_rows
-from .errors import InvalidLossError, NonFiniteError
-from .hvp import STRATEGIES, BatchCurvature
+from ..parallel.distributed import RankMismatchError, all_reduce_or_raise, current_world, gather_rows
+from ..errors import InvalidLossError, NonFiniteError
+from .products import STRATEGIES, BatchCurvature
 from .params import ParameterSpace
 
 logger = logging.getLogger(__name__)

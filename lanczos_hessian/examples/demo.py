@@ -15,16 +15,16 @@ import time
 
 import numpy as np
 
-from .dense import dense_spectrum
-from .io import SpectrumWriter, check_output_path, write_eigs
-from .density import exact_measure, quadrature_measure, wasserstein1
-from .jobs import provenance, slq_recorder, step_recorder, write_slq
-from .eigen import lanczos_eigsh
-from .operators import HessianOperator
-from .outliers import count_outliers
+from ..curvature.dense import dense_spectrum
+from ..storage.hdf5 import SpectrumWriter, check_output_path, write_eigs
+from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
+from ..run import provenance, slq_recorder, step_recorder, write_slq
+from ..linalg.eigsh import lanczos_eigsh
+from ..curvature.operators import HessianOperator
+from ..analysis.outliers import count_outliers
 from .problems import clusters_mlp
-from .report import closest, eigen_table, run_summary
-from .slq import slq
+from ..analysis.report import closest, eigen_table, run_summary
+from ..linalg.slq import slq
 
 DENSE_LIMIT = 6000  # parameters up to which the demo also computes the exact spectrum
 

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ class LanczosProcess:
 
     def __init__(self, matvec, v0: torch.Tensor, capacity: int, generator: torch.Generator,
                  basis=None, shard=None):
-        from .sharding import Shard, ShardedBasis
+        from ..parallel.sharding import Shard, ShardedBasis
 
         self.matvec = matvec
         self.shard = shard or Shard(v0.shape[0], 0, 1)

@@ -87,11 +87,11 @@ from scipy.sparse.linalg import LinearOperator
 
 from . import density
 from .basis import TensorBasis
-from .distributed import common_seed
-from .eigen import EigshResult, lanczos_eigsh
+from ..parallel.distributed import common_seed
+from .eigsh import EigshResult, lanczos_eigsh
 from .lanczos import EPS, orthogonalize
 from .linop import BlockMatvec, as_block_matvec
-from .sharding import Shard, ShardedBasis, ShardedMatvec
+from ..parallel.sharding import Shard, ShardedBasis, ShardedMatvec
 
 logger = logging.getLogger(__name__)
 

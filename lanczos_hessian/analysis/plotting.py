@@ -75,7 +75,7 @@ def _densities(ax_lin, ax_log, spectrum, width):
         grid, phi = spectrum.quadrature.density(width=width)
         label = f"{spectrum.label} (SLQ)"
     elif spectrum.dense_eigenvalues is not None:
-        from .density import exact_measure, spectral_density
+        from ..linalg.density import exact_measure, spectral_density
 
         nodes, weights = exact_measure(spectrum.dense_eigenvalues)
         grid, phi = spectral_density(nodes, weights, width=width)

@@ -14,8 +14,8 @@ import platform
 
 import numpy as np
 
-from .basis import HDF5Basis, TensorBasis, choose_location, create_basis_dataset
-from .checkpoint import (
+from .linalg.basis import HDF5Basis, TensorBasis, choose_location, create_basis_dataset
+from .storage.checkpoint import (
     LanczosCheckpointer,
     ReplicaCheckpointer,
     ReplicaSLQCheckpointer,
@@ -25,12 +25,12 @@ from .checkpoint import (
     model_fingerprint,
     probe_basis_factory,
 )
-from .distributed import current_world
-from .eigen import lanczos_eigsh, wanted_indices
+from .parallel.distributed import current_world
+from .linalg.eigsh import lanczos_eigsh, wanted_indices
 from .errors import OutputPathError
-from .io import SpectrumWriter, check_output_path, write_eigs
-from .sharding import Shard
-from .slq import slq
+from .storage.hdf5 import SpectrumWriter, check_output_path, write_eigs
+from .parallel.sharding import Shard
+from .linalg.slq import slq
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def _agree_on_states(counts, error, writer, device) -> list:
     state counts, or 0/1 flags), the minimum over ranks. One all-reduce, with the error
     protocol (a rank that failed to open its file fails every rank with its message).
     Ranks a kill caught between two commits differ by one; more is not one run."""
-    from .distributed import gather_rows
+    from .parallel.distributed import gather_rows
 
     try:
         table = gather_rows(counts, error, device=device, what="opening the run's files")
@@ -276,7 +276,7 @@ def _read_before_main_reopens(read, device=None, default=None):
         return default
     import torch.distributed as dist
 
-    from .distributed import gather_rows
+    from .parallel.distributed import gather_rows
 
     dist.barrier()
     value, error = default, None
@@ -615,7 +615,7 @@ def _read_deflation_replica(out, basis):
     """The deflation phase as the file holds it, with the ``eigs`` attributes: its result
     when finished, else a :class:`ReplicaCheckpointer` with its basis copied into ``basis``
     (None when nothing was committed)."""
-    from .io import open_spectrum
+    from .storage.hdf5 import open_spectrum
 
     with open_spectrum(out) as f:
         group = f["eigs"]

@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import InvalidDataError, NonDeterministicDataError
+from ..errors import InvalidDataError, NonDeterministicDataError
 
 DEFAULT_BATCH_SIZE = 512
 
