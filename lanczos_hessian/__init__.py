@@ -1,15 +1,30 @@
 """lanczos_hessian: spectra of full-dataset neural-network Hessians at scale.
 
 Matrix-free curvature operators (Hessian, generalized Gauss-Newton, residual) over a whole
-data set, Lanczos eigenpairs with residual bounds, stochastic Lanczos quadrature for the
-bulk, and HDF5 output for offline analysis.
+data set (:mod:`.curvature`), Lanczos eigenpairs with residual bounds and stochastic Lanczos
+quadrature for the bulk (:mod:`.linalg`), data-parallel and sharded runs (:mod:`.parallel`),
+resumable HDF5 output (:mod:`.storage`, run by :mod:`.run`), and offline analysis
+(:mod:`.analysis`).
 """
 
 from ._version import __version__
+from . import run
+from .analysis.geometry import (
+    direction_profile,
+    full_gradient,
+    gradient_overlap,
+    layer_spectra,
+    line_profile,
+)
+from .analysis.outliers import OutlierCounts, count_outliers
+from .analysis.spectrum import Quadrature, Spectrum, read_spectrum
+from .analysis.tracking import SpectrumTracker, read_tracking
 from .curvature.dense import dense_matrix, dense_spectrum
-from .linalg.eigsh import EigshResult, lanczos_eigsh
+from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
+from .curvature.params import ParameterSpace
 from .errors import (
     DenseSizeError,
+    DistributedError,
     ForwardModeUnsupportedError,
     InvalidDataError,
     InvalidLossError,
@@ -20,31 +35,29 @@ from .errors import (
     NonFiniteError,
     NumericalWarning,
     OutputPathError,
+    RankFailedError,
+    RankMismatchError,
+    ResumeError,
     SpectrumFileError,
 )
-from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
-from .analysis.outliers import OutlierCounts, count_outliers
-from .curvature.params import ParameterSpace
+from .linalg.density import Estimate, spectral_density, wasserstein1
+from .linalg.eigsh import EigshResult, lanczos_eigsh
+from .linalg.hooks import Hooks
 from .linalg.slq import SLQResult, deflated_slq, slq
-from .analysis.spectrum import Spectrum, read_spectrum
-from .linalg.density import spectral_density, wasserstein1
-from .analysis.geometry import (
-    direction_profile,
-    full_gradient,
-    gradient_overlap,
-    layer_spectra,
-    line_profile,
-)
-from .analysis.tracking import SpectrumTracker, read_tracking
+from .parallel.sharding import Shard
+from .storage.hdf5 import read_file
 
 __all__ = [
     "__version__",
     "CurvatureOperator",
     "DenseSizeError",
+    "DistributedError",
     "EigshResult",
+    "Estimate",
     "ForwardModeUnsupportedError",
     "GGNOperator",
     "HessianOperator",
+    "Hooks",
     "InvalidDataError",
     "InvalidLossError",
     "InvalidModelError",
@@ -53,27 +66,34 @@ __all__ = [
     "NonDeterministicDataError",
     "NonFiniteError",
     "NumericalWarning",
+    "OutlierCounts",
     "OutputPathError",
     "ParameterSpace",
+    "Quadrature",
+    "RankFailedError",
+    "RankMismatchError",
     "ResidualOperator",
-    "SpectrumFileError",
-    "dense_matrix",
-    "dense_spectrum",
-    "lanczos_eigsh",
-    "OutlierCounts",
+    "ResumeError",
     "SLQResult",
+    "Shard",
     "Spectrum",
+    "SpectrumFileError",
+    "SpectrumTracker",
     "count_outliers",
     "deflated_slq",
-    "read_spectrum",
-    "slq",
-    "spectral_density",
-    "wasserstein1",
-    "SpectrumTracker",
+    "dense_matrix",
+    "dense_spectrum",
     "direction_profile",
     "full_gradient",
     "gradient_overlap",
+    "lanczos_eigsh",
     "layer_spectra",
     "line_profile",
+    "read_file",
+    "read_spectrum",
     "read_tracking",
+    "run",
+    "slq",
+    "spectral_density",
+    "wasserstein1",
 ]

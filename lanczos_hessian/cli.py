@@ -153,7 +153,7 @@ def _run_demo(args, echo):
 
 def _run_eigs(args, echo):
     from .storage.hdf5 import check_output_path
-    from .run import eigs_job
+    from .run import eigs as run_eigs
     from .analysis.report import eigen_table, run_summary
 
     if args.resume and args.out is None:
@@ -161,7 +161,7 @@ def _run_eigs(args, echo):
     if args.out is not None and not args.resume and _is_main():
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
-    result = eigs_job(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
+    result = run_eigs(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
                       tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs, seed=args.seed,
                       save_vectors=args.save_vectors, overwrite=args.overwrite,
                       resume=args.resume, memory_budget=args.memory_budget,
@@ -179,12 +179,12 @@ def _run_eigs(args, echo):
 def _run_slq(args, echo):
     from .analysis.spectrum import read_spectrum, summarize
     from .storage.hdf5 import check_output_path
-    from .run import slq_job
+    from .run import slq as run_slq
 
     if args.out is not None and not args.resume and _is_main():
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
-    eigs, result = slq_job(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
+    eigs, result = run_slq(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
                            probe=args.probe, k_top=args.deflate_top,
                            k_bottom=args.deflate_bottom, tol=args.tol,
                            reorthogonalize=not args.no_reorthogonalize, seed=args.seed,
@@ -226,7 +226,7 @@ def _is_main() -> bool:
 
 def run() -> None:
     """The ``lanczos-hessian`` command: :func:`main`, then exit with its code (see
-    :func:`~lanczos_hessian.distributed.exit_process` for runs under ``torchrun``)."""
+    :func:`~lanczos_hessian.parallel.distributed.exit_process` for runs under ``torchrun``)."""
     from .parallel.distributed import exit_process
 
     exit_process(main())

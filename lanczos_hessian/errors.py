@@ -70,5 +70,36 @@ class SpectrumFileError(LanczosHessianError, ValueError):
     """An HDF5 file is not a spectrum file of this package, is incompatible, or is damaged."""
 
 
+class ResumeError(LanczosHessianError, ValueError):
+    """A run cannot be resumed from this file (different run, or nothing committed)."""
+
+
+class DistributedError(LanczosHessianError, RuntimeError):
+    """A multi-process run cannot go on: launch variables, a collective, a timeout."""
+
+
+class RankFailedError(DistributedError):
+    """Another rank failed during its local part of a collective step.
+
+    Attributes
+    ----------
+    failures : list of (rank, exception type name, message)
+        Every rank that failed, in rank order.
+    """
+
+    def __init__(self, message, failures):
+        super().__init__(message)
+        self.failures = failures
+
+
+class RankMismatchError(DistributedError):
+    """The ranks disagree on what must be identical: model, data, or the vectors applied.
+
+    Every rank computes its share of the *same* product; a model initialized differently on
+    each rank, a data set loaded differently, or a solver started from different random
+    vectors on each rank would make the sum meaningless. Raised on every rank alike.
+    """
+
+
 class NumericalWarning(RuntimeWarning):
     """A numerical result is less accurate than asked for (e.g. unconverged Ritz pairs)."""

@@ -56,10 +56,11 @@ def _steps_worker(args):
     import h5py
     import torch
 
-    from lanczos_hessian.linalg.basis import HDF5Basis, create_basis_dataset
     from lanczos_hessian.linalg.lanczos import LanczosProcess
     from lanczos_hessian.linalg.linop import as_block_matvec
-    from lanczos_hessian.parallel.sharding import Shard, ShardedMatvec
+    from lanczos_hessian.linalg.partition import ShardedMatvec
+    from lanczos_hessian.parallel.sharding import Shard
+    from lanczos_hessian.storage.disk_basis import HDF5Basis, create_basis_dataset
 
     if args.ranks > 1:
         import torch.distributed as dist
@@ -107,7 +108,8 @@ def _eigs_worker(args):
     import numpy as np
 
     from lanczos_hessian import lanczos_eigsh
-    from lanczos_hessian.linalg.basis import HDF5Basis, create_basis_dataset
+    from lanczos_hessian.linalg.hooks import Hooks
+    from lanczos_hessian.storage.disk_basis import HDF5Basis, create_basis_dataset
 
     op = _problem(args.images)
     n, ncv = op.shape[0], args.ncv
@@ -121,7 +123,8 @@ def _eigs_worker(args):
 
         start = time.perf_counter()
         result = lanczos_eigsh(op, k=10, which="LA", tol=args.tol, ncv=ncv,
-                               max_matvecs=args.max_matvecs, rng=0, basis=basis,
+                               max_matvecs=args.max_matvecs, rng=0,
+                               hooks=Hooks(bases=lambda i, dim, capacity: basis),
                                return_eigenvectors=False, true_residuals=False, callback=keep,
                                progress=True)
         solve_s = time.perf_counter() - start

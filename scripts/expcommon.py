@@ -147,8 +147,11 @@ def eigs_and_density(model, loss_fn, data, *, k_top: int, k_bottom: int, tol: fl
                      kind: str = "hessian", writer=None, run: str | None = None,
                      max_matvecs=None) -> dict:
     """Top ``k_top`` and bottom ``k_bottom`` eigenpairs (one Lanczos run, ``BE``) and, with
-    ``num_probes``, the SLQ density deflated by them; written under ``run/`` when a writer
-    is given. The model is used as it is (pass a float64 copy for float64 products).
+    ``num_probes``, the SLQ density deflated by them: the library's run path
+    (:func:`lanczos_hessian.run.slq`, or :func:`lanczos_hessian.run.eigs` without probes), so
+    the numbers are those of the command line with the same seed. Written under ``run/``
+    when a writer is given. The model is used as it is (pass a float64 copy for float64
+    products); ``max_matvecs`` bounds the eigensolver when no density is asked for.
 
     Spectral masses are counted beyond ``delta = 1e-2 lambda_max`` (``mass_below``,
     ``mass_near_zero``) and ``1e-3 lambda_max`` (``mass_below_small``): a trained network's
@@ -157,25 +160,27 @@ def eigs_and_density(model, loss_fn, data, *, k_top: int, k_bottom: int, tol: fl
     count of negative eigenvalues."""
     import dataclasses
 
-    from lanczos_hessian import lanczos_eigsh, slq
-    from lanczos_hessian.run import write_slq
-    from lanczos_hessian.storage.hdf5 import write_eigs
-    from lanczos_hessian.curvature.operators import OPERATORS
+    from lanczos_hessian import run as runs
     from lanczos_hessian.analysis.outliers import count_outliers
+    from lanczos_hessian.curvature.operators import OPERATORS
+    from lanczos_hessian.storage.records import write_eigs, write_slq
 
     op = OPERATORS[kind](model, loss_fn, data, batch_size=batch_size)
     timer = Timer()
-    result = lanczos_eigsh(op, k=k_top + k_bottom, which="BE", k_bottom=k_bottom, tol=tol,
-                           rng=seed, max_matvecs=max_matvecs)
+    if num_probes:
+        result, bulk = runs.slq(op, num_probes=num_probes, num_steps=num_steps, k_top=k_top,
+                                k_bottom=k_bottom, tol=tol, seed=seed, progress=False)
+    else:
+        result, bulk = runs.eigs(op, k=k_top + k_bottom, which="BE", k_bottom=k_bottom,
+                                 tol=tol, seed=seed, max_matvecs=max_matvecs,
+                                 true_residuals=False, progress=False), None
     values = np.sort(result.eigenvalues)
     top, bottom = values[k_bottom:][::-1], values[:k_bottom]
     out = {"top": top, "bottom": bottom, "num_params": op.shape[0],
            "converged": bool(result.all_converged), "num_matvecs": result.num_matvecs,
            "max_residual_bound": float(result.residual_bounds.max()),
            "counts": count_outliers(top)}
-    bulk = None
-    if num_probes:
-        bulk = slq(op, num_probes, num_steps, rng=seed, deflate=result)
+    if bulk is not None:
         delta = 1e-2 * abs(top[0])
         out.update(slq=bulk, delta=delta,
                    mass_below=bulk.fraction_below(-delta).value,
@@ -221,25 +226,11 @@ def mnist_train_test(n_train: int, n_test: int, flatten: bool = False):
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
 
 
-class StoredQuadrature:
-    """The SLQ rules of a written ``<run>/slq`` group, with ``density()`` like an SLQResult
-    (for redrawing figures from the HDF5 file without recomputing)."""
-
-    def __init__(self, group):
-        self.nodes, self.weights = group["nodes"][()], group["weights"][()]
-        self.outliers = group["outliers"][()] if "outliers" in group else np.zeros(0)
-        self.dim = int(group.attrs["dim"])
-
-    def density(self, grid=None, width=None):
-        from lanczos_hessian.linalg.density import spectral_density
-
-        return spectral_density(self.nodes, self.weights, grid, width, outliers=self.outliers,
-                                dim=self.dim)
-
-
 def stored_runs(path, names) -> dict:
     """``{name: {"top", "bottom", "slq"}}`` of runs written by :func:`eigs_and_density`."""
     import h5py
+
+    from lanczos_hessian.analysis.spectrum import Quadrature
 
     out = {}
     with h5py.File(path, "r") as handle:
@@ -248,6 +239,6 @@ def stored_runs(path, names) -> dict:
             k_bottom = int(eigs.attrs["k_bottom"])
             values = np.sort(eigs["eigenvalues"][()])
             out[name] = {"top": values[k_bottom:][::-1], "bottom": values[:k_bottom],
-                         "slq": StoredQuadrature(handle[f"{name}/slq"])
+                         "slq": Quadrature.from_group(handle[f"{name}/slq"])
                          if f"{name}/slq" in handle else None}
     return out

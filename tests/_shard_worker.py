@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import make_mlp, mlp_data, spectrum_matrix  # noqa: E402
 from lanczos_hessian import HessianOperator, lanczos_eigsh, slq  # noqa: E402
+from lanczos_hessian.linalg.hooks import Hooks  # noqa: E402
 from lanczos_hessian.parallel.sharding import Shard  # noqa: E402
 
 
@@ -27,15 +28,15 @@ def main(out_dir):
     rng = np.random.default_rng(0)
     A = spectrum_matrix(np.concatenate([rng.uniform(-1, 1, 93), [-3, -2, 3, 4, 5, 6, 7.0]]), seed=0)
     dense = lanczos_eigsh(A, k=4, which="BE", ncv=10, tol=1e-10, rng=0, true_residuals=True,
-                          shard=Shard(A.shape[0]))
+                          hooks=Hooks(shard=Shard(A.shape[0])))
     model, data = make_mlp(), mlp_data(n=37)
     op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data, batch_size=5)
     network = lanczos_eigsh(op, k=5, which="LA", ncv=12, tol=1e-10, rng=1, true_residuals=True,
-                            shard=Shard(op.shape[0]))
+                            hooks=Hooks(shard=Shard(op.shape[0])))
     slq_dense = slq(A, num_probes=3, num_steps=15, rng=2, deflate=dense,
-                    shard=Shard(A.shape[0]))
+                    hooks=Hooks(shard=Shard(A.shape[0])))
     slq_network = slq(op, num_probes=2, num_steps=12, rng=3, deflate=network,
-                      reorthogonalize=False, shard=Shard(op.shape[0]))
+                      reorthogonalize=False, hooks=Hooks(shard=Shard(op.shape[0])))
     np.savez(Path(out_dir) / f"rank{rank}.npz",
              slq_dense_nodes=slq_dense.nodes, slq_dense_weights=slq_dense.weights,
              slq_dense_passes=slq_dense.num_passes,

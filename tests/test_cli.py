@@ -4,11 +4,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from lanczos_hessian.cli import main
 from lanczos_hessian.storage.hdf5 import read_file
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_reduced_size_and_writes_its_file(tmp_path, capsys):
     out = tmp_path / "demo.h5"
     code = main(["demo", "--out", str(out), "--num-examples", "200", "--steps", "300",
@@ -65,3 +67,30 @@ def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "lanczos_hessian", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "demo" in done.stdout and "eigs" in done.stdout
+
+
+def test_demo_on_a_tiny_size_agrees_with_arpack(tmp_path):
+    """The fast tier's demo check (the reduced-size run above, with its dense spectrum, is
+    slow): 3 classes, 60 samples, no dense spectrum. Its top eigenvalues equal ARPACK's on
+    the same operator, the gap rule finds one outlier per class, and the file holds both."""
+    from scipy.sparse.linalg import eigsh
+
+    from lanczos_hessian.examples.demo import run_demo
+
+    out, printed = tmp_path / "demo.h5", []
+    numbers = run_demo(out, num_classes=3, num_examples=60, steps=50, k_top=4, k_bottom=2,
+                       num_probes=2, num_steps=10, dense=False, progress=False,
+                       echo=printed.append)
+    result = numbers["result"]
+    assert numbers["exact"] is None and result.converged.all()
+    arpack = np.sort(eigsh(numbers["op"], k=4, which="LA", tol=1e-10)[0])
+    np.testing.assert_allclose(np.sort(result.eigenvalues)[-4:], arpack, rtol=1e-8)
+    assert numbers["counts"].gap == 3
+    assert any("outliers among the top 4: 3 by the largest gap" in line for line in printed)
+    saved = read_file(out)
+    np.testing.assert_array_equal(saved["eigs"]["eigenvalues"], result.eigenvalues)
+    assert saved["eigs"].attrs["outliers_gap"] == 3 and "dense" not in saved
+    loss = saved["training"]["loss"]
+    assert len(loss) >= 50 and loss[-1] < loss[0]
+    slq = saved["slq"].attrs  # 10 lockstep passes after the deflation's own
+    assert slq["complete"] and slq["num_passes"] == 10 + slq["deflation_passes"] > 10

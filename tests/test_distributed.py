@@ -244,6 +244,7 @@ def _outcomes(failures, name):
     return [result["cases"][name] for result in failures["ranks"]]
 
 
+@pytest.mark.slow  # the failures fixture: 2 processes through every failure case
 @pytest.mark.parametrize("name, failing_rank, error, text", [
     ("nan_in_pass", 1, "NonFiniteError", "the loss is nan on batch 2 of rank 1's shard"),
     ("nan_at_construction", 1, "NonFiniteError", "the loss is nan on batch 0 of rank 1's shard"),
@@ -264,6 +265,7 @@ def test_a_failing_rank_fails_the_other_with_its_error(failures, name, failing_r
             assert f"rank {failing_rank} raised {error}" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, error, text", [
     ("more_ranks_than_samples", "InvalidDataError",
      "2 ranks (processes) but the data has only 1 sample"),
@@ -278,6 +280,7 @@ def test_bad_input_fails_every_rank_alike(failures, name, error, text):
         assert elapsed < 30
 
 
+@pytest.mark.slow
 def test_the_group_is_still_usable_after_the_failures(failures, numerics):
     """Every failure kept the ranks in step: a product afterwards is still exact."""
     expected = numerics["reference"]["products"][("hessian", "mean", "tensors")]
@@ -287,6 +290,7 @@ def test_the_group_is_still_usable_after_the_failures(failures, numerics):
     assert failures["elapsed"] < WAIT_S / 2
 
 
+@pytest.mark.slow  # waits for its timeout
 def test_a_rank_that_skips_the_pass_ends_at_the_timeout(tmp_path):
     """The backstop: a rank alive but absent from the all-reduce costs the timeout, no more."""
     zero, _ = launch("timeout", tmp_path, timeout_s=2)
@@ -313,6 +317,7 @@ def build():
 '''
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun(tmp_path, monkeypatch, capsys):
     (tmp_path / "tiny_dist_problem.py").write_text(PROBLEM)
     args = ["eigs", "--problem", "tiny_dist_problem:build", "--k", "4", "--model-dtype",

@@ -13,6 +13,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.slow  # 4-12 s each
 
 
 def _quiet(*args):

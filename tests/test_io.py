@@ -6,8 +6,9 @@ import pytest
 
 from conftest import spectrum_matrix
 from lanczos_hessian import SpectrumFileError, lanczos_eigsh
-from lanczos_hessian.storage.hdf5 import SpectrumWriter, read_file, write_eigs
-from lanczos_hessian.run import step_recorder
+from lanczos_hessian.storage.hdf5 import SpectrumWriter, read_file
+from lanczos_hessian.storage.records import write_eigs
+from lanczos_hessian.storage.records import step_recorder
 
 
 def test_eigs_round_trip_with_streamed_steps(tmp_path):

@@ -15,13 +15,17 @@ import torch
 
 from conftest import spectrum_matrix
 from lanczos_hessian import lanczos_eigsh
-from lanczos_hessian.linalg.basis import (
+from lanczos_hessian.linalg.hooks import Hooks
+from lanczos_hessian.storage.disk_basis import (
     HDF5Basis,
     MirroredBasis,
-    TensorBasis,
     _runs,
-    choose_location,
     create_basis_dataset,
+)
+from lanczos_hessian.linalg.basis import (
+    TensorBasis,
+    choose_location,
+    copy_vectors,
     parse_bytes,
 )
 from lanczos_hessian.errors import OutputPathError
@@ -108,6 +112,7 @@ def reference(tmp_path_factory):
     return read_file(path)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     path = tmp_path / "run.h5"
     total = len(reference["eigs"].steps["alpha"])
@@ -127,6 +132,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     assert resumed.attrs["num_matvecs"] == ref.attrs["num_matvecs"]
 
 
+@pytest.mark.slow
 def test_killed_slq_run_resumes_in_both_phases(tmp_path):
     env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
@@ -144,6 +150,7 @@ def test_killed_slq_run_resumes_in_both_phases(tmp_path):
     assert_same_slq(path, ref_path)
 
 
+@pytest.mark.slow
 def test_analyze_reads_a_running_job(tmp_path):
     path = tmp_path / "live.h5"
     seen, _ = run_until(path, ["--out", str(path)], 8)
@@ -154,6 +161,7 @@ def test_analyze_reads_a_running_job(tmp_path):
     assert "CUT OFF" in done.stdout
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_run(reference, tmp_path):
     path = tmp_path / "run.h5"
     run_until(path, ["--out", str(path)], 4)
@@ -179,6 +187,7 @@ def torchrun(command):
             "-m", "lanczos_hessian", *command[3:]]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 @pytest.mark.parametrize("budget", [[], ["--memory-budget", "5000"], ["--shard-vectors"],
                                     ["--shard-vectors", "--memory-budget", "3000"]],
@@ -204,6 +213,7 @@ def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
     assert_same_slq(path, ref_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 @pytest.mark.parametrize("options", [[], ["--memory-budget", "5000"], ["--shard-vectors"],
                                      ["--shard-vectors", "--memory-budget", "3000"]],
@@ -256,7 +266,8 @@ def test_every_basis_store_gives_the_same_numbers(location, tmp_path):
         "mirrored": lambda: MirroredBasis(TensorBasis(n, capacity), HDF5Basis(
             create_basis_dataset(handle, "Q", n, capacity, 64), capacity, block_rows=64)),
     }[location]()
-    result = lanczos_eigsh(A, k=4, which="LA", ncv=10, tol=1e-10, rng=0, basis=basis)
+    result = lanczos_eigsh(A, k=4, which="LA", ncv=10, tol=1e-10, rng=0,
+                           hooks=Hooks(bases=lambda i, dim, capacity: basis))
     assert result.num_restarts > 0
     np.testing.assert_allclose(result.eigenvalues, reference.eigenvalues, rtol=1e-13)
     signs = np.sign((result.eigenvectors * reference.eigenvectors).sum(axis=0))  # eigh's choice
@@ -300,7 +311,7 @@ def test_disk_basis_streams_and_keeps_committed_columns(tmp_path):
         assert disk.bytes_read > 0 and disk.bytes_written > 0
         # appends wrap into freed slots: the live columns become several runs of slots
         memory = TensorBasis(n, capacity)
-        memory.reset(disk.combine(np.eye(3)))
+        copy_vectors(disk, memory)
         extra, _ = torch.linalg.qr(torch.randn(n, 2, dtype=torch.float64))
         for j in range(2):
             disk.append(extra[:, j])
@@ -337,7 +348,7 @@ def test_memory_budget_and_disk_space_errors(tmp_path, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
-    from lanczos_hessian.run import check_disk_space
+    from lanczos_hessian.storage.hdf5 import check_disk_space
 
     with pytest.raises(OutputPathError, match=r"not enough disk space .* GiB needed"):
         check_disk_space(tmp_path / "x.h5", 10**6, 20)
@@ -366,3 +377,53 @@ def test_a_rank_one_commit_ahead_rewinds_to_the_agreed_state(tmp_path):
         assert store.load()[1]["step"] == 7 and store.load(2)[1]["step"] == 2
         store.rewind(0)
         assert store.count == 0
+
+
+class Preempted(Exception):
+    """Stands in for a kill: raised inside a pass, it ends the run before its next commit."""
+
+
+@pytest.mark.parametrize("command, phases", [(COMMAND, ["eigs"]), (SLQ_COMMAND, ["eigs", "slq"])],
+                         ids=["eigs", "slq"])
+def test_a_run_stopped_in_process_resumes_to_the_uninterrupted_result(command, phases,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+    """The fast tier's resume check (the kill -9 and torchrun scenarios above are slow): the
+    problem of those scenarios, stopped by an exception in a pass (eigs: half way; SLQ: in
+    its deflation phase, then in its SLQ phase), resumes in the same process to the numbers
+    of the uninterrupted run, bit for bit."""
+    from lanczos_hessian.cli import main
+
+    monkeypatch.syspath_prepend(PROBLEMS)
+    import slow_mlp
+
+    calls = {"count": 0, "stop_at": None}
+
+    def forward(self, x):  # slow_mlp's model without the sleep, counting its passes
+        calls["count"] += 1
+        if calls["count"] == calls["stop_at"]:
+            raise Preempted
+        return self.net(x)
+
+    monkeypatch.setattr(slow_mlp.SlowMLP, "forward", forward)
+    ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
+    args = command[3:]  # the same arguments, to cli.main in this process
+    assert main(args + ["--out", str(ref_path)]) == 0
+    total = calls["count"]
+    for i, group in enumerate(phases):  # stop at 1/2, or at 1/4 then 1/2, of the forwards
+        calls.update(count=0, stop_at=total * (i + 1) // (2 * len(phases)))
+        with pytest.raises(Preempted):
+            main(args + ["--out", str(path)] + (["--resume"] if i else []))
+        assert 0 < committed_steps(path, group) < committed_steps(ref_path, group), group
+    calls.update(count=0, stop_at=None)
+    assert main(args + ["--out", str(path), "--resume"]) == 0
+    assert calls["count"] < total  # continued, not started afresh
+    if "slq" in phases:
+        assert_same_slq(path, ref_path)
+    else:
+        resumed, ref = read_file(path)["eigs"], read_file(ref_path)["eigs"]
+        assert ref.attrs["num_restarts"] >= 3
+        np.testing.assert_array_equal(resumed["eigenvalues"], ref["eigenvalues"])
+        np.testing.assert_array_equal(resumed["residual_bounds"], ref["residual_bounds"])
+        np.testing.assert_array_equal(resumed.steps["alpha"], ref.steps["alpha"])
+        assert resumed.attrs["num_matvecs"] == ref.attrs["num_matvecs"]

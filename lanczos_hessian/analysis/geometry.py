@@ -1,12 +1,12 @@
 """Local geometry of the full-dataset loss: gradient, gradient overlap, lines, layer blocks.
 
 Everything here is computed over the **whole data set** with the conventions of the
-curvature operators (:mod:`lanczos_hessian.operators`): the objective is
+curvature operators (:mod:`lanczos_hessian.curvature.operators`): the objective is
 ``L(w) = c * sum_i loss(f(w, x_i), y_i)`` with ``c = 1/N`` for a mean-reduced loss (each
 batch's mean loss weighted by ``|B|/N`` in a float64 accumulator) or ``c = 1`` for a sum, the
 model runs in eval mode (dropout off, batch-norm on its running statistics) with every
 submodule's flag restored afterwards, and a vector lives in the flat layout of the selected
-parameters (:class:`~lanczos_hessian.params.ParameterSpace`).
+parameters (:class:`~lanczos_hessian.curvature.params.ParameterSpace`).
 
 * :func:`full_gradient`, :func:`loss_and_gradient`: ``grad L(w)`` in one data pass.
 * :func:`gradient_overlap`: the fraction of ``||g||^2`` inside the span of a set of
@@ -74,7 +74,7 @@ def _operator(source, loss_fn=None, data=None, **kwargs) -> CurvatureOperator:
 def loss_and_gradient(source, loss_fn=None, data=None, **kwargs) -> tuple:
     """``(L(w), grad L(w))`` over the whole data set in one pass: a float and a float64 ``(M,)``.
 
-    ``source`` is a :class:`~lanczos_hessian.operators.CurvatureOperator` (its model, loss,
+    ``source`` is a :class:`~lanczos_hessian.curvature.operators.CurvatureOperator` (its model, loss,
     data, parameter block and reduction are used) or a model, with ``loss_fn`` and ``data``
     and the operators' keyword arguments (``params``, ``reduction``, ``batch_size``).
     Each batch's gradient is taken in the model's dtype and accumulated in float64 with the
@@ -115,7 +115,7 @@ def orthonormal_basis(vectors) -> torch.Tensor:
     """An orthonormal basis ``(M, r)`` float64 (CPU) of the span of the columns of ``vectors``.
 
     ``vectors`` is an ``(M, k)`` array or tensor, or an object with an ``eigenvectors``
-    attribute (an :class:`~lanczos_hessian.eigen.EigshResult`). The columns are
+    attribute (an :class:`~lanczos_hessian.linalg.eigsh.EigshResult`). The columns are
     orthonormalized by QR; columns dependent on the others (``|R_jj| <= 1e-10 max |R_jj|``)
     are dropped.
     """
@@ -136,7 +136,7 @@ def gradient_overlap(gradient, vectors, per_vector: bool = False):
     """Fraction of ``||g||^2`` in the span of ``vectors``: ``||Q^T g||^2 / ||g||^2``, in [0, 1].
 
     ``vectors``: ``(M, k)`` eigenvectors (array, tensor or an
-    :class:`~lanczos_hessian.eigen.EigshResult`), orthonormalized here (Ritz vectors are
+    :class:`~lanczos_hessian.linalg.eigsh.EigshResult`), orthonormalized here (Ritz vectors are
     orthonormal to rounding already). With ``per_vector=True`` returns ``(total, parts)``,
     ``parts`` the ``(k,)`` fractions ``(y_i^T g)^2 / (||y_i||^2 ||g||^2)`` of the given
     vectors, which sum to ``total`` when they are orthogonal. A zero gradient gives NaN.
@@ -303,7 +303,7 @@ def layer_spectra(model, loss_fn, data, layers=None, k: int = 5, *, operator: st
     together), builds the ``operator`` (``"hessian"``, ``"ggn"`` or ``"residual"``)
     restricted to those parameters (``params=``: the block ``C[layer, layer]`` of the full
     matrix, not the curvature of the layer with the others' coupling) and runs
-    :func:`~lanczos_hessian.eigen.lanczos_eigsh` for ``min(k, block size)`` eigenpairs.
+    :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh` for ``min(k, block size)`` eigenpairs.
     Returns ``{layer: eigenvalues ascending}``, or ``{layer: EigshResult}`` with
     ``return_results=True``. Extra keyword arguments go to the operator (``batch_size``,
     ``reduction``, ...).

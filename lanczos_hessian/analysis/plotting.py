@@ -27,10 +27,10 @@ def _pyplot():
 
 
 def plot_spectra(spectra, path, width=None, num_top: int = 50):
-    """Draw the three panels for the :class:`~lanczos_hessian.analysis.Spectrum` list; save PNG.
+    """Draw the three panels for the :class:`~lanczos_hessian.analysis.spectrum.Spectrum` list; save PNG.
 
     ``width`` is the Gaussian kernel's standard deviation (default: each run's own,
-    :func:`lanczos_hessian.density.default_width`).
+    :func:`lanczos_hessian.linalg.density.default_width`).
     """
     if width is not None and not width > 0:
         raise ValueError(f"width (kernel standard deviation) must be positive, got {width!r}")

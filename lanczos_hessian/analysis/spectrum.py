@@ -22,44 +22,24 @@ from .outliers import count_outliers
 
 
 @dataclass
-class Quadrature:
-    """SLQ quadrature rules as saved: nodes/weights ``(P, m)``, outliers, ``dim``."""
+class Quadrature(density.QuadratureStatistics):
+    """SLQ quadrature rules as saved: nodes/weights ``(P, m)``, outliers, ``dim``; the
+    statistics of :class:`~lanczos_hessian.linalg.density.QuadratureStatistics`."""
 
     nodes: np.ndarray
     weights: np.ndarray
     dim: int
     outliers: np.ndarray
-    num_steps_done: int
-    complete: bool
+    num_steps_done: int = 0
+    complete: bool = True
     attrs: dict = field(default_factory=dict)
 
-    def measure(self):
-        return density.average_measure(self.nodes, self.weights, outliers=self.outliers,
-                                       dim=self.dim)
-
-    def density(self, width=None, grid=None, num_points=density.DEFAULT_NUM_POINTS):
-        return density.spectral_density(self.nodes, self.weights, grid, width, num_points,
-                                        outliers=self.outliers, dim=self.dim)
-
-    def trace(self):
-        return density.trace_estimate(self.nodes, self.weights, dim=self.dim,
-                                      outliers=self.outliers)
-
-    def moments(self, order):
-        return density.moment_estimates(self.nodes, self.weights, order, dim=self.dim,
-                                        outliers=self.outliers)
-
-    def fraction_below(self, threshold=0.0):
-        return density.fraction_below(self.nodes, self.weights, threshold,
-                                      outliers=self.outliers, dim=self.dim)
-
-    def fraction_within(self, band):
-        return density.fraction_within(self.nodes, self.weights, band,
-                                       outliers=self.outliers, dim=self.dim)
-
-    def mass_above(self, threshold):
-        return density.mass_above(self.nodes, self.weights, threshold,
-                                  outliers=self.outliers, dim=self.dim)
+    @classmethod
+    def from_group(cls, group) -> "Quadrature":
+        """The rules of a complete ``slq`` group of an open HDF5 file."""
+        outliers = group["outliers"][()] if "outliers" in group else np.zeros(0)
+        return cls(group["nodes"][()], group["weights"][()], int(group.attrs["dim"]),
+                   outliers, int(group["nodes"].shape[1]), True, dict(group.attrs))
 
 
 @dataclass
@@ -116,7 +96,7 @@ class Spectrum:
 
 
 def read_spectrum(path) -> Spectrum:
-    """Load a spectrum file (see :mod:`lanczos_hessian.io`), complete or cut off."""
+    """Load a spectrum file (see :mod:`lanczos_hessian.storage.hdf5`), complete or cut off."""
     path = Path(path)
     content = read_file(path)
     spectrum = Spectrum(path=path, attrs=content["attrs"])

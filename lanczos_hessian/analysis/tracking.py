@@ -3,9 +3,9 @@
 :class:`SpectrumTracker` is a training callback (``training.train(..., callback=tracker)``
 calls it as ``tracker(step, model)`` after every step). Every ``every`` steps it computes, over
 the whole data set, the ``k`` top eigenpairs of the Hessian (or GGN, or residual) with
-:func:`~lanczos_hessian.eigen.lanczos_eigsh`, the loss and the full-dataset gradient, the
+:func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, the loss and the full-dataset gradient, the
 fraction of the gradient's squared norm in the span of the ``k`` eigenvectors (Gur-Ari et al.
-2018; Fort and Ganguli 2019; :func:`~lanczos_hessian.geometry.gradient_overlap`), and
+2018; Fort and Ganguli 2019; :func:`~lanczos_hessian.analysis.geometry.gradient_overlap`), and
 optionally a stochastic Lanczos quadrature (SLQ) density of the whole spectrum. Each
 measurement is one committed record of ``<group>/steps`` (``SpectrumWriter.append_step``),
 with the training step as the record axis, so a run killed mid-training leaves a file
@@ -95,7 +95,7 @@ class SpectrumTracker:
     Parameters
     ----------
     model, loss_fn, data
-        As for :class:`~lanczos_hessian.operators.CurvatureOperator`; the model is the one
+        As for :class:`~lanczos_hessian.curvature.operators.CurvatureOperator`; the model is the one
         being trained (its parameters are read at each measurement, never modified).
     k : int
         Number of eigenpairs (top ``k`` with ``which="LA"``).

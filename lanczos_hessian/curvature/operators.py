@@ -19,17 +19,17 @@ count travels in the same buffer). A block product ``C V`` for ``V`` of shape ``
 still one pass.
 
 Under ``torch.distributed`` every rank holds the same model and the whole data set, and
-keeps an exact shard of the data (:class:`~lanczos_hessian.data.DataSource`). Layout of the
+keeps an exact shard of the data (:class:`~lanczos_hessian.curvature.data.DataSource`). Layout of the
 buffer reduced once per application, ``W`` ranks::
 
     [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
 
 The error flag makes a rank that fails in its local part (a NaN, a bad batch, a changed
 data source) fail every rank instead of leaving them in the all-reduce
-(:func:`~lanczos_hessian.distributed.all_reduce_or_raise`). The last ``3 W`` slots (each rank
+(:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`). The last ``3 W`` slots (each rank
 fills its own row; adding zeros is exact) check, at no extra collective, that every rank
 applied the operator to the same block: a solver seeded differently on each rank raises
-:class:`~lanczos_hessian.distributed.RankMismatchError` on every rank. At construction, one
+:class:`~lanczos_hessian.parallel.distributed.RankMismatchError` on every rank. At construction, one
 more collective checks that the ranks agree on the operator, the model's parameters and
 buffers, and the data, and fails every rank if one of them could not build its part.
 
@@ -50,7 +50,13 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from .data import DataSource, PassFingerprint
-from ..parallel.distributed import RankMismatchError, all_reduce_or_raise, current_world, gather_rows
+from ..parallel.distributed import (
+    RankMismatchError,
+    all_reduce_or_raise,
+    common_seed,
+    current_world,
+    gather_rows,
+)
 from ..errors import InvalidLossError, NonFiniteError
 from .products import STRATEGIES, BatchCurvature
 from .params import ParameterSpace
@@ -94,7 +100,7 @@ class CurvatureOperator(LinearOperator):
     loss_fn : callable
         ``loss_fn(outputs, targets) -> scalar`` with ``mean`` or ``sum`` reduction.
     data : (inputs, targets) tensors, DataLoader or re-iterable of batches
-        See :class:`lanczos_hessian.data.DataSource`.
+        See :class:`lanczos_hessian.curvature.data.DataSource`.
     params : list of str, optional
         Parameter names or module prefixes to restrict to (a diagonal block of the
         curvature, e.g. one layer); default all trainable parameters.
@@ -106,7 +112,7 @@ class CurvatureOperator(LinearOperator):
         dtype of the numpy products (the ``LinearOperator`` dtype); default float64.
         Accumulation is float64 whatever the model's dtype.
     strategy : str
-        Differentiation strategy, see :mod:`lanczos_hessian.hvp`.
+        Differentiation strategy, see :mod:`lanczos_hessian.curvature.products`.
     check_data : bool
         Compare an order-independent fingerprint of every pass with the first one.
     progress : bool
@@ -332,6 +338,19 @@ class CurvatureOperator(LinearOperator):
         """``(num_samples, sums...)`` of this rank's first pass, or None before one."""
         ref = self._reference_fingerprint
         return None if ref is None else ref.as_tuple()
+
+    def expect_data_fingerprint(self, fingerprint) -> None:
+        """Make the next pass compare its data with ``fingerprint`` (a resumed run's first
+        pass, as :attr:`data_fingerprint` gave it); nothing when empty or data checks are off."""
+        if fingerprint is None or not np.size(fingerprint) or not self.check_data:
+            return
+        values = [float(v) for v in np.asarray(fingerprint).reshape(-1)]
+        self._reference_fingerprint = PassFingerprint(int(values[0]), *values[1:])
+
+    def common_seed(self) -> int:
+        """Fresh entropy drawn on rank 0 and shared by every rank (one small collective under
+        a process group): the seed of an unseeded solver run on this operator."""
+        return common_seed(None)
 
     # ---- scipy hooks ----------------------------------------------------------------------
     def _matvec(self, x):

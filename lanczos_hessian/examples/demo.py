@@ -15,16 +15,14 @@ import time
 
 import numpy as np
 
-from ..curvature.dense import dense_spectrum
-from ..storage.hdf5 import SpectrumWriter, check_output_path, write_eigs
-from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
-from ..run import provenance, slq_recorder, step_recorder, write_slq
-from ..linalg.eigsh import lanczos_eigsh
-from ..curvature.operators import HessianOperator
 from ..analysis.outliers import count_outliers
-from .problems import clusters_mlp
 from ..analysis.report import closest, eigen_table, run_summary
-from ..linalg.slq import slq
+from ..curvature.dense import dense_spectrum
+from ..curvature.operators import HessianOperator
+from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
+from ..run import slq as run_slq
+from ..storage.hdf5 import SpectrumWriter, check_output_path
+from .problems import clusters_mlp
 
 DENSE_LIMIT = 6000  # parameters up to which the demo also computes the exact spectrum
 
@@ -32,7 +30,13 @@ DENSE_LIMIT = 6000  # parameters up to which the demo also computes the exact sp
 def run_demo(out="demo.h5", *, num_classes=10, num_examples=1000, steps=2000, lr=0.1,
              k_top=20, k_bottom=5, tol=1e-6, num_probes=10, num_steps=60, seed=0, dense=True,
              overwrite=False, progress=True, echo=print) -> dict:
-    """Train, measure, compare, write ``out``; return the numbers printed."""
+    """Train, measure, compare, write ``out``; return the numbers printed.
+
+    The measurement is :func:`lanczos_hessian.run.slq` with ``k_top``/``k_bottom`` deflated
+    eigenpairs: the same run, file and numbers as ``lanczos-hessian slq --deflate-top k_top
+    --deflate-bottom k_bottom --seed seed`` on this operator. The training curve, the exact
+    spectrum and the outlier counts are added to its file afterwards.
+    """
     check_output_path(out, overwrite)
     start = time.perf_counter()
     problem = clusters_mlp(num_classes, num_examples, steps=steps, lr=lr, seed=seed,
@@ -46,28 +50,19 @@ def run_demo(out="demo.h5", *, num_classes=10, num_examples=1000, steps=2000, lr
     inputs, targets = problem.data
     op = HessianOperator(problem.model.double(), problem.loss_fn, (inputs.double(), targets),
                          batch_size=num_examples)
-    k = k_top + k_bottom
-    with SpectrumWriter(out, provenance(op, seed=seed, **problem.attrs), overwrite) as writer:
+    result, bulk = run_slq(op, out, num_probes=num_probes, num_steps=num_steps, k_top=k_top,
+                           k_bottom=k_bottom, tol=tol, seed=seed, overwrite=overwrite,
+                           progress=progress, attrs=problem.attrs)
+    exact = None
+    if dense and op.shape[0] <= DENSE_LIMIT:
+        exact = dense_spectrum(op, method="products")
+    top = np.sort(result.eigenvalues)[::-1][:k_top]
+    counts = count_outliers(top)
+    with SpectrumWriter(out, append=True) as writer:
         writer.write_arrays("training", {"loss": np.asarray(problem.history)})
-        writer.set_attrs("eigs", {"k": k, "which": "BE", "k_bottom": k_bottom, "tol": tol,
-                                  "complete": False})
-        result = lanczos_eigsh(op, k=k, which="BE", k_bottom=k_bottom, tol=tol, ncv=3 * k,
-                               rng=seed, true_residuals=True, progress=progress,
-                               callback=step_recorder(writer, "eigs", k, "BE", k_bottom))
-        write_eigs(writer, result, "eigs", {"k": k, "k_bottom": k_bottom})
-        # the bulk: SLQ on the complement of the 25 computed eigenvectors (deflated)
-        writer.set_attrs("slq", {"num_probes": num_probes, "num_steps": num_steps,
-                                 "k_top": k_top, "k_bottom": k_bottom, "complete": False})
-        bulk = slq(op, num_probes, num_steps, rng=seed, deflate=result,
-                   callback=slq_recorder(writer), progress=progress)
-        write_slq(writer, bulk, "slq", {"k_top": k_top, "k_bottom": k_bottom})
-        exact = None
-        if dense and op.shape[0] <= DENSE_LIMIT:
-            exact = dense_spectrum(op, method="products")
+        if exact is not None:
             writer.write_arrays("dense", {"eigenvalues": exact})
             writer.set_attrs("dense", {"complete": True})
-        top = np.sort(result.eigenvalues)[::-1][:k_top]
-        counts = count_outliers(top)
         writer.set_attrs("eigs", {"outliers_gap": counts.gap, "outliers_ratio": counts.ratio,
                                   "outliers_elbow": counts.elbow})
     reference = closest(result.eigenvalues, exact) if exact is not None else None

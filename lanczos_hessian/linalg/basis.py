@@ -1,48 +1,91 @@
 """Storage of a Lanczos basis ``Q = [q_1 ... q_j]`` with the operations Lanczos needs.
 
-Lanczos with full reorthogonalization touches the basis in a few ways only:
+Lanczos with full reorthogonalization touches the basis in a few ways only, the
+:class:`Basis` protocol:
 
 * ``append(q)``                        store the next vector;
-* ``orthogonalize(w)`` -> ``(w - Q h, h)``  classical Gram-Schmidt twice, ``h = Q^T w``, made
-  of ``project(w) = Q^T w``, ``subtract_project(w, h)`` (one sweep) and ``subtract(w, h)``;
+* ``orthogonalize(w)`` -> ``(w - Q h, h)``  classical Gram-Schmidt twice, ``h = Q^T w``, written
+  once here from three sweeps: ``project(w) = Q^T w``, ``subtract_project(w, h)`` (one sweep
+  giving ``w - Q h`` and ``Q^T (w - Q h)``) and ``subtract(w, h)``;
 * ``combine(S)`` -> ``Q S``             Ritz vectors (``combine_blocks`` streams them by rows);
-* ``restart(S)``: ``Q <- Q S``          the thick restart, in place.
+* ``restart(S)``: ``Q <- Q S``          the thick restart; ``replace`` installs given vectors;
+* ``blocks()`` and ``read_block``       the live vectors by ranges of rows (copies, resume);
+* ``state()`` / ``restore_state``       the layout a checkpoint records and restores.
 
-Three stores give the same numbers (float64 throughout):
+The stores give the same numbers (float64 throughout):
 
 * :class:`TensorBasis` on the operator's device (fastest) or in host memory;
-* :class:`HDF5Basis`, an HDF5 dataset holding one vector per row, chunked along the
-  parameter axis and streamed in blocks of it: memory stays ``O(block_rows * j)`` whatever
-  ``j``;
-* :class:`MirroredBasis`, an in-memory store whose every change is also written to an HDF5
-  store, so that a killed run can resume from its file.
+* :class:`ShardedBasis`, this process's rows of a basis split across processes, its inner
+  products summed over them (:mod:`lanczos_hessian.linalg.partition`);
+* :class:`~lanczos_hessian.storage.disk_basis.HDF5Basis` (a basis on disk, streamed by rows)
+  and :class:`~lanczos_hessian.storage.disk_basis.MirroredBasis` (in memory, every change
+  also written to disk for resume) in the storage layer.
 
-:func:`choose_basis` picks the store from a memory budget.
+:func:`choose_location` decides where a basis goes from a memory budget.
 """
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
-
 BYTES = 8  # float64
-LAYOUT = "vectors as rows"  # attribute of every basis dataset: one basis vector per row
 
 
-class TensorBasis:
+class Basis:
+    """The protocol of a basis store; classical Gram-Schmidt twice is written here once.
+
+    A store implements ``size``, ``capacity``, ``dim``, :meth:`append`, :meth:`project`,
+    :meth:`subtract`, :meth:`combine`, :meth:`combine_blocks`, :meth:`restart`,
+    :meth:`replace`, :meth:`blocks`, :meth:`read_block`; it may fuse
+    :meth:`subtract_project` into one sweep and extend :meth:`state`.
+    """
+
+    size: int
+    capacity: int
+    dim: int
+
+    def subtract_project(self, w: torch.Tensor, h: torch.Tensor) -> tuple:
+        """``(w - Q h, Q^T (w - Q h))``: the middle of classical Gram-Schmidt twice."""
+        w = self.subtract(w, h)
+        return w, self.project(w)
+
+    def orthogonalize(self, w: torch.Tensor) -> tuple:
+        """Classical Gram-Schmidt twice: ``(w - Q h, h)`` with ``h = Q^T w`` accumulated.
+
+        Three sweeps of the basis: ``h1 = Q^T w``; ``w' = w - Q h1`` with ``h2 = Q^T w'``;
+        ``w'' = w' - Q h2``. Twice is enough to keep ``||Q^T Q - I||`` at the level of machine
+        epsilon (Giraud, Langou, Rozloznik and van den Eshof, Numer. Math. 101, 2005).
+        """
+        h1 = self.project(w)
+        w, h2 = self.subtract_project(w, h1)
+        return self.subtract(w, h2), h1 + h2.to(h1.device)
+
+    def state(self) -> dict:
+        """What a checkpoint records of the layout (the vectors themselves are stored apart)."""
+        return {"size": self.size}
+
+    def restore_state(self, state: dict) -> None:
+        """Point the store at the committed vectors ``state`` describes (see :meth:`state`)."""
+        if int(state["size"]) != self.size:
+            raise ValueError(f"{type(self).__name__} holds {self.size} vectors, the committed "
+                             f"state {int(state['size'])}: its vectors cannot be restored here")
+
+    def blocks(self):
+        """Ranges ``(start, stop)`` of rows in which the store streams (one for memory)."""
+        yield 0, self.dim
+
+
+class TensorBasis(Basis):
     """Orthonormal columns ``Q = [q_0 ... q_{size-1}]`` held in a preallocated tensor.
 
     The storage is ``(capacity, dim)`` with every basis vector contiguous, so that ``Q^T w``
     and ``Q h`` over the filled part read one contiguous block: both are memory-bound
     matrix-vector products, and a ``(dim, capacity)`` layout would read each vector with a
-    stride of ``capacity`` elements (measured 3-4x slower for a 1M-parameter basis of 80
-    vectors on a CPU). :attr:`Q` is the ``(dim, capacity)`` view of the same memory.
+    stride of ``capacity`` elements (several times slower on a CPU; docs/BENCHMARKS.md).
+    :attr:`Q` is the ``(dim, capacity)`` view of the same memory.
 
     Parameters
     ----------
@@ -77,9 +120,6 @@ class TensorBasis:
         self.rows[self.size] = q.to(self.rows.device, self.rows.dtype)
         self.size += 1
 
-    def column(self, j: int) -> torch.Tensor:
-        return self.rows[j]
-
     def project(self, w: torch.Tensor) -> torch.Tensor:
         """``Q^T w`` as a float64 vector of length ``size`` (on ``w``'s device)."""
         Qt = self._filled()
@@ -89,17 +129,6 @@ class TensorBasis:
         """``w - Q h`` (a new tensor on ``w``'s device and dtype)."""
         Qt = self._filled()
         return w - (h.to(Qt.device, Qt.dtype) @ Qt).to(w.device, w.dtype)
-
-    def subtract_project(self, w: torch.Tensor, h: torch.Tensor) -> tuple:
-        """``(w - Q h, Q^T (w - Q h))``: the middle of classical Gram-Schmidt twice."""
-        w = self.subtract(w, h)
-        return w, self.project(w)
-
-    def orthogonalize(self, w: torch.Tensor) -> tuple:
-        """Classical Gram-Schmidt twice: ``(w - Q h, h)`` with ``h = Q^T w`` accumulated."""
-        h = self.project(w)
-        w, h2 = self.subtract_project(w, h)
-        return self.subtract(w, h2), h + h2
 
     def combine(self, S: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``Q S`` for ``S`` of shape ``(size, r)``: a ``(dim, r)`` float64 tensor."""
@@ -121,283 +150,81 @@ class TensorBasis:
         self.rows[:r] = self.combine(S).T.to(self.rows.dtype)
         self.size = r
 
-    def reset(self, columns: torch.Tensor) -> None:
-        """Replace the basis by the orthonormal ``columns`` ``(dim, r)``."""
-        r = columns.shape[1]
-        self.rows[:r] = columns.T.to(self.rows.device, self.rows.dtype)
-        self.size = r
+    def replace(self, count: int, blocks) -> None:
+        """Make ``count`` given vectors the basis; ``blocks`` yields ``(start, stop, V)`` with
+        ``V`` the ``(count, stop - start)`` entries ``start:stop`` of the new vectors."""
+        for start, stop, block in blocks:
+            self.rows[:count, start:stop] = block.to(self.rows.device, self.rows.dtype)
+        self.size = count
 
-    def load_from(self, store: "HDF5Basis") -> None:
-        """Copy the live columns of an on-disk store into this one (resume)."""
-        for start, stop in store._blocks():
-            self.rows[: store.size, start:stop] = store.read_block(start, stop).to(
-                self.rows.device, self.rows.dtype)
-        self.size = store.size
-
-    def state(self) -> dict:
-        return {"size": self.size}
+    def read_block(self, start: int, stop: int) -> torch.Tensor:
+        """Entries ``start:stop`` of every live vector, ``(size, stop - start)``."""
+        return self._filled()[:, start:stop]
 
     @property
     def nbytes(self) -> int:
         return self.rows.numel() * self.rows.element_size()
 
 
-class HDF5Basis:
-    """A basis in an HDF5 dataset, streamed in blocks of the parameter axis; never
-    overwrites live columns.
+class ShardedBasis(Basis):
+    """This process's rows of a basis split across processes; the coefficients ``Q^T w`` are
+    local partial sums completed by one sum over processes (``j`` numbers) each."""
 
-    The dataset is ``(physical, dim)`` float64 with ``physical = 2 * capacity`` slots (at
-    most ``capacity`` live, the rest free), one basis vector per dataset row, chunked
-    ``(1, block_rows)``. Each chunk is one contiguous piece of one vector, so appending a
-    vector writes only its own chunks, and reading block ``[start, stop)`` of every live
-    vector copies whole chunks into one preallocated ``(size, block_rows)`` buffer: no strided
-    gather, no allocation per read (a ``(dim, physical)`` layout chunked ``(block_rows, 1)``
-    scatters every chunk into a strided buffer: its I/O per step of ``scripts/bench_scale.py``
-    was 8x longer, 22.3 s against 2.8 s at 30 steps of the 61.1M-parameter AlexNet). Logical
-    column ``i`` is dataset row ``column_map[i]``. A thick restart writes ``Q S`` into free
-    slots and only then switches the map, so the previously committed basis stays intact
-    until the next commit (a killed restart loses nothing). Reorthogonalization fuses the
-    four sweeps of classical Gram-Schmidt twice into three reads of the basis.
-
-    Parameters
-    ----------
-    dataset : h5py.Dataset
-        ``(2 * capacity, dim)`` float64, created by :func:`create_basis_dataset`.
-    capacity : int
-        Maximum number of live columns.
-    device : torch.device
-        Where the blocks are computed (the vectors' device).
-    block_rows : int
-        Parameters per streamed block (host memory ``block_rows * capacity * 8`` bytes).
-    """
-
-    def __init__(self, dataset, capacity: int, device=None, block_rows: int = 1 << 18,
-                 column_map=None):
-        if dataset.attrs.get("layout") != LAYOUT:
-            raise ValueError(
-                f"HDF5 basis {dataset.name!r} has shape {dataset.shape} without the layout "
-                f"{LAYOUT!r}: it was written by an older version of lanczos_hessian; start "
-                "the run afresh")
-        self.ds = dataset
-        self.dim = dataset.shape[1]
-        self.capacity = capacity
-        self.device = torch.device(device or "cpu")
-        self.block_rows = min(block_rows, self.dim)
-        self.column_map = list(column_map or [])
-        self._buffer = np.empty(capacity * self.block_rows, dtype=np.float64)
-        self.bytes_read = 0
-        self.bytes_written = 0
-        self.io_seconds = 0.0  # time spent reading and writing the dataset
+    def __init__(self, local: Basis, partition):
+        self.local_store, self.partition = local, partition
+        self.capacity, self.dim = local.capacity, local.dim
 
     @property
     def size(self) -> int:
-        return len(self.column_map)
-
-    def _free_columns(self, count: int) -> list:
-        used = set(self.column_map)
-        free = [c for c in range(self.ds.shape[0]) if c not in used]
-        if len(free) < count:
-            raise RuntimeError(f"HDF5 basis has {len(free)} free columns, {count} needed")
-        return free[:count]
-
-    def _blocks(self):
-        for start in range(0, self.dim, self.block_rows):
-            yield start, min(start + self.block_rows, self.dim)
-
-    def read_block(self, start: int, stop: int) -> torch.Tensor:
-        """``Q^T[:, start:stop]``: entries ``start:stop`` of every live vector in logical
-        order, a ``(size, stop - start)`` float64 tensor on :attr:`device`.
-
-        On the CPU the tensor shares memory with a buffer that the next read overwrites.
-        """
-        n = stop - start
-        out = self._buffer[: self.size * n].reshape(self.size, n)
-        t0 = time.perf_counter()
-        for logical, physical, length in _runs(self.column_map):
-            self.ds.read_direct(out, np.s_[physical:physical + length, start:stop],
-                                np.s_[logical:logical + length])
-        self.io_seconds += time.perf_counter() - t0
-        self.bytes_read += out.nbytes
-        return torch.from_numpy(out).to(self.device)
-
-    def append(self, q: torch.Tensor) -> None:
-        if self.size == self.capacity:
-            raise RuntimeError(f"basis is full ({self.capacity} columns)")
-        column = self._free_columns(1)[0]
-        values = np.ascontiguousarray(q.detach().to(torch.float64).cpu().numpy())
-        t0 = time.perf_counter()
-        self.ds.write_direct(values, np.s_[:], np.s_[column])
-        self.io_seconds += time.perf_counter() - t0
-        self.bytes_written += values.nbytes
-        self.column_map.append(column)
-
-    def project(self, w: torch.Tensor) -> torch.Tensor:
-        h = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        for start, stop in self._blocks():
-            h += self.read_block(start, stop) @ w[start:stop].to(self.device, torch.float64)
-        return h.to(w.device)
-
-    def subtract(self, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        out = w.clone()
-        hd = h.to(self.device, torch.float64)
-        for start, stop in self._blocks():
-            out[start:stop] -= (hd @ self.read_block(start, stop)).to(w.device, w.dtype)
-        return out
-
-    def subtract_project(self, w: torch.Tensor, h: torch.Tensor) -> tuple:
-        """``(w - Q h, Q^T (w - Q h))`` in one sweep: both are separable by blocks of rows."""
-        out = w.clone()
-        h2 = torch.zeros(self.size, dtype=torch.float64, device=self.device)
-        hd = h.to(self.device, torch.float64)
-        for start, stop in self._blocks():
-            Qt = self.read_block(start, stop)
-            block = out[start:stop].to(self.device, torch.float64) - hd @ Qt
-            h2 += Qt @ block
-            out[start:stop] = block.to(w.device, w.dtype)
-        return out, h2.to(w.device)
-
-    def orthogonalize(self, w: torch.Tensor) -> tuple:
-        """CGS twice in three sweeps of the basis: ``h1 = Q^T w``; then
-        :meth:`subtract_project`; then ``w -= Q h2``."""
-        h1 = self.project(w)
-        out, h2 = self.subtract_project(w, h1)
-        return self.subtract(out, h2), h1 + h2.to(h1.device)
-
-    def gram(self) -> torch.Tensor:
-        """``Q^T Q`` (``j x j``), streamed: how orthonormal the stored basis is."""
-        G = torch.zeros(self.size, self.size, dtype=torch.float64, device=self.device)
-        for start, stop in self._blocks():
-            Qt = self.read_block(start, stop)
-            G += Qt @ Qt.T
-        return G
-
-    def combine_blocks(self, S, block_rows: int | None = None):
-        """Yield ``(start, stop, (Q S)[start:stop])`` float64 CPU row blocks."""
-        S = torch.as_tensor(np.asarray(S), dtype=torch.float64, device=self.device)
-        for start, stop in self._blocks():
-            yield start, stop, (self.read_block(start, stop).T @ S).cpu()
-
-    def combine(self, S) -> torch.Tensor:
-        """``Q S`` assembled in memory (``dim x r``); use :meth:`combine_blocks` for big ``r``."""
-        S = np.asarray(S)
-        out = torch.empty(self.dim, S.shape[1], dtype=torch.float64)
-        for start, stop, block in self.combine_blocks(S):
-            out[start:stop] = block
-        return out.to(self.device)
-
-    def restart(self, S: np.ndarray) -> None:
-        """``Q <- Q S`` streamed: the new columns go to free slots, then the map switches
-        (the old columns stay readable until the caller commits)."""
-        St = torch.as_tensor(np.asarray(S).T.copy(), dtype=torch.float64, device=self.device)
-        self.replace(St.shape[0], ((start, stop, St @ self.read_block(start, stop))
-                                   for start, stop in self._blocks()))
-
-    def replace(self, count: int, blocks) -> None:
-        """Make ``count`` new vectors the basis. ``blocks`` yields ``(start, stop, V)`` with
-        ``V`` the ``(count, stop - start)`` entries ``start:stop`` of the new vectors, in
-        :meth:`_blocks` order; they are written to free slots before the map switches."""
-        targets = self._free_columns(count)
-        for start, stop, block in blocks:
-            values = np.ascontiguousarray(block.detach().to(torch.float64).cpu().numpy())
-            t0 = time.perf_counter()
-            for logical, physical, length in _runs(targets):
-                self.ds.write_direct(values, np.s_[logical:logical + length],
-                                     np.s_[physical:physical + length, start:stop])
-            self.io_seconds += time.perf_counter() - t0
-            self.bytes_written += values.nbytes
-        self.column_map = targets
-
-    def reset(self, columns: torch.Tensor) -> None:
-        self.column_map = []
-        for j in range(columns.shape[1]):
-            self.append(columns[:, j])
-
-    def state(self) -> dict:
-        return {"size": self.size, "column_map": list(self.column_map)}
-
-
-def _runs(columns) -> list:
-    """``columns`` as maximal runs ``(logical start, physical start, length)`` of consecutive
-    physical slots, so that each run is one HDF5 selection."""
-    runs = []
-    for logical, physical in enumerate(columns):
-        if runs and runs[-1][1] + runs[-1][2] == physical:
-            runs[-1][2] += 1
-        else:
-            runs.append([logical, physical, 1])
-    return [tuple(run) for run in runs]
-
-
-class MirroredBasis:
-    """An in-memory basis whose changes are also written to an :class:`HDF5Basis`.
-
-    Reads come from memory; the HDF5 copy is what a resumed run reloads.
-    """
-
-    def __init__(self, primary: TensorBasis, mirror: HDF5Basis):
-        self.primary, self.mirror = primary, mirror
-        self.dim, self.capacity = primary.dim, primary.capacity
-
-    @property
-    def size(self) -> int:
-        return self.primary.size
-
-    @property
-    def column_map(self):
-        return self.mirror.column_map
+        return self.local_store.size
 
     def append(self, q):
-        self.primary.append(q)
-        self.mirror.append(q)
+        self.local_store.append(q)
 
     def project(self, w):
-        return self.primary.project(w)
+        return self.partition.sum(self.local_store.project(w)).to(w.device)
 
     def subtract(self, w, h):
-        return self.primary.subtract(w, h)
+        return self.local_store.subtract(w, h)
 
     def subtract_project(self, w, h):
-        return self.primary.subtract_project(w, h)
-
-    def orthogonalize(self, w):
-        return self.primary.orthogonalize(w)
+        w, h2_local = self.local_store.subtract_project(w, h)
+        return w, self.partition.sum(h2_local).to(w.device)
 
     def combine(self, S):
-        return self.primary.combine(S)
+        return self.local_store.combine(S)
 
     def combine_blocks(self, S, block_rows: int = 1 << 20):
-        return self.primary.combine_blocks(S, block_rows)
+        return self.local_store.combine_blocks(S, block_rows)
 
     def restart(self, S):
-        """Restart the primary, then copy its new columns to the mirror (bit-identical, so
-        that a resume from the mirror continues with exactly the numbers in memory)."""
-        self.primary.restart(S)
-        r, rows = S.shape[1], self.primary.rows
-        self.mirror.replace(r, ((start, stop, rows[:r, start:stop])
-                                for start, stop in self.mirror._blocks()))
+        self.local_store.restart(S)
 
-    def reset(self, columns):
-        self.primary.reset(columns)
-        self.mirror.reset(columns)
+    def replace(self, count, blocks):
+        self.local_store.replace(count, blocks)
+
+    def blocks(self):
+        return self.local_store.blocks()
+
+    def read_block(self, start, stop):
+        return self.local_store.read_block(start, stop)
 
     def state(self) -> dict:
-        return self.mirror.state()
+        return self.local_store.state()
 
-    @classmethod
-    def load(cls, mirror: HDF5Basis, device=None) -> "MirroredBasis":
-        """Rebuild the in-memory copy from the HDF5 store (resume)."""
-        primary = TensorBasis(mirror.dim, mirror.capacity, device=device)
-        primary.load_from(mirror)
-        return cls(primary, mirror)
+    def restore_state(self, state: dict) -> None:
+        self.local_store.restore_state(state)
 
 
-def create_basis_dataset(group, name: str, dim: int, capacity: int, block_rows: int = 1 << 18):
-    """An HDF5 dataset for :class:`HDF5Basis`: ``(2 * capacity, dim)`` float64, one vector
-    per row, chunked ``(1, min(dim, block_rows))`` along the parameter axis."""
-    ds = group.create_dataset(name, shape=(2 * capacity, dim), dtype="f8",
-                              chunks=(1, min(dim, block_rows)))
-    ds.attrs["layout"] = LAYOUT
-    return ds
+def shard_basis(store: Basis, partition) -> Basis:
+    """``store`` itself for whole vectors, else wrapped so its inner products sum over ranks."""
+    return ShardedBasis(store, partition) if partition.is_split else store
+
+
+def copy_vectors(source: Basis, target: Basis) -> None:
+    """Make ``target`` hold ``source``'s live vectors, streamed in ``source``'s row blocks."""
+    target.replace(source.size, ((start, stop, source.read_block(start, stop))
+                                 for start, stop in source.blocks()))
 
 
 def parse_bytes(value) -> int:

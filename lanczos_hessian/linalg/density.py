@@ -1,7 +1,7 @@
 """Spectral measures from Lanczos quadrature: densities, traces, moments, spectral masses.
 
 Everything here is a pure function of numpy arrays (no torch), so it applies equally to a
-fresh :class:`~lanczos_hessian.slq.SLQResult` and to arrays read back from an HDF5 file.
+fresh :class:`~lanczos_hessian.linalg.slq.SLQResult` and to arrays read back from an HDF5 file.
 
 The measures
 ------------
@@ -9,7 +9,7 @@ Probe ``p`` of stochastic Lanczos quadrature (SLQ) gives Gauss nodes ``theta[p, 
 weights ``w[p, i]`` (``sum_i w[p, i] = 1``): the Gauss rule of the measure
 ``mu_p = sum_j (u_p^T y_j)^2 delta(lambda_j)`` of the unit probe ``u_p`` (eigenpairs
 ``(lambda_j, y_j)`` of the ``n x n`` operator ``A``). Since ``E[u u^T] = I / n`` for the unit
-probes of :mod:`~lanczos_hessian.slq`, ``mu_p`` is an unbiased estimate of the spectral
+probes of :mod:`~lanczos_hessian.linalg.slq`, ``mu_p`` is an unbiased estimate of the spectral
 measure ``mu = (1/n) sum_j delta(lambda_j)`` [Ubaru, Chen and Saad, SIAM J. Matrix Anal.
 Appl. 38(4), 2017; Lin, Saad and Yang, SIAM Rev. 58(1), 2016].
 
@@ -316,3 +316,46 @@ def _support(nodes, weights, outliers) -> tuple:
     if values.size == 0:
         raise ValueError("the measure has no nodes of positive weight")
     return float(values.min()), float(values.max())
+
+
+class QuadratureStatistics:
+    """The spectral statistics of stored Gauss rules, written once for every holder of them.
+
+    A class that mixes this in has ``nodes`` and ``weights`` ``(P, m)`` (NaN/0 padded),
+    ``outliers`` (deflated eigenvalues, mass ``1/dim`` each) and ``dim``: the SLQ result in
+    memory (:class:`~lanczos_hessian.linalg.slq.SLQResult`) and the one read back from a file
+    (:class:`~lanczos_hessian.analysis.spectrum.Quadrature`) give the same numbers.
+    """
+
+    def measure(self) -> tuple:
+        """The probe-averaged measure of the whole spectrum (:func:`average_measure`)."""
+        return average_measure(self.nodes, self.weights, outliers=self.outliers, dim=self.dim)
+
+    def density(self, grid=None, width=None, num_points: int = DEFAULT_NUM_POINTS) -> tuple:
+        """``(grid, phi)``: :func:`spectral_density` with the outliers included."""
+        return spectral_density(self.nodes, self.weights, grid, width, num_points,
+                                outliers=self.outliers, dim=self.dim)
+
+    def trace(self) -> Estimate:
+        """:func:`trace_estimate` of ``tr(A)``."""
+        return trace_estimate(self.nodes, self.weights, dim=self.dim, outliers=self.outliers)
+
+    def moments(self, order: int) -> tuple:
+        """:func:`moment_estimates`: ``tr(A^q)``, ``q = 0 .. order``."""
+        return moment_estimates(self.nodes, self.weights, order, dim=self.dim,
+                                outliers=self.outliers)
+
+    def fraction_below(self, threshold: float = 0.0) -> Estimate:
+        """:func:`fraction_below`: the fraction of eigenvalues below ``threshold``."""
+        return fraction_below(self.nodes, self.weights, threshold, outliers=self.outliers,
+                              dim=self.dim)
+
+    def fraction_within(self, band: float) -> Estimate:
+        """:func:`fraction_within`: the fraction of eigenvalues with ``|lambda| <= band``."""
+        return fraction_within(self.nodes, self.weights, band, outliers=self.outliers,
+                               dim=self.dim)
+
+    def mass_above(self, threshold: float) -> Estimate:
+        """:func:`mass_above`: the fraction of eigenvalues above ``threshold``."""
+        return mass_above(self.nodes, self.weights, threshold, outliers=self.outliers,
+                          dim=self.dim)

@@ -1,6 +1,6 @@
 """``lanczos_eigsh``: extreme eigenpairs of a symmetric operator with honest residuals.
 
-The driver grows a :class:`~lanczos_hessian.lanczos.LanczosProcess` one operator application
+The driver grows a :class:`~lanczos_hessian.linalg.lanczos.LanczosProcess` one operator application
 at a time, computes the Ritz pairs of ``T_j`` after every step (cheap beside an application),
 and stops as soon as the ``k`` wanted pairs meet the tolerance. When the basis is full it
 thick-restarts, keeping the wanted Ritz vectors plus a margin of their neighbours, with
@@ -32,9 +32,9 @@ import torch
 
 from ..errors import NoConvergenceError, NumericalWarning
 from .lanczos import LanczosProcess
-from ..parallel.distributed import common_seed
+from .hooks import NO_HOOKS, Hooks
 from .linop import as_block_matvec
-from ..parallel.sharding import ShardedMatvec
+from .partition import ShardedMatvec, whole_or
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,12 @@ def wanted_indices(theta: np.ndarray, k: int, which: str, k_bottom: int | None =
     return np.sort(np.argsort(np.abs(theta), kind="stable")[m - k:])  # LM
 
 
+def default_ncv(k: int, n: int) -> int:
+    """Basis size before a thick restart when none is given: ``max(2k + 1, 20)``, ARPACK's
+    default (``scipy.sparse.linalg.eigsh``), at most ``n``."""
+    return min(max(2 * k + 1, 20), n)
+
+
 def _validate(k, dim, which, tol, ncv, max_matvecs, k_bottom):
     """Check every argument before any application of the operator."""
     if which not in WHICH:
@@ -155,18 +161,16 @@ def lanczos_eigsh(
     true_residuals: bool = False,
     raise_on_unconverged: bool = False,
     dim: int | None = None,
-    basis=None,
     callback=None,
-    checkpoint=None,
-    shard=None,
     progress: bool = False,
+    hooks: Hooks = NO_HOOKS,
 ) -> EigshResult:
     """``k`` extreme eigenpairs of a symmetric operator by thick-restart Lanczos.
 
     Parameters
     ----------
     op : LinearOperator, CurvatureOperator, array, tensor or callable
-        The symmetric ``n x n`` operator (see :mod:`lanczos_hessian.linop`).
+        The symmetric ``n x n`` operator (see :mod:`lanczos_hessian.linalg.linop`).
     k : int
         Number of eigenpairs, ``1 <= k <= n``.
     which : {"LA", "SA", "BE", "LM"}
@@ -197,42 +201,39 @@ def lanczos_eigsh(
         with :class:`NumericalWarning` when the budget runs out first.
     dim : int, optional
         Size of a bare matvec callable.
-    basis : object, optional
-        A basis store (:mod:`lanczos_hessian.basis`) with capacity ``ncv``.
     callback : callable, optional
         ``callback(process, theta, bounds)`` after every step (e.g. to record it).
-    checkpoint : object, optional
-        ``restore(process)`` and ``commit(process, driver_state, finished)``, called before
-        the first step and after every step: a killed run resumes from the last commit
-        (:class:`lanczos_hessian.checkpoint.LanczosCheckpointer`).
-    shard : Shard, optional
-        Split every Lanczos vector and the basis across the ranks of the process group
-        (:mod:`lanczos_hessian.sharding`): basis memory per rank divided by their number.
-        ``basis``, if given, holds this rank's rows; eigenvectors are gathered whole.
     progress : bool
         Show a tqdm progress bar over operator applications.
+    hooks : Hooks, optional
+        Where the basis lives (``hooks.bases(0, rows, ncv)``), the checkpoint committed after
+        every step, and the rows held when the vectors are split across ranks
+        (:mod:`lanczos_hessian.linalg.hooks`); eigenvectors are gathered whole.
     """
     matvec = as_block_matvec(op, dim if v0 is None else len(v0))
     n = matvec.dim
     _validate(k, n, which, tol, ncv, max_matvecs, k_bottom)
     if criterion not in ("norm", "eigenvalue"):
         raise ValueError(f"unknown criterion={criterion!r}; choose 'norm' or 'eigenvalue'")
-    ncv = min(ncv or max(2 * k + 1, 20), n)
+    ncv = default_ncv(k, n) if ncv is None else min(ncv, n)
     max_matvecs = max_matvecs or max(20 * ncv, 300)
-    generator, v0 = _start_vector(rng, v0, n, matvec.device)
-    if shard is not None and shard.is_split:
+    generator, v0 = _start_vector(rng, v0, matvec)
+    shard, checkpoint = whole_or(hooks.shard, n), hooks.checkpoint
+    if shard.is_split:
         matvec, v0 = ShardedMatvec(matvec, shard), shard.local(v0)
+    basis = hooks.bases(0, shard.local_dim, ncv) if hooks.bases is not None else None
     process = LanczosProcess(matvec, v0, ncv, generator, basis=basis, shard=shard)
     start = time.perf_counter()
     t_ritz = 0.0
     num_restarts, finished, elapsed_before = 0, False, 0.0
     resumed = checkpoint.restore(process) if checkpoint is not None else None
     if resumed is not None:
-        num_restarts, finished = resumed["num_restarts"], resumed["finished"]
-        matvec.num_passes, matvec.num_vectors = resumed["num_passes"], resumed["num_vectors"]
-        elapsed_before = resumed["elapsed"]
-        logger.info("resumed after %d operator applications", process.num_matvecs)
-    bar = _progress_bar(progress, max_matvecs, process.num_matvecs)
+        num_restarts, finished = int(resumed["num_restarts"]), bool(resumed["finished"])
+        matvec.num_passes = int(resumed["num_passes"])
+        matvec.num_vectors = int(resumed["num_vectors"])
+        elapsed_before = float(resumed["elapsed"])
+        logger.info("resumed after %d operator applications", process.num_steps)
+    bar = _progress_bar(progress, max_matvecs, process.num_steps)
     while not finished:
         process.step()
         t0 = time.perf_counter()
@@ -245,7 +246,7 @@ def lanczos_eigsh(
             callback(process, theta, bounds)
         converged = (len(want) == k and done.all()
                      and _complement_explored(process, which, threshold.min()))
-        finished = converged or process.exhausted or process.num_matvecs >= max_matvecs
+        finished = converged or process.exhausted or process.num_steps >= max_matvecs
         if not finished and process.size == process.capacity:
             keep = _keep_indices(theta, k, which, process.capacity, k_bottom,
                                    nconv=int(done.sum()))
@@ -301,9 +302,11 @@ def _complement_explored(process, which, threshold) -> bool:
     return all(bounds[i] <= threshold for i in ends)
 
 
-def _start_vector(rng, v0, n, device):
-    if rng is None:  # every rank must draw the same vectors: rank 0's entropy, shared
-        rng = common_seed(None)
+def _start_vector(rng, v0, matvec):
+    """The generator of the run (seeded from ``rng``) and the float64 start vector."""
+    n, device = matvec.dim, matvec.device
+    if rng is None:  # every rank must draw the same vectors: the operator's common entropy
+        rng = matvec.draw_seed()
     seed_rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     generator = torch.Generator().manual_seed(int(seed_rng.integers(2**62)))
     if v0 is None:

@@ -29,6 +29,15 @@ eigenvalues of plain Lanczos [Paige 1976; Parlett, *The Symmetric Eigenvalue Pro
 ``T`` is kept exactly structured (tridiagonal/arrowhead) from ``alpha``, ``beta`` and ``s``;
 the reorthogonalization coefficients are rounding-level and are not added to it.
 
+Two modes share the breakdown rule (:func:`breakdown_tolerance`) and the state protocol of a
+checkpoint (``state_dict()`` -> ``(small, vectors)``, ``load_state_dict(small, vectors)``,
+``bases()``):
+
+* :class:`LanczosProcess`, one vector, with thick restart and locking (the eigensolver);
+* :class:`LockstepLanczos`, ``P`` independent recurrences (the probes of stochastic Lanczos
+  quadrature) advanced by ONE block application of ``A`` per step, each with the step above
+  or, without reorthogonalization, the three-term recurrence.
+
 All recurrence scalars and ``T`` are float64, whatever the precision of the operator.
 """
 
@@ -41,17 +50,20 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .basis import TensorBasis
+from .basis import TensorBasis, shard_basis
+from .partition import Whole
 
 EPS = float(np.finfo(np.float64).eps)
 
 
-def orthogonalize(w: torch.Tensor, basis) -> tuple:
-    """Classical Gram-Schmidt twice against ``basis``: return ``(w_perp, h)`` with ``h = Q^T w``.
+def breakdown_tolerance(anorm, dim: int):
+    """``beta`` at or below which the Krylov space counts as invariant (step 4).
 
-    The store does the sweeps (:mod:`lanczos_hessian.basis`), streaming them when on disk.
+    ``eps * ||T|| * max(100, sqrt(n))``: the size of the rounding left in ``w`` after
+    orthogonalizing against an invariant subspace, with ``||T||`` estimated by the largest
+    ``|entry|`` seen (a scalar, or an array with one estimate per recurrence).
     """
-    return basis.orthogonalize(w)
+    return EPS * np.maximum(anorm, EPS) * max(100.0, math.sqrt(dim))
 
 
 class LanczosProcess:
@@ -68,26 +80,24 @@ class LanczosProcess:
     generator : torch.Generator
         Source of the random vectors drawn after a breakdown.
     basis : object, optional
-        A basis store (see :mod:`lanczos_hessian.basis`); default a :class:`TensorBasis`
+        A basis store (see :mod:`lanczos_hessian.linalg.basis`); default a :class:`TensorBasis`
         on ``v0``'s device.
-    shard : Shard, optional
-        When the vectors are split across ranks (:mod:`lanczos_hessian.sharding`): ``v0``,
-        the basis and every vector here are this rank's rows, ``matvec`` works on row
-        slices, and inner products are summed over ranks.
+    shard : Whole, optional
+        When the vectors are split across processes (:mod:`~lanczos_hessian.linalg.partition`):
+        ``v0``, the basis and every vector here are this process's rows, ``matvec`` works on
+        row slices, and inner products are summed over processes.
     """
 
     def __init__(self, matvec, v0: torch.Tensor, capacity: int, generator: torch.Generator,
                  basis=None, shard=None):
-        from ..parallel.sharding import Shard, ShardedBasis
-
         self.matvec = matvec
-        self.shard = shard or Shard(v0.shape[0], 0, 1)
+        self.shard = shard or Whole(v0.shape[0])
         self.dim = self.shard.n
         self.device = v0.device
         self.capacity = min(capacity, self.dim)
         self.generator = generator
         basis = basis or TensorBasis(v0.shape[0], self.capacity, device=self.device)
-        self.basis = ShardedBasis(basis, self.shard) if self.shard.is_split else basis
+        self.basis = shard_basis(basis, self.shard)
         self.T = np.zeros((self.capacity + 1, self.capacity + 1))
         norm = self.shard.norm(v0.to(torch.float64))
         if not np.isfinite(norm) or norm == 0:
@@ -95,7 +105,7 @@ class LanczosProcess:
         self.next_q = v0.to(torch.float64) / norm
         self.beta = 0.0  # coupling of the last basis vector to next_q
         self.exhausted = False  # the basis spans an invariant subspace that cannot grow
-        self.num_matvecs = 0
+        self.num_steps = 0  # applications of A to one vector each
         self.num_breakdowns = 0
         self.alphas: list = []  # the first cycle's tridiagonal (before any restart)
         self.betas: list = []
@@ -128,9 +138,9 @@ class LanczosProcess:
         t0 = time.perf_counter()
         w = self.matvec(q.reshape(-1, 1)).reshape(-1).to(self.device, torch.float64)  # 1.
         t1 = time.perf_counter()
-        self.num_matvecs += 1
+        self.num_steps += 1
         alpha = self.shard.dot(q, w)
-        w, _ = orthogonalize(w, self.basis)  # 2.-3.
+        w, _ = self.basis.orthogonalize(w)  # 2.-3.
         self.T[j, j] = alpha
         beta = self.shard.norm(w)  # 4.
         if not self.restarted:
@@ -147,7 +157,7 @@ class LanczosProcess:
         self.timings["orthogonalization"] += time.perf_counter() - t1
 
     def _breakdown_tol(self) -> float:
-        return EPS * max(self.anorm(), EPS) * max(100.0, math.sqrt(self.dim))
+        return breakdown_tolerance(self.anorm(), self.dim)
 
     def _restart_after_breakdown(self) -> tuple:
         """An invariant subspace was found: continue with a random orthogonal direction.
@@ -162,7 +172,7 @@ class LanczosProcess:
         # drawn whole on every rank from the same generator state, then this rank's rows
         r = torch.randn(self.dim, generator=self.generator, dtype=torch.float64)
         r = self.shard.local(r).to(self.device)
-        r, _ = orthogonalize(r, self.basis)
+        r, _ = self.basis.orthogonalize(r)
         norm = self.shard.norm(r)
         if norm <= 1e-8:  # nothing left outside span(Q)
             self.exhausted = True
@@ -239,15 +249,19 @@ class LanczosProcess:
         self.block_start = 0
 
     # ---- checkpointing -----------------------------------------------------------------
+    def bases(self) -> list:
+        """The basis stores whose layout a checkpoint records (their vectors are stored apart)."""
+        return [self.basis]
+
     def state_dict(self) -> tuple:
         """``(small, vectors)``: everything needed to continue exactly, but the basis itself.
 
         ``small`` holds numpy arrays and scalars (``T``, the coefficients, counters, the
-        random generator's state, the basis layout); ``vectors`` the next Lanczos vector.
+        random generator's state); ``vectors`` the list ``[next Lanczos vector]``.
         """
         small = {
             "T": self.T.copy(), "beta": self.beta, "exhausted": self.exhausted,
-            "num_matvecs": self.num_matvecs, "num_breakdowns": self.num_breakdowns,
+            "num_steps": self.num_steps, "num_breakdowns": self.num_breakdowns,
             "alphas": np.asarray(self.alphas, dtype=np.float64),
             "betas": np.asarray(self.betas, dtype=np.float64),
             "restarted": self.restarted, "block_start": self.block_start,
@@ -255,16 +269,16 @@ class LanczosProcess:
             "generator": self.generator.get_state().numpy().copy(),
             "timing_operator": self.timings["operator"],
             "timing_orthogonalization": self.timings["orthogonalization"],
-            "basis_size": self.basis.size,
         }
-        return small, {"next_q": self.next_q}
+        return small, [self.next_q]
 
-    def load_state_dict(self, small: dict, vectors: dict) -> None:
-        """Restore what :meth:`state_dict` returned (the basis is restored by its store)."""
+    def load_state_dict(self, small: dict, vectors) -> None:
+        """Restore what :meth:`state_dict` returned, ``vectors`` as ``(1, n)`` rows (the basis
+        is restored by its store)."""
         self.T[:] = small["T"]
         self.beta = float(small["beta"])
         self.exhausted = bool(small["exhausted"])
-        self.num_matvecs = int(small["num_matvecs"])
+        self.num_steps = int(small["num_steps"])
         self.num_breakdowns = int(small["num_breakdowns"])
         self.alphas = [float(a) for a in small["alphas"]]
         self.betas = [float(b) for b in small["betas"]]
@@ -276,4 +290,138 @@ class LanczosProcess:
         self.generator.set_state(torch.from_numpy(np.asarray(small["generator"], dtype=np.uint8)))
         self.timings = {"operator": float(small["timing_operator"]),
                         "orthogonalization": float(small["timing_orthogonalization"])}
-        self.next_q = vectors["next_q"].to(self.device, torch.float64)
+        self.next_q = torch.as_tensor(vectors[0]).to(self.device, torch.float64)
+
+
+class LockstepLanczos:
+    """``P`` independent Lanczos recurrences advanced by one block product per step.
+
+    Parameters
+    ----------
+    matvec : callable
+        ``matvec(V) -> A V`` on ``(n, b)`` float64 tensors (one pass for the whole block).
+    U : torch.Tensor
+        ``(n, P)`` unit start vectors (this process's rows when split).
+    num_steps : int
+        Most steps any recurrence makes (the capacity of each basis).
+    reorthogonalize : bool
+        Full reorthogonalization against each recurrence's own basis (step 2-3 of the module
+        docstring), or the three-term recurrence with three vectors per recurrence.
+    project : callable
+        ``project(W)`` applied to every product (the deflation projector; identity if none);
+        ``project.rank`` is the dimension it removes.
+    basis_device, basis_factory :
+        Where the bases live: ``basis_factory(p, n, capacity)`` makes recurrence ``p``'s store,
+        else a :class:`TensorBasis` on ``basis_device`` (default ``U``'s device).
+    shard : Whole, optional
+        The rows of every vector this process holds.
+    """
+
+    def __init__(self, matvec, U: torch.Tensor, num_steps: int, reorthogonalize: bool,
+                 project, basis_device=None, basis_factory=None, shard=None):
+        rows, P = U.shape
+        self.shard = shard or Whole(rows)
+        n = self.shard.n
+        self.matvec, self.project = matvec, project
+        self.dim = n
+        self.reorthogonalize = reorthogonalize
+        self.q = U.clone()                       # current Lanczos vectors, (n, P)
+        self.q_prev = torch.zeros_like(U)        # previous ones (three-term recurrence)
+        self.beta_prev = np.zeros(P)
+        self.alphas = np.full((P, num_steps), np.nan)
+        self.betas = np.full((P, num_steps), np.nan)
+        self.num_nodes = np.zeros(P, dtype=np.int64)
+        self.active = np.ones(P, dtype=bool)
+        self.anorm = np.zeros(P)                 # max |entry| of T so far, per probe
+        # With full reorthogonalization the space has dimension n - k: a probe can make at
+        # most that many steps before its residual must vanish.
+        self.max_length = n - project.rank if reorthogonalize else math.inf
+        capacity = int(min(num_steps, self.max_length))
+        basis_device = U.device if basis_device is None else torch.device(basis_device)
+        make = basis_factory or (lambda p, dim, cap: TensorBasis(dim, cap, device=basis_device))
+        self.probe_bases = ([shard_basis(make(p, rows, capacity), self.shard)
+                             for p in range(P)] if reorthogonalize else [])
+        self.timings = {"operator": 0.0, "orthogonalization": 0.0}
+
+    def step(self) -> None:
+        """One Lanczos step of every active probe, with one block application of ``A``."""
+        idx = np.flatnonzero(self.active)
+        j = int(self.num_nodes[idx[0]])  # all active probes are at the same step
+        Q = self.q[:, idx]
+        t0 = time.perf_counter()
+        W = self.matvec(Q.to(self.matvec.device)).to(Q.device, torch.float64)
+        t1 = time.perf_counter()
+        W = self.project(W)
+        if self.reorthogonalize:
+            alpha, W = self._reorthogonalized(idx, Q, W)
+        else:
+            alpha, W = self._three_term(idx, Q, W)
+        beta = self.shard.sum((W * W).sum(dim=0)).sqrt().cpu().numpy()
+        self.timings["operator"] += t1 - t0
+        self.timings["orthogonalization"] += time.perf_counter() - t1
+        self.anorm[idx] = np.maximum.reduce([self.anorm[idx], np.abs(alpha),
+                                             self.beta_prev[idx]])
+        tol = breakdown_tolerance(self.anorm[idx], self.dim)
+        broke = (beta <= tol) | (j + 1 >= self.max_length)
+        beta = np.where(broke, 0.0, beta)
+        self.alphas[idx, j] = alpha
+        self.betas[idx, j] = beta
+        self.num_nodes[idx] = j + 1
+        keep = ~broke
+        kept = idx[keep]
+        scale = torch.as_tensor(beta[keep], dtype=torch.float64, device=W.device)
+        self.q_prev[:, kept] = Q[:, keep]
+        self.q[:, kept] = W[:, keep] / scale
+        self.beta_prev[kept] = beta[keep]
+        self.active[idx[broke]] = False
+
+    def _reorthogonalized(self, idx, Q, W):
+        """``alpha = q^T A q``; then CGS twice against each probe's own basis (with ``q``)."""
+        alpha = self.shard.sum((Q * W).sum(dim=0)).cpu().numpy()
+        columns = []
+        for c, p in enumerate(idx):
+            self.probe_bases[p].append(Q[:, c])
+            w, _ = self.probe_bases[p].orthogonalize(W[:, c])
+            columns.append(w)
+        return alpha, torch.stack(columns, dim=1)
+
+    def _three_term(self, idx, Q, W):
+        """Paige's ordering: ``w = A q - beta_prev q_prev``; ``alpha = q^T w``; ``w -= alpha q``."""
+        beta_prev = torch.as_tensor(self.beta_prev[idx], dtype=torch.float64, device=W.device)
+        W = W - self.q_prev[:, idx] * beta_prev
+        alpha_t = self.shard.sum((Q * W).sum(dim=0)).to(W.device)
+        W = W - Q * alpha_t
+        return alpha_t.cpu().numpy(), W
+
+    def snapshot(self, step: int) -> tuple:
+        return self.alphas[:, :step].copy(), self.betas[:, :step].copy()
+
+    def bases(self) -> list:
+        """The probes' basis stores (none without reorthogonalization)."""
+        return self.probe_bases
+
+    def state_dict(self) -> tuple:
+        """``(small, vectors)`` to continue exactly, ``vectors`` the ``P`` current then the
+        ``P`` previous Lanczos vectors; the bases are restored by their stores."""
+        small = {"beta_prev": self.beta_prev.copy(), "alphas": self.alphas.copy(),
+                 "betas": self.betas.copy(), "num_nodes": self.num_nodes.copy(),
+                 "active": self.active.copy(), "anorm": self.anorm.copy(),
+                 "timing_operator": self.timings["operator"],
+                 "timing_orthogonalization": self.timings["orthogonalization"]}
+        return small, list(self.q.T) + list(self.q_prev.T)
+
+    def load_state_dict(self, small: dict, vectors) -> None:
+        """Restore what :meth:`state_dict` returned, ``vectors`` as ``(2 P, n)`` rows."""
+        vectors = torch.as_tensor(vectors)
+        P = vectors.shape[0] // 2
+        q, q_prev = vectors[:P].T, vectors[P:].T
+        self.beta_prev = np.array(small["beta_prev"], dtype=np.float64)
+        self.alphas = np.array(small["alphas"], dtype=np.float64)
+        self.betas = np.array(small["betas"], dtype=np.float64)
+        self.num_nodes = np.array(small["num_nodes"], dtype=np.int64)
+        self.active = np.array(small["active"], dtype=bool)
+        self.anorm = np.array(small["anorm"], dtype=np.float64)
+        self.timings = {"operator": float(small["timing_operator"]),
+                        "orthogonalization": float(small["timing_orthogonalization"])}
+        self.q = q.to(self.q.device, torch.float64).clone()
+        self.q_prev = q_prev.to(self.q.device, torch.float64).clone()

@@ -1,14 +1,18 @@
 """Adapters from what users pass (operators, matrices, callables) to a torch block matvec.
 
-The solvers work on ``(n, b)`` float64 tensors. A :class:`CurvatureOperator` is used through
-its torch-native ``apply`` (vectors stay on the model's device); any other
+The solvers work on ``(n, b)`` float64 tensors. A torch-native operator (an object with
+``apply(V) -> A V`` on tensors, a ``shape`` and a ``device``, e.g. a
+:class:`~lanczos_hessian.curvature.operators.CurvatureOperator`) is used through ``apply``
+(vectors stay on the model's device), and its ``common_seed()``, when it has one, seeds the
+random vectors of unseeded runs (so that every rank of a data-parallel operator draws the
+same ones); any other
 ``scipy.sparse.linalg.LinearOperator``, a dense ``numpy`` array or ``torch`` tensor, or a
 callable ``matvec(x: ndarray (n,)) -> ndarray (n,)`` goes through numpy on the CPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,13 +21,22 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 @dataclass
 class BlockMatvec:
-    """``apply(V) -> A V`` on ``(n, b)`` float64 tensors, counting passes and vectors."""
+    """``apply(V) -> A V`` on ``(n, b)`` float64 tensors, counting passes and vectors.
+
+    ``draw_seed()`` gives the seed of an unseeded run: fresh entropy, or for an operator
+    shared by several processes the same entropy on all of them.
+    """
 
     apply_fn: object
     dim: int
     device: torch.device
     num_passes: int = 0
     num_vectors: int = 0
+    draw_seed: object = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.draw_seed is None:
+            self.draw_seed = fresh_seed
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         self.num_passes += 1
@@ -36,10 +49,9 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
 
     ``dim`` is required only for a bare callable, whose size cannot be known otherwise.
     """
-    from ..curvature.operators import CurvatureOperator  # local: keeps the numerics free of model code
-
-    if isinstance(op, CurvatureOperator):
-        return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device)
+    if _is_torch_native(op):
+        return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device,
+                           draw_seed=getattr(op, "common_seed", None))
     if isinstance(op, torch.Tensor):
         _check_square(tuple(op.shape))
         A = op.to(torch.float64)
@@ -55,6 +67,16 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
     raise TypeError(
         f"expected a LinearOperator, a square matrix or a matvec callable, got {type(op).__name__}"
     )
+
+
+def fresh_seed() -> int:
+    """A 63-bit seed from fresh operating-system entropy (an int64 attribute can hold it)."""
+    return int(np.random.default_rng().integers(2**63))
+
+
+def _is_torch_native(op) -> bool:
+    return (isinstance(op, LinearOperator) and callable(getattr(op, "apply", None))
+            and isinstance(getattr(op, "device", None), torch.device))
 
 
 def _check_square(shape):

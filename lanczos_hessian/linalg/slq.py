@@ -29,14 +29,14 @@ Lockstep probes
 All ``P`` probes run their own Lanczos recurrence, and advance together: each step applies
 the operator ONCE to the ``(n, b)`` block of the current vectors of the ``b <= P`` probes
 still running. An operator that makes one pass over a data set per block (a
-:class:`~lanczos_hessian.operators.CurvatureOperator`) thus makes exactly ``num_steps``
+:class:`~lanczos_hessian.curvature.operators.CurvatureOperator`) thus makes exactly ``num_steps``
 passes, whatever ``P``. Each probe's step is, with full reorthogonalization, the step of
-:class:`~lanczos_hessian.lanczos.LanczosProcess` (``alpha = q^T A q``, then classical
+:class:`~lanczos_hessian.linalg.lanczos.LanczosProcess` (``alpha = q^T A q``, then classical
 Gram-Schmidt twice against the probe's own basis), so lockstep and one-probe-at-a-time
 runs give the same numbers.
 
 Breakdown: when ``beta_j <= eps * ||T|| * max(100, sqrt(n))`` (the rule of
-:mod:`~lanczos_hessian.lanczos`) the Krylov space of the probe is invariant and its
+:mod:`~lanczos_hessian.linalg.lanczos`) the Krylov space of the probe is invariant and its
 ``j``-node rule already integrates ``mu_u`` exactly. The probe then stops: it is dropped
 from later block products (it costs nothing more), its last ``beta`` is recorded as 0, and
 its rows of ``nodes``/``weights`` are padded with NaN nodes of weight 0.
@@ -60,7 +60,7 @@ spectrum approximation", Sec. 5). Memory falls from ``P * m * n`` to ``3 * P * n
 Deflation
 ---------
 Given ``k`` eigenpairs ``(lambda_j, y_j)`` (e.g. the outliers from
-:func:`~lanczos_hessian.eigen.lanczos_eigsh`), SLQ runs on ``P A P`` restricted to the
+:func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`), SLQ runs on ``P A P`` restricted to the
 complement of ``Y = [y_1 .. y_k]``, ``P = I - Y Y^T`` (``Y`` re-orthonormalized by QR so
 ``P`` is an exact orthogonal projector): probes are projected (``u = P z / ||P z||``) and
 every product is projected again. The spectral measure of ``A`` is then
@@ -86,12 +86,11 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from . import density
-from .basis import TensorBasis
-from ..parallel.distributed import common_seed
 from .eigsh import EigshResult, lanczos_eigsh
-from .lanczos import EPS, orthogonalize
+from .hooks import NO_HOOKS, Hooks
+from .lanczos import EPS, LockstepLanczos
 from .linop import BlockMatvec, as_block_matvec
-from ..parallel.sharding import Shard, ShardedBasis, ShardedMatvec
+from .partition import ShardedMatvec, Whole, whole_or
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ ORTHONORMALITY_TOL = 1e-3
 
 
 @dataclass(frozen=True)
-class SLQResult:
+class SLQResult(density.QuadratureStatistics):
     """Gauss quadrature rules of ``P`` probes (see the module docstring).
 
     Attributes
@@ -145,6 +144,9 @@ class SLQResult:
         The part of ``num_passes``/``num_matvecs`` spent computing the outliers.
     timings : dict
         Seconds in the operator, in orthogonalization/projection, in the quadrature, total.
+
+    The statistics (``density``, ``trace``, ``moments``, ``fraction_below``, ...) are those of
+    :class:`~lanczos_hessian.linalg.density.QuadratureStatistics`.
     """
 
     nodes: np.ndarray
@@ -166,38 +168,6 @@ class SLQResult:
     deflation_passes: int = 0
     deflation_matvecs: int = 0
     timings: dict = field(default_factory=dict)
-
-    # Convenience wrappers of lanczos_hessian.density -------------------------------
-    def measure(self) -> tuple:
-        """Probe-averaged measure of the whole spectrum (:func:`density.quadrature_measure`)."""
-        return density.quadrature_measure(self)
-
-    def density(self, grid=None, width=None, num_points: int = density.DEFAULT_NUM_POINTS):
-        """``(grid, phi)``: :func:`density.spectral_density` with the outliers included."""
-        return density.spectral_density(self.nodes, self.weights, grid, width, num_points,
-                                        outliers=self.outliers, dim=self.dim)
-
-    def trace(self) -> density.Estimate:
-        """:func:`density.trace_estimate` of ``tr(A)``."""
-        return density.trace_estimate(self.nodes, self.weights, dim=self.dim,
-                                      outliers=self.outliers)
-
-    def moments(self, order: int) -> tuple:
-        """:func:`density.moment_estimates`: ``tr(A^q)``, ``q = 0 .. order``."""
-        return density.moment_estimates(self.nodes, self.weights, order, dim=self.dim,
-                                        outliers=self.outliers)
-
-    def fraction_below(self, threshold: float) -> density.Estimate:
-        return density.fraction_below(self.nodes, self.weights, threshold,
-                                      outliers=self.outliers, dim=self.dim)
-
-    def fraction_within(self, band: float) -> density.Estimate:
-        return density.fraction_within(self.nodes, self.weights, band,
-                                       outliers=self.outliers, dim=self.dim)
-
-    def mass_above(self, threshold: float) -> density.Estimate:
-        return density.mass_above(self.nodes, self.weights, threshold,
-                                  outliers=self.outliers, dim=self.dim)
 
 
 @dataclass(frozen=True)
@@ -268,10 +238,11 @@ def draw_probes(dim: int, num_probes: int, kind: str = "rademacher", rng=None) -
     return gen.standard_normal((dim, num_probes))
 
 
-def _resolve_seed(rng) -> int:
-    """An integer seed: ``rng`` itself, fresh entropy for None, or drawn from a Generator."""
-    if rng is None:  # 63 bits (an int64 attribute); drawn on rank 0, shared by all ranks
-        return common_seed(None)
+def _resolve_seed(rng, matvec) -> int:
+    """An integer seed: ``rng`` itself, drawn from a Generator, or for None fresh entropy
+    (63 bits, an int64 attribute; the operator's, so that every rank draws the same)."""
+    if rng is None:
+        return matvec.draw_seed()
     if isinstance(rng, np.random.Generator):
         return int(rng.integers(2**63))
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
@@ -285,12 +256,12 @@ def _resolve_seed(rng) -> int:
 class _Projector:
     """``P = I - Q Q^T`` for an orthonormal basis ``Q`` of ``span(Y)`` (identity if ``k = 0``).
 
-    With a :class:`~lanczos_hessian.sharding.Shard`, ``Y`` is whole and ``Q`` keeps this
-    rank's rows; ``Q^T W`` is summed over ranks.
+    With a split :class:`~lanczos_hessian.linalg.partition.Whole`, ``Y`` is whole and ``Q``
+    keeps this process's rows; ``Q^T W`` is summed over processes.
     """
 
     def __init__(self, Y: torch.Tensor | None, shard=None):
-        self.shard = shard or Shard(0 if Y is None else Y.shape[0], 0, 1)
+        self.shard = shard or Whole(0 if Y is None else Y.shape[0])
         Q = None if Y is None or Y.shape[1] == 0 else torch.linalg.qr(Y)[0]
         self.Q = None if Q is None else self.shard.local(Q).contiguous()
 
@@ -346,118 +317,6 @@ def _parse_deflate(deflate, dim: int, device) -> tuple:
     return values, residuals, (Y if k else None)
 
 
-# ------------------------------------------------------------------ lockstep Lanczos
-
-
-class _LockstepLanczos:
-    """``P`` independent Lanczos recurrences advanced by one block product per step."""
-
-    def __init__(self, matvec: BlockMatvec, U: torch.Tensor, num_steps: int,
-                 reorthogonalize: bool, project: _Projector, basis_device=None,
-                 basis_factory=None, shard=None):
-        rows, P = U.shape
-        self.shard = shard or Shard(rows, 0, 1)
-        n = self.shard.n
-        self.matvec, self.project = matvec, project
-        self.dim = n
-        self.reorthogonalize = reorthogonalize
-        self.q = U.clone()                       # current Lanczos vectors, (n, P)
-        self.q_prev = torch.zeros_like(U)        # previous ones (three-term recurrence)
-        self.beta_prev = np.zeros(P)
-        self.alphas = np.full((P, num_steps), np.nan)
-        self.betas = np.full((P, num_steps), np.nan)
-        self.num_nodes = np.zeros(P, dtype=np.int64)
-        self.active = np.ones(P, dtype=bool)
-        self.anorm = np.zeros(P)                 # max |entry| of T so far, per probe
-        # With full reorthogonalization the space has dimension n - k: a probe can make at
-        # most that many steps before its residual must vanish.
-        self.max_length = n - project.rank if reorthogonalize else math.inf
-        capacity = int(min(num_steps, self.max_length))
-        basis_device = U.device if basis_device is None else torch.device(basis_device)
-        make = basis_factory or (lambda p, dim, cap: TensorBasis(dim, cap, device=basis_device))
-        self.bases = ([self._sharded(make(p, rows, capacity)) for p in range(P)]
-                      if reorthogonalize else None)
-        self.timings = {"operator": 0.0, "orthogonalization": 0.0}
-
-    def step(self) -> None:
-        """One Lanczos step of every active probe, with one block application of ``A``."""
-        idx = np.flatnonzero(self.active)
-        j = int(self.num_nodes[idx[0]])  # all active probes are at the same step
-        Q = self.q[:, idx]
-        t0 = time.perf_counter()
-        W = self.matvec(Q.to(self.matvec.device)).to(Q.device, torch.float64)
-        t1 = time.perf_counter()
-        W = self.project(W)
-        if self.reorthogonalize:
-            alpha, W = self._reorthogonalized(idx, Q, W)
-        else:
-            alpha, W = self._three_term(idx, Q, W)
-        beta = self.shard.sum((W * W).sum(dim=0)).sqrt().cpu().numpy()
-        self.timings["operator"] += t1 - t0
-        self.timings["orthogonalization"] += time.perf_counter() - t1
-        self.anorm[idx] = np.maximum.reduce([self.anorm[idx], np.abs(alpha),
-                                             self.beta_prev[idx]])
-        tol = EPS * np.maximum(self.anorm[idx], EPS) * max(100.0, math.sqrt(self.dim))
-        broke = (beta <= tol) | (j + 1 >= self.max_length)
-        beta = np.where(broke, 0.0, beta)
-        self.alphas[idx, j] = alpha
-        self.betas[idx, j] = beta
-        self.num_nodes[idx] = j + 1
-        keep = ~broke
-        kept = idx[keep]
-        scale = torch.as_tensor(beta[keep], dtype=torch.float64, device=W.device)
-        self.q_prev[:, kept] = Q[:, keep]
-        self.q[:, kept] = W[:, keep] / scale
-        self.beta_prev[kept] = beta[keep]
-        self.active[idx[broke]] = False
-
-    def _sharded(self, store):
-        """A probe's store, wrapped so that its inner products sum over ranks when split."""
-        return ShardedBasis(store, self.shard) if self.shard.is_split else store
-
-    def _reorthogonalized(self, idx, Q, W):
-        """``alpha = q^T A q``; then CGS twice against each probe's own basis (with ``q``)."""
-        alpha = self.shard.sum((Q * W).sum(dim=0)).cpu().numpy()
-        columns = []
-        for c, p in enumerate(idx):
-            self.bases[p].append(Q[:, c])
-            w, _ = orthogonalize(W[:, c], self.bases[p])
-            columns.append(w)
-        return alpha, torch.stack(columns, dim=1)
-
-    def _three_term(self, idx, Q, W):
-        """Paige's ordering: ``w = A q - beta_prev q_prev``; ``alpha = q^T w``; ``w -= alpha q``."""
-        beta_prev = torch.as_tensor(self.beta_prev[idx], dtype=torch.float64, device=W.device)
-        W = W - self.q_prev[:, idx] * beta_prev
-        alpha_t = self.shard.sum((Q * W).sum(dim=0)).to(W.device)
-        W = W - Q * alpha_t
-        return alpha_t.cpu().numpy(), W
-
-    def snapshot(self, step: int) -> tuple:
-        return self.alphas[:, :step].copy(), self.betas[:, :step].copy()
-
-    def state_dict(self) -> tuple:
-        """``(small, vectors)`` to continue exactly; the bases are restored by their stores."""
-        small = {"beta_prev": self.beta_prev.copy(), "alphas": self.alphas.copy(),
-                 "betas": self.betas.copy(), "num_nodes": self.num_nodes.copy(),
-                 "active": self.active.copy(), "anorm": self.anorm.copy(),
-                 "timing_operator": self.timings["operator"],
-                 "timing_orthogonalization": self.timings["orthogonalization"]}
-        return small, [self.q, self.q_prev]
-
-    def load_state_dict(self, small: dict, q, q_prev) -> None:
-        self.beta_prev = np.array(small["beta_prev"], dtype=np.float64)
-        self.alphas = np.array(small["alphas"], dtype=np.float64)
-        self.betas = np.array(small["betas"], dtype=np.float64)
-        self.num_nodes = np.array(small["num_nodes"], dtype=np.int64)
-        self.active = np.array(small["active"], dtype=bool)
-        self.anorm = np.array(small["anorm"], dtype=np.float64)
-        self.timings = {"operator": float(small["timing_operator"]),
-                        "orthogonalization": float(small["timing_orthogonalization"])}
-        self.q = q.to(self.q.device, torch.float64).clone()
-        self.q_prev = q_prev.to(self.q.device, torch.float64).clone()
-
-
 # ------------------------------------------------------------------ drivers
 
 
@@ -469,11 +328,12 @@ def _validate(num_probes, num_steps, probe):
         raise ValueError(f"unknown probe={probe!r}; choose one of {PROBES}")
 
 
-def _start_vectors(probes, num_probes, probe, rng, n, device, project, shard) -> tuple:
+def _start_vectors(probes, num_probes, probe, rng, matvec, project, shard) -> tuple:
     """Unit columns ``P z / ||P z||`` (this rank's rows of them when sharded) and the seed
     (None for explicit probes)."""
+    n, device = matvec.dim, matvec.device
     if probes is None:
-        seed = _resolve_seed(rng)
+        seed = _resolve_seed(rng, matvec)
         Z = torch.from_numpy(draw_probes(n, num_probes, probe, seed))
     else:
         seed = None
@@ -495,14 +355,14 @@ def _start_vectors(probes, num_probes, probe, rng, n, device, project, shard) ->
 def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademacher",
         rng=None, reorthogonalize: bool = True, deflate=None, callback=None,
         progress: bool = False, dim: int | None = None, probes=None,
-        basis_device=None, basis_factory=None, checkpoint=None, shard=None) -> SLQResult:
+        basis_device=None, hooks: Hooks = NO_HOOKS) -> SLQResult:
     """Stochastic Lanczos quadrature with ``num_probes`` probes of ``num_steps`` steps each.
 
     Parameters
     ----------
     op : LinearOperator, CurvatureOperator, array, tensor, callable or BlockMatvec
-        The symmetric ``n x n`` operator (see :mod:`lanczos_hessian.linop`); a
-        :class:`~lanczos_hessian.linop.BlockMatvec` is used as is (its counters keep
+        The symmetric ``n x n`` operator (see :mod:`lanczos_hessian.linalg.linop`); a
+        :class:`~lanczos_hessian.linalg.linop.BlockMatvec` is used as is (its counters keep
         running, so a caller can count applications).
     num_probes : int
         ``P >= 1``; default 10. Every estimate reports its standard error over probes, so
@@ -533,18 +393,13 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     basis_device : torch.device or str, optional
         Where the ``P`` stored bases (``P * num_steps * n`` float64 numbers) live; default
         the operator's device, ``"cpu"`` to keep them in host memory (same numbers).
-    basis_factory : callable, optional
-        ``basis_factory(p, n, capacity)`` returns probe ``p``'s basis store (e.g. an
-        :class:`~lanczos_hessian.basis.HDF5Basis` on disk); overrides ``basis_device``.
-    checkpoint : object, optional
-        ``restore(lanczos) -> step or None`` before the first step and
-        ``commit(lanczos, step, finished)`` after every step: a killed run resumes from its
-        last committed step (:class:`lanczos_hessian.checkpoint.SLQCheckpointer`).
-    shard : Shard, optional
-        Under ``torch.distributed``, split every Lanczos vector and basis by rows across the
-        ranks (:mod:`lanczos_hessian.sharding`): each rank stores ``1 / W`` of the ``P``
-        bases, inner products are summed over ranks, and every rank ends with the same
-        result. ``basis_factory`` then makes stores of this rank's rows.
+    hooks : Hooks, optional
+        Where the probes' bases live (``hooks.bases(p, rows, capacity)``, e.g. on disk; it
+        overrides ``basis_device``), the checkpoint committed after every step (its
+        ``restore`` returns the committed state with its ``step``), and the rows held when
+        the vectors are split across ranks: each rank then stores ``1 / W`` of the ``P``
+        bases, inner products are summed over ranks, and every rank ends with the same result
+        (:mod:`lanczos_hessian.linalg.hooks`).
 
     Returns
     -------
@@ -556,17 +411,18 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     n = matvec.dim
     device = matvec.device
     outliers, outlier_residuals, Y = _parse_deflate(deflate, n, device)
-    shard = shard if shard is not None and shard.is_split else Shard(n, 0, 1)
+    shard, checkpoint = whole_or(hooks.shard, n), hooks.checkpoint
     project = _Projector(Y, shard)
-    U, seed = _start_vectors(probes, num_probes, probe, rng, n, device, project, shard)
+    U, seed = _start_vectors(probes, num_probes, probe, rng, matvec, project, shard)
     if shard.is_split:
         matvec = ShardedMatvec(matvec, shard)
     passes0, vectors0 = matvec.num_passes, matvec.num_vectors
-    lanczos = _LockstepLanczos(matvec, U, num_steps, reorthogonalize, project, basis_device,
-                               basis_factory, shard)
+    lanczos = LockstepLanczos(matvec, U, num_steps, reorthogonalize, project, basis_device,
+                              hooks.bases, shard)
     steps = 0
     if checkpoint is not None:
-        steps = checkpoint.restore(lanczos) or 0
+        resumed = checkpoint.restore(lanczos)
+        steps = 0 if resumed is None else int(resumed["step"])
         passes0 -= steps  # the restored steps count as this run's passes
         vectors0 -= int(lanczos.num_nodes.sum())
     bar = _progress_bar(progress, num_steps, steps)
@@ -580,7 +436,8 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
             callback(steps, _step_state(lanczos, steps, was_active, matvec, passes0,
                                         vectors0, time.perf_counter() - start))
         if checkpoint is not None:
-            checkpoint.commit(lanczos, steps, not (steps < num_steps and lanczos.active.any()))
+            checkpoint.commit(lanczos, {"step": steps},
+                              not (steps < num_steps and lanczos.active.any()))
     if bar is not None:
         bar.close()
     t0 = time.perf_counter()
@@ -615,64 +472,73 @@ def _step_state(lanczos, step, was_active, matvec, passes0, vectors0, elapsed) -
                    num_matvecs=matvec.num_vectors - vectors0, elapsed_s=elapsed)
 
 
+def split_seed(seed) -> tuple:
+    """``(eigensolver seed, probe seed)``: two independent integer seeds spawned from ``seed``
+    (``numpy.random.SeedSequence(seed).spawn(2)``), so that a deflated run draws its probes
+    independently of its eigensolver's start vector, and the same probes whether it ran
+    whole or resumed. Every deflated SLQ of the package (Python, command line, demo) splits
+    its seed here."""
+    return tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(2))
+
+
+def deflation_plan(k_top: int, k_bottom: int) -> tuple:
+    """``(k, which, k_bottom)`` of the ONE eigensolver run that computes the ``k_top`` largest
+    and ``k_bottom`` smallest eigenpairs: ``LA``, ``SA``, or ``BE`` with its bottom count."""
+    for name, value in (("k_top", k_top), ("k_bottom", k_bottom)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    k = int(k_top + k_bottom)
+    which = "BE" if k_top and k_bottom else "LA" if k_top else "SA"
+    return k, which, (int(k_bottom) if which == "BE" else None)
+
+
+def with_deflation_cost(result: SLQResult, passes: int, matvecs: int,
+                        seconds: float | None = None) -> SLQResult:
+    """``result`` with the eigensolver's applications counted in ``num_passes`` and
+    ``num_matvecs`` (and recorded apart as ``deflation_passes``/``deflation_matvecs``)."""
+    timings = result.timings
+    if seconds is not None:
+        timings = {**timings, "eigsh": seconds, "total": timings["total"] + seconds}
+    return replace(result, num_passes=result.num_passes + passes,
+                   num_matvecs=result.num_matvecs + matvecs,
+                   deflation_passes=passes, deflation_matvecs=matvecs, timings=timings)
+
+
 def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
                  num_steps: int = 80, *, tol: float = 1e-6, probe: str = "rademacher",
                  rng=None, reorthogonalize: bool = True, ncv: int | None = None,
                  max_matvecs: int | None = None, callback=None, progress: bool = False,
                  dim: int | None = None, basis_device=None) -> SLQResult:
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs by
-    :func:`~lanczos_hessian.eigen.lanczos_eigsh`, then :func:`slq` deflated by them.
+    :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, then :func:`slq` deflated by them.
 
-    One eigensolver call: ``which="LA"`` (``k_bottom = 0``), ``"SA"`` (``k_top = 0``), or
-    ``"BE"`` when ``k_top - k_bottom`` is 0 or 1 (its split); otherwise one ``"LA"`` and one
-    ``"SA"`` call. ``tol`` (default ``1e-6``, the eigensolver's) bounds the residuals
+    One eigensolver run (:func:`deflation_plan`) from the first seed of :func:`split_seed`,
+    the probes from the second: the same numbers as ``lanczos-hessian slq --deflate-top
+    k_top --deflate-bottom k_bottom --seed rng`` and :func:`lanczos_hessian.run.slq`.
+    ``rng`` is an int seed, a numpy Generator (one seed is drawn from it) or None (fresh
+    entropy). ``tol`` (default ``1e-6``, the eigensolver's) bounds the residuals
     ``||A y - lambda y|| <= tol ||A||``; an unconverged pair still deflates a valid subspace
     but its coupling to the bulk (its residual) is left out (a
     :class:`~lanczos_hessian.errors.NumericalWarning` says so). ``num_passes`` and
     ``num_matvecs`` of the result count ALL applications (eigensolver and SLQ);
-    ``deflation_passes``/``deflation_matvecs`` the eigensolver's part. ``rng`` seeds both;
-    the other arguments are :func:`slq`'s and :func:`~lanczos_hessian.eigen.lanczos_eigsh`'s.
+    ``deflation_passes``/``deflation_matvecs`` the eigensolver's part. The other arguments
+    are :func:`slq`'s and :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`'s.
     """
     _validate(num_probes, num_steps, probe)
-    for name, value in (("k_top", k_top), ("k_bottom", k_bottom)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if k_top + k_bottom < 1:
+    k, which, k_b = deflation_plan(k_top, k_bottom)
+    if k < 1:
         raise ValueError("deflated_slq needs k_top + k_bottom >= 1 (else call slq)")
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    calls = []
-    if k_bottom == 0:
-        calls.append(("LA", k_top))
-    elif k_top == 0:
-        calls.append(("SA", k_bottom))
-    elif k_top - k_bottom in (0, 1):
-        calls.append(("BE", k_top + k_bottom))
-    else:
-        calls += [("SA", k_bottom), ("LA", k_top)]
+    matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
+    eigs_seed, probe_seed = split_seed(_resolve_seed(rng, matvec))
     t0 = time.perf_counter()
     eig_op, eig_dim = _eigsh_operand(op, dim)
-    values, vectors, residuals = [], [], []
-    deflation_passes = deflation_matvecs = 0
-    for which, k in calls:
-        res = lanczos_eigsh(eig_op, k, which, tol, ncv=ncv, max_matvecs=max_matvecs,
-                            rng=gen, progress=progress, dim=eig_dim)
-        values.append(res.eigenvalues)
-        vectors.append(res.eigenvectors)
-        residuals.append(res.residual_bounds)
-        deflation_passes += res.num_passes
-        deflation_matvecs += res.num_matvecs
+    eigs = lanczos_eigsh(eig_op, k, which, tol, k_bottom=k_b, ncv=ncv, max_matvecs=max_matvecs,
+                         rng=eigs_seed, progress=progress, dim=eig_dim)
     t_eig = time.perf_counter() - t0
-    deflate = (np.concatenate(values), np.concatenate(vectors, axis=1),
-               np.concatenate(residuals))
-    result = slq(op, num_probes, num_steps, probe=probe, rng=gen,
-                 reorthogonalize=reorthogonalize, deflate=deflate, callback=callback,
+    result = slq(op, num_probes, num_steps, probe=probe, rng=probe_seed,
+                 reorthogonalize=reorthogonalize, deflate=eigs, callback=callback,
                  progress=progress, dim=dim, basis_device=basis_device)
-    return replace(result,
-                   num_passes=result.num_passes + deflation_passes,
-                   num_matvecs=result.num_matvecs + deflation_matvecs,
-                   deflation_passes=deflation_passes, deflation_matvecs=deflation_matvecs,
-                   timings={**result.timings, "eigsh": t_eig,
-                            "total": result.timings["total"] + t_eig})
+    return with_deflation_cost(result, eigs.num_passes, eigs.num_matvecs, t_eig)
 
 
 def _eigsh_operand(op, dim):

@@ -33,37 +33,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import LanczosHessianError
+from ..errors import DistributedError, RankFailedError, RankMismatchError
 
 DEFAULT_TIMEOUT_S = 1800.0
 TIMEOUT_ENV = "LANCZOS_HESSIAN_TIMEOUT"
-
-
-class DistributedError(LanczosHessianError, RuntimeError):
-    """A multi-process run cannot go on: launch variables, a collective, a timeout."""
-
-
-class RankFailedError(DistributedError):
-    """Another rank failed during its local part of a collective step.
-
-    Attributes
-    ----------
-    failures : list of (rank, exception type name, message)
-        Every rank that failed, in rank order.
-    """
-
-    def __init__(self, message, failures):
-        super().__init__(message)
-        self.failures = failures
-
-
-class RankMismatchError(DistributedError):
-    """The ranks disagree on what must be identical: model, data, or the vectors applied.
-
-    Every rank computes its share of the *same* product; a model initialized differently on
-    each rank, a data set loaded differently, or a solver started from different random
-    vectors on each rank would make the sum meaningless. Raised on every rank alike.
-    """
 
 
 @dataclass(frozen=True)
@@ -220,7 +193,7 @@ def common_seed(seed: int | None = None) -> int:
     """``seed`` itself, or (for ``None``) fresh entropy drawn on rank 0 and shared by all.
 
     For solvers that draw random vectors: every rank must draw the same ones (the operators
-    check this on every application, see :mod:`lanczos_hessian.operators`). One small
+    check this on every application, see :mod:`lanczos_hessian.curvature.operators`). One small
     collective when ``seed`` is None under a process group; no collective otherwise.
     """
     if seed is not None:

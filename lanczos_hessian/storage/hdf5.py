@@ -232,29 +232,26 @@ def _torch_version():
         return "unknown"
 
 
-def write_eigs(writer: SpectrumWriter, result, group: str = "eigs", settings: dict | None = None):
-    """Store an :class:`~lanczos_hessian.eigen.EigshResult` under ``group`` and mark it complete."""
-    writer.write_arrays(group, {
-        "eigenvalues": result.eigenvalues,
-        "residual_bounds": result.residual_bounds,
-        "error_bounds": result.error_bounds,
-        "residuals": result.residuals,
-        "converged": result.converged.astype(np.int8),
-        "alphas": result.alphas,
-        "betas": result.betas,
-        "eigenvectors": result.eigenvectors,
-    })
-    writer.set_attrs(group, {
-        **(settings or {}),
-        "which": result.which,
-        "tol": result.tol,
-        "anorm": result.anorm,
-        "num_matvecs": result.num_matvecs,
-        "num_passes": result.num_passes,
-        "num_restarts": result.num_restarts,
-        "timings": result.timings,
-        "complete": True,
-    })
+def check_disk_space(out, dim: int, capacity: int) -> None:
+    """Refuse to start when the output's file system cannot hold ``capacity`` basis vectors of
+    ``dim`` float64 values, double-buffered, and two state vectors (before any pass)."""
+    import shutil
+
+    need = dim * 2 * capacity * 8 + 2 * dim * 8
+    free = shutil.disk_usage(Path(out).resolve().parent).free
+    if free < need:
+        raise OutputPathError(
+            f"not enough disk space for the Lanczos basis in {out}: {need / 2**30:.2f} GiB "
+            f"needed ({capacity} columns of {dim} float64 values, double-buffered), "
+            f"{free / 2**30:.2f} GiB free")
+
+
+def shard_state_path(out, rank: int, world_size: int) -> Path:
+    """Where rank ``rank`` (> 0) of a run with sharded Lanczos vectors keeps its rows of the
+    run's state: ``run.h5`` -> ``run.rank1-of-4.h5``, beside the run's own file (rank 0
+    keeps its rows in the run's file)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world_size}{out.suffix}")
 
 
 # ---- reading --------------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""Which rows of every vector this process holds, and the sums that complete its dot products.
+
+The numerical layer is written once for two cases. Usually a process holds whole vectors
+(:class:`Whole`): every method here is then the identity or a plain dot product. Under
+``torch.distributed`` with sharded Lanczos vectors, process ``r`` of ``W`` holds rows
+``[n r / W, n (r + 1) / W)`` of every vector, so that each inner product is a local partial sum
+followed by a sum over processes, and the operator needs the rows gathered first
+(:class:`lanczos_hessian.parallel.sharding.Shard` implements those two collectives).
+
+:class:`ShardedMatvec` and :class:`~lanczos_hessian.linalg.basis.ShardedBasis` work with any
+partition; this module imports no process group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Whole:
+    """Rows ``[lo, hi)`` of vectors of length ``n`` held here; here all of them.
+
+    Subclasses that split the rows across processes override :meth:`_all_reduce` and
+    :meth:`gather`.
+    """
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        self.n, self.rank, self.world_size = n, rank, world_size
+        self.lo = n * rank // world_size
+        self.hi = n * (rank + 1) // world_size
+        self.counts = [n * (r + 1) // world_size - n * r // world_size
+                       for r in range(world_size)]
+
+    @property
+    def is_split(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def local_dim(self) -> int:
+        return self.hi - self.lo
+
+    def local(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a whole vector or block."""
+        return x[self.lo:self.hi] if self.is_split else x
+
+    def sum(self, partial: torch.Tensor) -> torch.Tensor:
+        """``partial`` summed over the processes that share the rows (a new float64 tensor)."""
+        total = partial.to(torch.float64).clone()
+        if self.is_split:
+            self._all_reduce(total)
+        return total
+
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """``a . b`` over the whole vectors."""
+        return float(self.sum((a @ b).reshape(1))[0])
+
+    def norm(self, a: torch.Tensor) -> float:
+        return self.dot(a, a) ** 0.5
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole vector (or block) from every process's rows."""
+        if self.is_split:
+            raise NotImplementedError(f"{type(self).__name__} cannot gather split rows")
+        return x
+
+    def _all_reduce(self, total: torch.Tensor) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot sum over processes")
+
+
+def whole_or(partition, n: int) -> Whole:
+    """``partition`` when it splits the rows, else whole vectors of length ``n``."""
+    return partition if partition is not None and partition.is_split else Whole(n)
+
+
+class ShardedMatvec:
+    """``A V`` on row slices: gather the rows, apply ``A`` (one pass), keep this process's rows."""
+
+    def __init__(self, matvec, partition: Whole):
+        self.inner, self.partition = matvec, partition
+        self.dim, self.device = matvec.dim, matvec.device
+
+    @property
+    def num_passes(self):
+        return self.inner.num_passes
+
+    @num_passes.setter
+    def num_passes(self, value):
+        self.inner.num_passes = value
+
+    @property
+    def num_vectors(self):
+        return self.inner.num_vectors
+
+    @num_vectors.setter
+    def num_vectors(self, value):
+        self.inner.num_vectors = value
+
+    def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        full = self.partition.gather(V.to(self.device))
+        return self.partition.local(self.inner(full))
