@@ -24,6 +24,7 @@ from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator
 from .curvature.params import ParameterSpace
 from .errors import (
     DenseSizeError,
+    DiskFullError,
     DistributedError,
     ForwardModeUnsupportedError,
     InvalidDataError,
@@ -43,14 +44,17 @@ from .errors import (
 from .linalg.density import Estimate, spectral_density, wasserstein1
 from .linalg.eigsh import EigshResult, lanczos_eigsh
 from .linalg.hooks import Hooks
-from .linalg.slq import SLQResult, deflated_slq, slq
+from .linalg.slq import SLQResult, adaptive_slq, deflated_slq, slq
+from .linalg.trace import hutchinson_trace
 from .parallel.sharding import Shard
 from .storage.hdf5 import read_file
 
 __all__ = [
     "__version__",
+    "adaptive_slq",
     "CurvatureOperator",
     "DenseSizeError",
+    "DiskFullError",
     "DistributedError",
     "EigshResult",
     "Estimate",
@@ -86,6 +90,7 @@ __all__ = [
     "direction_profile",
     "full_gradient",
     "gradient_overlap",
+    "hutchinson_trace",
     "lanczos_eigsh",
     "layer_spectra",
     "line_profile",

@@ -11,8 +11,10 @@ rank 0 prints and writes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from pathlib import Path
 
 from .errors import LanczosHessianError
 
@@ -41,7 +43,14 @@ def _operator_args(parser):
                         help="restrict to these parameters or module prefixes (a block)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "forward-over-reverse", "reverse-over-reverse"))
+                        choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
+                        help="differentiation of the products; auto (default): "
+                             "reverse-over-reverse for a model with convolutions, else "
+                             "forward-over-reverse where forward mode works (a fixed rule, "
+                             "recorded in --out; a resume with another is refused)")
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="let CUDA products use TF32 (faster, about three digits less "
+                             "accurate; off by default, recorded in --out)")
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: cuda if "
                         "available, on the local rank's GPU)")
     parser.add_argument("--model-dtype", choices=("float32", "float64"), default=None,
@@ -70,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     eigs.add_argument("--k-bottom", type=int, default=None, help="with --which BE")
     eigs.add_argument("--tol", type=float, default=1e-6, help="residual <= tol*||H||")
     eigs.add_argument("--ncv", type=int, default=None, help="basis size before a restart")
-    eigs.add_argument("--max-matvecs", type=int, default=None)
+    eigs.add_argument("--max-matvecs", type=int, default=None,
+                      help="budget of vectors the operator is applied to")
+    eigs.add_argument("--block-size", type=int, default=1,
+                      help="vectors per pass over the data (block Lanczos; default 1)")
     eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
     eigs.add_argument("--resume", action="store_true",
                       help="continue a killed run from the last committed step in --out")
@@ -127,14 +139,93 @@ def _build_operator(args):
     from .curvature.operators import OPERATORS
     from .examples.problems import load_problem
 
+    device = _device(args.device) if args.device else default_device()
     problem = load_problem(args.problem, args.checkpoint, **_problem_kwargs(args))
     model = problem.model
     if args.model_dtype:
         model = model.to(getattr(torch, args.model_dtype))
-    model = model.to(torch.device(args.device) if args.device else default_device())
+    try:
+        model = model.to(device)
+    except (AssertionError, RuntimeError) as exc:
+        raise ValueError(f"--device {device}: cannot move the model there ({exc})") from exc
     op = OPERATORS[args.operator](model, problem.loss_fn, problem.data, params=args.params,
-                                  batch_size=args.batch_size, strategy=args.strategy)
+                                  batch_size=args.batch_size, strategy=args.strategy,
+                                  allow_tf32=args.allow_tf32)
     return problem, op
+
+
+def _device(name: str):
+    """``--device``'s value as a device that exists here, or a clear ValueError."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"--device {name!r} is not a device name ({exc}); e.g. cpu, cuda, "
+                         "cuda:1") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this build of torch has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA device is visible to this process")
+            raise ValueError(f"--device {name}: {why} (torch {torch.__version__}); use "
+                             "--device cpu, or install a CUDA build of torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) are visible")
+    return device
+
+
+#: Options that must be integers >= 1 (when given), and >= 0.
+_POSITIVE = ("k", "k_bottom", "ncv", "max_matvecs", "batch_size", "num_probes", "num_steps",
+             "num_examples", "num_classes")
+_NON_NEGATIVE = ("seed", "deflate_top", "deflate_bottom", "steps")
+
+
+def _check_args(args) -> None:
+    """Refuse an invalid option value before any model is built or file created, naming the
+    option (the solvers check the rest, also before any file is created)."""
+    for names, low, phrase in ((_POSITIVE, 1, "a positive integer"),
+                               (_NON_NEGATIVE, 0, "a non-negative integer")):
+        for name in names:
+            value = getattr(args, name, None)
+            if value is not None and value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be {phrase}, got {value}")
+    tol = getattr(args, "tol", None)
+    if tol is not None and not tol > 0:
+        raise ValueError(f"--tol must be positive, got {tol}")
+
+
+@contextlib.contextmanager
+def _writer_lock(args):
+    """Rank 0 of a command that writes ``--out`` holds the file's lock from the start, so
+    that a second writer, ``--resume`` or ``--overwrite`` on a file a live run writes is
+    refused at once, before any model is built (every rank learns of the refusal); the
+    command's writers join it (:mod:`lanczos_hessian.storage.lock`)."""
+    from .parallel.distributed import current_world, default_device, gather_rows
+    from .storage.hdf5 import check_output_location, clear_left_open
+    from .storage.lock import hold
+
+    out, resume = getattr(args, "out", None), getattr(args, "resume", False)
+    if args.command == "analyze" or out is None or (resume and not Path(out).exists()):
+        yield  # nothing to lock (a resume of a missing file is refused by the run itself)
+        return
+    world = current_world()
+    with contextlib.ExitStack() as stack:
+        error = None
+        if world.is_main:
+            try:
+                if not resume:
+                    check_output_location(out)
+                stack.enter_context(hold(out))
+                if resume:
+                    clear_left_open(out)  # a killed writer's flags, before replicas read
+            except Exception as exc:  # noqa: BLE001 (every rank learns of it)
+                error = exc
+        if world.size > 1:
+            gather_rows([0.0], error, device=default_device(), what="locking --out")
+        elif error is not None:
+            raise error
+        yield
 
 
 def _problem_kwargs(args):
@@ -162,7 +253,8 @@ def _run_eigs(args, echo):
         check_output_path(args.out, args.overwrite)
     problem, op = _build_operator(args)
     result = run_eigs(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
-                      tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs, seed=args.seed,
+                      tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs,
+                      block_size=args.block_size, seed=args.seed,
                       save_vectors=args.save_vectors, overwrite=args.overwrite,
                       resume=args.resume, memory_budget=args.memory_budget,
                       shard_vectors=args.shard_vectors,
@@ -246,7 +338,9 @@ def main(argv=None) -> int:
     echo = print if current_world().is_main else (lambda *a, **k: None)
     orderly = False
     try:
-        COMMANDS[args.command](args, echo)
+        _check_args(args)
+        with _writer_lock(args):
+            COMMANDS[args.command](args, echo)
         orderly = True
     except (LanczosHessianError, ValueError, FileNotFoundError, ImportError, MemoryError) as exc:
         print(f"lanczos-hessian {args.command}: error: {exc}", file=sys.stderr)

@@ -52,6 +52,11 @@ class OutputPathError(LanczosHessianError, OSError):
     """An output file exists (and overwriting was not allowed) or cannot be written."""
 
 
+class DiskFullError(OutputPathError):
+    """The output's file system filled up during a run: the file was closed with everything
+    committed before readable, and the run can continue with ``--resume`` once there is room."""
+
+
 class NoConvergenceError(LanczosHessianError, RuntimeError):
     """Lanczos stopped before every wanted pair met its tolerance.
 

@@ -38,9 +38,12 @@ import platform
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
+
 from .linalg.basis import TensorBasis, choose_location
-from .linalg.eigsh import default_ncv, lanczos_eigsh
+from .linalg.eigsh import check_arguments, default_ncv, lanczos_eigsh
 from .linalg.hooks import Hooks
+from .linalg.slq import _validate as check_slq_arguments
 from .linalg.slq import deflation_plan, split_seed, with_deflation_cost
 from .linalg.slq import slq as slq_solver
 from .parallel.distributed import current_world
@@ -55,6 +58,7 @@ from .storage.checkpoint import (
 )
 from .storage.disk_basis import HDF5Basis, create_basis_dataset
 from .storage.hdf5 import (
+    DEFAULT_RESERVE,
     SpectrumWriter,
     check_disk_space,
     check_output_path,
@@ -91,6 +95,7 @@ def provenance(op, seed=None, **extra) -> dict:
         "model_dtype": str(op.model_dtype),
         "device": str(op.device),
         "strategy": op.curvature.strategy,
+        "allow_tf32": bool(getattr(op, "allow_tf32", False)),
         "world_size": world.size,
         "seed": seed,
         "hostname": platform.node(),
@@ -169,16 +174,32 @@ def _open_file(ctx: _Context, seed, overwrite, attrs, disk_vectors) -> SpectrumW
     to resume."""
     world = current_world()
     path = ctx.out if ctx.main else shard_state_path(ctx.out, world.rank, world.size)
+    reserve = _reserve(ctx.rows, disk_vectors)
     if not ctx.resume:
         check_output_path(path, overwrite)
-        check_disk_space(path, ctx.rows, disk_vectors)
+        check_disk_space(path, ctx.rows, disk_vectors, reserve)
         role = {} if ctx.main else {"shard_of": str(ctx.out), "shard_rank": world.rank}
         return SpectrumWriter(path, {**provenance(ctx.op, seed=seed, **role), **(attrs or {})},
-                              overwrite=overwrite)
+                              overwrite=overwrite, reserve=reserve)
     if not ctx.main and not path.exists():
         raise ResumeError(f"{path} is missing: a run with sharded vectors resumes on the "
                           f"number of ranks it ran on, here {world.size}")
-    return SpectrumWriter(path, append=True)
+    return SpectrumWriter(path, append=True, reserve=reserve)
+
+
+def _check_seed(seed) -> None:
+    """A run's seed is a non-negative integer (or None: fresh entropy), checked before any
+    file is created."""
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
+                             or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer (--seed), got {seed!r}")
+
+
+def _reserve(rows: int, disk_vectors: int) -> int:
+    """Bytes a run's writer keeps free for a clean close when the disk fills: what HDF5 may
+    hold unwritten at that moment, at most one chunk cache (1 MiB) per dataset a commit
+    writes (the bases, the state's slots, the step records), at most 64 of them."""
+    return DEFAULT_RESERVE + min(disk_vectors + 12, 64) * min(rows * 8, 1 << 20)
 
 
 def _open_and_agree(ctx: _Context, seed, overwrite, attrs, disk_vectors, prepare, num_counts):
@@ -188,7 +209,11 @@ def _open_and_agree(ctx: _Context, seed, overwrite, attrs, disk_vectors, prepare
     its file fails every rank with its message); a single writer keeps its own counts."""
     if ctx.shard is None:
         writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors)
-        return (writer, *prepare(writer))
+        try:
+            return (writer, *prepare(writer))
+        except BaseException:
+            writer.close()  # and its lock: a refused resume leaves the file free
+            raise
     writer, error, stores, counts = None, None, None, [0] * num_counts
     try:
         writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors)
@@ -207,8 +232,9 @@ def _file_hooks(ctx, store: RunCheckpoint, count: int, op_for_data) -> Hooks:
 
 # ---- eigenpairs ---------------------------------------------------------------------------------
 def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
-         max_matvecs=None, seed=0, save_vectors=False, true_residuals=True, overwrite=False,
-         resume=False, memory_budget=None, shard_vectors=False, progress=True, attrs=None):
+         max_matvecs=None, block_size=1, seed=0, save_vectors=False, true_residuals=True,
+         overwrite=False, resume=False, memory_budget=None, shard_vectors=False, progress=True,
+         attrs=None):
     """Eigenpairs of ``op`` by :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, committed
     to ``out`` after every pass.
 
@@ -221,16 +247,21 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     state, in a file of its own (the module docstring).
     """
     n = op.shape[0]
-    capacity = default_ncv(k, n) if ncv is None else min(ncv, n)
+    check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
+    _check_seed(seed)
+    capacity = default_ncv(k, n, block_size, which) if ncv is None else min(ncv, n)
     ctx = _context(op, out, shard_vectors, capacity, memory_budget, resume)
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
+                "block_size": block_size,
                 "max_matvecs": max_matvecs, "seed": seed, "operator": op.kind,
                 "num_params": n, "reduction": op.reduction, "model_dtype": str(op.model_dtype),
-                "world_size": current_world().size, "model": model_fingerprint(op)}
+                "world_size": current_world().size, "model": model_fingerprint(op),
+                "strategy": op.curvature.strategy,
+                "allow_tf32": bool(getattr(op, "allow_tf32", False))}
 
     def solve(hooks, callback=None):
         return lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv,
-                             max_matvecs=max_matvecs, rng=seed,
+                             max_matvecs=max_matvecs, block_size=block_size, rng=seed,
                              return_eigenvectors=save_vectors, true_residuals=true_residuals,
                              callback=callback, progress=progress and ctx.main, hooks=hooks)
 
@@ -246,7 +277,7 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
         read_before_main_reopens(lambda: None, op.device)  # the replicas read first
 
     def prepare(writer):
-        store = RunCheckpoint(writer, "eigs", ctx.rows, 1, capacity)
+        store = RunCheckpoint(writer, "eigs", ctx.rows, block_size, capacity)
         if resume:
             store.check_same_run(settings)
         else:
@@ -271,7 +302,7 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     return result
 
 
-# ---- spectral density -----------------------------------------------------------------------------
+# ---- spectral density --------------------------------------------------------------------
 def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=0, k_bottom=0,
         tol=1e-6, reorthogonalize=True, seed=0, overwrite=False, resume=False,
         memory_budget=None, shard_vectors=False, progress=True, attrs=None):
@@ -288,15 +319,21 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     ranks' roles are as in :func:`eigs`.
     """
     k, which, k_b = deflation_plan(k_top, k_bottom)
-    eigs_seed, slq_seed = split_seed(seed)
+    _check_seed(seed)
     n = op.shape[0]
+    check_slq_arguments(num_probes, num_steps, probe)  # before any file is created
+    if k:
+        check_arguments(k, n, which, tol, k_bottom=k_b)
+    eigs_seed, slq_seed = split_seed(seed)
     capacity = min(num_steps, n - k)
-    eigs_capacity = default_ncv(k, n)
+    eigs_capacity = default_ncv(k, n, 1, which)
     ctx = _context(op, out, shard_vectors, capacity * num_probes, memory_budget, resume)
     settings = {"num_probes": num_probes, "num_steps": num_steps, "probe": probe,
                 "k_top": k_top, "k_bottom": k_bottom, "tol": tol, "seed": seed,
                 "reorthogonalize": reorthogonalize, "operator": op.kind,
-                "num_params": n, "model": model_fingerprint(op)}
+                "num_params": n, "model": model_fingerprint(op),
+                "strategy": op.curvature.strategy,
+                "allow_tf32": bool(getattr(op, "allow_tf32", False))}
     show = progress and ctx.main
 
     def deflate(hooks, callback=None):
@@ -336,7 +373,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
         else:
             if ctx.main:
                 if k:
-                    declare_eigs(writer, {"k": k}, k)
+                    declare_eigs(writer, {"k": k, "which": which, "k_bottom": k_b}, k)
                 declare_slq(writer, settings, num_probes)
             if k:
                 eigs_store.declare({"k": k})

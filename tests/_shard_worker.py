@@ -37,7 +37,11 @@ def main(out_dir):
                     hooks=Hooks(shard=Shard(A.shape[0])))
     slq_network = slq(op, num_probes=2, num_steps=12, rng=3, deflate=network,
                       reorthogonalize=False, hooks=Hooks(shard=Shard(op.shape[0])))
+    block = lanczos_eigsh(A, k=4, which="BE", ncv=20, tol=1e-10, rng=0, block_size=3,
+                          true_residuals=True, hooks=Hooks(shard=Shard(A.shape[0])))
     np.savez(Path(out_dir) / f"rank{rank}.npz",
+             block_values=block.eigenvalues, block_residuals=block.residuals,
+             block_passes=block.num_passes,
              slq_dense_nodes=slq_dense.nodes, slq_dense_weights=slq_dense.weights,
              slq_dense_passes=slq_dense.num_passes,
              slq_network_nodes=slq_network.nodes, slq_network_weights=slq_network.weights,

@@ -209,3 +209,24 @@ def test_bad_arguments_fail_before_any_product(kwargs, message):
     with pytest.raises(ValueError, match=message):
         lanczos_eigsh(matvec, dim=60, **kwargs)
     assert not calls
+
+
+def test_converged_needs_the_measured_residual_and_a_tol_below_float32s_floor_is_said():
+    """float32 products cannot confirm residuals near float64 levels: a tol below the
+    floor is reported before any product, and no pair whose measured residual misses the
+    threshold is called converged."""
+    import torch
+
+    from lanczos_hessian import HessianOperator, NumericalWarning
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    x, y = torch.randn(64, 5), torch.randint(0, 3, (64,))
+    op = HessianOperator(model, torch.nn.CrossEntropyLoss(), (x, y))
+    with pytest.warns(NumericalWarning, match=r"tol=1e-10 is below the precision floor 4\.8e-07"):
+        result = lanczos_eigsh(op, k=3, which="LA", tol=1e-10, rng=0, true_residuals=True,
+                               max_matvecs=200)
+    threshold = 1e-10 * result.anorm
+    assert np.all(result.residual_bounds <= threshold)  # the free bound alone says yes...
+    assert np.any(result.residuals > threshold)  # ...the float32 products say otherwise
+    assert not result.converged[result.residuals > threshold].any()

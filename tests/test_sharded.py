@@ -47,6 +47,12 @@ def test_sharded_lanczos_matches_single_process(tmp_path):
     slq_dense = slq(A, num_probes=3, num_steps=15, rng=2, deflate=dense)
     slq_network = slq(op, num_probes=2, num_steps=12, rng=3, deflate=network,
                       reorthogonalize=False)
+    block = lanczos_eigsh(A, k=4, which="BE", ncv=20, tol=1e-10, rng=0, block_size=3,
+                          true_residuals=True)
+    for saved in ranks:  # block Lanczos with sharded blocks: the single process's numbers
+        np.testing.assert_allclose(saved["block_values"], block.eigenvalues, rtol=1e-11)
+        np.testing.assert_allclose(saved["block_residuals"], block.residuals, atol=1e-12)
+        assert int(saved["block_passes"]) == block.num_passes
     for saved in ranks:  # every rank ends with the same, whole result
         np.testing.assert_allclose(saved["dense_values"], dense.eigenvalues, rtol=1e-12)
         assert int(saved["dense_matvecs"]) == dense.num_matvecs

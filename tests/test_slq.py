@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.sparse.linalg import LinearOperator
+from conftest import spectrum_matrix
 
 from lanczos_hessian.linalg import density as D
 from lanczos_hessian.linalg.eigsh import lanczos_eigsh
@@ -451,3 +452,84 @@ def test_basis_in_host_memory_gives_same_numbers(uniform):
     a = slq(A, 3, 10, rng=0)
     b = slq(A, 3, 10, rng=0, basis_device="cpu")
     np.testing.assert_array_equal(a.nodes, b.nodes)
+
+
+# ---- adaptive probes ------------------------------------------------------------------------
+def test_adaptive_slq_stops_at_the_requested_standard_error():
+    """Probes are added in rounds until the trace's standard error reaches the target; the
+    exact trace is then within two standard errors in nearly every seed."""
+    from lanczos_hessian import adaptive_slq
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(-0.5, 1.0, 290), [4.0, 5.0, 6.0, 8.0]])
+    A = spectrum_matrix(values, seed=1)
+    exact = values.sum()
+    target = 0.02 * abs(exact)
+    inside, probes = 0, []
+    for seed in range(20):
+        result = adaptive_slq(A, target, probes_per_round=5, max_probes=400, num_steps=20,
+                              rng=seed)
+        trace = result.trace()
+        assert trace.stderr <= target and result.target_stderr == target
+        assert result.num_probes % 5 == 0 and result.nodes.shape[0] == result.num_probes
+        assert result.num_passes == 20 * result.num_probes // 5  # one pass per step and round
+        inside += abs(trace.value - exact) <= 2 * trace.stderr
+        probes.append(result.num_probes)
+    assert inside >= 18
+    assert max(probes) > 5  # the target needed more than one round somewhere
+
+
+def test_adaptive_slq_refuses_a_bad_target_before_any_application():
+    from lanczos_hessian import adaptive_slq
+
+    calls = []
+
+    def matvec(x):
+        calls.append(1)
+        return x
+
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="target_stderr must be a positive number"):
+            adaptive_slq(matvec, bad, dim=20)
+    with pytest.raises(ValueError, match="target_stderr must be a positive number"):
+        deflated_slq(matvec, 1, 0, dim=20, target_stderr=-2.0)
+    assert not calls
+
+
+def test_adaptive_slq_warns_when_the_probe_budget_runs_out():
+    from lanczos_hessian import NumericalWarning, adaptive_slq
+
+    A = spectrum_matrix(np.linspace(-1, 3, 120), seed=0)
+    with pytest.warns(NumericalWarning, match="max_probes=6"):
+        result = adaptive_slq(A, 1e-9, probes_per_round=3, max_probes=6, num_steps=10, rng=0)
+    assert result.num_probes == 6
+
+
+def test_every_slq_result_measures_its_orthogonality():
+    A = spectrum_matrix(np.linspace(-1, 3, 150), seed=0)
+    full = slq(A, 3, 40, rng=0)
+    assert full.orthogonality < 1e-13 and full.duplicate_nodes == 0
+    plain = slq(A, 3, 60, rng=0, reorthogonalize=False)
+    assert np.isnan(plain.orthogonality)
+
+
+def test_hutchinson_trace_against_the_exact_trace_one_pass_per_block():
+    from lanczos_hessian import hutchinson_trace
+
+    values = np.linspace(-1.0, 3.0, 200)
+    A = spectrum_matrix(values, seed=0)
+    calls = []
+
+    def matmat(X):
+        calls.append(X.shape[1])
+        return A @ X
+
+    op = LinearOperator(A.shape, matvec=matmat, matmat=matmat, dtype=np.float64)
+    t = hutchinson_trace(op, 60, probes_per_pass=20, rng=0)
+    assert calls == [20, 20, 20]  # three passes for 60 probes
+    assert t.num_probes == 60 and abs(t.value - values.sum()) <= 3 * t.stderr
+    # the same probes as SLQ with one step: the same trace
+    one_step = slq(A, 60, 1, rng=0).trace()
+    np.testing.assert_allclose(t.value, one_step.value, rtol=1e-12)
+    with pytest.raises(ValueError, match="num_probes must be an integer >= 1"):
+        hutchinson_trace(A, 0)

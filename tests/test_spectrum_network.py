@@ -160,3 +160,25 @@ def test_bad_files_and_arguments(tmp_path, capsys):
         slq(A, num_probes=0)
     with pytest.raises(ValueError, match="num_steps"):
         slq(A, num_steps=0)
+
+
+def test_plots_of_results_in_memory_draw_the_bottom_eigenvalues_and_label_every_line(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lanczos_hessian import deflated_slq, lanczos_eigsh
+    from lanczos_hessian.analysis.plotting import plot_spectra
+
+    from conftest import spectrum_matrix
+
+    values = np.concatenate([np.linspace(-0.02, 0.05, 300), [-0.3, -0.2, 1.0, 2.0, 3.0]])
+    A = spectrum_matrix(values, seed=0)
+    eigs = lanczos_eigsh(A, k=8, which="BE", k_bottom=3, rng=0)
+    bulk = deflated_slq(A, 5, 3, num_probes=4, num_steps=30, rng=0)
+    fig = plot_spectra((eigs, bulk), labels=["synthetic"])
+    top, bottom, linear, log = fig.axes
+    np.testing.assert_allclose(bottom.lines[0].get_ydata(), np.sort(eigs.eigenvalues)[:3])
+    np.testing.assert_allclose(top.lines[0].get_ydata(), np.sort(eigs.eigenvalues)[::-1][:5])
+    legend = [t.get_text() for t in top.get_legend().get_texts()]
+    assert "synthetic" in legend and any("(largest gap)" in t for t in legend)
+    assert linear.get_legend() is not None and log.get_yscale() == "log"
+    out = plot_spectra([(eigs, bulk)], tmp_path / "spectra.png")
+    assert out.stat().st_size > 10_000

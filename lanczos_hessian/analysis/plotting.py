@@ -1,18 +1,35 @@
-"""Figures of saved spectra, as in Sagun et al. (2017, 2018) and Ghorbani et al. (2019).
+"""Figures of spectra, as in Sagun et al. (2017, 2018) and Ghorbani et al. (2019).
 
 Needs matplotlib (``pip install lanczos_hessian[plot]``); imported only when plotting.
-One figure, three panels, every run overlaid:
+One figure, four panels, every run overlaid, each line labelled:
 
-1. ordered eigenvalues: rank on x, value on y (Sagun et al. 2018, Figs. 1-6), from the
-   eigenpairs of each run (or its exact dense spectrum);
-2. the smoothed spectral density on a linear scale, zoomed to the bulk (the central 99% of
+1. the top eigenvalues by rank (Sagun et al. 2018, Figs. 1-6), with the gap rule's count of
+   outliers marked and named in the legend;
+2. the bottom eigenvalues by rank from the bottom (the small negative eigenvalues of a
+   trained network; from a ``BE``/``SA`` run or the dense spectrum);
+3. the smoothed spectral density on a linear scale, zoomed to the bulk (the central 99% of
    the mass);
-3. the same density on a log scale, where the bulk's tails and the outliers show.
+4. the same density on a log scale, where the bulk's tails and the outliers show.
+
+Runs are spectrum files, :class:`~lanczos_hessian.analysis.spectrum.Spectrum` objects, or
+results in memory (an ``EigshResult``, an ``SLQResult``, or a pair of them).
+
+The kernel width: by default each run's :func:`bulk_width`, ``1/50`` of the interval that holds
+the central 98% of its estimated measure. Ghorbani et al.'s ``sqrt(1e-5)`` of the half range of
+the whole support is tied to the outliers: when they sit far above a narrow bulk, that width
+is wider than the bulk and draws it as one Gaussian bump. A fiftieth of the bulk's own extent
+resolves about 25 features across it while still merging the discrete Gauss nodes (about
+``m`` of them per probe across the same extent, ``m`` = 60-80 steps) into a density.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+#: The bulk's extent over the kernel width (see the module docstring).
+BULK_RESOLUTION = 50
 
 
 def _pyplot():
@@ -26,36 +43,83 @@ def _pyplot():
     return plt
 
 
-def plot_spectra(spectra, path, width=None, num_top: int = 50):
-    """Draw the three panels for the :class:`~lanczos_hessian.analysis.spectrum.Spectrum` list; save PNG.
+def as_spectrum(run, label: str | None = None):
+    """A :class:`~lanczos_hessian.analysis.spectrum.Spectrum` of a file path, a Spectrum, an
+    ``EigshResult``, an ``SLQResult`` or an ``(EigshResult, SLQResult)`` pair."""
+    from .spectrum import Spectrum, read_spectrum
 
-    ``width`` is the Gaussian kernel's standard deviation (default: each run's own,
-    :func:`lanczos_hessian.linalg.density.default_width`).
+    if isinstance(run, Spectrum):
+        return run
+    if isinstance(run, (str, Path)):
+        return read_spectrum(run)
+    pair = run if isinstance(run, tuple) else (run,)
+    eigs = next((r for r in pair if hasattr(r, "residual_bounds")), None)
+    slq = next((r for r in pair if hasattr(r, "nodes")), None)
+    if eigs is None and slq is None:
+        raise TypeError(f"cannot plot a {type(run).__name__}: pass a spectrum file, a "
+                        "Spectrum, an EigshResult, an SLQResult or a pair of them")
+    return Spectrum.from_results(eigs, slq, label or "run")
+
+
+def bulk_width(nodes, weights) -> float:
+    """The default kernel width: ``1/50`` of the central 98% interval of the measure."""
+    order = np.argsort(nodes)
+    nodes, weights = np.asarray(nodes)[order], np.asarray(weights)[order]
+    cdf = np.cumsum(weights) / np.sum(weights)
+    lo, hi = nodes[np.searchsorted(cdf, 0.01)], nodes[min(np.searchsorted(cdf, 0.99),
+                                                          len(nodes) - 1)]
+    spread = hi - lo if hi > lo else max(abs(hi), 1e-12)
+    return spread / BULK_RESOLUTION
+
+
+def plot_spectra(runs, path=None, width=None, num_top: int = 50, labels=None):
+    """Draw the four panels (module docstring) for ``runs`` (a list of runs, or one run);
+    save a PNG at ``path``.
+
+    ``width`` is the Gaussian kernel's standard deviation (default: each run's
+    :func:`bulk_width`). Returns ``path``, or the open matplotlib Figure when ``path`` is None.
     """
     if width is not None and not width > 0:
         raise ValueError(f"width (kernel standard deviation) must be positive, got {width!r}")
+    if not isinstance(runs, list):  # one run (a file, a Spectrum, a result or a pair)
+        runs = [runs]
+    labels = labels or [None] * len(runs)
+    spectra = [as_spectrum(run, label) for run, label in zip(runs, labels)]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    plt.rcParams.update({"font.size": 10})
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     bulk_ranges = []
     for spectrum in spectra:
         _ordered(axes[0], spectrum, num_top)
-        bulk_ranges.append(_densities(axes[1], axes[2], spectrum, width))
+        _bottom(axes[1], spectrum, num_top)
+        bulk_ranges.append(_densities(axes[2], axes[3], spectrum, width))
     bulk_ranges = [r for r in bulk_ranges if r is not None]
     if bulk_ranges:  # the linear panel shows the bulk: where 99% of the mass lies
         lo, hi = min(r[0] for r in bulk_ranges), max(r[1] for r in bulk_ranges)
         pad = 0.05 * (hi - lo) or abs(hi) or 1.0
-        axes[1].set_xlim(lo - pad, hi + pad)
-    axes[0].set(title="ordered eigenvalues", xlabel="rank", ylabel="eigenvalue")
-    axes[1].set(title="bulk density (central 99% of the mass)", xlabel="eigenvalue",
+        axes[2].set_xlim(lo - pad, hi + pad)
+    axes[0].set(title="top eigenvalues", xlabel="rank from the top", ylabel="eigenvalue")
+    axes[1].set(title="bottom eigenvalues", xlabel="rank from the bottom",
+                ylabel="eigenvalue")
+    axes[2].set(title="bulk density (central 99% of the mass)", xlabel="eigenvalue",
                 ylabel="density")
-    axes[2].set(title="spectral density (log scale)", xlabel="eigenvalue", ylabel="density",
+    axes[3].set(title="spectral density (log scale)", xlabel="eigenvalue", ylabel="density",
                 yscale="log")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        if ax.get_xscale() == "linear":
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=9)
+    for ax in axes[:3]:
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
 
@@ -67,18 +131,29 @@ def _ordered(ax, spectrum, num_top):
     ax.plot(np.arange(1, len(top) + 1), top, "o-", ms=3, label=spectrum.label)
     counts = spectrum.outlier_counts(num_top)
     if counts is not None and counts.gap:
-        ax.axvline(counts.gap + 0.5, ls=":", color=ax.lines[-1].get_color(), lw=1)
+        plural = "" if counts.gap == 1 else "s"
+        ax.axvline(counts.gap + 0.5, ls=":", color=ax.lines[-1].get_color(), lw=1,
+                   label=f"{spectrum.label}: {counts.gap} outlier{plural} (largest gap)")
+
+
+def _bottom(ax, spectrum, num):
+    bottom = spectrum.bottom_eigenvalues()[:num]
+    if len(bottom) == 0:
+        return
+    ax.plot(np.arange(1, len(bottom) + 1), bottom, "s-", ms=3, label=spectrum.label)
+    ax.axhline(0.0, color="0.5", lw=0.8)
 
 
 def _densities(ax_lin, ax_log, spectrum, width):
+    from ..linalg.density import exact_measure, spectral_density
+
     if spectrum.quadrature is not None:
-        grid, phi = spectrum.quadrature.density(width=width)
+        nodes, weights = spectrum.quadrature.measure()
+        grid, phi = spectrum.quadrature.density(width=width or bulk_width(nodes, weights))
         label = f"{spectrum.label} (SLQ)"
     elif spectrum.dense_eigenvalues is not None:
-        from ..linalg.density import exact_measure, spectral_density
-
         nodes, weights = exact_measure(spectrum.dense_eigenvalues)
-        grid, phi = spectral_density(nodes, weights, width=width)
+        grid, phi = spectral_density(nodes, weights, width=width or bulk_width(nodes, weights))
         label = f"{spectrum.label} (exact)"
     else:
         return

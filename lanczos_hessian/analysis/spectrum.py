@@ -58,6 +58,9 @@ class Spectrum:
         The SLQ rules (``slq`` group).
     dense_eigenvalues : ndarray or None
         The exact spectrum, when the job computed it.
+    progress : list of str
+        One line per computation of the file that is not complete: what it has committed
+        (a run killed in any phase, or still running).
     """
 
     path: Path
@@ -70,6 +73,7 @@ class Spectrum:
     eigs_attrs: dict = field(default_factory=dict)
     quadrature: Quadrature | None = None
     dense_eigenvalues: np.ndarray | None = None
+    progress: list = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -87,6 +91,37 @@ class Spectrum:
             return np.sort(self.dense_eigenvalues)[::-1]
         return np.zeros(0)
 
+    def bottom_eigenvalues(self) -> np.ndarray:
+        """Negative-end eigenvalues, ascending: the bottom of a ``BE`` or ``SA`` run, or of the
+        dense spectrum (its 20 smallest); empty for a top-only run."""
+        which = self.eigs_attrs.get("which")
+        if self.eigenvalues is not None and len(self.eigenvalues) and which in ("BE", "SA"):
+            values = np.sort(self.eigenvalues[np.isfinite(self.eigenvalues)])
+            if which == "BE":
+                values = values[:int(self.eigs_attrs.get("k_bottom") or len(values) // 2)]
+            return values
+        if self.dense_eigenvalues is not None:
+            return np.sort(self.dense_eigenvalues)[:20]
+        return np.zeros(0)
+
+    @classmethod
+    def from_results(cls, eigs=None, slq=None, label: str = "run") -> "Spectrum":
+        """A spectrum of results in memory (an ``EigshResult`` and/or an ``SLQResult``), so that
+        :func:`~lanczos_hessian.analysis.plotting.plot_spectra` and :func:`summarize` need no
+        file."""
+        spectrum = cls(Path(label), {"label": label})
+        if eigs is not None:
+            spectrum.eigenvalues = np.asarray(eigs.eigenvalues)
+            spectrum.residual_bounds = np.asarray(eigs.residual_bounds)
+            spectrum.residuals = eigs.residuals
+            spectrum.converged = np.asarray(eigs.converged)
+            spectrum.eigs_complete = True
+            spectrum.eigs_attrs = {"which": eigs.which, "k_bottom": eigs.k_bottom}
+        if slq is not None:
+            spectrum.quadrature = Quadrature(slq.nodes, slq.weights, slq.dim, slq.outliers,
+                                             slq.num_steps, True, {})
+        return spectrum
+
     def outlier_counts(self, num: int | None = None):
         """Outlier counts by gap, ratio and elbow (:func:`count_outliers`) of the top values."""
         top = self.top_eigenvalues()
@@ -100,19 +135,39 @@ def read_spectrum(path) -> Spectrum:
     path = Path(path)
     content = read_file(path)
     spectrum = Spectrum(path=path, attrs=content["attrs"])
-    if "eigs" in content:
-        _load_eigs(spectrum, content["eigs"])
-    if "slq" in content:
-        spectrum.quadrature = _load_quadrature(content["slq"], content["attrs"], path, spectrum)
-    if "dense" in content and "eigenvalues" in content["dense"]:
-        spectrum.dense_eigenvalues = content["dense"]["eigenvalues"]
+    try:
+        if "eigs" in content:
+            _load_eigs(spectrum, content["eigs"], deflation="slq" in content)
+        if "slq" in content:
+            spectrum.quadrature = _load_quadrature(content["slq"], content["attrs"], path,
+                                                   spectrum)
+        if "dense" in content and "eigenvalues" in content["dense"]:
+            spectrum.dense_eigenvalues = content["dense"]["eigenvalues"]
+    except SpectrumFileError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise SpectrumFileError(f"{path} is damaged or incomplete: reading its results failed "
+                                f"({type(exc).__name__}: {exc})") from exc
+    if set(content) == {"attrs"}:  # killed between creating the file and declaring a run
+        spectrum.progress.append("no computation recorded yet (the file was just created)")
     return spectrum
 
 
-def _load_eigs(spectrum, record):
+def _committed(record) -> int:
+    """Committed step records of a group (0 before the first)."""
+    return len(next(iter(record.steps.values()), ())) if record.steps else 0
+
+
+def _load_eigs(spectrum, record, deflation=False):
     spectrum.eigs_attrs = dict(record.attrs)
     spectrum.eigs_complete = bool(record.attrs.get("complete", False))
-    if "eigenvalues" in record:
+    steps = _committed(record)
+    if record.attrs.get("complete") is False:  # declared by a run that has not finished
+        what = "eigs (the SLQ run's deflation)" if deflation else "eigs"
+        spectrum.progress.append(
+            f"{what}: CUT OFF, {steps} operator applications committed" if steps else
+            f"{what}: no step committed yet")
+    if "eigenvalues" in record and (spectrum.eigs_complete or not steps):
         spectrum.eigenvalues = record["eigenvalues"]
         spectrum.residual_bounds = record.get("residual_bounds")
         spectrum.residuals = record.get("residuals")
@@ -128,14 +183,25 @@ def _load_eigs(spectrum, record):
 def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
     attrs = dict(record.attrs)
     dim = int(attrs.get("dim") or root_attrs.get("num_params") or 0)
-    if "nodes" in record:
+    if "nodes" in record and attrs.get("complete", True):
+        missing = [key for key in ("weights",) if key not in record]
+        if missing:
+            raise SpectrumFileError(f"{path} is damaged or incomplete: its slq group has nodes "
+                                    f"but no {', '.join(missing)}")
         return Quadrature(record["nodes"], record["weights"], dim,
                           np.asarray(record.get("outliers", np.zeros(0))),
                           int(attrs.get("num_steps", record["nodes"].shape[1])), True, attrs)
     # a cut-off run: rebuild the rules from the committed per-step coefficients
     steps = record.steps
     if not steps or len(steps.get("alpha", ())) == 0:
-        raise SpectrumFileError(f"{path}: the SLQ run committed no step yet")
+        waiting = ""
+        if (attrs.get("k_top") or attrs.get("k_bottom")) and not spectrum.eigs_complete:
+            waiting = " (its deflation phase is running: see the eigs line)"
+        elif attrs.get("k_top") or attrs.get("k_bottom"):
+            waiting = " (its deflation phase is complete)"
+        spectrum.progress.append(f"slq: no step committed yet{waiting}")
+        return None
+    spectrum.progress.append(f"slq: CUT OFF, {len(steps['alpha'])} lockstep steps committed")
     from ..linalg.slq import quadrature_rules
 
     alphas, betas = steps["alpha"].T, steps["beta"].T  # (P, steps), NaN once a probe stopped
@@ -157,6 +223,7 @@ def summarize(spectrum: Spectrum, num_top: int = 20) -> str:
              f"{spectrum.attrs.get('loss', '?')} ({spectrum.attrs.get('reduction', '?')}), "
              f"lanczos_hessian {spectrum.attrs.get('package_version', '?')}, torch "
              f"{spectrum.attrs.get('torch_version', '?')}"]
+    lines += [f"   in progress or cut off: {line}" for line in spectrum.progress]
     lines += _eigs_lines(spectrum, num_top)
     if spectrum.quadrature is not None:
         lines += _slq_lines(spectrum.quadrature)

@@ -165,7 +165,10 @@ class SpectrumTracker:
                     "overlap": overlap, "slq_probes": slq_probes, "slq_steps": slq_steps,
                     "params": "all" if params is None else list(params),
                     "analysis_dtype": str(analysis_dtype), "complete": False}
-        self.writer = SpectrumWriter(path, attrs, overwrite) if path is not None else writer
+        # the disk-space check of the writer: the records' first chunk (64 rows) at least
+        row_bytes = 8 * (3 * k + 12 + 2 * slq_probes * slq_steps)
+        self.writer = (SpectrumWriter(path, attrs, overwrite, space=64 * row_bytes)
+                       if path is not None else writer)
         if self.writer is not None:
             self.writer.set_attrs(group, settings)
         self.settings = settings

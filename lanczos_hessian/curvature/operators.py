@@ -29,7 +29,7 @@ data source) fail every rank instead of leaving them in the all-reduce
 (:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`). The last ``3 W`` slots (each rank
 fills its own row; adding zeros is exact) check, at no extra collective, that every rank
 applied the operator to the same block: a solver seeded differently on each rank raises
-:class:`~lanczos_hessian.parallel.distributed.RankMismatchError` on every rank. At construction, one
+:class:`~lanczos_hessian.errors.RankMismatchError` on every rank. At construction, one
 more collective checks that the ranks agree on the operator, the model's parameters and
 buffers, and the data, and fails every rank if one of them could not build its part.
 
@@ -51,15 +51,15 @@ from scipy.sparse.linalg import LinearOperator
 
 from .data import DataSource, PassFingerprint
 from ..parallel.distributed import (
-    RankMismatchError,
     all_reduce_or_raise,
     common_seed,
     current_world,
     gather_rows,
 )
-from ..errors import InvalidLossError, NonFiniteError
+from ..errors import InvalidLossError, InvalidModelError, NonFiniteError, RankMismatchError
 from .products import STRATEGIES, BatchCurvature
 from .params import ParameterSpace
+from .precision import tf32_mode
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,15 @@ class CurvatureOperator(LinearOperator):
         Compare an order-independent fingerprint of every pass with the first one.
     progress : bool
         A progress bar over the batches of each pass (rank 0).
+    allow_tf32 : bool
+        Let float32 products use TensorFloat-32 on GPUs that have it (10 bits of mantissa
+        instead of 23). Off by default: every pass runs with TF32 disabled for cuBLAS
+        and cuDNN and the process-wide flags are restored after it
+        (:mod:`lanczos_hessian.curvature.precision`); recorded in run files' provenance.
+    allow_low_precision : bool
+        Accept float16 and bfloat16 parameters. Refused by default
+        (:class:`~lanczos_hessian.errors.InvalidModelError`): 16-bit products make eigenvalues
+        wrong by percents; float32 products with float64 accumulation are the cheap choice.
     """
 
     kind = "hessian"
@@ -134,6 +143,8 @@ class CurvatureOperator(LinearOperator):
         strategy="auto",
         check_data=True,
         progress=False,
+        allow_tf32=False,
+        allow_low_precision=False,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -143,6 +154,7 @@ class CurvatureOperator(LinearOperator):
         self.world = current_world()
         self.device = _model_device(model)
         self.check_data, self.progress = check_data, progress
+        self.allow_tf32 = bool(allow_tf32)
         self._reference_fingerprint = None
         self._num_samples = None  # over all ranks, from the first pass (or the tensors)
         self.num_applications = 0  # passes over the data
@@ -155,6 +167,8 @@ class CurvatureOperator(LinearOperator):
             self.data = DataSource(data, batch_size, self.world.rank, self.world.size)
             first = self.space.parameters(model)[self.space.names[0]]
             self.device, self.model_dtype = first.device, first.dtype
+            if not allow_low_precision:
+                _refuse_low_precision(self.space.parameters(model))
             self.curvature = BatchCurvature(model, loss_fn, self.space, strategy)
             super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
             self._check_loss_on_first_batch()
@@ -229,9 +243,10 @@ class CurvatureOperator(LinearOperator):
 
     def _check_loss_on_first_batch(self):
         inputs, targets = self.data.first_batch()
+        x, y = self._to_device(inputs, targets)
         with evaluation_mode(self.model):
             try:
-                value = self.curvature.loss(*self._to_device(inputs, targets))
+                value = self.curvature.loss(x, y)
             except Exception as exc:  # the model or loss rejects the batch: say so plainly
                 raise InvalidLossError(
                     f"evaluating the loss on the first batch failed: {type(exc).__name__}: {exc}"
@@ -243,6 +258,8 @@ class CurvatureOperator(LinearOperator):
             )
         if not torch.isfinite(value):
             raise NonFiniteError(f"the loss is {value.item()} on {_where(0, self.world)}")
+        with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
+            self.curvature.resolve(self.kind, x, y)  # "auto" by its rule, once
 
     def _to_device(self, inputs, targets):
         x = inputs.to(self.device, non_blocking=True)
@@ -263,7 +280,7 @@ class CurvatureOperator(LinearOperator):
                              f"({self.shape[0]}, b), got {tuple(V.shape)}")
         block = V.reshape(self.shape[0], -1).to(self.device, self.model_dtype)
         start = time.perf_counter()
-        with evaluation_mode(self.model):
+        with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
             total = self._accumulate(block)
         self.time_in_products += time.perf_counter() - start
         self.num_applications += 1
@@ -322,10 +339,13 @@ class CurvatureOperator(LinearOperator):
     def _check_fingerprint(self, fingerprint: PassFingerprint):
         if not self.check_data:
             return
-        if self._reference_fingerprint is None:
+        reference = self._reference_fingerprint
+        if reference is None:
             self._reference_fingerprint = fingerprint
-        else:
-            fingerprint.check_same(self._reference_fingerprint)
+            return
+        fingerprint.check_same(reference)
+        if reference.origin != "pass":  # the saved run's: later passes compare with this one
+            self._reference_fingerprint = fingerprint
 
     @property
     def num_samples(self) -> int | None:
@@ -334,8 +354,15 @@ class CurvatureOperator(LinearOperator):
         return self._num_samples
 
     @property
+    def strategy(self) -> str:
+        """The differentiation strategy the products use (``"auto"`` resolved by its rule at
+        construction, :mod:`lanczos_hessian.curvature.products`)."""
+        return self.curvature.strategy
+
+    @property
     def data_fingerprint(self) -> tuple | None:
-        """``(num_samples, sums...)`` of this rank's first pass, or None before one."""
+        """:meth:`PassFingerprint.as_tuple` of this rank's first pass (count, sums, per-sample
+        hashes), or None before one."""
         ref = self._reference_fingerprint
         return None if ref is None else ref.as_tuple()
 
@@ -344,8 +371,8 @@ class CurvatureOperator(LinearOperator):
         pass, as :attr:`data_fingerprint` gave it); nothing when empty or data checks are off."""
         if fingerprint is None or not np.size(fingerprint) or not self.check_data:
             return
-        values = [float(v) for v in np.asarray(fingerprint).reshape(-1)]
-        self._reference_fingerprint = PassFingerprint(int(values[0]), *values[1:])
+        values = np.asarray(fingerprint).reshape(-1)
+        self._reference_fingerprint = PassFingerprint.from_tuple(values, origin="file")
 
     def common_seed(self) -> int:
         """Fresh entropy drawn on rank 0 and shared by every rank (one small collective under
@@ -377,6 +404,27 @@ class CurvatureOperator(LinearOperator):
     def __repr__(self):
         return (f"<{type(self).__name__} M={self.shape[0]} reduction={self.reduction} "
                 f"dtype={self.dtype} device={self.device}>")
+
+
+#: Floating-point types whose products are refused unless ``allow_low_precision=True``.
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _refuse_low_precision(parameters: dict) -> None:
+    """Raise :class:`InvalidModelError` when a selected parameter is float16 or bfloat16."""
+    low = {name: p.dtype for name, p in parameters.items() if p.dtype in LOW_PRECISION}
+    if not low:
+        return
+    name, dtype = next(iter(low.items()))
+    eps = torch.finfo(dtype).eps
+    raise InvalidModelError(
+        f"the model's parameter {name!r} is {dtype} ({len(low)} of {len(parameters)} selected "
+        f"parameters are 16-bit): curvature products in 16-bit floating point carry relative "
+        f"rounding errors of about {eps:.0e} per operation, which swamp the second-order terms, "
+        f"so eigenvalues come out wrong by percents and no residual tolerance can be met. Use "
+        f"float32 products with float64 accumulation (the default for a float32 model: "
+        f"model.float(), or --model-dtype float32), or float64 for a reference; pass "
+        f"allow_low_precision=True to measure the 16-bit model anyway")
 
 
 def _model_device(model) -> torch.device:

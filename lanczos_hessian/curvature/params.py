@@ -46,6 +46,10 @@ class ParameterSpace:
         ``names`` may list exact parameter names or module prefixes (``"fc1"`` selects
         ``fc1.weight`` and ``fc1.bias``), which is how per-layer (block) Hessians are taken.
         """
+        if isinstance(names, (str, bytes)):
+            raise TypeError(f"params must be a list of parameter names or module prefixes, got "
+                            f"the string {names!r} (which would be read character by "
+                            f"character); pass [{names!r}]")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if names is not None:
             named = _select(named, names)

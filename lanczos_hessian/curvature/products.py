@@ -23,15 +23,27 @@ Two differentiation strategies, the same numbers up to rounding:
     shared by the whole block. Works for every op with a double backward, also those that lack
     forward-mode rules.
 
-``"auto"`` (the default) measures both on the first batch for each block size and keeps the
-faster one (falling back to reverse-over-reverse if forward mode is not supported by some op
-in the model). The measurement costs two extra products on one batch, not a pass.
+``"auto"`` (the default) picks one of the two by a fixed rule, never by timing, so that two
+runs of the same command compute the same numbers bit for bit and a resumed run continues
+with the products it started with:
+
+1. a model with a convolution (any ``torch.nn.Conv1d/2d/3d`` or transposed convolution)
+   gets ``"reverse-over-reverse"``: its shared double-backward graph was 1.2-2.2x faster per
+   vector than the vmapped forward-over-reverse sweep on the benchmark CNN, for blocks of 1,
+   4 and 16 vectors (docs/BENCHMARKS.md, *HVP cost*);
+2. any other model gets ``"forward-over-reverse"`` (1.3-3.9x faster on the benchmark MLP),
+   unless one product of the operator's kind on the first batch, taken once when the operator
+   is built, fails for lack of a forward-mode rule (e.g. ``torch.nn.MSELoss``): then
+   ``"reverse-over-reverse"``. Whether an op has a forward-mode rule does not change from
+   run to run, so neither does the choice.
+
+The operator resolves the rule once (:meth:`BatchCurvature.resolve`); run files record the
+resolved strategy, and a resume with another strategy is refused like any other setting.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
@@ -64,9 +76,9 @@ class BatchCurvature:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
         self.model, self.loss_fn, self.space = model, loss_fn, space
-        self.strategy = strategy
-        self.chosen: dict = {}  # (kind, block size) -> strategy picked by "auto"
-        self.timings: dict = {}
+        self.requested = strategy
+        self.strategy = strategy  # "auto" until resolve()
+        self.reason = "" if strategy == "auto" else "requested"
 
     # ---- the functions being differentiated -------------------------------------------
     def _state(self):
@@ -91,13 +103,28 @@ class BatchCurvature:
 
         ``V`` is ``(M, b)`` in the model's dtype and device; the product has the same layout.
         """
-        strategy = self.strategy
-        if strategy == "auto":
-            key = (kind, V.shape[1])
-            if key not in self.chosen:
-                return self._calibrate(key, inputs, targets, V)
-            strategy = self.chosen[key]
-        return self._run(kind, strategy, inputs, targets, V)
+        if self.strategy == "auto":
+            self.resolve(kind, inputs, targets)
+        return self._run(kind, self.strategy, inputs, targets, V)
+
+    def resolve(self, kind: str, inputs, targets) -> str:
+        """Fix ``"auto"`` by the rule of the module docstring, once; return the strategy. May
+        take one product of ``kind`` on this batch (a model without convolutions)."""
+        if self.strategy != "auto":
+            return self.strategy
+        if any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in self.model.modules()):
+            self.strategy, self.reason = "reverse-over-reverse", "auto: convolutional layers"
+            return self.strategy
+        first = next(iter(self.space.parameters(self.model).values()))
+        probe = torch.ones(self.space.dim, 1, dtype=first.dtype, device=first.device)
+        try:
+            self._run(kind, "forward-over-reverse", inputs, targets, probe)
+        except ForwardModeUnsupportedError as exc:
+            logger.info("forward-over-reverse unavailable (%s); using reverse-over-reverse", exc)
+            self.strategy, self.reason = "reverse-over-reverse", "auto: no forward mode"
+            return self.strategy
+        self.strategy, self.reason = "forward-over-reverse", "auto: no convolutional layers"
+        return self.strategy
 
     def _run(self, kind, strategy, inputs, targets, V):
         fn = _FUNCTIONS[(kind, strategy)]
@@ -111,24 +138,6 @@ class BatchCurvature:
                 f"({type(exc).__name__}: {exc}); use strategy='reverse-over-reverse' "
                 "(or 'auto', which falls back by itself)"
             ) from exc
-
-    def _calibrate(self, key, inputs, targets, V):
-        """Time both strategies on this batch; keep the faster for this (kind, block size)."""
-        kind = key[0]
-        results = {}
-        for strategy in ("reverse-over-reverse", "forward-over-reverse"):
-            try:
-                self._run(kind, strategy, inputs, targets, V)  # warm-up (tracing, allocator)
-                start = time.perf_counter()
-                results[strategy] = self._run(kind, strategy, inputs, targets, V)
-                self.timings[key + (strategy,)] = time.perf_counter() - start
-            except ForwardModeUnsupportedError as exc:
-                logger.info("forward-over-reverse unavailable (%s); using reverse-over-reverse", exc)
-        times = {s: self.timings[key + (s,)] for s in results}
-        best = min(times, key=times.get)
-        self.chosen[key] = best
-        logger.info("products %s with %d vectors: chose %s (%s)", kind, key[1], best, times)
-        return results[best]
 
 
 # ---- forward-over-reverse ------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ..curvature.operators import HessianOperator
 from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
 from ..run import slq as run_slq
 from ..storage.hdf5 import SpectrumWriter, check_output_path
+from ..storage.lock import hold
 from .problems import clusters_mlp
 
 DENSE_LIMIT = 6000  # parameters up to which the demo also computes the exact spectrum
@@ -34,10 +35,22 @@ def run_demo(out="demo.h5", *, num_classes=10, num_examples=1000, steps=2000, lr
 
     The measurement is :func:`lanczos_hessian.run.slq` with ``k_top``/``k_bottom`` deflated
     eigenpairs: the same run, file and numbers as ``lanczos-hessian slq --deflate-top k_top
-    --deflate-bottom k_bottom --seed seed`` on this operator. The training curve, the exact
-    spectrum and the outlier counts are added to its file afterwards.
+    --deflate-bottom k_bottom --seed seed`` on this operator, streamed and committed after
+    every pass as that command does. The training curve, the exact spectrum and the outlier
+    counts are added to its file afterwards. ``out``'s writer lock is held from the start of
+    the training to the last attribute (:mod:`lanczos_hessian.storage.lock`).
     """
     check_output_path(out, overwrite)
+    with hold(out):
+        check_output_path(out, overwrite)  # again, now that no other writer can start
+        return _demo(out, num_classes=num_classes, num_examples=num_examples, steps=steps,
+                     lr=lr, k_top=k_top, k_bottom=k_bottom, tol=tol, num_probes=num_probes,
+                     num_steps=num_steps, seed=seed, dense=dense, overwrite=overwrite,
+                     progress=progress, echo=echo)
+
+
+def _demo(out, *, num_classes, num_examples, steps, lr, k_top, k_bottom, tol, num_probes,
+          num_steps, seed, dense, overwrite, progress, echo) -> dict:
     start = time.perf_counter()
     problem = clusters_mlp(num_classes, num_examples, steps=steps, lr=lr, seed=seed,
                            progress=progress)

@@ -77,11 +77,40 @@ def load_problem(spec: str, checkpoint=None, **kwargs) -> Problem:
         raise ValueError(f"unknown problem {spec!r}: use one of {sorted(BUILTIN)} or "
                          "'package.module:function'")
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        problem.model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict)
-                                      else state)
+        _load_checkpoint(problem.model, checkpoint)
         problem.attrs["checkpoint"] = str(checkpoint)
     return problem
+
+
+def _load_checkpoint(model, checkpoint) -> None:
+    """Load a ``state_dict`` (or ``{"state_dict": ...}``) saved by ``torch.save`` into
+    ``model``; a clear ValueError for anything else."""
+    from collections.abc import Mapping
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (pickle, zip and torch errors alike)
+        raise ValueError(f"cannot load --checkpoint {checkpoint}: not a state_dict saved by "
+                         f"torch.save ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                         ) from exc
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        what = type(state).__name__
+        if isinstance(state, Mapping):
+            bad = next(k for k, v in state.items()
+                       if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+            what = f"a {what} whose entry {bad!r} is not a named tensor"
+        raise ValueError(f"--checkpoint {checkpoint} is not a state_dict (a mapping of parameter "
+                         f"names to tensors, as model.state_dict() returns): it holds {what}")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ValueError(f"--checkpoint {checkpoint} does not fit the problem's model: "
+                         f"{str(exc).strip().splitlines()[0]}") from exc
 
 
 def _from_user_function(spec: str) -> Problem:
@@ -90,10 +119,21 @@ def _from_user_function(spec: str) -> Problem:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load problem {spec!r}: {exc}") from exc
+    if not callable(function):
+        raise ValueError(f"problem {spec!r} names a {type(function).__name__}, not a function: "
+                         "--problem takes 'package.module:function', a function returning a "
+                         "Problem or a (model, loss_fn, data) tuple")
     built = function()
-    if isinstance(built, Problem):
-        return built
     if isinstance(built, tuple) and len(built) == 3:
-        return Problem(*built, name=spec, attrs={"problem": spec})
-    raise ValueError(f"problem function {spec!r} must return a Problem or a "
-                     f"(model, loss_fn, data) tuple, got {type(built).__name__}")
+        built = Problem(*built, name=spec, attrs={"problem": spec})
+    if not isinstance(built, Problem):
+        raise ValueError(f"problem function {spec!r} must return a Problem or a "
+                         f"(model, loss_fn, data) tuple, got {type(built).__name__}")
+    if not isinstance(built.model, torch.nn.Module):
+        raise ValueError(f"problem function {spec!r} returned a model of type "
+                         f"{type(built.model).__name__}; expected a torch.nn.Module")
+    if not callable(built.loss_fn):
+        raise ValueError(f"problem function {spec!r} returned a loss_fn of type "
+                         f"{type(built.loss_fn).__name__}; expected a callable "
+                         "loss_fn(outputs, targets) such as torch.nn.CrossEntropyLoss()")
+    return built

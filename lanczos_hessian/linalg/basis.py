@@ -77,6 +77,22 @@ class Basis:
         """Ranges ``(start, stop)`` of rows in which the store streams (one for memory)."""
         yield 0, self.dim
 
+    def gram(self) -> torch.Tensor:
+        """``Q^T Q`` (``j x j`` float64), accumulated over the store's blocks of rows."""
+        G = None
+        for start, stop in self.blocks():
+            Qt = self.read_block(start, stop).to(torch.float64)
+            G = Qt @ Qt.T if G is None else G + Qt @ Qt.T
+        return G if G is not None else torch.zeros(0, 0, dtype=torch.float64)
+
+    def orthogonality(self) -> float:
+        """``max |Q^T Q - I|``: how far the stored basis is from orthonormal (the loss of
+        orthogonality that full reorthogonalization keeps at the level of machine epsilon)."""
+        if self.size == 0:
+            return 0.0
+        G = self.gram()
+        return float((G - torch.eye(self.size, dtype=G.dtype, device=G.device)).abs().max())
+
 
 class TensorBasis(Basis):
     """Orthonormal columns ``Q = [q_0 ... q_{size-1}]`` held in a preallocated tensor.
@@ -126,9 +142,9 @@ class TensorBasis(Basis):
         return (Qt @ w.to(Qt.device, Qt.dtype)).to(w.device, torch.float64)
 
     def subtract(self, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """``w - Q h`` (a new tensor on ``w``'s device and dtype)."""
+        """``w - Q h`` (a new tensor on ``w``'s device and dtype; ``w`` a vector or a block)."""
         Qt = self._filled()
-        return w - (h.to(Qt.device, Qt.dtype) @ Qt).to(w.device, w.dtype)
+        return w - combine_rows(h.to(Qt.device, Qt.dtype), Qt).to(w.device, w.dtype)
 
     def combine(self, S: np.ndarray | torch.Tensor) -> torch.Tensor:
         """``Q S`` for ``S`` of shape ``(size, r)``: a ``(dim, r)`` float64 tensor."""
@@ -209,11 +225,20 @@ class ShardedBasis(Basis):
     def read_block(self, start, stop):
         return self.local_store.read_block(start, stop)
 
+    def gram(self):
+        return self.partition.sum(self.local_store.gram())
+
     def state(self) -> dict:
         return self.local_store.state()
 
     def restore_state(self, state: dict) -> None:
         self.local_store.restore_state(state)
+
+
+def combine_rows(h: torch.Tensor, Qt: torch.Tensor) -> torch.Tensor:
+    """``Q h`` from the rows ``Qt = Q^T`` (``(size, rows)``): a vector for a vector ``h``
+    (``(size,)``), a ``(rows, b)`` block for a block of coefficients ``(size, b)``."""
+    return h @ Qt if h.ndim == 1 else (h.T @ Qt).T
 
 
 def shard_basis(store: Basis, partition) -> Basis:

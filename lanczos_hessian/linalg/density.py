@@ -70,6 +70,9 @@ class Estimate:
     def __float__(self) -> float:
         return float(self.value)
 
+    def __repr__(self) -> str:
+        return f"Estimate({self.value:.6g} +- {self.stderr:.2g}, {self.num_probes} probes)"
+
 
 def estimate(per_probe) -> Estimate:
     """The :class:`Estimate` of a vector of per-probe values."""

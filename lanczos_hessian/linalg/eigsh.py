@@ -25,15 +25,16 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ..errors import NoConvergenceError, NumericalWarning
-from .lanczos import LanczosProcess
+from .lanczos import BlockLanczosProcess, LanczosProcess
+from ..progress import Progress
 from .hooks import NO_HOOKS, Hooks
-from .linop import as_block_matvec
+from .linop import as_block_matvec, precision_floor
 from .partition import ShardedMatvec, whole_or
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,14 @@ class EigshResult:
     tol : float
     anorm : float
         The estimate of ``||A||`` the tolerance was relative to.
+    orthogonality : float
+        ``max |Q^T Q - I|`` of the final Lanczos basis, measured (one sweep over the basis):
+        the loss of orthogonality, at the level of machine epsilon with full
+        reorthogonalization; larger values warn of ghost copies of converged eigenvalues.
+    block_size : int
+        Vectors per application of the operator.
+    k_bottom : int or None
+        With ``which="BE"``, how many of the eigenvalues (the smallest) are the bottom end.
     """
 
     eigenvalues: np.ndarray
@@ -93,13 +102,52 @@ class EigshResult:
     which: str = "LA"
     tol: float = 0.0
     anorm: float = 0.0
+    orthogonality: float = float("nan")
+    block_size: int = 1
+    k_bottom: int | None = None
 
     @property
     def all_converged(self) -> bool:
         return bool(np.all(self.converged))
 
+    def __repr__(self) -> str:
+        """One line whatever ``k`` and ``n`` (the arrays are attributes, not printed)."""
+        k = len(self.eigenvalues)
+        span = (f"{self.eigenvalues.min():.4g} .. {self.eigenvalues.max():.4g}" if k else "-")
+        return (f"EigshResult(k={k}, which={self.which!r}, eigenvalues {span}, converged "
+                f"{int(np.sum(self.converged))}/{k}, max residual bound "
+                f"{np.max(self.residual_bounds, initial=0.0):.1e}, {self.num_passes} passes, "
+                f"{self.num_matvecs} vectors)")
 
-def wanted_indices(theta: np.ndarray, k: int, which: str, k_bottom: int | None = None) -> np.ndarray:
+    def summary(self) -> str:
+        """A table, largest eigenvalue first, naming what each residual column is."""
+        order = np.argsort(self.eigenvalues)[::-1]
+        head = (f"{'eigenvalue':>14}  {'Ritz bound':>10}  {'measured':>10}  "
+                f"{'error bound':>11}  conv")
+        lines = [repr(self), head]
+        for i in order:
+            measured = (f"{self.residuals[i]:>10.2e}" if self.residuals is not None
+                        else f"{'-':>10}")
+            lines.append(f"{self.eigenvalues[i]:>14.7e}  {self.residual_bounds[i]:>10.2e}  "
+                         f"{measured}  {self.error_bounds[i]:>11.2e}  "
+                         f"{'yes' if self.converged[i] else 'NO'}")
+        lines.append("Ritz bound: ||A y - theta y|| in exact arithmetic (free); measured: the "
+                     "same computed with one extra pass (includes the products' rounding); "
+                     "error bound: distance of theta to an eigenvalue of A")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{self.eigenvalues[i]:.7e}</td><td>{self.residual_bounds[i]:.2e}</td>"
+            f"<td>{'-' if self.residuals is None else f'{self.residuals[i]:.2e}'}</td>"
+            f"<td>{'yes' if self.converged[i] else 'NO'}</td></tr>"
+            for i in np.argsort(self.eigenvalues)[::-1][:50])
+        return (f"<p>{repr(self)}</p><table><tr><th>eigenvalue</th><th>Ritz bound</th>"
+                f"<th>measured residual</th><th>converged</th></tr>{rows}</table>")
+
+
+def wanted_indices(theta: np.ndarray, k: int, which: str,
+                   k_bottom: int | None = None) -> np.ndarray:
     """Indices into ascending ``theta`` of the ``k`` wanted Ritz values (ascending order).
 
     ``BE`` takes ``k_bottom`` from the bottom and ``k - k_bottom`` from the top; by default
@@ -121,14 +169,44 @@ def wanted_indices(theta: np.ndarray, k: int, which: str, k_bottom: int | None =
     return np.sort(np.argsort(np.abs(theta), kind="stable")[m - k:])  # LM
 
 
-def default_ncv(k: int, n: int) -> int:
-    """Basis size before a thick restart when none is given: ``max(2k + 1, 20)``, ARPACK's
-    default (``scipy.sparse.linalg.eigsh``), at most ``n``."""
-    return min(max(2 * k + 1, 20), n)
+#: Extra basis vectors for the ends other than the top (``SA``, ``BE``, ``LM``).
+CLUSTER_ROOM = 40
 
 
-def _validate(k, dim, which, tol, ncv, max_matvecs, k_bottom):
-    """Check every argument before any application of the operator."""
+def default_ncv(k: int, n: int, block_size: int = 1, which: str = "LA") -> int:
+    """Basis size before a thick restart when none is given (the basis-size policy).
+
+    * ``LA``: ``max(2k + 1, 20)``, ARPACK's default (``scipy.sparse.linalg.eigsh``; Lehoucq,
+      Sorensen and Yang 1998): the top of a network's Hessian is a few outliers well
+      separated from the bulk, and a small basis converges them in few applications.
+    * ``SA``, ``BE``, ``LM``: the same plus :data:`CLUSTER_ROOM` (40) vectors. The bottom of a
+      trained network's Hessian is a cluster of hundreds of small negative eigenvalues, and
+      thick restart converges on a cluster in fewer applications the more free room each
+      cycle has (Wu and Simon 2000, Sec. 5; TRLan and SLEPc's Krylov-Schur recommend a
+      basis well above ``2k`` for clustered ends). Measured in ``scripts/bench_ends.py``
+      (docs/BENCHMARKS.md): with ``ncv = 20`` the bottom 5 of the demo network did not
+      converge within the old budget, with 60 it converged in fewer than half ARPACK's
+      applications.
+    * block mode (``b > 1``): at least ``k + 3 b`` more, so that a restart keeps the wanted
+      pairs and still grows two blocks.
+
+    At most ``n``. The default budget of :func:`lanczos_eigsh` follows from it:
+    ``max(20 ncv, 300)`` vectors.
+    """
+    ncv = max(2 * k + 1, 20) + (CLUSTER_ROOM if which != "LA" else 0)
+    if block_size > 1:
+        ncv = max(ncv, k + 3 * block_size) + 2 * block_size
+    return min(ncv, n)
+
+
+def check_arguments(k, dim, which, tol, ncv=None, max_matvecs=None, k_bottom=None,
+                    block_size=1) -> None:
+    """Check every argument of :func:`lanczos_eigsh` before any application of the operator
+    (and, in :mod:`lanczos_hessian.run`, before any file is created)."""
+    if (not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool)
+            or not 1 <= block_size <= dim):
+        raise ValueError(f"block_size={block_size!r} out of range: need 1 <= block_size <= "
+                         f"n = {dim}")
     if which not in WHICH:
         raise ValueError(f"unknown which={which!r}; choose one of {WHICH}")
     if not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
@@ -141,6 +219,9 @@ def _validate(k, dim, which, tol, ncv, max_matvecs, k_bottom):
         raise ValueError(f"tol must be positive, got {tol!r}")
     if ncv is not None and not k < ncv and ncv < dim:
         raise ValueError(f"ncv={ncv} must exceed k={k} (or equal n = {dim})")
+    if ncv is not None and block_size > 1 and ncv < min(k + 2 * block_size, dim):
+        raise ValueError(f"ncv={ncv} leaves no room for blocks of {block_size} beside k={k}: "
+                         f"need ncv >= k + 2 * block_size = {k + 2 * block_size} (or n)")
     if max_matvecs is not None and max_matvecs < 1:
         raise ValueError(f"max_matvecs must be at least 1, got {max_matvecs}")
 
@@ -155,6 +236,7 @@ def lanczos_eigsh(
     k_bottom: int | None = None,
     ncv: int | None = None,
     max_matvecs: int | None = None,
+    block_size: int = 1,
     v0=None,
     rng=None,
     return_eigenvectors: bool = True,
@@ -187,9 +269,17 @@ def lanczos_eigsh(
     ncv : int, optional
         Basis size before a thick restart; default ``max(2k + 1, 20)`` (ARPACK's default).
     max_matvecs : int, optional
-        Budget of operator applications; default ``max(20 * ncv, 300)``.
+        Budget of vectors the operator is applied to, the ``k`` of the measured residuals
+        (``true_residuals``) included; default ``max(20 * ncv, 300)``, with ``ncv`` from the
+        basis-size policy (:func:`default_ncv`).
+    block_size : int
+        Vectors per application of the operator (block Lanczos; see
+        :class:`~lanczos_hessian.linalg.lanczos.BlockLanczosProcess`): each step applies the
+        operator to ``block_size`` vectors in ONE pass over the data, so a pass serves
+        ``block_size`` vectors. Default 1 (single-vector Lanczos).
     v0 : array or tensor, optional
-        Start vector; default a standard normal vector drawn from ``rng``.
+        Start vector; default a standard normal vector drawn from ``rng`` (in block mode the
+        first column of the start block, the others drawn from ``rng``).
     rng : int or numpy Generator, optional
         Seed for ``v0`` and for the vectors drawn after a breakdown.
     return_eigenvectors : bool
@@ -204,7 +294,8 @@ def lanczos_eigsh(
     callback : callable, optional
         ``callback(process, theta, bounds)`` after every step (e.g. to record it).
     progress : bool
-        Show a tqdm progress bar over operator applications.
+        Show progress (:class:`~lanczos_hessian.progress.Progress`: a bar on a terminal,
+        a status line every 30 s in a log file), counted in passes over the data.
     hooks : Hooks, optional
         Where the basis lives (``hooks.bases(0, rows, ncv)``), the checkpoint committed after
         every step, and the rows held when the vectors are split across ranks
@@ -212,17 +303,21 @@ def lanczos_eigsh(
     """
     matvec = as_block_matvec(op, dim if v0 is None else len(v0))
     n = matvec.dim
-    _validate(k, n, which, tol, ncv, max_matvecs, k_bottom)
+    check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
     if criterion not in ("norm", "eigenvalue"):
         raise ValueError(f"unknown criterion={criterion!r}; choose 'norm' or 'eigenvalue'")
-    ncv = default_ncv(k, n) if ncv is None else min(ncv, n)
+    ncv = default_ncv(k, n, block_size, which) if ncv is None else min(ncv, n)
+    _warn_below_floor(tol, criterion, matvec.precision)
     max_matvecs = max_matvecs or max(20 * ncv, 300)
-    generator, v0 = _start_vector(rng, v0, matvec)
+    # the measured residuals take k more vectors (one pass): kept inside the budget
+    budget = max(max_matvecs - (k if true_residuals else 0), block_size)
+    generator, v0 = _start_vector(rng, v0, matvec, block_size)
     shard, checkpoint = whole_or(hooks.shard, n), hooks.checkpoint
     if shard.is_split:
         matvec, v0 = ShardedMatvec(matvec, shard), shard.local(v0)
     basis = hooks.bases(0, shard.local_dim, ncv) if hooks.bases is not None else None
-    process = LanczosProcess(matvec, v0, ncv, generator, basis=basis, shard=shard)
+    kind = BlockLanczosProcess if block_size > 1 else LanczosProcess
+    process = kind(matvec, v0, ncv, generator, basis=basis, shard=shard)
     start = time.perf_counter()
     t_ritz = 0.0
     num_restarts, finished, elapsed_before = 0, False, 0.0
@@ -232,8 +327,8 @@ def lanczos_eigsh(
         matvec.num_passes = int(resumed["num_passes"])
         matvec.num_vectors = int(resumed["num_vectors"])
         elapsed_before = float(resumed["elapsed"])
-        logger.info("resumed after %d operator applications", process.num_steps)
-    bar = _progress_bar(progress, max_matvecs, process.num_steps)
+        logger.info("resumed after %d operator applications", process.num_vectors)
+    bar = Progress("Lanczos", "pass", initial=process.num_steps, enabled=bool(progress))
     while not finished:
         process.step()
         t0 = time.perf_counter()
@@ -246,11 +341,12 @@ def lanczos_eigsh(
             callback(process, theta, bounds)
         converged = (len(want) == k and done.all()
                      and _complement_explored(process, which, threshold.min()))
-        finished = converged or process.exhausted or process.num_steps >= max_matvecs
-        if not finished and process.size == process.capacity:
-            keep = _keep_indices(theta, k, which, process.capacity, k_bottom,
-                                   nconv=int(done.sum()))
-            locked = np.intersect1d(keep, np.flatnonzero(bounds <= threshold))
+        finished = converged or process.exhausted or process.num_vectors >= budget
+        if not finished and process.full:
+            room = process.capacity - (process.block_size - 1)  # the next block must fit
+            keep = _keep_indices(theta, k, which, room, k_bottom, nconv=int(done.sum()))
+            locked = np.intersect1d(keep, np.flatnonzero(
+                bounds <= threshold * _lock_margin(process.block_size, k)))
             process.thick_restart(theta, S, keep, locked)
             num_restarts += 1
         if checkpoint is not None:
@@ -259,12 +355,13 @@ def lanczos_eigsh(
                                         "num_vectors": matvec.num_vectors,
                                         "elapsed": elapsed_before + time.perf_counter() - start},
                               finished)
-    if bar is not None:
-        bar.close()
+    bar.close()
     theta, S, bounds, want, _, anorm = _ritz_state(process, k, which, k_bottom, tol, criterion)
     result = _assemble(process, theta, S, bounds, want, tol, anorm, criterion, which, matvec,
                        return_eigenvectors, true_residuals, num_restarts,
                        {"ritz": t_ritz, "total": elapsed_before + time.perf_counter() - start})
+    if which == "BE":
+        result = replace(result, k_bottom=k // 2 if k_bottom is None else int(k_bottom))
     _report_convergence(result, k, raise_on_unconverged)
     return result
 
@@ -302,8 +399,9 @@ def _complement_explored(process, which, threshold) -> bool:
     return all(bounds[i] <= threshold for i in ends)
 
 
-def _start_vector(rng, v0, matvec):
-    """The generator of the run (seeded from ``rng``) and the float64 start vector."""
+def _start_vector(rng, v0, matvec, block_size=1):
+    """The generator of the run (seeded from ``rng``) and the float64 start vector ``(n,)``
+    (single-vector mode) or start block ``(n, block_size)``."""
     n, device = matvec.dim, matvec.device
     if rng is None:  # every rank must draw the same vectors: the operator's common entropy
         rng = matvec.draw_seed()
@@ -314,7 +412,11 @@ def _start_vector(rng, v0, matvec):
     v0 = torch.as_tensor(np.asarray(v0) if not isinstance(v0, torch.Tensor) else v0)
     if v0.shape != (n,):
         raise ValueError(f"v0 has shape {tuple(v0.shape)}, expected ({n},)")
-    return generator, v0.to(device, torch.float64)
+    v0 = v0.to(torch.float64)
+    if block_size > 1:
+        rest = torch.randn(n, block_size - 1, generator=generator, dtype=torch.float64)
+        v0 = torch.cat([v0[:, None], rest], dim=1)
+    return generator, v0.to(device)
 
 
 def _keep_indices(theta, k, which, capacity, k_bottom=None, nconv=0):
@@ -324,9 +426,9 @@ def _keep_indices(theta, k, which, capacity, k_bottom=None, nconv=0):
     leaves too few new directions per cycle (Wu and Simon 2000, Sec. 4; Stathopoulos, Saad
     and Wu 1998). The margin is the larger of a quarter of the free room and ARPACK's rule,
     ``min(nconv, room / 2)`` with ``nconv`` the wanted pairs already converged (Lehoucq,
-    Sorensen and Yang, *ARPACK Users' Guide*, 1998, ``dsaup2``). Measured on 12 restarted
-    runs (``scripts/bench_restart.py`` spectra at n = 1000): 3,372 applications, against
-    4,002 for the quarter alone and 3,448 for ARPACK's rule alone.
+    Sorensen and Yang, *ARPACK Users' Guide*, 1998, ``dsaup2``): fewer applications in
+    total than either rule alone on the restarted runs of ``scripts/bench_restart.py``
+    (docs/BENCHMARKS.md).
     """
     room = capacity - k
     extra = max(room // 4, min(nconv, room // 2), 1)
@@ -335,6 +437,40 @@ def _keep_indices(theta, k, which, capacity, k_bottom=None, nconv=0):
         low = k // 2 if k_bottom is None else k_bottom
         k_bottom = low + (keep_count - k) * low // k
     return wanted_indices(theta, keep_count, which, k_bottom)
+
+
+def _lock_margin(block_size: int, k: int) -> float:
+    """Fraction of the tolerance a pair must meet to be locked at a restart.
+
+    A locked pair's dropped coupling stays in the bound of every later Ritz vector that mixes
+    with it, which happens within a multiple (or tightly clustered) eigenvalue: ``m`` locked
+    copies can add up to ``m`` times their coupling. The single-vector mode locks at the
+    tolerance itself (its history is measured in docs/BENCHMARKS.md); the block mode, whose
+    blocks find copies together, locks at ``1 / (b k)`` of it, so that no sum of dropped
+    couplings can keep a wanted pair from converging.
+    """
+    return 1.0 if block_size == 1 else 1.0 / (block_size * k)
+
+
+def _converged(bounds, residuals, thresholds) -> np.ndarray:
+    """A pair converged when its free bound meets its threshold and, where the residual was
+    measured (``true_residuals``), the measured residual does too: the free bound knows
+    nothing of the rounding in the products (float32), the measurement does."""
+    done = bounds <= thresholds
+    return done if residuals is None else done & (np.asarray(residuals) <= thresholds)
+
+
+def _warn_below_floor(tol: float, criterion: str, precision) -> None:
+    """Say up front when ``tol`` asks for residuals the products cannot resolve."""
+    floor = precision_floor(precision)
+    if tol < floor:
+        scale = "||A||" if criterion == "norm" else "|theta|"
+        warnings.warn(
+            f"tol={tol:g} is below the precision floor {floor:.1e} of products computed in "
+            f"{str(precision).replace('torch.', '')}: residuals under {floor:.1e} * {scale} "
+            "cannot be told from rounding, so pairs that reach tol by their free bound will "
+            "not be confirmed by a measured residual; use tol >= the floor, or a float64 "
+            "model for tighter residuals", NumericalWarning, stacklevel=3)
 
 
 def _gap_bounds(theta_all, idx, bounds):
@@ -371,7 +507,8 @@ def _assemble(process, theta, S, bounds, want, tol, anorm, criterion, which, mat
         residual_bounds=bounds[want].copy(),
         error_bounds=_gap_bounds(theta, want, measured),
         residuals=residuals,
-        converged=bounds[want] <= _thresholds(theta, tol, anorm, criterion)[want],
+        converged=_converged(bounds[want], residuals,
+                             _thresholds(theta, tol, anorm, criterion)[want]),
         num_matvecs=matvec.num_vectors,
         num_passes=matvec.num_passes,
         num_restarts=num_restarts,
@@ -381,6 +518,8 @@ def _assemble(process, theta, S, bounds, want, tol, anorm, criterion, which, mat
         which=which,
         tol=tol,
         anorm=anorm,
+        orthogonality=process.basis.orthogonality(),
+        block_size=process.block_size,
     )
 
 
@@ -388,31 +527,27 @@ def _report_convergence(result, k, raise_on_unconverged):
     missing = np.flatnonzero(~result.converged)
     if len(result.eigenvalues) == k and len(missing) == 0:
         return
+    threshold = result.tol * result.anorm
+    measured = result.residuals is not None
     listed = ", ".join(
-        f"theta={result.eigenvalues[i]:.6g} (residual bound {result.residual_bounds[i]:.2e})"
+        f"theta={result.eigenvalues[i]:.6g} (residual bound {result.residual_bounds[i]:.2e}"
+        + (f", measured {result.residuals[i]:.2e}" if measured else "") + ")"
         for i in missing
     )
+    by_precision = measured and np.all(result.residual_bounds[missing] <= threshold)
+    advice = ("the free bounds met it but the measured residuals did not: the products' "
+              "rounding (e.g. float32) limits them; raise tol or use a float64 model"
+              if by_precision else "raise max_matvecs or ncv")
     message = (
         f"{len(missing)} of {k} wanted eigenpairs did not reach tol={result.tol:g} * ||A|| "
         f"(||A|| ~ {result.anorm:.4g}) within {result.num_matvecs} operator applications: "
-        f"{listed}; raise max_matvecs or ncv"
+        f"{listed}; {advice}"
     )
     if raise_on_unconverged:
         raise NoConvergenceError(message, result)
     warnings.warn(message, NumericalWarning, stacklevel=3)
 
 
-def _progress_bar(progress, total, initial=0):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="Lanczos", unit="matvec", leave=False)
-
-
 def _update_bar(bar, theta_wanted, done):
-    if bar is None:
-        return
-    bar.update(1)
-    bar.set_postfix(converged=f"{int(done.sum())}/{len(done)}",
-                    top=f"{theta_wanted[-1]:.4g}" if len(theta_wanted) else "-")
+    bar.update(1, converged=f"{int(done.sum())}/{len(done)}",
+               top=f"{theta_wanted[-1]:.4g}" if len(theta_wanted) else "-")

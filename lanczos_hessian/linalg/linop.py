@@ -33,6 +33,7 @@ class BlockMatvec:
     num_passes: int = 0
     num_vectors: int = 0
     draw_seed: object = field(default=None, repr=False)
+    precision: object = torch.float64  # the dtype the products are computed in
 
     def __post_init__(self):
         if self.draw_seed is None:
@@ -51,7 +52,8 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
     """
     if _is_torch_native(op):
         return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device,
-                           draw_seed=getattr(op, "common_seed", None))
+                           draw_seed=getattr(op, "common_seed", None),
+                           precision=getattr(op, "model_dtype", torch.float64))
     if isinstance(op, torch.Tensor):
         _check_square(tuple(op.shape))
         A = op.to(torch.float64)
@@ -67,6 +69,20 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
     raise TypeError(
         f"expected a LinearOperator, a square matrix or a matvec callable, got {type(op).__name__}"
     )
+
+
+def precision_floor(dtype) -> float:
+    """The relative residual ``||A y - theta y|| / ||A||`` below which products computed in
+    ``dtype`` cannot be trusted: ``4 eps`` (4.8e-7 for float32, 8.9e-16 for float64).
+
+    Each product carries a relative rounding error of at least a few ``eps`` (the per-batch
+    products are in ``dtype``; the batches are summed in float64), so a tolerance below this
+    asks for residuals that rounding alone exceeds. Above it, whether the products resolve the
+    tolerance depends on the model (measured float32 residuals reach 7e-7 of ``|theta|`` on
+    the CNN of ``scripts/bench_hvp.py`` and 2e-5 of ``||H||`` on the demo network's small
+    eigenvalues), which is why the measured residual, when asked for, decides convergence.
+    """
+    return 4.0 * float(torch.finfo(dtype).eps)
 
 
 def fresh_seed() -> int:
@@ -95,7 +111,8 @@ def _numpy_block(matmat):
 def _numpy_columns(matvec):
     def apply(V):
         X = V.detach().cpu().numpy()
-        cols = [np.asarray(matvec(X[:, j]), dtype=np.float64).reshape(-1) for j in range(X.shape[1])]
+        cols = [np.asarray(matvec(X[:, j]), dtype=np.float64).reshape(-1)
+                for j in range(X.shape[1])]
         return torch.from_numpy(np.stack(cols, axis=1)).to(V.device)
 
     return apply

@@ -78,6 +78,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -87,6 +88,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from . import density
 from .eigsh import EigshResult, lanczos_eigsh
+from ..progress import Progress
 from .hooks import NO_HOOKS, Hooks
 from .lanczos import EPS, LockstepLanczos
 from .linop import BlockMatvec, as_block_matvec
@@ -144,6 +146,16 @@ class SLQResult(density.QuadratureStatistics):
         The part of ``num_passes``/``num_matvecs`` spent computing the outliers.
     timings : dict
         Seconds in the operator, in orthogonalization/projection, in the quadrature, total.
+    orthogonality : float
+        ``max_p max |Q_p^T Q_p - I|`` over the probes' stored bases, measured after the last
+        step (NaN without reorthogonalization: no basis is stored).
+    duplicate_nodes : int
+        Pairs of nodes of one probe closer than ``sqrt(eps) * ||T||``: the signature of ghost
+        copies of converged eigenvalues when orthogonality is lost (exact Gauss nodes are
+        distinct). Expected 0 with full reorthogonalization; without it, a few ghosts split
+        their eigenvalue's weight and the smooth statistics stay valid (module docstring).
+    target_stderr : float
+        The standard error :func:`adaptive_slq` stopped at (NaN for a fixed number of probes).
 
     The statistics (``density``, ``trace``, ``moments``, ``fraction_below``, ...) are those of
     :class:`~lanczos_hessian.linalg.density.QuadratureStatistics`.
@@ -168,6 +180,29 @@ class SLQResult(density.QuadratureStatistics):
     deflation_passes: int = 0
     deflation_matvecs: int = 0
     timings: dict = field(default_factory=dict)
+    orthogonality: float = float("nan")
+    duplicate_nodes: int = 0
+    target_stderr: float = float("nan")
+
+    def __repr__(self) -> str:
+        """One line whatever the number of probes and steps."""
+        trace = self.trace()
+        return (f"SLQResult({self.num_probes} probes x {self.num_steps} steps, n={self.dim}, "
+                f"{len(self.outliers)} deflated, trace {trace.value:.6g} +- "
+                f"{trace.stderr:.2g}, {self.num_passes} passes)")
+
+    def summary(self) -> str:
+        """Trace, the second moment and the signed masses, each with its standard error."""
+        t, (_, _, m2) = self.trace(), self.moments(2)
+        lines = [repr(self), f"trace            {t.value:.6g} +- {t.stderr:.2g}",
+                 f"tr(A^2)          {m2.value:.6g} +- {m2.stderr:.2g}",
+                 f"fraction < 0     {self.fraction_below(0.0).value:.4f} +- "
+                 f"{self.fraction_below(0.0).stderr:.4f}",
+                 f"orthogonality    {self.orthogonality:.1e} (max |Q^T Q - I| over probes)"]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + self.summary() + "</pre>"
 
 
 @dataclass(frozen=True)
@@ -219,6 +254,19 @@ def quadrature_rules(alphas, betas, num_nodes) -> tuple:
         if L > 0:
             nodes[p, :L], weights[p, :L] = gauss_quadrature(alphas[p, :L], betas[p, :L - 1])
     return nodes, weights
+
+
+def count_duplicate_nodes(nodes, alphas, betas) -> int:
+    """Pairs of adjacent nodes of one probe closer than ``sqrt(eps) * ||T_p||`` (``||T_p||``
+    estimated by the largest ``|alpha|`` and ``|beta|`` of that probe): ghosts."""
+    count = 0
+    for p in range(nodes.shape[0]):
+        x = nodes[p][np.isfinite(nodes[p])]
+        if x.size < 2:
+            continue
+        scale = max(np.nanmax(np.abs(alphas[p])), np.nanmax(np.abs(betas[p])), EPS)
+        count += int((np.diff(np.sort(x)) <= np.sqrt(EPS) * scale).sum())
+    return count
 
 
 # ------------------------------------------------------------------ probes
@@ -385,7 +433,8 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     callback : callable, optional
         ``callback(step, state)`` after every step, ``state`` an :class:`SLQStep`.
     progress : bool
-        A tqdm progress bar over steps.
+        Show progress over the lockstep steps (a bar on a terminal, status lines with the
+        time left in a log file; :class:`~lanczos_hessian.progress.Progress`).
     dim : int, optional
         Size of a bare matvec callable.
     probes : array (n, num_probes), optional
@@ -425,21 +474,19 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
         steps = 0 if resumed is None else int(resumed["step"])
         passes0 -= steps  # the restored steps count as this run's passes
         vectors0 -= int(lanczos.num_nodes.sum())
-    bar = _progress_bar(progress, num_steps, steps)
+    bar = Progress("SLQ", "step", total=num_steps, initial=steps, enabled=bool(progress))
     while steps < num_steps and lanczos.active.any():
         was_active = lanczos.active.copy()
         lanczos.step()
         steps += 1
-        if bar is not None:
-            bar.update(1)
+        bar.update(1)
         if callback is not None:
             callback(steps, _step_state(lanczos, steps, was_active, matvec, passes0,
                                         vectors0, time.perf_counter() - start))
         if checkpoint is not None:
             checkpoint.commit(lanczos, {"step": steps},
                               not (steps < num_steps and lanczos.active.any()))
-    if bar is not None:
-        bar.close()
+    bar.close()
     t0 = time.perf_counter()
     m = int(lanczos.num_nodes.max())
     alphas, betas = lanczos.alphas[:, :m].copy(), lanczos.betas[:, :m].copy()
@@ -455,6 +502,8 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
         reorthogonalized=reorthogonalize,
         timings={**lanczos.timings, "quadrature": t_quad,
                  "total": time.perf_counter() - start},
+        orthogonality=max((b.orthogonality() for b in lanczos.bases()), default=float("nan")),
+        duplicate_nodes=count_duplicate_nodes(nodes, alphas, betas),
     )
     logger.info("SLQ: %d probes x %d steps on n=%d (%d deflated): %d passes, %d vectors, "
                 "%.3g s", num_probes, m, n, outliers.size, result.num_passes,
@@ -508,7 +557,8 @@ def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
                  num_steps: int = 80, *, tol: float = 1e-6, probe: str = "rademacher",
                  rng=None, reorthogonalize: bool = True, ncv: int | None = None,
                  max_matvecs: int | None = None, callback=None, progress: bool = False,
-                 dim: int | None = None, basis_device=None) -> SLQResult:
+                 dim: int | None = None, basis_device=None,
+                 target_stderr: float | None = None) -> SLQResult:
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs by
     :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, then :func:`slq` deflated by them.
 
@@ -522,9 +572,13 @@ def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
     :class:`~lanczos_hessian.errors.NumericalWarning` says so). ``num_passes`` and
     ``num_matvecs`` of the result count ALL applications (eigensolver and SLQ);
     ``deflation_passes``/``deflation_matvecs`` the eigensolver's part. The other arguments
-    are :func:`slq`'s and :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`'s.
+    are :func:`slq`'s and :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`'s. With
+    ``target_stderr``, the probes are added in rounds of ``num_probes`` until the trace's
+    standard error reaches it (:func:`adaptive_slq`).
     """
     _validate(num_probes, num_steps, probe)
+    if target_stderr is not None and not (np.isfinite(target_stderr) and target_stderr > 0):
+        raise ValueError(f"target_stderr must be a positive number, got {target_stderr!r}")
     k, which, k_b = deflation_plan(k_top, k_bottom)
     if k < 1:
         raise ValueError("deflated_slq needs k_top + k_bottom >= 1 (else call slq)")
@@ -535,10 +589,109 @@ def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
     eigs = lanczos_eigsh(eig_op, k, which, tol, k_bottom=k_b, ncv=ncv, max_matvecs=max_matvecs,
                          rng=eigs_seed, progress=progress, dim=eig_dim)
     t_eig = time.perf_counter() - t0
-    result = slq(op, num_probes, num_steps, probe=probe, rng=probe_seed,
-                 reorthogonalize=reorthogonalize, deflate=eigs, callback=callback,
-                 progress=progress, dim=dim, basis_device=basis_device)
+    if target_stderr is not None:
+        result = adaptive_slq(op, target_stderr, probes_per_round=num_probes,
+                              num_steps=num_steps, probe=probe, rng=probe_seed,
+                              reorthogonalize=reorthogonalize, deflate=eigs,
+                              progress=progress, dim=dim, basis_device=basis_device)
+    else:
+        result = slq(op, num_probes, num_steps, probe=probe, rng=probe_seed,
+                     reorthogonalize=reorthogonalize, deflate=eigs, callback=callback,
+                     progress=progress, dim=dim, basis_device=basis_device)
     return with_deflation_cost(result, eigs.num_passes, eigs.num_matvecs, t_eig)
+
+
+def adaptive_slq(op, target_stderr: float, *, statistic=None, probes_per_round: int = 10,
+                 max_probes: int = 200, num_steps: int = 80, probe: str = "rademacher",
+                 rng=None, reorthogonalize: bool = True, deflate=None, progress: bool = False,
+                 dim: int | None = None, basis_device=None) -> SLQResult:
+    """SLQ that adds probes until a statistic is known to a requested standard error.
+
+    Rounds of ``probes_per_round`` probes run in lockstep (each round costs ``num_steps``
+    passes over the data, whatever its width); after each round the ``statistic`` of all
+    probes so far is evaluated, and the run stops once its standard error over probes is at
+    most ``target_stderr``, or at ``max_probes`` probes (a
+    :class:`~lanczos_hessian.errors.NumericalWarning` then says how far it got). The
+    standard error is the sample standard deviation of the per-probe values over
+    ``sqrt(P)``; for the trace the central limit theorem puts the exact value within two of
+    them with probability about 0.95 once ``P`` is ten or more (Hutchinson 1990; Avron and
+    Toledo 2011 bound the probes a relative accuracy needs).
+
+    Parameters
+    ----------
+    target_stderr : float
+        The standard error to reach (absolute, in the statistic's units); positive.
+    statistic : callable, optional
+        ``statistic(result) -> Estimate`` of an :class:`SLQResult`; default its trace.
+    probes_per_round : int
+        Probes advanced together per round (at least 2: a standard error needs two).
+    max_probes : int
+        Probes at most.
+    The other arguments are :func:`slq`'s; round ``r`` draws its probes from the seed
+    ``SeedSequence(seed, spawn_key=(r,))`` (round 0 from ``seed`` itself, as :func:`slq`).
+    Returns one :class:`SLQResult` of every probe drawn, with ``target_stderr`` set.
+    """
+    from ..errors import NumericalWarning
+
+    if not (isinstance(target_stderr, (int, float, np.floating)) and np.isfinite(target_stderr)
+            and target_stderr > 0):
+        raise ValueError(f"target_stderr must be a positive number, got {target_stderr!r}")
+    _validate(probes_per_round, num_steps, probe)
+    if probes_per_round < 2:
+        raise ValueError(f"probes_per_round must be at least 2 (a standard error needs two "
+                         f"probes), got {probes_per_round}")
+    if not isinstance(max_probes, (int, np.integer)) or max_probes < probes_per_round:
+        raise ValueError(f"max_probes={max_probes!r} must be an integer >= probes_per_round="
+                         f"{probes_per_round}")
+    statistic = statistic or (lambda result: result.trace())
+    matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
+    seed = _resolve_seed(rng, matvec)
+    rounds = []
+    while sum(r.num_probes for r in rounds) < max_probes:
+        width = min(probes_per_round, max_probes - sum(r.num_probes for r in rounds))
+        round_seed = seed if not rounds else int(
+            np.random.SeedSequence(seed, spawn_key=(len(rounds),)).generate_state(1)[0])
+        rounds.append(slq(matvec, max(width, 2), num_steps, probe=probe, rng=round_seed,
+                          reorthogonalize=reorthogonalize, deflate=deflate,
+                          progress=progress, basis_device=basis_device))
+        merged = _merge_rounds(rounds, seed, target_stderr)
+        estimate = statistic(merged)
+        logger.info("adaptive SLQ: %d probes, standard error %.3g (target %.3g)",
+                    merged.num_probes, estimate.stderr, target_stderr)
+        if estimate.stderr <= target_stderr:
+            return merged
+    warnings.warn(f"adaptive SLQ stopped at max_probes={max_probes} with a standard error of "
+                  f"{estimate.stderr:.3g}, above the target {target_stderr:.3g}",
+                  NumericalWarning, stacklevel=2)
+    return merged
+
+
+def _merge_rounds(rounds: list, seed: int, target_stderr: float) -> SLQResult:
+    """One :class:`SLQResult` of the probes of several rounds (rows padded to one width)."""
+    m = max(r.nodes.shape[1] for r in rounds)
+
+    def stack(name, fill):
+        rows = []
+        for r in rounds:
+            a = getattr(r, name)
+            pad = np.full((a.shape[0], m - a.shape[1]), fill)
+            rows.append(np.concatenate([a, pad], axis=1))
+        return np.concatenate(rows, axis=0)
+
+    first = rounds[0]
+    timings = {}
+    for r in rounds:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    return replace(
+        first, nodes=stack("nodes", np.nan), weights=stack("weights", 0.0),
+        alphas=stack("alphas", np.nan), betas=stack("betas", np.nan),
+        num_nodes=np.concatenate([r.num_nodes for r in rounds]),
+        num_probes=sum(r.num_probes for r in rounds),
+        num_passes=sum(r.num_passes for r in rounds),
+        num_matvecs=sum(r.num_matvecs for r in rounds), seed=seed, timings=timings,
+        orthogonality=max(r.orthogonality for r in rounds),
+        duplicate_nodes=sum(r.duplicate_nodes for r in rounds), target_stderr=target_stderr)
 
 
 def _eigsh_operand(op, dim):
@@ -556,11 +709,3 @@ def _eigsh_operand(op, dim):
 
     return LinearOperator((op.dim, op.dim), matvec=matmat, matmat=matmat,
                           dtype=np.float64), None
-
-
-def _progress_bar(progress, total, initial=0):
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="SLQ", unit="step", leave=False)

@@ -33,7 +33,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import DistributedError, RankFailedError, RankMismatchError
+from ..errors import DistributedError, RankFailedError
 
 DEFAULT_TIMEOUT_S = 1800.0
 TIMEOUT_ENV = "LANCZOS_HESSIAN_TIMEOUT"

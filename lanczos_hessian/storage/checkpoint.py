@@ -24,21 +24,27 @@ With Lanczos vectors sharded across ranks, each rank holds such a state for its 
 in the run's file, the others in files of their own); the ranks resume from the last count
 that all of them committed, which a rank one commit ahead still holds in its other slot.
 
-Resuming checks that the run is the same: the settings, the model's parameters (a SHA-256 of
-their float64 values) and, at the first pass after the resume, the data (its pass
-fingerprint: sample count and sums); a mismatch is refused with a message naming it.
+Resuming checks that the run is the same: the settings (the differentiation strategy among
+them), the model's parameters (a SHA-256 of their float64 values) and, at the first pass after
+the resume, the data (its pass fingerprint: sample count, sums and order-independent sums of
+per-sample hashes, :class:`~lanczos_hessian.curvature.data.PassFingerprint`); a mismatch is
+refused with a message naming it. A state that cannot be read (a damaged file) is a
+:class:`~lanczos_hessian.errors.SpectrumFileError`, found before the file streams.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io as _io
+import zipfile
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import torch
 
-from ..errors import ResumeError
+from ..errors import ResumeError, SpectrumFileError
 from ..linalg.basis import TensorBasis, copy_vectors
 from .disk_basis import HDF5Basis, MirroredBasis, create_basis_dataset
 
@@ -49,6 +55,27 @@ def model_fingerprint(op) -> str:
     """SHA-256 (first 16 hex digits) of the selected parameters as float64 bytes."""
     flat = op.flat_parameters().cpu().numpy()
     return hashlib.sha256(flat.tobytes()).hexdigest()[:16]
+
+
+_UNREADABLE = (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError, EOFError,
+               zipfile.BadZipFile)
+
+
+def _damaged(method):
+    """Turn a failure to read a committed state (a damaged file) into a clear error."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ResumeError, SpectrumFileError):
+            raise
+        except _UNREADABLE as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise SpectrumFileError(f"{self.writer.path} is damaged: its {self.group} state "
+                                    f"cannot be read ({type(exc).__name__}: {first})") from exc
+
+    return guarded
 
 
 def _pack(small: dict) -> np.ndarray:
@@ -131,6 +158,7 @@ class RunCheckpoint:
         return make
 
     # ---- commit and load -----------------------------------------------------------------
+    @_damaged
     def _commit_record(self) -> np.ndarray:
         return self.writer.file[f"{self.path}/commit"][:]
 
@@ -156,6 +184,7 @@ class RunCheckpoint:
         f.flush()
         return int(count) + 1
 
+    @_damaged
     def load(self, count: int | None = None) -> Committed:
         """The committed state, or the one before it when ``count`` is one less than the
         committed count (the ranks of a sharded run agree on the last state that all of them
@@ -191,6 +220,7 @@ class RunCheckpoint:
         self.writer.file[f"{self.path}/commit"][:] = np.array(record)
         self.writer.file.flush()
 
+    @_damaged
     def check_same_run(self, settings: dict) -> None:
         """Raise :class:`ResumeError` naming every setting that differs from the file's."""
         node = self.writer.file.get(self.path)
@@ -204,6 +234,20 @@ class RunCheckpoint:
         if differences:
             raise ResumeError(f"{self.writer.path} is from a different run; refusing to resume ("
                               + "; ".join(differences) + ")")
+        self._check_readable()
+
+    def _check_readable(self) -> None:
+        """Read the committed state and walk the chunk index of every state dataset once,
+        before the file streams: in SWMR mode HDF5 retries a damaged read for minutes, here
+        it fails at once (:func:`_damaged`)."""
+        state = self.writer.file[self.path]
+        for name, node in state.items():
+            if node is None:
+                raise KeyError(f"{self.path}/{name} cannot be opened")
+            if isinstance(node, h5py.Dataset) and node.chunks is not None:
+                node.id.get_num_chunks()  # walks the dataset's chunk index
+        if self.count:
+            self.load()
 
 
 def _plain(value):

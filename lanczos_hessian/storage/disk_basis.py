@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from ..linalg.basis import Basis, TensorBasis, copy_vectors
+from ..linalg.basis import Basis, TensorBasis, combine_rows, copy_vectors
 
 LAYOUT = "vectors as rows"  # attribute of every basis dataset: one basis vector per row
 
@@ -111,7 +111,8 @@ class HDF5Basis(Basis):
         self.column_map.append(column)
 
     def project(self, w: torch.Tensor) -> torch.Tensor:
-        h = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        h = torch.zeros((self.size,) + tuple(w.shape[1:]), dtype=torch.float64,
+                        device=self.device)
         for start, stop in self.blocks():
             h += self.read_block(start, stop) @ w[start:stop].to(self.device, torch.float64)
         return h.to(w.device)
@@ -120,28 +121,22 @@ class HDF5Basis(Basis):
         out = w.clone()
         hd = h.to(self.device, torch.float64)
         for start, stop in self.blocks():
-            out[start:stop] -= (hd @ self.read_block(start, stop)).to(w.device, w.dtype)
+            out[start:stop] -= combine_rows(hd, self.read_block(start, stop)).to(w.device,
+                                                                                 w.dtype)
         return out
 
     def subtract_project(self, w: torch.Tensor, h: torch.Tensor) -> tuple:
         """``(w - Q h, Q^T (w - Q h))`` in one sweep: both are separable by blocks of rows."""
         out = w.clone()
-        h2 = torch.zeros(self.size, dtype=torch.float64, device=self.device)
+        h2 = torch.zeros((self.size,) + tuple(w.shape[1:]), dtype=torch.float64,
+                         device=self.device)
         hd = h.to(self.device, torch.float64)
         for start, stop in self.blocks():
             Qt = self.read_block(start, stop)
-            block = out[start:stop].to(self.device, torch.float64) - hd @ Qt
+            block = out[start:stop].to(self.device, torch.float64) - combine_rows(hd, Qt)
             h2 += Qt @ block
             out[start:stop] = block.to(w.device, w.dtype)
         return out, h2.to(w.device)
-
-    def gram(self) -> torch.Tensor:
-        """``Q^T Q`` (``j x j``), streamed: how orthonormal the stored basis is."""
-        G = torch.zeros(self.size, self.size, dtype=torch.float64, device=self.device)
-        for start, stop in self.blocks():
-            Qt = self.read_block(start, stop)
-            G += Qt @ Qt.T
-        return G
 
     def combine_blocks(self, S, block_rows: int | None = None):
         """Yield ``(start, stop, (Q S)[start:stop])`` float64 CPU row blocks."""

@@ -15,11 +15,23 @@ A record is appended by resizing every dataset of ``steps``, writing the row, th
 the counter ``steps/committed`` (a one-element dataset) and flushing. Readers trust that
 counter only, so a file cut off by a crash or ``kill -9`` is readable up to its last
 committed step. Long runs stream in HDF5's SWMR mode, so another process can follow them.
+
+One process writes a file: every :class:`SpectrumWriter` holds the file's lock
+(:mod:`~lanczos_hessian.storage.lock`) while it is open. A writer killed outside SWMR mode
+(creating the file, between two phases, writing results) leaves HDF5's "open for write" flags
+set, which makes HDF5 refuse the file; readers and resumes clear them
+(:func:`recover_left_open`) once the lock shows that no writer is alive. A full disk ends a
+writer with :class:`~lanczos_hessian.errors.DiskFullError` after a clean close (its reserve
+given back), and a write that HDF5 cannot do otherwise is a :class:`SpectrumFileError`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -29,11 +41,19 @@ import h5py
 import numpy as np
 
 from .._version import __version__
-from ..errors import OutputPathError, SpectrumFileError
+from ..errors import DiskFullError, LanczosHessianError, OutputPathError, SpectrumFileError
 from .h5flags import clear_write_flags
+from .lock import LockHeldError, describe, for_writer, no_live_writer
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "lanczos_hessian.spectrum"
 FORMAT_VERSION = 1
+
+#: Bytes every writer keeps in reserve on its output's file system (in its lock file, see
+#: :mod:`~lanczos_hessian.storage.lock`), given back when the disk fills so that HDF5 can
+#: still write what it holds in its caches and close the file cleanly.
+DEFAULT_RESERVE = 1 << 18
 
 
 def check_output_path(path, overwrite: bool = False) -> Path:
@@ -42,6 +62,17 @@ def check_output_path(path, overwrite: bool = False) -> Path:
     if path.exists() and not overwrite:
         raise OutputPathError(f"output file {path} exists; pass overwrite=True (--overwrite) "
                               "to replace it, or choose another path")
+    return check_output_location(path)
+
+
+def check_output_location(path) -> Path:
+    """The checks of :func:`check_output_path` but whether the file exists: not a directory,
+    not a symbolic link, in a writable directory of a file system that holds files."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputPathError(f"output path {path} is a symbolic link (to "
+                              f"{os.readlink(path)}); refusing to write through it: pass the "
+                              "target's own path, or remove the link")
     if path.is_dir():
         raise OutputPathError(f"output path {path} is a directory")
     parent = path.parent if str(path.parent) else Path(".")
@@ -49,6 +80,14 @@ def check_output_path(path, overwrite: bool = False) -> Path:
         raise OutputPathError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputPathError(f"cannot write {path}: directory {parent} is not writable")
+    try:
+        blocks = os.statvfs(parent).f_blocks
+    except OSError:
+        blocks = 1
+    if blocks == 0:
+        raise OutputPathError(f"cannot write {path}: directory {parent} is on a file system of "
+                              "size 0 (a virtual file system such as /proc or /sys holds no "
+                              "files); choose another path")
     return path
 
 
@@ -60,6 +99,55 @@ def _attr_value(value):
     if isinstance(value, (str, Path)):  # also str subclasses such as torch's version
         return str(value)
     return value
+
+
+class _Misuse(RuntimeError):
+    """A writer used against its protocol (a bug of the caller, not of the file)."""
+
+
+def _guard_disk(method):
+    """Turn a full disk inside ``method`` into :class:`DiskFullError` with the file closed,
+    and another failure of HDF5 into :class:`SpectrumFileError`."""
+
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (LanczosHessianError, _Misuse):
+            raise
+        except Exception as exc:
+            if is_disk_full(exc):
+                self._disk_full(exc)
+            if isinstance(exc, (OSError, RuntimeError, KeyError)):  # HDF5 could not do it
+                raise SpectrumFileError(
+                    f"{self.path}: {method.__name__.replace('_', ' ')} failed "
+                    f"({_first_line(exc)}); the file may be damaged") from exc
+            raise
+
+    return guarded
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large",
+                   "errno = 28,", "errno = 122,", "errno = 27,")
+
+
+def is_disk_full(exc) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a full disk or quota."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) in _DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(exc) for text in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _is_numeric_sequence(value):
@@ -88,19 +176,46 @@ class SpectrumWriter:
         Replace an existing file.
     append : bool
         Open an existing file of ours to continue it (resume) instead of creating one.
+    reserve : int
+        Bytes kept free on the file's file system for a clean close when the disk fills.
+    space : int
+        Bytes the caller expects to write, checked free (with ``reserve``) before opening.
+
+    Every writer holds the file's exclusive lock (:mod:`~lanczos_hessian.storage.lock`)
+    from before it opens the file until it has closed it: a file that a live process writes
+    is refused. When the disk fills, the writer gives its reserve back, closes the file (what
+    was committed stays readable) and raises :class:`~lanczos_hessian.errors.DiskFullError`.
     """
 
     def __init__(self, path, attrs: dict | None = None, overwrite: bool = False,
-                 append: bool = False):
-        self.path = Path(path)
+                 append: bool = False, reserve: int = DEFAULT_RESERVE, space: int = 0):
+        self.path = Path(os.path.realpath(path)) if append else Path(path)
         self.streaming = False
+        self.file = None
+        if not append:
+            check_output_location(self.path)  # the lock file goes beside it
+        self.lock, self._owns_lock = for_writer(self.path)
+        try:
+            self._open(attrs, overwrite, append, reserve, space)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _open(self, attrs, overwrite, append, reserve, space):
         if append:
+            if not self.path.exists():
+                raise SpectrumFileError(f"{self.path}: no such file")
+            clear_left_open(self.path)  # this process holds the lock: no writer is alive
             open_spectrum(self.path).close()  # ours, readable, compatible
-            _refuse_if_locked(self.path)
-            clear_write_flags(self.path)  # left set by the killed writer
-            self.file = h5py.File(self.path, "r+", libver="latest")
+            self._keep_reserve(reserve, space)
+            try:
+                self.file = h5py.File(self.path, "r+", libver="latest")
+            except OSError as exc:
+                raise SpectrumFileError(f"{self.path} cannot be opened to continue it: "
+                                        f"{_first_line(exc)}") from exc
             return
-        self.path = check_output_path(path, overwrite)
+        check_output_path(self.path, overwrite)
+        self._keep_reserve(reserve, space)
         try:
             self.file = h5py.File(self.path, "w", libver="latest")
         except OSError as exc:
@@ -116,23 +231,71 @@ class SpectrumWriter:
         root.update(attrs or {})
         self.set_attrs("/", root)
 
+    def _keep_reserve(self, reserve: int, space: int) -> None:
+        check_free_space(self.path, reserve + space, "the file and its reserve")
+        try:
+            self.lock.reserve(reserve)
+        except OSError as exc:
+            raise DiskFullError(f"cannot reserve {format_bytes(reserve)} beside {self.path} "
+                                f"({exc.strerror or exc}): the disk is full") from exc
+
+    def _release_lock(self) -> None:
+        lock, self.lock = self.lock, None  # once, however often the writer is closed
+        if lock is None:
+            return
+        if self._owns_lock:
+            lock.release()
+        else:
+            lock.leave()
+
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc is not None and not isinstance(exc, DiskFullError) and is_disk_full(exc):
+            self._disk_full(exc)
         self.close()
 
     def close(self):
-        if self.file.id.valid:
-            self.file.flush()
-            self.file.close()
+        try:
+            if self.file is not None and self.file.id.valid:
+                try:
+                    self.file.flush()
+                    self.file.close()
+                except Exception as exc:
+                    if is_disk_full(exc):
+                        self._disk_full(exc)
+                    raise
+        finally:
+            self._release_lock()
 
+    def _disk_full(self, exc):
+        """The disk filled: give the reserve back so that HDF5 can write what its caches hold
+        and close the file cleanly; raise :class:`DiskFullError`."""
+        freed = self.lock.free_reserve() if self.lock is not None else False
+        state = "closed cleanly"
+        try:
+            if self.file is not None and self.file.id.valid:
+                self.file.close()
+        except Exception as second:  # noqa: BLE001 (reported in the message)
+            state = f"could not be closed cleanly ({second})"
+        finally:
+            self._release_lock()
+        reason = _first_line(exc)
+        raise DiskFullError(
+            f"the file system of {self.path} is full ({reason}); the run stopped and the file "
+            f"was {state}{'' if freed else ' without a reserve'}: everything committed before "
+            "stays readable (lanczos-hessian analyze); free some space, then continue the run "
+            "with --resume (resume=True)") from exc
+
+    @_guard_disk
     def start_streaming(self) -> None:
         """Enter SWMR mode: readers may open the file while records are appended."""
         self.file.flush()
         self.file.swmr_mode = True
         self.streaming = True
 
+    @_guard_disk
     def finish(self) -> None:
         """Leave SWMR mode (close and reopen read-write) to write final arrays and attributes."""
         if self.streaming:
@@ -142,9 +305,10 @@ class SpectrumWriter:
 
     def _declaring(self, what):
         if self.streaming:
-            raise RuntimeError(f"cannot {what} while streaming (SWMR); declare it first or "
-                               "call finish()")
+            raise _Misuse(f"cannot {what} while streaming (SWMR); declare it first or "
+                          "call finish()")
 
+    @_guard_disk
     def set_attrs(self, group: str, attrs: dict) -> None:
         self._declaring("set attributes")
         node = self.file.require_group(group)
@@ -152,6 +316,7 @@ class SpectrumWriter:
             node.attrs[key] = _attr_value(value)
         self.file.flush()
 
+    @_guard_disk
     def write_arrays(self, group: str, arrays: dict) -> None:
         """Write fixed arrays (``None`` values are skipped) and flush."""
         self._declaring("create datasets")
@@ -184,6 +349,7 @@ class SpectrumWriter:
         steps = self.file.get(f"{group}/steps")
         return 0 if steps is None or COMMITTED not in steps else int(steps[COMMITTED][0])
 
+    @_guard_disk
     def append_step(self, group: str, row: dict) -> int:
         """Append one record to ``group/steps`` and commit it; returns the committed count.
 
@@ -232,18 +398,42 @@ def _torch_version():
         return "unknown"
 
 
-def check_disk_space(out, dim: int, capacity: int) -> None:
+def check_disk_space(out, dim: int, capacity: int, reserve: int = 0) -> None:
     """Refuse to start when the output's file system cannot hold ``capacity`` basis vectors of
-    ``dim`` float64 values, double-buffered, and two state vectors (before any pass)."""
+    ``dim`` float64 values, double-buffered, and two state vectors (before any pass), plus
+    the writer's ``reserve``."""
     import shutil
 
-    need = dim * 2 * capacity * 8 + 2 * dim * 8
+    need = dim * 2 * capacity * 8 + 2 * dim * 8 + reserve
     free = shutil.disk_usage(Path(out).resolve().parent).free
     if free < need:
         raise OutputPathError(
-            f"not enough disk space for the Lanczos basis in {out}: {need / 2**30:.2f} GiB "
-            f"needed ({capacity} columns of {dim} float64 values, double-buffered), "
-            f"{free / 2**30:.2f} GiB free")
+            f"not enough disk space for the Lanczos basis in {out}: {format_bytes(need)} "
+            f"needed ({capacity} columns of {dim} float64 values, double-buffered, and a "
+            f"reserve of {format_bytes(reserve)}), {format_bytes(free)} free")
+
+
+def check_free_space(out, need: int, what: str) -> None:
+    """Refuse to write ``out`` when its file system has fewer than ``need`` bytes free."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(Path(out).resolve().parent).free
+    except OSError:
+        return  # cannot tell; the reserve and the disk-full handling still hold
+    if free < need:
+        raise OutputPathError(f"not enough disk space for {what} of {out}: "
+                              f"{format_bytes(need)} needed, {format_bytes(free)} free")
+
+
+def format_bytes(n: float) -> str:
+    """``123 bytes``, ``4.0 KiB``, ``12.5 MiB``, ``3.20 GiB``."""
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit, scale in (("KiB", 2**10), ("MiB", 2**20), ("GiB", 2**30), ("TiB", 2**40)):
+        if n < 1024 * scale or unit == "TiB":
+            return f"{n / scale:.{2 if unit in ('GiB', 'TiB') else 1}f} {unit}"
+    return f"{n} bytes"
 
 
 def shard_state_path(out, rank: int, world_size: int) -> Path:
@@ -285,28 +475,112 @@ def _decode(value):
     return value
 
 
-def open_spectrum(path) -> h5py.File:
-    """Open ``path`` read-only (SWMR when possible) and check that it is one of ours."""
-    path = Path(path)
-    if not path.exists():
-        raise SpectrumFileError(f"{path}: no such file")
+#: Seconds a reader retries a file that a live writer holds outside streaming mode.
+LEFT_OPEN_WAIT = 2.0
+
+
+class _LeftOpen(Exception):
+    """The file's superblock says it is open for writing, not in SWMR mode."""
+
+
+class _WriterBusy(SpectrumFileError):
+    """A live writer holds the file outside streaming mode."""
+
+
+def _open_for_reading(path: Path) -> h5py.File:
     try:
         # a plain open first: HDF5 checks the stored end-of-file against the real size
         # only outside SWMR mode, so this is what detects a truncated file
-        handle = h5py.File(path, "r", locking=False)  # never block a running writer
+        return h5py.File(path, "r", locking=False)  # never block a running writer
     except OSError as exc:
         if "truncated" in str(exc) or "signature" in str(exc):
             raise SpectrumFileError(f"{path} is truncated or not an HDF5 file ({exc})") from exc
-        try:  # a file held open by a writer in SWMR mode
-            handle = h5py.File(path, "r", libver="latest", swmr=True, locking=False)
-        except OSError:
+        if "already open for write" not in str(exc):  # damaged: SWMR would retry for minutes
             raise SpectrumFileError(f"{path} is not a readable HDF5 file ({exc})") from exc
-    fmt = _decode(handle.attrs.get("format", ""))
+        try:  # a file held open by a writer in SWMR mode
+            return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+        except OSError:
+            raise _LeftOpen() from exc
+
+
+def clear_left_open(path) -> None:
+    """Clear the write flags a killed writer left in ``path``; for the holder of its lock
+    (no other writer can be alive). Refuses a file that a writer of an older version, which
+    takes no lock of ours, holds open; leaves a file whose superblock it does not know."""
+    _refuse_if_locked(path)
+    try:
+        clear_write_flags(path)
+    except (ValueError, OSError):
+        pass  # not a superblock this package writes: open_spectrum says what it is
+
+
+def recover_left_open(path) -> None:
+    """Clear the write flags of ``path``, left set by a writer outside SWMR mode (killed while
+    creating the file, between two phases or while writing its results), once the file's
+    lock shows that no writer is alive (and holding it meanwhile); else raise
+    :class:`SpectrumFileError` naming the writer."""
+    path = Path(path)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(no_live_writer(path))
+        except LockHeldError as exc:
+            raise _WriterBusy(
+                f"{path} cannot be read at this moment: {describe(exc.holder)} is writing it "
+                "outside streaming mode (creating it, or writing the results of a phase); try "
+                "again in a moment") from exc
+        except OutputPathError as exc:
+            raise SpectrumFileError(f"{path} was left open for writing, and whether its writer "
+                                    f"is gone cannot be told: {exc}") from exc
+        try:
+            _refuse_if_locked(path)  # a writer of an older version, without our lock
+            cleared = clear_write_flags(path)
+        except OutputPathError as exc:
+            raise _WriterBusy(f"{path} cannot be read at this moment: {exc}") from exc
+        except ValueError as exc:
+            raise SpectrumFileError(f"{path} is damaged: {exc}") from exc
+        except OSError as exc:
+            raise SpectrumFileError(
+                f"{path} was left open for writing by a writer that is gone; clearing its "
+                f"write flags needs write access to it ({exc.strerror or exc})") from exc
+    if cleared:
+        logger.info("%s: cleared the write flags left by a writer that is gone", path)
+
+
+def open_spectrum(path) -> h5py.File:
+    """Open ``path`` read-only (SWMR when possible) and check that it is one of ours.
+
+    A file left open for writing by a writer that is gone (killed outside SWMR mode) is
+    recovered first (:func:`recover_left_open`)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpectrumFileError(f"{path}: no such file")
+    deadline, recovered = time.monotonic() + LEFT_OPEN_WAIT, False
+    while True:
+        try:
+            handle = _open_for_reading(path)
+            break
+        except _LeftOpen as exc:
+            if recovered:
+                raise SpectrumFileError(f"{path} is still marked open for writing after its "
+                                        "write flags were cleared") from exc
+            try:
+                recover_left_open(path)
+                recovered = True
+            except _WriterBusy:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)  # a writer between two phases, or another reader recovering
+    try:
+        fmt = _decode(handle.attrs.get("format", ""))
+        version = int(handle.attrs.get("format_version", -1)) if fmt == FORMAT else None
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        handle.close()
+        raise SpectrumFileError(f"{path} is damaged: its attributes cannot be read "
+                                f"({_first_line(exc)})") from exc
     if fmt != FORMAT:
         handle.close()
         raise SpectrumFileError(f"{path} is an HDF5 file but not a lanczos_hessian spectrum "
                                 f"(format attribute {fmt!r})")
-    version = int(handle.attrs.get("format_version", -1))
     if version > FORMAT_VERSION or version < 1:
         handle.close()
         raise SpectrumFileError(f"{path} has format version {version}; this package reads "
@@ -335,7 +609,7 @@ def read_file(path) -> dict:
             for key, item in handle.items():
                 if isinstance(item, h5py.Group):
                     out[key] = read_group(item)
-        except (OSError, KeyError, RuntimeError) as exc:
+        except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise SpectrumFileError(f"{path} is damaged or truncated: reading it failed "
-                                    f"({exc})") from exc
+                                    f"({_first_line(exc)})") from exc
     return out

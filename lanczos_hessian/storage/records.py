@@ -54,7 +54,7 @@ def step_recorder(writer, group: str, k: int, which: str, k_bottom=None):
         ritz[: len(want)], res[: len(want)] = theta[want], bounds[want]
         j = process.size - 1
         writer.append_step(group, {
-            "matvec": process.num_steps,
+            "matvec": process.num_vectors,
             "alpha": process.T[j, j],
             "beta": process.beta,
             "ritz_values": ritz,
@@ -94,6 +94,8 @@ def write_eigs(writer, result, group: str = "eigs", settings: dict | None = None
         "num_matvecs": result.num_matvecs,
         "num_passes": result.num_passes,
         "num_restarts": result.num_restarts,
+        "orthogonality": result.orthogonality,
+        "block_size": result.block_size,
         "timings": result.timings,
         "complete": True,
     })
@@ -113,6 +115,7 @@ def write_slq(writer, result, group: str = "slq", settings: dict | None = None) 
         "num_passes": result.num_passes, "num_matvecs": result.num_matvecs,
         "deflation_passes": result.deflation_passes,
         "deflation_matvecs": result.deflation_matvecs, "timings": result.timings,
+        "orthogonality": result.orthogonality, "duplicate_nodes": result.duplicate_nodes,
         "complete": True,
     })
 
@@ -125,7 +128,13 @@ def finished_eigenpairs(group) -> tuple:
 
 def rewind_steps(writer, group: str, count: int) -> None:
     """Drop records appended after the last committed state (a kill between the two)."""
-    steps = writer.file[f"{group}/steps"]
-    if int(steps["committed"][0]) > count:
-        steps["committed"][0] = count
-        writer.file.flush()
+    try:
+        steps = writer.file[f"{group}/steps"]
+        if int(steps["committed"][0]) > count:
+            steps["committed"][0] = count
+            writer.file.flush()
+    except (KeyError, OSError, RuntimeError, TypeError) as exc:
+        from ..errors import SpectrumFileError
+
+        raise SpectrumFileError(f"{writer.path} is damaged: its {group} step records cannot "
+                                f"be read ({type(exc).__name__}: {exc})") from exc

@@ -3,9 +3,13 @@
 Importable by the CLI as ``slow_mlp:build`` with ``tests/problems`` on PYTHONPATH.
 """
 
+import os
 import time
 
 import torch
+
+#: Seconds every forward sleeps ($SLOW_MLP_SLEEP: longer for a run that must outlive others).
+SLEEP = float(os.environ.get("SLOW_MLP_SLEEP", "0.003"))
 
 
 class SlowMLP(torch.nn.Module):
@@ -18,7 +22,7 @@ class SlowMLP(torch.nn.Module):
                                        torch.nn.Linear(12, 4))
 
     def forward(self, x):
-        time.sleep(0.003)
+        time.sleep(SLEEP)
         return self.net(x)
 
 
