@@ -26,6 +26,7 @@ def _rows(report, section):
     return [r for r in report["rows"] if r["section"] == section]
 
 
+@pytest.mark.slow  # about 5-9 s on this machine: in the full suite (CI), not the fast tier
 def test_cpu_mode_runs_every_section_and_writes_one_json_and_one_table(tmp_path, capsys):
     out = tmp_path / "device_check.json"
     code = device_check.main(["--device", "cpu", "--json", str(out), "--scratch", str(tmp_path)])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_mlp, mlp_data, spectrum_matrix
@@ -21,6 +22,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes under gloo
 def test_sharded_lanczos_matches_single_process(tmp_path):
     port = free_port()
     procs = []

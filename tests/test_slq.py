@@ -466,7 +466,7 @@ def test_adaptive_slq_stops_at_the_requested_standard_error():
     exact = values.sum()
     target = 0.02 * abs(exact)
     inside, probes = 0, []
-    for seed in range(20):
+    for seed in range(10):
         result = adaptive_slq(A, target, probes_per_round=5, max_probes=400, num_steps=20,
                               rng=seed)
         trace = result.trace()
@@ -475,7 +475,7 @@ def test_adaptive_slq_stops_at_the_requested_standard_error():
         assert result.num_passes == 20 * result.num_probes // 5  # one pass per step and round
         inside += abs(trace.value - exact) <= 2 * trace.stderr
         probes.append(result.num_probes)
-    assert inside >= 18
+    assert inside >= 9
     assert max(probes) > 5  # the target needed more than one round somewhere
 
 
