@@ -141,3 +141,31 @@ def test_block_mode_runs_the_same_with_its_basis_on_disk_and_in_a_file(location,
     attrs = read_file(tmp_path / "run.h5")["eigs"].attrs
     assert attrs["basis_location"] == ("device" if location == "memory" else "disk")
     assert attrs["block_size"] == 3 and attrs["orthogonality"] < 1e-12
+
+
+def test_the_default_bottom_call_converges_on_an_over_parametrized_spectrum():
+    """A few large outliers, a huge cluster at zero and hundreds of small negative values
+    packed together: lanczos_eigsh(op, k, which="SA") with nothing else converges (the
+    basis-size policy), with no warning, to the dense bottom 5."""
+    import warnings
+
+    rng = np.random.default_rng(7)
+    values = np.concatenate([np.zeros(1200), -3e-3 * rng.random(400) ** 2,
+                             1e-3 * rng.random(300), [0.5, 0.8, 1.0, 1.5, 2.0]])
+    A = spectrum_matrix(values, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any NumericalWarning fails the test
+        result = lanczos_eigsh(A, k=5, which="SA")
+    assert result.converged.all()
+    np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(values)[:5],
+                               atol=1e-6 * 2.0)
+
+
+def test_the_budget_includes_the_measured_residuals():
+    A = spectrum_matrix(np.linspace(-1, 3, 300), seed=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = lanczos_eigsh(A, k=5, which="LA", max_matvecs=6, true_residuals=True, rng=0)
+    assert result.num_matvecs <= 6
