@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,11 @@ def _common(parser):
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress and no tables: errors, warnings and one closing line")
+    parser.add_argument("--log-every", type=float, default=None, metavar="SECONDS",
+                        help="seconds between plain status lines when the output is not a "
+                             "terminal (default $LANCZOS_HESSIAN_LOG_EVERY or 30)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds a rank waits for the others under torchrun before it "
@@ -324,6 +330,17 @@ def run() -> None:
     exit_process(main())
 
 
+def _closing_line_only(echo):
+    """``--quiet``: of what a command prints, only its closing line ("written to ...")."""
+
+    def quiet(*args, **kwargs):
+        text = " ".join(str(a) for a in args)
+        if text.startswith(("written to", "figures written to")):
+            echo(*args, **kwargs)
+
+    return quiet
+
+
 def main(argv=None) -> int:
     from .parallel.distributed import current_world, group_running, init_from_env, shutdown
 
@@ -336,6 +353,15 @@ def main(argv=None) -> int:
         print(f"lanczos-hessian: error: {exc}", file=sys.stderr)
         return 2
     echo = print if current_world().is_main else (lambda *a, **k: None)
+    if getattr(args, "quiet", False):
+        args.no_progress = True
+        echo = _closing_line_only(echo)
+    if getattr(args, "log_every", None) is not None:
+        if not args.log_every > 0:
+            print(f"lanczos-hessian: error: --log-every must be a positive number of seconds, "
+                  f"got {args.log_every}", file=sys.stderr)
+            return 2
+        os.environ["LANCZOS_HESSIAN_LOG_EVERY"] = str(args.log_every)
     orderly = False
     try:
         _check_args(args)

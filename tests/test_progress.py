@@ -48,3 +48,17 @@ def test_a_bad_interval_is_named(monkeypatch):
     monkeypatch.setenv("LANCZOS_HESSIAN_LOG_EVERY", "often")
     with pytest.raises(ValueError, match="LANCZOS_HESSIAN_LOG_EVERY='often'"):
         Progress("SLQ", stream=io.StringIO())
+
+
+def test_quiet_and_log_every_on_the_command_line(tmp_path, capsys, monkeypatch):
+    from lanczos_hessian.cli import main
+
+    monkeypatch.delenv("LANCZOS_HESSIAN_LOG_EVERY", raising=False)
+    out = tmp_path / "run.h5"
+    assert main(["eigs", "--k", "3", "--quiet", "--log-every", "5", "--out", str(out),
+                 "--problem", "clusters-mlp"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"written to {out}"
+    assert "\r" not in captured.err
+    assert main(["eigs", "--k", "3", "--log-every", "0", "--out", str(tmp_path / "x.h5")]) == 2
+    assert "--log-every must be a positive number" in capsys.readouterr().err
