@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     eigs.add_argument("--block-size", type=int, default=1,
                       help="vectors per pass over the data (block Lanczos; default 1)")
     eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
+    eigs.add_argument("--drop-state", action="store_true",
+                      help="drop the resume state from the finished file (results only)")
     eigs.add_argument("--resume", action="store_true",
                       help="continue a killed run from the last committed step in --out")
     eigs.add_argument("--shard-vectors", action="store_true",
@@ -112,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
+    slq.add_argument("--drop-state", action="store_true",
+                     help="drop the resume state from the finished file (results only)")
     slq.add_argument("--resume", action="store_true",
                      help="continue a killed run from the last committed step in --out")
     slq.add_argument("--memory-budget", default=None,
@@ -264,7 +268,8 @@ def _run_eigs(args, echo):
                       save_vectors=args.save_vectors, overwrite=args.overwrite,
                       resume=args.resume, memory_budget=args.memory_budget,
                       shard_vectors=args.shard_vectors,
-                      progress=not args.no_progress, attrs=problem.attrs)
+                      progress=not args.no_progress, attrs=problem.attrs,
+                      keep_state=not args.drop_state)
     echo(eigen_table(result.eigenvalues, result.residual_bounds, result.error_bounds,
                      result.residuals, result.converged,
                      title=f"{op.kind} eigenvalues ({args.which}, k={args.k}), "
@@ -289,7 +294,7 @@ def _run_slq(args, echo):
                            overwrite=args.overwrite, resume=args.resume,
                            memory_budget=args.memory_budget,
                            shard_vectors=args.shard_vectors, progress=not args.no_progress,
-                           attrs=problem.attrs)
+                           attrs=problem.attrs, keep_state=not args.drop_state)
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")

@@ -20,7 +20,10 @@ Rank 0 of a run with a file is its writer; the other ranks are replicas of it, u
 vectors are sharded (``shard_vectors``), in which case every rank keeps its rows of the state
 in a file of its own (:func:`~lanczos_hessian.storage.hdf5.shard_state_path`). Where the
 bases live follows the memory budget (:func:`~lanczos_hessian.linalg.basis.choose_location`).
-Each job checks its output path before any operator application, streams one record per
+With ``keep_state=False`` a finished run's file holds results, records and provenance only: its
+resume state (most of the file for SLQ) is dropped. By default it is kept, so that ``--resume``
+on a run that finished between a kill and its restart still succeeds. Each job checks its
+output path before any operator application, streams one record per
 application (so a killed job keeps what it computed), and writes the final arrays with their
 provenance.
 
@@ -62,6 +65,7 @@ from .storage.hdf5 import (
     SpectrumWriter,
     check_disk_space,
     check_output_path,
+    drop_resume_state,
     open_spectrum,
     shard_state_path,
 )
@@ -234,7 +238,7 @@ def _file_hooks(ctx, store: RunCheckpoint, count: int, op_for_data) -> Hooks:
 def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
          max_matvecs=None, block_size=1, seed=0, save_vectors=False, true_residuals=True,
          overwrite=False, resume=False, memory_budget=None, shard_vectors=False, progress=True,
-         attrs=None):
+         attrs=None, keep_state=True):
     """Eigenpairs of ``op`` by :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, committed
     to ``out`` after every pass.
 
@@ -296,16 +300,18 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
                        if ctx.records else None)
         writer.finish()
         if ctx.records:
+            _record_num_samples(writer, op)
             write_eigs(writer, result, "eigs", {**plain_settings(settings),
                                                  "basis_location": ctx.location,
                                                  "sharded": ctx.shard is not None})
+    _finish_state(ctx, keep_state)
     return result
 
 
 # ---- spectral density --------------------------------------------------------------------
 def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=0, k_bottom=0,
         tol=1e-6, reorthogonalize=True, seed=0, overwrite=False, resume=False,
-        memory_budget=None, shard_vectors=False, progress=True, attrs=None):
+        memory_budget=None, shard_vectors=False, progress=True, attrs=None, keep_state=True):
     """SLQ of ``op`` deflated by its ``k_top`` largest and ``k_bottom`` smallest eigenpairs,
     streamed to ``out``; returns ``(eigenpairs or None, SLQ result)``.
 
@@ -411,9 +417,31 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
         writer.finish()
         result = _with_cost(result, eigenpairs, eigs_attrs)
         if ctx.records:
+            _record_num_samples(writer, op)
             extra = {"sharded": True} if ctx.shard is not None else {}
             write_slq(writer, result, "slq", {**plain_settings(settings), **extra})
+    _finish_state(ctx, keep_state)
     return eigenpairs, result
+
+
+def _record_num_samples(writer, op) -> None:
+    """The sample count over all ranks, known after the first pass for an iterable of batches
+    (the file's provenance was written before it)."""
+    if op.num_samples is not None:
+        writer.set_attrs("/", {"num_samples": op.num_samples})
+
+
+def _finish_state(ctx: _Context, keep_state: bool) -> None:
+    """With ``keep_state=False``, a finished run's file keeps results and provenance only:
+    rank 0 rewrites the run's file without its resume state, and the other ranks of a sharded
+    run delete their files of state."""
+    if keep_state or not ctx.has_file:
+        return
+    if ctx.main:
+        drop_resume_state(ctx.out)
+    else:
+        world = current_world()
+        shard_state_path(ctx.out, world.rank, world.size).unlink(missing_ok=True)
 
 
 def _with_cost(result, eigenpairs, eigs_attrs):

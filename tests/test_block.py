@@ -145,8 +145,9 @@ def test_block_mode_runs_the_same_with_its_basis_on_disk_and_in_a_file(location,
 
 def test_the_default_bottom_call_converges_on_an_over_parametrized_spectrum():
     """A few large outliers, a huge cluster at zero and hundreds of small negative values
-    packed together: lanczos_eigsh(op, k, which="SA") with nothing else converges (the
-    basis-size policy), with no warning, to the dense bottom 5."""
+    packed together: lanczos_eigsh(op, k, which="SA") with nothing else (but a seed, for a
+    reproducible test) converges (the basis-size policy), with no warning, to the dense
+    bottom 5."""
     import warnings
 
     rng = np.random.default_rng(7)
@@ -155,7 +156,7 @@ def test_the_default_bottom_call_converges_on_an_over_parametrized_spectrum():
     A = spectrum_matrix(values, seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any NumericalWarning fails the test
-        result = lanczos_eigsh(A, k=5, which="SA")
+        result = lanczos_eigsh(A, k=5, which="SA", rng=0)  # the seed only fixes the start
     assert result.converged.all()
     np.testing.assert_allclose(np.sort(result.eigenvalues), np.sort(values)[:5],
                                atol=1e-6 * 2.0)

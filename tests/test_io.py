@@ -76,3 +76,31 @@ def test_truncated_foreign_and_future_files_are_refused(tmp_path):
         read_file(text)
     with pytest.raises(SpectrumFileError, match="no such file"):
         read_file(tmp_path / "absent.h5")
+
+
+def test_a_finished_file_can_drop_its_resume_state(tmp_path):
+    """Results and provenance only: the SLQ state (bases of every probe) is most of a file."""
+    import h5py
+    import torch
+
+    from conftest import make_mlp, mlp_data
+    from lanczos_hessian import HessianOperator, ResumeError, run
+
+    op = HessianOperator(make_mlp(), torch.nn.CrossEntropyLoss(), mlp_data(n=40), batch_size=8)
+    lean, kept = tmp_path / "lean.h5", tmp_path / "kept.h5"
+    a = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
+                keep_state=False)[1]
+    b = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False)[1]
+    np.testing.assert_array_equal(a.nodes, b.nodes)
+    with h5py.File(lean, "r") as f:
+        assert "state" not in f["slq"] and "state" not in f["eigs"]
+        np.testing.assert_array_equal(f["slq/nodes"][()], a.nodes)
+    assert lean.stat().st_size < kept.stat().st_size / 2
+    saved = read_file(lean)
+    assert saved["slq"].attrs["complete"] and len(saved["slq"].steps["alpha"]) == 12
+    again = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
+                    resume=True, keep_state=True)[1]  # a kept state still resumes
+    np.testing.assert_array_equal(again.nodes, a.nodes)
+    with pytest.raises(ResumeError, match="complete and its resume state was dropped"):
+        run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
+                resume=True, keep_state=False)

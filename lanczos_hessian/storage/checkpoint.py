@@ -224,9 +224,15 @@ class RunCheckpoint:
     def check_same_run(self, settings: dict) -> None:
         """Raise :class:`ResumeError` naming every setting that differs from the file's."""
         node = self.writer.file.get(self.path)
-        if node is None:
+        group = self.writer.file.get(self.group)
+        dropped = node is None and group is not None and group.attrs.get("complete", False)
+        if node is None and not dropped:
             raise ResumeError(f"{self.writer.path} has no resumable {self.group} run")
-        saved = {k[len("run_"):]: _plain(v) for k, v in node.attrs.items() if k.startswith("run_")}
+        if dropped:  # a finished run keeps its settings as the group's attributes
+            saved = {k: _plain(v) for k, v in group.attrs.items()}
+        else:
+            saved = {k[len("run_"):]: _plain(v) for k, v in node.attrs.items()
+                     if k.startswith("run_")}
         differences = [
             f"{key}: file has {saved.get(key)!r}, this run has {_plain(value)!r}"
             for key, value in settings.items() if _plain(value) != saved.get(key)
@@ -234,6 +240,10 @@ class RunCheckpoint:
         if differences:
             raise ResumeError(f"{self.writer.path} is from a different run; refusing to resume ("
                               + "; ".join(differences) + ")")
+        if dropped:
+            raise ResumeError(f"the {self.group} run of {self.writer.path} is complete and its "
+                              "resume state was dropped when it finished: nothing to resume "
+                              "(runs with keep_state=False / --drop-state drop it)")
         self._check_readable()
 
     def _check_readable(self) -> None:

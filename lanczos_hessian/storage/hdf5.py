@@ -398,6 +398,33 @@ def _torch_version():
         return "unknown"
 
 
+def drop_resume_state(path) -> None:
+    """Rewrite the finished file at ``path`` without the resume state of its runs.
+
+    A resumable run commits its bases and vectors under ``<group>/state`` (for SLQ ``P``
+    bases of ``m`` vectors of ``M`` numbers, far more than its results). Once the run is
+    complete they serve nothing, so the file keeps results, records and provenance only. HDF5
+    does not give back the space of deleted objects, hence a copy without them, which then
+    replaces the file in one ``os.replace`` (the file is whole at every moment).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.without-state")
+    with h5py.File(path, "r") as src, h5py.File(tmp, "w", libver="latest") as dst:
+        _copy_without_state(src, dst)
+    os.replace(tmp, path)
+
+
+def _copy_without_state(src, dst) -> None:
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+    for name, item in src.items():
+        if isinstance(item, h5py.Group):
+            if name != "state":
+                _copy_without_state(item, dst.create_group(name))
+        else:
+            src.copy(item, dst, name=name)
+
+
 def check_disk_space(out, dim: int, capacity: int, reserve: int = 0) -> None:
     """Refuse to start when the output's file system cannot hold ``capacity`` basis vectors of
     ``dim`` float64 values, double-buffered, and two state vectors (before any pass), plus

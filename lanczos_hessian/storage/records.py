@@ -110,7 +110,9 @@ def write_slq(writer, result, group: str = "slq", settings: dict | None = None) 
     })
     writer.set_attrs(group, {
         **(settings or {}), "dim": result.dim, "num_probes": result.num_probes,
-        "num_steps": result.num_steps, "probe": result.probe, "seed": result.seed,
+        "num_steps": result.num_steps, "probe": result.probe,
+        # the probes' own seed (split from the run's seed, which the settings record)
+        "probe_seed": result.seed,
         "reorthogonalized": result.reorthogonalized, "bulk_mass": result.bulk_mass,
         "num_passes": result.num_passes, "num_matvecs": result.num_matvecs,
         "deflation_passes": result.deflation_passes,
