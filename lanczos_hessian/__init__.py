@@ -16,9 +16,16 @@ from .analysis.geometry import (
     layer_spectra,
     line_profile,
 )
-from .analysis.outliers import OutlierCounts, count_outliers
+from .analysis.outliers import (
+    OutlierCounts,
+    below_top_count,
+    count_outliers,
+    step_after,
+    threshold_count,
+)
 from .analysis.spectrum import Quadrature, Spectrum, read_spectrum
 from .analysis.tracking import SpectrumTracker, read_tracking
+from .curvature.data import dict_batch
 from .curvature.dense import dense_matrix, dense_spectrum
 from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
 from .curvature.params import ParameterSpace
@@ -36,6 +43,7 @@ from .errors import (
     NonFiniteError,
     NumericalWarning,
     OutputPathError,
+    PrecisionWarning,
     RankFailedError,
     RankMismatchError,
     ResumeError,
@@ -72,6 +80,7 @@ __all__ = [
     "NumericalWarning",
     "OutlierCounts",
     "OutputPathError",
+    "PrecisionWarning",
     "ParameterSpace",
     "Quadrature",
     "RankFailedError",
@@ -83,8 +92,10 @@ __all__ = [
     "Spectrum",
     "SpectrumFileError",
     "SpectrumTracker",
+    "below_top_count",
     "count_outliers",
     "deflated_slq",
+    "dict_batch",
     "dense_matrix",
     "dense_spectrum",
     "direction_profile",
@@ -99,6 +110,8 @@ __all__ = [
     "read_tracking",
     "run",
     "slq",
+    "step_after",
+    "threshold_count",
     "spectral_density",
     "wasserstein1",
 ]

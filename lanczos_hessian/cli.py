@@ -63,6 +63,15 @@ def _operator_args(parser):
                         help="cast the model (default: keep its dtype)")
 
 
+def _state_args(parser):
+    parser.add_argument("--keep-state", action="store_true",
+                        help="keep the resume state (Lanczos bases, commit slots) in the "
+                             "finished --out, so that it can be continued; by default a "
+                             "finished file holds results and provenance only")
+    parser.add_argument("--drop-state", action="store_true",
+                        help="accepted for old scripts: dropping the state is now the default")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lanczos-hessian",
@@ -90,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     eigs.add_argument("--block-size", type=int, default=1,
                       help="vectors per pass over the data (block Lanczos; default 1)")
     eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
-    eigs.add_argument("--drop-state", action="store_true",
-                      help="drop the resume state from the finished file (results only)")
+    _state_args(eigs)
     eigs.add_argument("--resume", action="store_true",
-                      help="continue a killed run from the last committed step in --out")
+                      help="continue a killed run from the last committed step in --out "
+                           "(a finished one: print its stored result)")
     eigs.add_argument("--shard-vectors", action="store_true",
                       help="under torchrun: each rank keeps only its rows of the Lanczos "
                            "vectors and basis (memory / number of ranks); with --out, "
@@ -114,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
-    slq.add_argument("--drop-state", action="store_true",
-                     help="drop the resume state from the finished file (results only)")
+    _state_args(slq)
     slq.add_argument("--resume", action="store_true",
-                     help="continue a killed run from the last committed step in --out")
+                     help="continue a killed run from the last committed step in --out "
+                          "(a finished one: print its stored result)")
     slq.add_argument("--memory-budget", default=None,
                      help="memory for the probes' bases, e.g. 6GiB (else on disk in --out)")
     slq.add_argument("--shard-vectors", action="store_true",
@@ -151,17 +160,30 @@ def _build_operator(args):
 
     device = _device(args.device) if args.device else default_device()
     problem = load_problem(args.problem, args.checkpoint, **_problem_kwargs(args))
-    model = problem.model
+    model, data = problem.model, problem.data
     if args.model_dtype:
-        model = model.to(getattr(torch, args.model_dtype))
+        dtype = getattr(torch, args.model_dtype)
+        model, data = model.to(dtype), _floating_inputs_to(data, dtype)
     try:
         model = model.to(device)
     except (AssertionError, RuntimeError) as exc:
         raise ValueError(f"--device {device}: cannot move the model there ({exc})") from exc
-    op = OPERATORS[args.operator](model, problem.loss_fn, problem.data, params=args.params,
+    op = OPERATORS[args.operator](model, problem.loss_fn, data, params=args.params,
                                   batch_size=args.batch_size, strategy=args.strategy,
-                                  allow_tf32=args.allow_tf32)
+                                  allow_tf32=args.allow_tf32, unpack=problem.unpack)
     return problem, op
+
+
+def _floating_inputs_to(data, dtype):
+    """``--model-dtype`` for a tensor pair: floating inputs converted with the model, so that
+    the products are not taken on inputs of another precision (a DataLoader or iterable is
+    left as it is: the operator warns once if its inputs differ from the model's dtype)."""
+    import torch
+
+    if (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)
+            and data[0].is_floating_point()):
+        return data[0].to(dtype), data[1]
+    return data
 
 
 def _device(name: str):
@@ -252,6 +274,18 @@ def _run_demo(args, echo):
              overwrite=args.overwrite, progress=not args.no_progress, echo=echo)
 
 
+def _keep_state(args) -> bool:
+    """``--keep-state``; ``--drop-state`` (the default since the state is dropped unless kept)
+    is accepted with a note, and refused beside ``--keep-state``."""
+    if args.drop_state and args.keep_state:
+        raise ValueError("--drop-state and --keep-state contradict each other (dropping the "
+                         "resume state is the default: pass --keep-state alone to keep it)")
+    if args.drop_state:
+        logger.warning("--drop-state is the default now (a finished file keeps its resume "
+                       "state only with --keep-state); the option will go")
+    return args.keep_state
+
+
 def _run_eigs(args, echo):
     from .storage.hdf5 import check_output_path
     from .run import eigs as run_eigs
@@ -269,7 +303,7 @@ def _run_eigs(args, echo):
                       resume=args.resume, memory_budget=args.memory_budget,
                       shard_vectors=args.shard_vectors,
                       progress=not args.no_progress, attrs=problem.attrs,
-                      keep_state=not args.drop_state)
+                      keep_state=_keep_state(args))
     echo(eigen_table(result.eigenvalues, result.residual_bounds, result.error_bounds,
                      result.residuals, result.converged,
                      title=f"{op.kind} eigenvalues ({args.which}, k={args.k}), "
@@ -294,7 +328,7 @@ def _run_slq(args, echo):
                            overwrite=args.overwrite, resume=args.resume,
                            memory_budget=args.memory_budget,
                            shard_vectors=args.shard_vectors, progress=not args.no_progress,
-                           attrs=problem.attrs, keep_state=not args.drop_state)
+                           attrs=problem.attrs, keep_state=_keep_state(args))
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")

@@ -108,3 +108,9 @@ class RankMismatchError(DistributedError):
 
 class NumericalWarning(RuntimeWarning):
     """A numerical result is less accurate than asked for (e.g. unconverged Ritz pairs)."""
+
+
+class PrecisionWarning(NumericalWarning):
+    """The model and its data differ in floating-point precision (e.g. a float64 model fed
+    float32 inputs): the inputs are converted to the model's dtype on every pass and the
+    products computed in it, so the data carry only the precision they came in."""

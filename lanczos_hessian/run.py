@@ -20,9 +20,13 @@ Rank 0 of a run with a file is its writer; the other ranks are replicas of it, u
 vectors are sharded (``shard_vectors``), in which case every rank keeps its rows of the state
 in a file of its own (:func:`~lanczos_hessian.storage.hdf5.shard_state_path`). Where the
 bases live follows the memory budget (:func:`~lanczos_hessian.linalg.basis.choose_location`).
-With ``keep_state=False`` a finished run's file holds results, records and provenance only: its
-resume state (most of the file for SLQ) is dropped. By default it is kept, so that ``--resume``
-on a run that finished between a kill and its restart still succeeds. Each job checks its
+When a run finishes, its file keeps results, step records and provenance only: its resume
+state (most of the file for SLQ: one basis of ``num_steps`` vectors per probe) is dropped,
+unless ``keep_state=True`` (``--keep-state``). A resume of a finished run whose state was
+dropped (``resume=True`` after a kill that came too late, or twice) computes nothing: with
+the same settings it returns the stored result (:func:`_finished_result`); with other
+settings, or one that needs the state (eigenvectors that were not saved), it is refused
+naming ``--keep-state``. Each job checks its
 output path before any operator application, streams one record per
 application (so a killed job keeps what it computed), and writes the final arrays with their
 provenance.
@@ -30,7 +34,9 @@ provenance.
 The seeds: ``eigs`` starts the eigensolver from ``seed``; ``slq`` splits ``seed`` into the
 deflation's seed and the probes' seed (:func:`~lanczos_hessian.linalg.slq.split_seed`),
 exactly as :func:`~lanczos_hessian.linalg.slq.deflated_slq`, so the same seed gives the same
-numbers from Python, the command line and the demo.
+numbers from Python, the command line and the demo. The file records the run's ``seed`` at
+its root (and in the settings of its groups), the start vector's seed as ``eigs`` attribute
+``start_seed`` and the probes' as ``slq`` attribute ``probe_seed``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .linalg.basis import TensorBasis, choose_location
-from .linalg.eigsh import check_arguments, default_ncv, lanczos_eigsh
+from .linalg.eigsh import EigshResult, check_arguments, default_ncv, lanczos_eigsh
 from .linalg.hooks import Hooks
 from .linalg.slq import _validate as check_slq_arguments
 from .linalg.slq import deflation_plan, split_seed, with_deflation_cost
@@ -52,12 +58,16 @@ from .linalg.slq import slq as slq_solver
 from .parallel.distributed import current_world
 from .parallel.sharding import Shard
 from .storage.agreement import agree_on_states, read_before_main_reopens
+from .errors import LanczosHessianError, SpectrumFileError
 from .storage.checkpoint import (
     Checkpointer,
     ResumeError,
     RunCheckpoint,
+    check_settings,
     model_fingerprint,
     read_replica,
+    saved_settings,
+    state_dropped,
 )
 from .storage.disk_basis import HDF5Basis, create_basis_dataset
 from .storage.hdf5 import (
@@ -74,6 +84,8 @@ from .storage.records import (
     declare_slq,
     finished_eigenpairs,
     plain_settings,
+    read_eigs_result,
+    read_slq_result,
     rewind_steps,
     slq_recorder,
     step_recorder,
@@ -238,7 +250,7 @@ def _file_hooks(ctx, store: RunCheckpoint, count: int, op_for_data) -> Hooks:
 def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
          max_matvecs=None, block_size=1, seed=0, save_vectors=False, true_residuals=True,
          overwrite=False, resume=False, memory_budget=None, shard_vectors=False, progress=True,
-         attrs=None, keep_state=True):
+         attrs=None, keep_state=False):
     """Eigenpairs of ``op`` by :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, committed
     to ``out`` after every pass.
 
@@ -248,7 +260,9 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     ``resume=True`` continues a killed run from its last committed application. Under
     ``torch.distributed`` every rank runs the recurrence and rank 0 writes; with
     ``shard_vectors`` each rank keeps only its rows of the vectors and the basis, and of the
-    state, in a file of its own (the module docstring).
+    state, in a file of its own (the module docstring). The finished file keeps the resume
+    state only with ``keep_state=True``; ``resume=True`` on a finished file whose state was
+    dropped returns the stored result (nothing is computed).
     """
     n = op.shape[0]
     check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
@@ -262,6 +276,12 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
                 "world_size": current_world().size, "model": model_fingerprint(op),
                 "strategy": op.curvature.strategy,
                 "allow_tf32": bool(getattr(op, "allow_tf32", False))}
+
+    if resume:
+        stored = _finished_result(out, "eigs", settings,
+                                  lambda f: _stored_eigs(f, out, save_vectors))
+        if stored is not None:
+            return stored
 
     def solve(hooks, callback=None):
         return lanczos_eigsh(op, k=k, which=which, k_bottom=k_bottom, tol=tol, ncv=ncv,
@@ -302,6 +322,7 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
         if ctx.records:
             _record_num_samples(writer, op)
             write_eigs(writer, result, "eigs", {**plain_settings(settings),
+                                                 "start_seed": seed,
                                                  "basis_location": ctx.location,
                                                  "sharded": ctx.shard is not None})
     _finish_state(ctx, keep_state)
@@ -311,7 +332,7 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
 # ---- spectral density --------------------------------------------------------------------
 def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=0, k_bottom=0,
         tol=1e-6, reorthogonalize=True, seed=0, overwrite=False, resume=False,
-        memory_budget=None, shard_vectors=False, progress=True, attrs=None, keep_state=True):
+        memory_budget=None, shard_vectors=False, progress=True, attrs=None, keep_state=False):
     """SLQ of ``op`` deflated by its ``k_top`` largest and ``k_bottom`` smallest eigenpairs,
     streamed to ``out``; returns ``(eigenpairs or None, SLQ result)``.
 
@@ -321,8 +342,9 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     :func:`~lanczos_hessian.linalg.slq.split_seed` spawns from ``seed`` (the numbers of
     :func:`~lanczos_hessian.linalg.slq.deflated_slq` with ``rng=seed``). With a file, both
     phases commit their state after every operator application and ``resume=True``
-    continues a killed run from either phase; ``memory_budget``, ``shard_vectors`` and the
-    ranks' roles are as in :func:`eigs`.
+    continues a killed run from either phase; ``memory_budget``, ``shard_vectors``, the
+    ranks' roles and ``keep_state`` are as in :func:`eigs` (a resume of a finished file whose
+    state was dropped returns the stored eigenpairs and quadrature).
     """
     k, which, k_b = deflation_plan(k_top, k_bottom)
     _check_seed(seed)
@@ -341,6 +363,11 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
                 "strategy": op.curvature.strategy,
                 "allow_tf32": bool(getattr(op, "allow_tf32", False))}
     show = progress and ctx.main
+    if resume:
+        stored = _finished_result(out, "slq", settings, lambda f: (
+            read_eigs_result(f["eigs"]) if k else None, read_slq_result(f["slq"])))
+        if stored is not None:
+            return stored
 
     def deflate(hooks, callback=None):
         return lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed,
@@ -359,7 +386,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
                                          default=(None, {}, None))
                 if ctx.replica and resume else (None, {}, None))
             eigenpairs = eigs_state
-            if k and not isinstance(eigs_state, tuple):  # not read back finished
+            if k and not isinstance(eigs_state, EigshResult):  # not read back finished
                 eigenpairs = deflate(Hooks(
                     bases=eigs_state.basis_factory if eigs_state else make,
                     checkpoint=eigs_state, shard=ctx.shard))
@@ -407,7 +434,8 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
                 writer.finish()
                 if not written:
                     extra = {"sharded": True} if ctx.shard is not None else {}
-                    write_eigs(writer, eigenpairs, "eigs", {"k": k, "k_bottom": k_b, **extra})
+                    write_eigs(writer, eigenpairs, "eigs", {"k": k, "k_bottom": k_b,
+                                                            "start_seed": eigs_seed, **extra})
             eigs_attrs = dict(writer.file["eigs"].attrs)
         if ctx.records and resume:
             rewind_steps(writer, "slq", slq_count)
@@ -424,6 +452,44 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     return eigenpairs, result
 
 
+def _finished_result(out, group: str, settings: dict, read):
+    """On a resume: ``read(file)``, the stored result of ``group``'s run when it finished and
+    its resume state was dropped (there is nothing to compute), after checking that the
+    settings are the run's; None when the file holds a state to continue (or no file: the
+    resume itself says so). Every rank reads it alike."""
+    from pathlib import Path
+
+    if out is None or not Path(out).exists():
+        return None
+    try:
+        with open_spectrum(out) as f:
+            node = f.get(group)
+            if node is None or not state_dropped(node):
+                return None
+            check_settings(saved_settings(node), settings, out, group, dropped=True)
+            result = read(f)
+    except LanczosHessianError:
+        raise
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
+        raise SpectrumFileError(f"{out} is damaged: the stored result of its {group} run "
+                                f"cannot be read ({type(exc).__name__}: {exc})") from exc
+    logger.info("%s: the %s run is complete (its resume state was dropped): returning its "
+                "stored result, nothing computed", out, group)
+    return result
+
+
+def _stored_eigs(f, out, save_vectors: bool):
+    """The finished ``eigs`` result of the open file ``f``; eigenvectors asked for but not
+    saved would need the dropped basis, so they are refused naming ``--keep-state``."""
+    if save_vectors and "eigenvectors" not in f["eigs"]:
+        raise ResumeError(
+            f"the eigs run of {out} is complete but saved no eigenvectors, and its resume state "
+            "(the Lanczos basis they are formed from) was dropped when it finished: run again "
+            "with --save-vectors (save_vectors=True), and pass --keep-state "
+            "(keep_state=True) to runs whose files are to be continued")
+    return read_eigs_result(f["eigs"])
+
+
 def _record_num_samples(writer, op) -> None:
     """The sample count over all ranks, known after the first pass for an iterable of batches
     (the file's provenance was written before it)."""
@@ -432,9 +498,9 @@ def _record_num_samples(writer, op) -> None:
 
 
 def _finish_state(ctx: _Context, keep_state: bool) -> None:
-    """With ``keep_state=False``, a finished run's file keeps results and provenance only:
-    rank 0 rewrites the run's file without its resume state, and the other ranks of a sharded
-    run delete their files of state."""
+    """Unless ``keep_state``, a finished run's file keeps results and provenance only: rank 0
+    rewrites the run's file without its resume state, and the other ranks of a sharded run
+    delete their files of state."""
     if keep_state or not ctx.has_file:
         return
     if ctx.main:

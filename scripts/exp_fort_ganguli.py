@@ -18,14 +18,25 @@ tracked every 50 steps with ``k = 2C + 10``: the outliers of the top eigenvalues
 rule, and the gradient overlap with the top-m eigenspace for every m up to 2C + 10.
 
 Part C (learning rate). C = 10 clusters as in part B, SGD at learning rates 0.1, 0.5 and 1.0
-for 400 steps, tracked every 50 steps (k = 10): the overlap next to ``lr * lambda_max``.
+for 400 steps, tracked every 50 steps (k = 10): the overlap next to ``lr * lambda_max``. A run
+whose full training loss ends more than 1.5 times above its minimum along the run is labelled
+*unstable* (:func:`is_unstable`) and kept out of any comparison of overlap with
+``lr * lambda_max``: at lr 1.0 the loss climbs back (0.24 -> 0.71), the run is not training.
+
+Part D (the early transient of curvature; Fort and Ganguli 2019 report that the top
+eigenvalues first rise early in training, then fall). Part A's network and data, SGD (batch
+32) and GD at lr 0.1, seeds 0, 1, 2 (initialization and batch order): lambda_1 ... lambda_10
+(C = 10) of the full-data Hessian every 5 steps over the first 200 steps, then once at step
+400. Per run: the step of the peak of lambda_1, the peak over the initial value and over the
+final value (:func:`transient`); over seeds: median and range.
 
 The claims: during training the gradient lies mostly in the top-C eigenspace (Gur-Ari et al.
 report about 90% and more after a short initial phase), and the number of large eigenvalues
 is the number of classes C.
 
 Quick mode: part A on 300 digits with an MLP 784-32-10 for 150 steps (k = 10, no cold-start
-comparison), part B with C = 2 and 5 for 200 steps, part C at lr 0.1 and 1.0 for 100 steps.
+comparison), part B with C = 2 and 5 for 200 steps, part C at lr 0.1 and 1.0 for 100 steps,
+part D on 300 digits, seeds 0-2, every 5 steps up to step 60, then once at step 150.
 """
 
 from __future__ import annotations
@@ -111,8 +122,10 @@ def part_b(writer, quick, seed, echo) -> list:
         loss, acc = evaluate(model, loss_fn, x, y)
         tops = a["eigenvalues"][:, ::-1]
         gaps = [count_outliers(t).gap for t in tops]
+        ratios = [count_outliers(t).ratio for t in tops]
         cumulative = overlaps_by_size(a["overlap_parts"])
         row = {"C": C, "steps": a["step"], "loss": a["loss"], "gap_counts": gaps,
+               "ratio_counts": ratios,
                "final_loss": loss,
                "final_accuracy": acc, "top_final": tops[-1],
                "overlap_curve_final": cumulative[-1],
@@ -121,7 +134,7 @@ def part_b(writer, quick, seed, echo) -> list:
                "overlap_top_C": cumulative[:, C - 1], "overlap_top_2C": cumulative[:, 2 * C - 1]}
         out.append(row)
         echo(f"  [B] C={C:2d}: loss {loss:.3g} acc {acc:.3f}; gap outliers per measurement "
-             f"{gaps}; mean overlap top-(C-1) {row['overlap_top_C_minus_1'].mean():.3f}, "
+             f"{gaps}, ratio rule {ratios}; mean overlap top-(C-1) {row['overlap_top_C_minus_1'].mean():.3f}, "
              f"top-C {row['overlap_top_C'].mean():.3f}, top-2C {row['overlap_top_2C'].mean():.3f}")
     return out
 
@@ -142,12 +155,94 @@ def part_c(writer, quick, seed, echo) -> list:
         tracker.close()
         a = tracker.as_arrays()
         row = {"lr": lr, "steps": a["step"], "loss": a["loss"],
-               "lr_times_top": lr * a["eigenvalues"][:, -1], "overlap_top10": a["overlap"]}
+               "lr_times_top": lr * a["eigenvalues"][:, -1], "overlap_top10": a["overlap"],
+               "unstable": is_unstable(a["loss"])}
         out.append(row)
-        echo(f"  [C] lr {lr:g}: lr * lambda_max {np.array2string(row['lr_times_top'], precision=2)}"
+        echo(f"  [C] lr {lr:g}{' (UNSTABLE: the loss climbs back)' if row['unstable'] else ''}: lr * lambda_max {np.array2string(row['lr_times_top'], precision=2)}"
              f"; overlap top-10 {np.array2string(row['overlap_top10'], precision=2)}; loss "
              f"{np.array2string(row['loss'], precision=3)}")
     return out
+
+
+UNSTABLE_FACTOR = 1.5
+
+
+def is_unstable(losses, factor: float = UNSTABLE_FACTOR) -> bool:
+    """True when the last full training loss exceeds ``factor`` times the smallest one of
+    the run: the loss climbs back, the step size is past what the run can follow."""
+    losses = np.asarray(losses, dtype=np.float64)
+    return bool(losses[-1] > factor * losses.min())
+
+
+def transient(steps, values) -> dict:
+    """The early rise of a curvature series ``values`` (e.g. lambda_1) measured at ``steps``.
+
+    ``peak_step`` is the step of the largest value; ``rise`` = max / value at the first step
+    (> 1 when the curvature first grows) and ``fall`` = max / value at the last step (> 1
+    when it then decreases). A transient is a rise and a fall together."""
+    steps, values = np.asarray(steps), np.asarray(values, dtype=np.float64)
+    i = int(np.argmax(values))
+    return {"peak_step": int(steps[i]), "peak": float(values[i]), "initial": float(values[0]),
+            "final": float(values[-1]), "rise": float(values[i] / values[0]),
+            "fall": float(values[i] / values[-1])}
+
+
+def spread(values) -> dict:
+    """Median, minimum and maximum over seeds."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"median": float(np.median(values)), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def part_d(writer, quick, seeds, echo) -> dict:
+    """lambda_1..lambda_10 every 5 steps early in training, SGD and GD, over seeds."""
+    n, window, final, every, k = (300, 60, 150, 5, 10) if quick else (1000, 200, 400, 5, 10)
+    x, y = load_mnist(n, flatten=True)
+    runs = {"SGD": [], "GD": []}
+    for label, batch in (("SGD", 32), ("GD", None)):
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = mlp([784, 32, 10], "relu")
+            loss_fn = torch.nn.CrossEntropyLoss()
+            tracker = SpectrumTracker(model, loss_fn, (x, y), k=k, every=every, tol=1e-4,
+                                      batch_size=n, overlap=False, writer=writer,
+                                      group=f"transient_{label}_seed{seed}", rng=seed)
+            tracker.measure(0)
+            history = train(model, loss_fn, x, y, steps=window, lr=LR, batch_size=batch,
+                            rng=seed, callback=tracker)
+            history += train(model, loss_fn, x, y, steps=final - window, lr=LR,
+                             batch_size=batch, rng=seed + 1000)
+            tracker.measure(final)
+            tracker.close()
+            a = tracker.as_arrays()
+            top = a["eigenvalues"][:, ::-1]
+            early = a["step"] <= window
+            row = {"seed": seed, "step": a["step"], "loss": a["loss"], "top": top,
+                   "lambda_1": transient(a["step"], top[:, 0]),
+                   "lambda_C": transient(a["step"], top[:, k - 1]),
+                   "lambda_1_window": transient(a["step"][early], top[early, 0])}
+            runs[label].append(row)
+            echo(f"  [D] {label} seed {seed}: lambda_1 {row['lambda_1']['initial']:.3g} -> peak "
+                 f"{row['lambda_1']['peak']:.3g} at step {row['lambda_1']['peak_step']} -> "
+                 f"{row['lambda_1']['final']:.3g} (step {final}); lambda_10 "
+                 f"{row['lambda_C']['initial']:.3g} -> {row['lambda_C']['peak']:.3g} at step "
+                 f"{row['lambda_C']['peak_step']} -> {row['lambda_C']['final']:.3g}")
+    summary = {}
+    for label, rows in runs.items():
+        summary[label] = {
+            f"{name}_{key}": spread([r[name][key] for r in rows])
+            for name in ("lambda_1", "lambda_C") for key in ("peak_step", "rise", "fall")}
+        s1 = summary[label]
+        echo(f"  [D] {label} over seeds {list(seeds)}: lambda_1 peak step median "
+             f"{s1['lambda_1_peak_step']['median']:.0f} (range "
+             f"{s1['lambda_1_peak_step']['min']:.0f}-{s1['lambda_1_peak_step']['max']:.0f}), "
+             f"rise x{s1['lambda_1_rise']['median']:.2f} ({s1['lambda_1_rise']['min']:.2f}-"
+             f"{s1['lambda_1_rise']['max']:.2f}), fall x{s1['lambda_1_fall']['median']:.2f} "
+             f"({s1['lambda_1_fall']['min']:.2f}-{s1['lambda_1_fall']['max']:.2f})")
+    return {"settings": {"num_samples": n, "window": window, "final_step": final,
+                         "every": every, "k": k, "seeds": list(seeds), "learning_rate": LR,
+                         "sgd_batch": 32},
+            "runs": runs, "summary": summary}
 
 
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
@@ -160,56 +255,97 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
         a = part_a(writer, quick, seed, echo)
         b = part_b(writer, quick, seed, echo)
         c = part_c(writer, quick, seed, echo)
-    plot(a, b, c, paths["png"])
+        d = part_d(writer, quick, (seed, seed + 1, seed + 2), echo)
+    plot(a, b, c, d, paths["png"])
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,
                "tracking": {label: {key: v for key, v in r.items()
                                     if key != "train_loss_history"} for label, r in a.items()},
-               "classes": b, "learning_rates": c, "seconds": timer(), "cpu_seconds": timer.cpu()}
+               "classes": b, "learning_rates": c, "transient": d, "seconds": timer(),
+               "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
     return payload
 
 
-def plot(a, b, c, path):
+def plot(a, b, c, d, path):
+    """Nine panels: A (overlap, eigenvalues), D (transient), B (overlap, loss), C (overlap,
+    lr * lambda_max), each quantity on its own labelled axis."""
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 12))
     axes = axes.ravel()
-    for j, row in enumerate(c):
-        axes[4].plot(row["steps"], row["overlap_top10"], "o-", ms=3, color=f"C{j}",
-                     label=f"lr {row['lr']:g}: overlap top-10")
-        axes[5].semilogy(row["steps"], row["lr_times_top"], "o-", ms=3, color=f"C{j}",
-                         label=f"lr {row['lr']:g}")
-    axes[4].set(title="clusters C=10, SGD: overlap vs learning rate", xlabel="step",
-                ylim=(0, 1.02))
-    axes[5].set(title="lr * lambda_max along the same runs", xlabel="step")
     for i, (label, r) in enumerate(a.items()):
         axes[0].plot(r["step"], r["overlap_top10"], "o-", ms=3, color=f"C{i}",
                      label=f"{label}: top-10 eigenspace")
         axes[0].plot(r["step"], r["overlap_top1"], ":", color=f"C{i}", label=f"{label}: top-1")
-        axes[1].semilogy(r["step"], r["top"][:, 0], "o-", ms=3, color=f"C{i}",
+        top = np.asarray(r["top"])
+        axes[1].semilogy(r["step"], top[:, 0], "o-", ms=3, color=f"C{i}",
                          label=f"{label}: lambda_1")
-        axes[1].semilogy(r["step"], r["top"][:, 9], "s--", ms=2, color=f"C{i}",
+        axes[1].semilogy(r["step"], top[:, 9], "s--", ms=2, color=f"C{i}",
                          label=f"{label}: lambda_10")
-        axes[1].semilogy(r["step"], r["loss"], ":", color=f"C{i}", label=f"{label}: loss")
     axes[1].axhline(2 / LR, color="k", lw=0.7, ls="--", label="2 / learning rate")
-    axes[0].set(title="MNIST 1k, MLP 784-32-10: ||P_top g||^2 / ||g||^2", xlabel="step",
+    axes[0].set(title="A. MNIST 1k, MLP 784-32-10: ||P g||^2 / ||g||^2", xlabel="step",
                 ylabel="fraction of the gradient", ylim=(0, 1.02))
-    axes[1].set(title="top Hessian eigenvalues and loss", xlabel="step")
+    axes[1].set(title="A. top Hessian eigenvalues", xlabel="step", ylabel="eigenvalue")
+    window = d["settings"]["window"]
+    for i, label in enumerate(("SGD", "GD")):
+        for j, r in enumerate(d["runs"][label]):
+            early = np.asarray(r["step"]) <= window
+            kw = dict(color=f"C{i}", alpha=0.9, lw=1.2, ls="-" if j == 0 else ("--", ":")[j % 2])
+            axes[2].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, 0],
+                         label=f"{label} seed {r['seed']}: lambda_1", **kw)
+            axes[5].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, -1],
+                         label=f"{label} seed {r['seed']}: lambda_10", **kw)
+    axes[2].set(title=f"D. transient: lambda_1, first {window} steps (lr {LR:g})",
+                xlabel="step", ylabel="lambda_1")
+    axes[5].set(title=f"D. transient: lambda_10 (= lambda_C), first {window} steps",
+                xlabel="step", ylabel="lambda_10")
     for j, row in enumerate(b):
         m = np.arange(1, len(row["overlap_curve_mean"]) + 1)
-        axes[2].plot(m / row["C"], row["overlap_curve_mean"], "-", color=f"C{j}",
-                     label=f"C={row['C']} (gap outliers {row['gap_counts'][-1]})")
-        axes[3].plot(row["steps"], row["overlap_top_C"], "o-", ms=3, color=f"C{j}",
-                     label=f"C={row['C']}: top-C")
-        axes[3].plot(row["steps"], row["loss"], ":", color=f"C{j}", label=f"C={row['C']}: loss")
-    axes[3].set(title="clusters, SGD: overlap with the top-C eigenspace", xlabel="step",
-                yscale="log")
-    axes[2].axvline(1.0, color="k", lw=0.7, ls=":")
-    axes[2].set(title="clusters, SGD: overlap with the top-m eigenspace (mean over training)",
+        half = len(row["gap_counts"]) // 2
+        gap, ratio = row["gap_counts"][half:], row["ratio_counts"][half:]
+        axes[3].plot(m / row["C"], row["overlap_curve_mean"], "-", color=f"C{j}",
+                     label=f"C={row['C']}: outliers, 2nd half: gap {min(gap)}-{max(gap)}, "
+                           f"ratio {min(ratio)}-{max(ratio)}")
+        axes[4].plot(row["steps"], row["overlap_top_C"], "o-", ms=3, color=f"C{j}",
+                     label=f"C={row['C']}")
+        axes[6].semilogy(row["steps"], row["loss"], "o-", ms=3, color=f"C{j}",
+                         label=f"C={row['C']}")
+    axes[3].axvline(1.0, color="k", lw=0.7, ls=":")
+    axes[3].set(title="B. clusters, SGD: overlap with top-m space (mean over run)",
                 xlabel="m / C", ylabel="fraction of the gradient", ylim=(0, 1.02))
+    axes[4].set(title="B. clusters, SGD: overlap with the top-C eigenspace", xlabel="step",
+                ylabel="fraction of the gradient", ylim=(0, 1.02))
+    axes[6].set(title="B. clusters, SGD: full training loss", xlabel="step",
+                ylabel="training loss (log scale)")
+    for j, row in enumerate(c):
+        tag = " (unstable: loss climbs)" if row["unstable"] else ""
+        style = "x--" if row["unstable"] else "o-"
+        axes[7].plot(row["steps"], row["overlap_top10"], style, ms=4, color=f"C{j}",
+                     label=f"lr {row['lr']:g}{tag}")
+        axes[8].semilogy(row["steps"], row["lr_times_top"], style, ms=4, color=f"C{j}",
+                         label=f"lr {row['lr']:g}{tag}")
+    axes[7].set(title="C. clusters C=10, SGD: overlap with the top-10 space", xlabel="step",
+                ylabel="fraction of the gradient", ylim=(0, 1.02))
+    axes[8].axhline(2.0, color="k", lw=0.7, ls="--", label="lr * lambda_max = 2")
+    axes[8].set(title="C. lr * lambda_max along the same runs", xlabel="step",
+                ylabel="lr * lambda_max (log scale)")
     ec.finish_figure(fig, axes, path)
 
 
+def replot(out_dir=None, quick=False):
+    """Redraw the PNG from the JSON (no recomputation)."""
+    import json
+
+    paths = ec.out_paths(NAME, out_dir, quick)
+    data = json.loads(paths["json"].read_text())
+    plot(data["tracking"], data["classes"], data["learning_rates"], data["transient"],
+         paths["png"])
+
+
 if __name__ == "__main__":
-    args = ec.parse_args(__doc__.splitlines()[0])
-    main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    args = ec.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--replot", action="store_true", help="only redraw the PNG from the JSON"))
+    if args.replot:
+        replot(args.out_dir, args.quick)
+    else:
+        main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)

@@ -134,9 +134,11 @@ def plot(rows, spectra, path):
             axes[0, j].plot(np.arange(1, 31), v[:30], "o-", ms=2, color=color, label=m)
             axes[1, j].plot(np.arange(1, 31), np.sort(eig[m])[:30] / lam, "o-", ms=2,
                             color=color, label=m)
-        axes[0, j].set(title=f"{key}: top 30", xlabel="rank", yscale="symlog")
+        axes[0, j].set(title=f"{key}: top 30", xlabel="rank", ylabel="eigenvalue",
+                       yscale="symlog")
         axes[0, j].set_yscale("symlog", linthresh=1e-3 * lam)
-        axes[1, j].set(title=f"{key}: bottom 30 / lambda_max(H)", xlabel="rank from the bottom")
+        axes[1, j].set(title=f"{key}: bottom 30", xlabel="rank from the bottom",
+                       ylabel="eigenvalue / lambda_max(H)")
     ec.finish_figure(fig, axes.ravel(), path)
 
 

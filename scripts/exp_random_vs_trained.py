@@ -110,8 +110,9 @@ def plot(runs, path):
     axes[0].set(title="top eigenvalues (Lanczos)", xlabel="rank", ylabel="eigenvalue",
                 yscale="log")
     axes[1].set(title="SLQ density (kernel 0.01 lambda_max), bulk", xlabel="lambda / lambda_max",
-                ylabel="density", xlim=(-0.15, 0.15))
-    axes[2].set(title="SLQ density (log scale)", xlabel="lambda / lambda_max", yscale="log",
+                ylabel="density x lambda_max", xlim=(-0.15, 0.15))
+    axes[2].set(title="SLQ density (log scale)", xlabel="lambda / lambda_max",
+                ylabel="density x lambda_max", yscale="log",
                 ylim=(1e-6, None))
     ec.finish_figure(fig, axes, path)
 

@@ -37,6 +37,11 @@ VOLATILE = {"created", "command", "hostname", "timings", "package_version", "ela
 VOLATILE_STATE = ("timing_", "elapsed")  # keys of a committed state blob that are times
 
 
+def _volatile(key: str) -> bool:
+    """Attributes that differ between two runs of one command: times, hosts, versions."""
+    return key in VOLATILE or key.startswith("seconds_")
+
+
 def write(folder: Path) -> None:
     from lanczos_hessian.cli import main
 
@@ -55,7 +60,7 @@ def _items(path: Path) -> dict:
     with h5py.File(path, "r") as f:
         def visit(name, node):
             for key, value in node.attrs.items():
-                if key not in VOLATILE:
+                if not _volatile(key):
                     out[f"{name}@{key}"] = value
             if isinstance(node, h5py.Dataset) and name.split("/")[-1].startswith("blob_"):
                 out.update(_blob_items(name, node[()]))
@@ -63,7 +68,7 @@ def _items(path: Path) -> dict:
                 out[name] = node[()]
 
         for key, value in f.attrs.items():
-            if key not in VOLATILE:
+            if not _volatile(key):
                 out[f"@{key}"] = value
         f.visititems(visit)
     return out

@@ -19,6 +19,7 @@ def test_demo_runs_on_a_reduced_size_and_writes_its_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Hessian eigenvalues, top 20 and bottom 5" in printed
     assert "outliers among the top 20" in printed and "dense spectrum" in printed
+    assert "step after the 9th eigenvalue: lambda_9 / lambda_10 =" in printed
     saved = read_file(out)
     eigs, dense = saved["eigs"], saved["dense"]
     assert eigs.attrs["complete"] and len(eigs["eigenvalues"]) == 25
@@ -86,7 +87,9 @@ def test_demo_on_a_tiny_size_agrees_with_arpack(tmp_path):
     arpack = np.sort(eigsh(numbers["op"], k=4, which="LA", tol=1e-10)[0])
     np.testing.assert_allclose(np.sort(result.eigenvalues)[-4:], arpack, rtol=1e-8)
     assert numbers["counts"].gap == 3
-    assert any("outliers among the top 4: 3 by the largest gap" in line for line in printed)
+    summary = [line for line in printed if "outliers among the top 4 (3 classes" in line]
+    assert len(summary) == 1 and "gap 3 (between" in summary[0]
+    assert "by the below-top rule" in summary[0] and "step after the 2nd eigenvalue" in summary[0]
     saved = read_file(out)
     np.testing.assert_array_equal(saved["eigs"]["eigenvalues"], result.eigenvalues)
     assert saved["eigs"].attrs["outliers_gap"] == 3 and "dense" not in saved

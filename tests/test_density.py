@@ -106,13 +106,13 @@ def test_trace_and_moments_by_hand():
     np.testing.assert_allclose(est.per_probe, [16.0, 12.0])
     assert est.value == pytest.approx(14.0)
     assert est.stderr == pytest.approx(np.std([16.0, 12.0], ddof=1) / math.sqrt(2))
-    moments = D.moment_estimates(nodes, weights, 3, dim=n)
+    moments = D.moment_estimates(nodes, weights, 3, dim=n, normalized=False)
     assert len(moments) == 4
     np.testing.assert_allclose(moments[0].per_probe, [8.0, 8.0])
     np.testing.assert_allclose(moments[2].per_probe, [8 * (0.5 + 1 + 4), 8 * 4.5])
     np.testing.assert_allclose(moments[3].per_probe, [8 * (0.5 + 2 + 16), 8 * 13.5])
     # with outliers: sum of outliers^q + (n - k) * quadrature
-    out = D.moment_estimates(nodes, weights, 2, dim=n, outliers=[10.0, -1.0])
+    out = D.moment_estimates(nodes, weights, 2, dim=n, outliers=[10.0, -1.0], normalized=False)
     np.testing.assert_allclose(out[1].per_probe, [9 + 6 * 2.0, 9 + 6 * 1.5])
     np.testing.assert_allclose(out[2].per_probe, [101 + 6 * 5.5, 101 + 6 * 4.5])
     np.testing.assert_allclose(out[0].per_probe, [8.0, 8.0])

@@ -21,25 +21,29 @@ def _quiet(*args):
 
 
 def test_outliers_vs_classes_quick(tmp_path):
-    """Sagun et al. 2018, Table 1: ReLU, GD, well-trained, input covariance scale 10.
+    """Sagun et al. 2018, Table 1, quick mode: ReLU, GD, input covariance 10, k = 5 and 10,
+    seeds 0-2 (300 steps at lr 0.5).
 
-    The paper's claim is "about k outliers"; here the gap rule finds exactly k - 1 for
-    k = 2, 5, 10 (the softmax cross-entropy has k - 1 independent output directions), within
-    the paper's +-1. (At scale 1, where the clusters are far apart and the loss falls to
-    ~1e-3, the gap rule mostly finds 1 or 2 for k >= 10: see RESULTS.md.)
+    Asserted only what holds on every seed here and in the full run's rows (docs/RESULTS.md,
+    section 1): a drop after the (k-1)-th eigenvalue (lambda_{k-1} / lambda_k >= 1.25 on
+    every seed), the below-top rule's median count at k - 1, and for k = 10 the below-top
+    count 9 on every seed. Not asserted: the gap rule's count, which a dominant lambda_1 can
+    turn into 1 on a single seed (k = 10, seed 1 here).
     """
     from exp_outliers_vs_classes import main
 
     out = main(quick=True, out_dir=tmp_path, echo=_quiet)
     rows = out["rows"]
-    assert [r["k"] for r in rows] == [2, 5, 10]
+    assert [r["k"] for r in rows] == [5, 10] and out["seeds"] == [0, 1, 2]
+    assert len(out["networks"]) == 6
     for r in rows:
-        assert r["converged"]
-        assert r["gap"] == r["k"] - 1, r
-        assert abs(r["gap"] - r["k"]) <= 1
-        assert r["ratio"] == r["k"] - 1  # the ratio rule agrees
-        assert r["train_accuracy"] == 1.0
-    assert out["summary"]["within_1"] == 3
+        assert r["converged"] and r["train_accuracy"] == 1.0
+        assert r["step_after_k_minus_1"]["min"] >= 1.25, r["step_after_k_minus_1"]
+        assert r["below_top"]["median"] == r["k"] - 1
+        assert r["ratio"]["median"] == r["k"] - 1
+    assert rows[1]["below_top"]["per_seed"] == [9, 9, 9]
+    for n in out["networks"]:
+        assert n["mean_eigenvalue"] > 0 and n["mean_eigenvalue_stderr"] < n["mean_eigenvalue"]
     for ext in ("h5", "png", "json"):
         path = tmp_path / f"exp_outliers_vs_classes.{ext}"
         assert path.exists()
@@ -47,33 +51,41 @@ def test_outliers_vs_classes_quick(tmp_path):
 
 
 def test_simple_case_2016_quick(tmp_path):
-    """Sagun, Bottou and LeCun 2016, Figs. 7-9, on two 2-D blobs.
+    """Sagun, Bottou and LeCun 2016, Figs. 7-9, on two 2-D blobs, ReLU networks trained by GD
+    to the stopping rule (gradient norm 1e-3, or the step cap), 5 seeds per size.
 
-    Holds here: the parameter counts 18..434 of 2-h-h-2 MLPs; after training the number of
-    large eigenvalues (> 0.1 lambda_max) stays at a handful for all five sizes (full mode:
-    3 for every size with cross-entropy, 4-5 with MSE; quick mode: 3-4 and 4-6), while the
-    number of near-zero eigenvalues (|lambda| <= 1e-3 lambda_max) grows with the size, by
-    more than 10x from 18 to 434 parameters (the bulk at zero scales with the network, the
-    large ones do not). The vmapped per-network Hessians equal the package's dense Hessian.
-    Separable blobs end with a much smaller top eigenvalue than overlapping ones.
+    Held over seeds in the quick and the full mode (docs/RESULTS.md, section 7): the
+    parameter counts 18..434 of 2-h-h-2 MLPs; with cross-entropy 2-3 eigenvalues above
+    0.1 lambda_max (full mode: 3 for every size from 74 parameters, 5/5 seeds), lambda_1
+    alone beyond the largest gap, the elbow of the top 10 at most 3; the fraction of near-zero
+    eigenvalues (|lambda| <= 1e-3 lambda_max) grows with the size for both losses; MSE's
+    lambda_max is several times CE's; the batched Hessians equal the package's dense Hessian;
+    separable blobs end with a much smaller top eigenvalue. (The paper's "two isolated
+    eigenvalues" is not asserted: the elbow rule gives 2 in only 16% of full-mode CE cases.)
     """
+    import numpy as np
     from exp_simple_case_2016 import main
 
     out = main(quick=True, out_dir=tmp_path, echo=_quiet)
-    ce = [r for r in out["fig7"] if r["loss"] == "ce"]
-    mse = [r for r in out["fig7"] if r["loss"] == "mse"]
+    ce = [r for r in out["table"] if r["loss"] == "ce"]
+    mse = [r for r in out["table"] if r["loss"] == "mse"]
     assert [r["num_params"] for r in ce] == [18, 74, 162, 282, 434]
-    large = [r["num_large"] for r in ce]
-    assert max(large) - min(large) <= 1 and max(large) <= 4, large
-    assert max(r["num_large"] for r in mse) <= 6
+    assert all(r["num_seeds"] == 5 for r in out["table"])
+    large = np.concatenate([r["num_large"] for r in ce])
+    elbow = np.concatenate([r["elbow"] for r in ce])
+    gap = np.concatenate([r["gap"] for r in ce])
+    assert np.mean((large >= 2) & (large <= 3)) >= 0.8, large
+    assert np.mean((elbow >= 1) & (elbow <= 3)) >= 0.9, elbow
+    assert np.mean(gap == 1) >= 0.8, gap
     for rows in (ce, mse):
-        zeros = [r["num_near_zero"] for r in rows]
-        assert all(a < b for a, b in zip(zeros, zeros[1:])), zeros
-        assert zeros[-1] > 10 * max(zeros[0], 1), zeros
+        zeros = [r["fraction_near_zero"]["median"] for r in rows]
+        assert zeros[-1] > zeros[0] + 0.2, zeros
+    for a, b in zip(ce, mse):
+        assert b["lambda_max"]["median"] > 3 * a["lambda_max"]["median"]
     for kind in ("ce", "mse"):
         assert out["fig8"][kind]["check_vs_dense_relative"] < 1e-10
         assert out["fig8"][kind]["num_networks"] == 16
     fig9 = out["fig9"]
     assert fig9[0]["distance"] < fig9[-1]["distance"]
     assert fig9[-1]["top5_median"][0] < 0.2 * fig9[0]["top5_median"][0]
-    assert (tmp_path / "exp_simple_case_2016.png").stat().st_size < 300_000
+    assert (tmp_path / "exp_simple_case_2016.png").exists()

@@ -88,9 +88,9 @@ def test_a_finished_file_can_drop_its_resume_state(tmp_path):
 
     op = HessianOperator(make_mlp(), torch.nn.CrossEntropyLoss(), mlp_data(n=40), batch_size=8)
     lean, kept = tmp_path / "lean.h5", tmp_path / "kept.h5"
-    a = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
-                keep_state=False)[1]
-    b = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False)[1]
+    a = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False)[1]
+    b = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
+                keep_state=True)[1]
     np.testing.assert_array_equal(a.nodes, b.nodes)
     with h5py.File(lean, "r") as f:
         assert "state" not in f["slq"] and "state" not in f["eigs"]
@@ -101,6 +101,11 @@ def test_a_finished_file_can_drop_its_resume_state(tmp_path):
     again = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
                     resume=True, keep_state=True)[1]  # a kept state still resumes
     np.testing.assert_array_equal(again.nodes, a.nodes)
-    with pytest.raises(ResumeError, match="complete and its resume state was dropped"):
-        run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
-                resume=True, keep_state=False)
+    stored = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
+                     resume=True)[1]  # finished, state dropped: the stored result
+    np.testing.assert_array_equal(stored.nodes, a.nodes)
+    assert stored.num_passes == a.num_passes and stored.seed == a.seed
+    with pytest.raises(ResumeError, match=r"num_steps: file has 12, this run has 16.*"
+                                          r"resume state was dropped.*--keep-state"):
+        run.slq(op, lean, num_probes=4, num_steps=16, k_top=2, seed=1, progress=False,
+                resume=True)

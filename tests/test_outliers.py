@@ -1,4 +1,5 @@
-"""Tests for lanczos_hessian.analysis.outliers (the three counting rules of Sagun et al. 2018)."""
+"""Tests for lanczos_hessian.analysis.outliers: the gap, ratio and elbow rules, the paper's
+heuristic threshold, the below-top rule and the step after a rank (Sagun et al. 2018, Table 1)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import torch
 
 from lanczos_hessian.analysis.outliers import (
     OutlierCounts,
+    below_top_count,
     count_outliers,
     elbow_count,
     gap_count,
     ratio_count,
+    step_after,
+    threshold_count,
 )
 
 
@@ -113,3 +117,78 @@ def test_bad_input(values, match):
 def test_bad_floor():
     with pytest.raises(ValueError, match="floor"):
         count_outliers([2.0, 1.0], floor=-1.0)
+
+
+def accident_spectrum(k=10, dominance=4.0, step=5.0, K=40, seed=0):
+    """The ``lambda_1 - lambda_2`` accident: one dominant eigenvalue, ``k - 2`` more outliers
+    spread over a factor 2 below it, then a bulk ``step`` times lower than the last outlier,
+    decaying smoothly (ratios of neighbours below 1.15). The true count is ``k - 1``."""
+    g = np.random.default_rng(seed)
+    outliers = np.geomspace(1.0, 0.5, k - 2)
+    bulk = (0.5 / step) * np.cumprod(np.r_[1.0, 1.0 + 0.15 * g.random(K - k)])[::-1]
+    bulk = bulk / bulk.max() * (0.5 / step)
+    return np.r_[dominance, outliers, np.sort(bulk)[::-1]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_accident_gap_rule_says_one_below_top_rule_finds_k_minus_1(seed):
+    values = accident_spectrum(seed=seed)
+    counts = count_outliers(values)
+    assert counts.gap == 1  # 4 - 1 = 3 is the largest absolute gap
+    assert counts.below_top == 9 and counts.below_top_ratio == pytest.approx(5.0)
+    assert step_after(values, 9) == pytest.approx(5.0)
+    assert counts.disagree()
+
+
+def test_accident_ratio_rule_depends_on_which_step_is_larger():
+    # the ratio rule picks the larger of v1/v2 and the step into the bulk; below-top does not
+    mild, strong = accident_spectrum(dominance=3.0), accident_spectrum(dominance=8.0)
+    assert count_outliers(mild).ratio == 9 and count_outliers(strong).ratio == 1
+    assert count_outliers(mild).below_top == count_outliers(strong).below_top == 9
+
+
+def test_below_top_cannot_report_a_single_outlier():
+    # one outlier over a smooth bulk: gap and ratio say 1; the below-top rule (>= 2 by
+    # construction) lands in the bulk - its documented failure mode
+    values = np.r_[10.0, np.linspace(1.0, 0.5, 19)]
+    counts = count_outliers(values)
+    assert (counts.gap, counts.ratio) == (1, 1)
+    assert counts.below_top >= 2
+    assert below_top_count([3.0, 2.0]) == (0, pytest.approx(math.nan, nan_ok=True))
+
+
+def test_planted_spikes_below_top(planted):
+    values = np.sort(planted[0])[::-1][:50]
+    assert count_outliers(values).below_top == 10
+
+
+def test_threshold_rule():
+    values = [5.0, 4.0, 1.0, 0.5, -3.0]
+    assert threshold_count(values, 0.9) == 3
+    assert threshold_count(values, 5.0) == 0  # strictly above
+    counts = count_outliers(values, cutoff=0.9)
+    assert counts.threshold == 3 and counts.cutoff == 0.9
+    assert counts.as_dict()["threshold"] == 3
+    assert count_outliers(values).threshold is None
+    assert "threshold" not in count_outliers(values).as_dict()
+    with pytest.raises(ValueError, match="cutoff"):
+        threshold_count(values, math.nan)
+
+
+def test_threshold_rule_does_not_transfer_across_curvature_scales():
+    # the same spectrum shape, scaled down by 10 (a network trained longer): a fixed cutoff
+    # counts the outliers of one scale only
+    values = accident_spectrum()
+    cutoff = 0.3
+    assert threshold_count(values, cutoff) == 9
+    assert threshold_count(values / 10, cutoff) == 1
+
+
+def test_step_after():
+    values = [1.0, 8.0, 2.0, 4.0]
+    assert step_after(values, 1) == pytest.approx(2.0)
+    assert step_after(values, 3) == pytest.approx(2.0)
+    assert math.isnan(step_after([1.0, -1.0], 1))
+    for bad in (0, 4, 1.5):
+        with pytest.raises(ValueError, match="rank"):
+            step_after(values, bad)

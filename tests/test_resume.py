@@ -227,8 +227,9 @@ def test_killed_slq_run_on_two_ranks_resumes_in_both_phases(budget, tmp_path):
     0's file. Sharded, each rank resumes its rows of both phases from its own file."""
     env = dict(problem_env(), OMP_NUM_THREADS="1")
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
-    done = subprocess.run(torchrun(SLQ_COMMAND) + budget + ["--out", str(ref_path)], env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    done = subprocess.run(torchrun(SLQ_COMMAND) + budget + ["--out", str(ref_path),
+                                                            "--keep-state"],
+                          env=env, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ref.rank1-of-2.h5").exists() == ("--shard-vectors" in budget)
     args = budget + ["--out", str(path)]
@@ -255,7 +256,7 @@ def test_killed_run_on_two_ranks_resumes_to_the_uninterrupted_result(options, tm
     env = dict(problem_env(), OMP_NUM_THREADS="1")
     reference_path, sharded = tmp_path / "ref.h5", "--shard-vectors" in options
     command = torchrun(COMMAND) + options
-    done = subprocess.run(command + ["--out", str(reference_path)], env=env,
+    done = subprocess.run(command + ["--out", str(reference_path), "--keep-state"], env=env,
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "ref.rank1-of-2.h5").exists() == sharded  # rank 1's rows of the state

@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad_and_value
+from torch.func import grad_and_value
 
 from ..parallel.distributed import all_reduce_sum
 from ..linalg.eigsh import lanczos_eigsh
 from ..curvature.operators import OPERATORS, CurvatureOperator, HessianOperator, evaluation_mode
+from ..curvature.data import batch_length, call_model
 from ..curvature.params import ParameterSpace
 
 __all__ = [
@@ -93,13 +94,13 @@ def loss_and_gradient(source, loss_fn=None, data=None, **kwargs) -> tuple:
             x, y = op._to_device(inputs, targets)
 
             def batch_loss(p, x=x, y=y):
-                return op.loss_fn(functional_call(model, (p, frozen), (x,)), y)
+                return op.loss_fn(call_model(model, (p, frozen), x), y)
 
             g, value = grad_and_value(batch_loss)(params)
-            weight = len(x) if op.reduction == "mean" else 1.0
+            weight = batch_length(x) if op.reduction == "mean" else 1.0
             buffer[:dim].add_(space.join(t.to(torch.float64) for t in g.values()), alpha=weight)
             buffer[dim] += weight * float(value.detach())
-            buffer[dim + 1] += len(x)
+            buffer[dim + 1] += batch_length(x)
     all_reduce_sum(buffer)
     scale = 1.0 / float(buffer[-1]) if op.reduction == "mean" else 1.0
     return float(buffer[dim]) * scale, buffer[:dim] * scale
@@ -199,14 +200,14 @@ def full_loss(source, loss_fn=None, data=None, **kwargs) -> tuple:
     with evaluation_mode(op.model), torch.no_grad():
         for inputs, targets in op.data:
             x, y = op._to_device(inputs, targets)
-            out = op.model(x)
-            weight = len(x) if op.reduction == "mean" else 1.0
+            out = call_model(op.model, None, x)
+            weight = batch_length(x) if op.reduction == "mean" else 1.0
             buffer[0] += weight * float(op.loss_fn(out, y))
             if classification and _is_classification(out, y):
                 buffer[1] += float((out.argmax(1) == y).sum())
             else:
                 classification = False
-            buffer[2] += len(x)
+            buffer[2] += batch_length(x)
     all_reduce_sum(buffer)
     n = float(buffer[2])
     loss = float(buffer[0]) / n if op.reduction == "mean" else float(buffer[0])

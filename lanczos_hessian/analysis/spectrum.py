@@ -19,6 +19,7 @@ from ..linalg import density
 from ..errors import SpectrumFileError
 from ..storage.hdf5 import read_file
 from .outliers import count_outliers
+from .report import eigen_table
 
 
 @dataclass
@@ -52,7 +53,10 @@ class Spectrum:
     attrs : dict
         Root provenance (package and torch version, operator, model size, ...).
     eigenvalues, residual_bounds, residuals, converged : ndarray or None
-        From the ``eigs`` group (the last committed Ritz values if the run was cut off).
+        From the ``eigs`` group (the last committed Ritz values if the run was cut off),
+        ascending by eigenvalue as in :class:`~lanczos_hessian.linalg.eigsh.EigshResult`:
+        ``residual_bounds`` are the Ritz bounds ``|beta_m s_mi|`` (exact arithmetic),
+        ``residuals`` the measured ``||A y - theta y||`` (None unless measured).
     eigs_complete : bool
     quadrature : Quadrature or None
         The SLQ rules (``slq`` group).
@@ -80,7 +84,9 @@ class Spectrum:
         return self.attrs.get("label") or self.path.stem
 
     def top_eigenvalues(self) -> np.ndarray:
-        """Positive-end eigenvalues, descending: from ``eigs`` or else the dense spectrum."""
+        """Positive-end eigenvalues in rank order (rank 1, the largest, first: the order of
+        the seed papers' plots and of :func:`count_outliers`), from ``eigs`` or else the dense
+        spectrum. The stored arrays themselves are ascending."""
         if self.eigenvalues is not None and len(self.eigenvalues):
             values = self.eigenvalues
             if self.eigs_attrs.get("which") == "BE":
@@ -121,6 +127,31 @@ class Spectrum:
             spectrum.quadrature = Quadrature(slq.nodes, slq.weights, slq.dim, slq.outliers,
                                              slq.num_steps, True, {})
         return spectrum
+
+    def to_dataframe(self, what: str = "eigs", per: str = "node"):
+        """A ``pandas.DataFrame`` (pandas optional: an ImportError naming ``pip install
+        pandas`` without it). ``what="eigs"``: one row per eigenpair in array order
+        (ascending, index = array index), columns ``eigenvalue``, ``ritz_bound``,
+        ``measured_residual`` (NaN when not measured), ``converged``; ``what="slq"``: the
+        quadrature rules, ``per="node"`` or ``"probe"``
+        (:meth:`~lanczos_hessian.linalg.density.QuadratureStatistics.to_dataframe`)."""
+        pandas = density.pandas_module("Spectrum.to_dataframe")
+        if what == "slq":
+            if self.quadrature is None:
+                raise ValueError(f"{self.path} holds no SLQ rules (no slq group committed)")
+            return self.quadrature.to_dataframe(per)
+        if what != "eigs":
+            raise ValueError(f"what must be 'eigs' or 'slq', got {what!r}")
+        values = np.zeros(0) if self.eigenvalues is None else np.asarray(self.eigenvalues)
+        k = len(values)
+
+        def column(array, fill):
+            return np.full(k, fill) if array is None else np.asarray(array)
+
+        return pandas.DataFrame({"eigenvalue": values,
+                                 "ritz_bound": column(self.residual_bounds, np.nan),
+                                 "measured_residual": column(self.residuals, np.nan),
+                                 "converged": column(self.converged, False).astype(bool)})
 
     def outlier_counts(self, num: int | None = None):
         """Outlier counts by gap, ratio and elbow (:func:`count_outliers`) of the top values."""
@@ -226,46 +257,101 @@ def summarize(spectrum: Spectrum, num_top: int = 20) -> str:
     lines += [f"   in progress or cut off: {line}" for line in spectrum.progress]
     lines += _eigs_lines(spectrum, num_top)
     if spectrum.quadrature is not None:
-        lines += _slq_lines(spectrum.quadrature)
+        lines += _slq_lines(spectrum, spectrum.quadrature)
     return "\n".join(lines)
 
 
 def _eigs_lines(spectrum, num_top):
+    """The eigenpair table (ascending, array index first: :func:`~.report.eigen_table`) of the
+    top ``num_top`` pairs and the 5 smallest (of a ``BE`` run: of its bottom end), and the
+    outlier counts of the top."""
     if spectrum.eigenvalues is None:
         return []
     state = "complete" if spectrum.eigs_complete else "CUT OFF: last committed Ritz values"
+    order = np.argsort(spectrum.eigenvalues, kind="stable")
+    num_bottom = 5
+    if spectrum.eigs_attrs.get("which") == "BE":
+        num_bottom = min(5, int(spectrum.eigs_attrs.get("k_bottom") or len(order) // 2))
+    shown = list(order[:num_bottom]) + list(order[-num_top:] if num_top > 0 else [])
+    table = eigen_table(spectrum.eigenvalues, spectrum.residual_bounds,
+                        residuals=spectrum.residuals, converged=spectrum.converged,
+                        rows=shown)
     lines = [f"   eigenpairs ({spectrum.eigs_attrs.get('which', '?')}, {state}):"]
-    order = np.argsort(spectrum.eigenvalues)[::-1]
-    bounds = spectrum.residual_bounds
-    shown = list(order[:num_top]) + [i for i in order[num_top:][-5:]]
-    for i in dict.fromkeys(shown):
-        extra = "" if bounds is None else f"   residual bound {bounds[i]:.2e}"
-        if spectrum.residuals is not None:
-            extra += f"   true residual {spectrum.residuals[i]:.2e}"
-        lines.append(f"     {spectrum.eigenvalues[i]: .6e}{extra}")
+    lines += ["     " + line for line in table.splitlines()]
     counts = spectrum.outlier_counts(num_top)
     if counts is not None:
         lines.append(f"   outliers among the top {min(num_top, len(counts.values))}: "
-                     f"gap {counts.gap}, ratio {counts.ratio}, elbow {counts.elbow}")
+                     f"gap {counts.gap}, ratio {counts.ratio}, elbow {counts.elbow}, "
+                     f"below-top {counts.below_top}"
+                     + (" (the rules disagree: see analysis/outliers.py)" if counts.disagree()
+                        else ""))
     return lines
 
 
-def _slq_lines(q: Quadrature):
+#: Thresholds of the negative (and near-zero) mass, as fractions of ``lambda_max``.
+MASS_THRESHOLDS = (1e-2, 1e-3, 1e-4)
+
+
+def _slq_lines(spectrum, q: Quadrature):
+    """Trace, second moment, and the spectral mass at several thresholds.
+
+    The negative mass of a trained network's Hessian sits mostly within ``1e-3 lambda_max``
+    of zero, so one threshold hides it or drowns it: at ``1e-2 lambda_max`` a bulk whose
+    negative part reaches only ``-1e-3 lambda_max`` reads 0, while below ``-1e-4
+    lambda_max`` the node spacing of an ``m``-node Gauss rule (about range / m) decides
+    which side of the threshold the atom at zero falls. The table therefore gives the mass
+    below ``-t lambda_max`` and within ``t lambda_max`` of zero for each ``t`` in
+    :data:`MASS_THRESHOLDS`, with the fraction below 0 and the bottom eigenvalue (from the
+    eigensolver when it computed the bottom end, else the smallest quadrature node), so a
+    reader sees where the mass lies rather than one count at one arbitrary cut.
+    ``lambda_max`` is the largest eigenvalue known (eigensolver, outliers or nodes); for a
+    spectrum with no positive part the spectral radius stands in.
+    """
     state = "complete" if q.complete else f"CUT OFF after {q.num_steps_done} committed steps"
     trace = q.trace()
-    moments = q.moments(2)
+    second = q.moments(2, normalized=False)[2]
     lo, hi = np.nanmin(q.nodes), np.nanmax(q.nodes)
-    # masses beyond 1% of the spectral radius: finer than the node spacing means nothing
-    band = 1e-2 * max(abs(lo), abs(hi), *(abs(q.outliers) if len(q.outliers) else [0.0]))
-    below = q.fraction_below(-band)
-    near = q.fraction_within(band)
-    return [
+    scale, scale_name = _lambda_max(spectrum, q, lo, hi)
+    lines = [
         f"   SLQ ({q.nodes.shape[0]} probes x {q.nodes.shape[1]} nodes, {len(q.outliers)} "
         f"deflated outliers, {state}):",
         f"     trace          {trace.value: .6e} +- {trace.stderr:.2e}",
-        f"     tr(H^2)        {moments[2].value: .6e} +- {moments[2].stderr:.2e}",
-        f"     mass below -{band:.2e}   {below.value: .4f} +- {below.stderr:.4f}",
-        f"     mass |l| <= {band:.2e}  {near.value: .4f} +- {near.stderr:.4f}   "
-        "(1% of the spectral radius)",
+        f"     tr(H^2)        {second.value: .6e} +- {second.stderr:.2e}",
         f"     support        [{lo:.4e}, {hi:.4e}]",
+        f"     spectral mass (fraction of the {q.dim} eigenvalues) by threshold "
+        f"t * {scale_name} ({scale_name} = {scale:.4e}):",
+        f"       {'t':>7}  {'threshold':>10}  {'mass below -threshold':>22}  "
+        f"{'mass |l| <= threshold':>22}",
     ]
+    for t in MASS_THRESHOLDS:
+        below, near = q.fraction_below(-t * scale), q.fraction_within(t * scale)
+        lines.append(f"       {t:>7.0e}  {t * scale:>10.2e}  {below.value:>11.4f} +- "
+                     f"{below.stderr:.4f}  {near.value:>11.4f} +- {near.stderr:.4f}")
+    negative = q.fraction_below(0.0)
+    lines.append(f"     mass below 0   {negative.value: .4f} +- {negative.stderr:.4f}")
+    lines.append(_bottom_line(spectrum, lo))
+    return lines
+
+
+def _lambda_max(spectrum, q, lo, hi) -> tuple:
+    """``(lambda_max, its name)``: the largest known eigenvalue, or the spectral radius when
+    no eigenvalue is positive."""
+    known = [hi, *np.asarray(q.outliers, dtype=float)]
+    if spectrum.eigenvalues is not None and len(spectrum.eigenvalues):
+        known.append(float(np.nanmax(spectrum.eigenvalues)))
+    top = max(known)
+    if top > 0:
+        return float(top), "lambda_max"
+    return float(max(abs(lo), abs(top), 1e-300)), "spectral radius"
+
+
+def _bottom_line(spectrum, smallest_node) -> str:
+    """The bottom eigenvalue when an eigensolver computed it, else the smallest node."""
+    bottom = spectrum.bottom_eigenvalues()
+    if len(bottom) and spectrum.dense_eigenvalues is None:
+        return f"     bottom eigenvalue  {bottom[0]: .6e} (eigensolver)"
+    if spectrum.dense_eigenvalues is not None and len(spectrum.dense_eigenvalues):
+        return (f"     bottom eigenvalue  {np.min(spectrum.dense_eigenvalues): .6e} (exact, "
+                "dense)")
+    return (f"     bottom eigenvalue  unknown (no bottom-end eigensolver run); smallest SLQ "
+            f"node {smallest_node: .6e}")

@@ -11,6 +11,14 @@ same samples on every pass. Three forms are accepted:
   shuffling sampler is not, and is detected);
 * any other re-iterable of ``(inputs, targets)`` batches, e.g. a list.
 
+Batches of another form -- a dict, as HuggingFace-style data sets and collators yield, or any
+other structure -- go through ``unpack``, a function of the user's that maps one batch to
+``(inputs, targets)`` (:func:`dict_batch` builds the common one). ``inputs`` is then a tensor
+(the model is called as ``model(inputs)``), a tuple of tensors (``model(*inputs)``) or a dict
+of tensors (``model(**inputs)``: keyword arguments such as ``input_ids`` and
+``attention_mask``); ``targets`` is a tensor, the second argument of the loss. Every tensor
+of a batch has the batch's samples along its first axis.
+
 Under ``torch.distributed`` every rank passes the *whole* data set and keeps an exact share
 of it (no padding, no dropped or repeated sample): a contiguous range of samples of a tensor
 pair, or every ``world_size``-th batch of an iterable (which must then yield its batches in
@@ -20,10 +28,12 @@ the same order on every rank: a shuffling or distributed sampler is refused).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
+from torch.func import functional_call
 
 from ..errors import InvalidDataError, NonDeterministicDataError
 
@@ -43,14 +53,25 @@ class DataSource:
         This process's share of the data: contiguous sample ranges of a tensor pair
         (sizes differ by at most one), or every ``world_size``-th batch of an iterable.
         Every sample belongs to exactly one rank: no padding, no dropping.
+    unpack : callable, optional
+        ``unpack(batch) -> (inputs, targets)`` for each batch of an iterable whose batches
+        are not ``(inputs, targets)`` pairs, e.g. dicts (module docstring, :func:`dict_batch`).
     """
 
-    def __init__(self, data, batch_size: int | None = None, rank: int = 0, world_size: int = 1):
+    def __init__(self, data, batch_size: int | None = None, rank: int = 0, world_size: int = 1,
+                 unpack: Callable | None = None):
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if unpack is not None and not callable(unpack):
+            raise TypeError(f"unpack must be a function batch -> (inputs, targets), got "
+                            f"{type(unpack).__name__}")
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE
         self.rank, self.world_size = rank, world_size
+        self.unpack = unpack
         self._tensors = _as_tensor_pair(data)
+        if self._tensors is not None and unpack is not None:
+            raise ValueError("unpack applies to the batches of a DataLoader or an iterable; "
+                             "an (inputs, targets) pair of tensors needs none")
         if self._tensors is None:
             if iter(data) is data:
                 raise InvalidDataError(
@@ -113,7 +134,7 @@ class DataSource:
             return
         for index, batch in enumerate(self._iterable):
             if index % self.world_size == self.rank:
-                yield unpack_batch(batch, index)
+                yield unpack_batch(batch, index, self.unpack)
 
     def first_batch(self) -> tuple:
         """The first batch of this rank's shard, validated; raises on an empty source.
@@ -129,7 +150,7 @@ class DataSource:
             count = 0
             for index, batch in enumerate(self._iterable):
                 if index % self.world_size == self.rank:
-                    return unpack_batch(batch, index)
+                    return unpack_batch(batch, index, self.unpack)
                 count += 1
             if count and self.world_size > 1:
                 raise InvalidDataError(
@@ -199,24 +220,125 @@ def _check_rank_independent_order(data, world_size: int) -> None:
         )
 
 
-def unpack_batch(batch, index: int) -> tuple:
-    """Validate one batch from an iterable and return it as ``(inputs, targets)``."""
+def unpack_batch(batch, index: int, unpack: Callable | None = None) -> tuple:
+    """Validate one batch from an iterable and return it as ``(inputs, targets)``.
+
+    ``unpack`` (optional) maps the batch to that pair first; ``inputs`` may be a tensor, a
+    tuple of tensors or a dict of tensors (module docstring), ``targets`` is a tensor.
+    """
+    if unpack is not None:
+        try:
+            batch = unpack(batch)
+        except Exception as exc:
+            raise InvalidDataError(f"unpack failed on batch {index} ({type(batch).__name__}): "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        what = f"unpack(batch {index})"
+    else:
+        what = f"batch {index}"
+        if isinstance(batch, Mapping):
+            raise InvalidDataError(
+                f"batch {index} is a {type(batch).__name__} with keys {sorted(map(str, batch))}, "
+                "not an (inputs, targets) pair: pass unpack=, a function mapping a batch to "
+                "(inputs, targets), e.g. unpack=dict_batch('labels') (from "
+                "lanczos_hessian.curvature.data) to call the model with the other keys as "
+                "keyword arguments")
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise InvalidDataError(
-            f"batch {index} is a {type(batch).__name__}, expected an (inputs, targets) pair"
-        )
+            f"{what} is a {type(batch).__name__}, expected an (inputs, targets) pair"
+            + ("" if unpack is not None else "; pass unpack= to map other batches to one"))
     inputs, targets = batch
-    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise InvalidDataError(f"batch {index}: inputs and targets must be tensors")
-    _check_lengths(inputs, targets, f"batch {index}")
+    if not isinstance(targets, torch.Tensor) or not _valid_inputs(inputs):
+        raise InvalidDataError(
+            f"{what}: targets must be a tensor and inputs a tensor, a tuple of tensors or a "
+            f"dict of tensors; got {_describe(inputs)} and {_describe(targets)}")
+    _check_lengths(inputs, targets, what)
     return inputs, targets
 
 
+def dict_batch(targets: str = "labels", inputs=None) -> Callable:
+    """An ``unpack`` for dict batches (HuggingFace style): ``batch -> (model kwargs, targets)``.
+
+    ``batch[targets]`` becomes the loss's targets; the keys ``inputs`` (default: every other
+    key) become the model's keyword arguments, ``model(**{key: batch[key]})``.
+    """
+    keys = None if inputs is None else tuple(inputs)
+
+    def unpack(batch):
+        if targets not in batch:
+            raise KeyError(f"no target key {targets!r} among {sorted(map(str, batch))}")
+        chosen = keys if keys is not None else [k for k in batch if k != targets]
+        return {key: batch[key] for key in chosen}, batch[targets]
+
+    return unpack
+
+
+# ---- structured inputs: a tensor, a tuple of tensors (positional), a dict (keyword) ------
+def input_tensors(inputs) -> list:
+    """The tensors of a batch's inputs in a fixed order (a dict's by sorted key)."""
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    if isinstance(inputs, Mapping):
+        return [inputs[key] for key in sorted(inputs)]
+    return list(inputs)
+
+
+def map_inputs(inputs, fn):
+    """``fn`` applied to every tensor of ``inputs``, the structure kept."""
+    if isinstance(inputs, torch.Tensor):
+        return fn(inputs)
+    if isinstance(inputs, Mapping):
+        return {key: fn(value) for key, value in inputs.items()}
+    return tuple(fn(value) for value in inputs)
+
+
+def batch_length(inputs) -> int:
+    """Samples in a batch: the first dimension of its (first) input tensor."""
+    return len(input_tensors(inputs)[0])
+
+
+def call_model(model, parameters_and_buffers, inputs):
+    """``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)`` (a tensor, a tuple, a dict)
+    with the given parameters and buffers swapped in (``torch.func.functional_call``), or
+    the model's own when ``parameters_and_buffers`` is None."""
+    if parameters_and_buffers is None:
+        if isinstance(inputs, torch.Tensor):
+            return model(inputs)
+        return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
+    if isinstance(inputs, torch.Tensor):
+        return functional_call(model, parameters_and_buffers, (inputs,))
+    if isinstance(inputs, Mapping):
+        return functional_call(model, parameters_and_buffers, (), dict(inputs))
+    return functional_call(model, parameters_and_buffers, tuple(inputs))
+
+
+def _valid_inputs(inputs) -> bool:
+    if isinstance(inputs, torch.Tensor):
+        return True
+    if isinstance(inputs, Mapping):
+        return bool(inputs) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                    for k, v in inputs.items())
+    return (isinstance(inputs, (tuple, list)) and bool(inputs)
+            and all(isinstance(v, torch.Tensor) for v in inputs))
+
+
+def _describe(value) -> str:
+    if isinstance(value, Mapping):
+        return f"a {type(value).__name__} with keys {sorted(map(str, value))}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {[type(v).__name__ for v in value]}"
+    return f"a {type(value).__name__}"
+
+
 def _check_lengths(inputs, targets, where):
-    if inputs.ndim == 0 or targets.ndim == 0 or len(inputs) != len(targets):
+    tensors = input_tensors(inputs)
+    lengths = [len(t) if t.ndim else 0 for t in tensors]
+    n_targets = len(targets) if targets.ndim else 0
+    scalar = targets.ndim == 0 or any(t.ndim == 0 for t in tensors)
+    if scalar or any(n != n_targets for n in lengths):
+        shown = lengths[0] if len(lengths) == 1 else lengths
         raise InvalidDataError(
-            f"{where}: inputs have {len(inputs) if inputs.ndim else 0} samples but targets "
-            f"have {len(targets) if targets.ndim else 0}; they must agree along the first axis"
+            f"{where}: inputs have {shown} samples but targets have {n_targets}; they must "
+            "agree along the first axis"
         )
 
 
@@ -291,6 +413,19 @@ def sample_hashes(t: torch.Tensor, salt: int = 0) -> torch.Tensor:
     return _fmix(linear ^ _signed((salt + length * _GOLDEN) & _MASK))
 
 
+def _input_hashes(inputs, tensors) -> torch.Tensor:
+    """Per-sample hashes of a batch's inputs: of the tensor itself (as files written before
+    structured inputs existed), or chained over the fields of a tuple or dict in their fixed
+    order (:func:`input_tensors`), each field's position salting its hash."""
+    if isinstance(inputs, torch.Tensor):
+        return sample_hashes(inputs, _SALT_INPUTS)
+    combined = None
+    for position, t in enumerate(tensors, 1):
+        h = sample_hashes(t.to(tensors[0].device), _SALT_INPUTS + position * _GOLDEN)
+        combined = h if combined is None else _fmix(combined * _GOLDEN ^ h)
+    return combined
+
+
 def _wrapped_sum(h: torch.Tensor) -> int:
     return int(h.sum()) & _MASK
 
@@ -320,14 +455,17 @@ class PassFingerprint:
     hashes: tuple | None = (0, 0, 0)
     origin: str = "pass"  # "pass": an earlier pass of this run; "file": the saved run's
 
-    def add(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-        x = inputs.detach().to(torch.float64)
-        self.num_samples += len(inputs)
-        self.input_sum += float(x.sum())
-        self.input_sq_sum += float(x.square().sum())
+    def add(self, inputs, targets: torch.Tensor) -> None:
+        """Count one batch: ``inputs`` a tensor, a tuple or a dict of tensors."""
+        tensors = input_tensors(inputs)
+        self.num_samples += len(tensors[0])
+        for t in tensors:
+            x = t.detach().to(torch.float64)
+            self.input_sum += float(x.sum())
+            self.input_sq_sum += float(x.square().sum())
         self.target_sum += float(targets.detach().to(torch.float64).sum())
-        a = sample_hashes(inputs, _SALT_INPUTS)
-        b = sample_hashes(targets.to(inputs.device), _SALT_TARGETS)
+        a = _input_hashes(inputs, tensors)
+        b = sample_hashes(targets.to(tensors[0].device), _SALT_TARGETS)
         pairs = _fmix(a ^ _fmix(b + _GOLDEN))
         self.hashes = tuple((old + _wrapped_sum(new)) & _MASK
                             for old, new in zip(self.hashes, (a, b, pairs)))

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.func import functional_call, hessian, jacrev
+from torch.func import hessian, jacrev
 
 from ..parallel.distributed import all_reduce_sum
 from ..errors import DenseSizeError
+from .data import call_model
 from .operators import CurvatureOperator, evaluation_mode
 
 DEFAULT_MAX_DIM = 12_000  # 12k x 12k float64 is 1.15 GB
@@ -77,9 +78,9 @@ def _accumulate(op: CurvatureOperator, batch_matrix) -> np.ndarray:
     with evaluation_mode(op.model):
         for inputs, targets in op.data:
             x, y = op._to_device(inputs, targets)
-            weight = len(x) if op.reduction == "mean" else 1.0
+            weight = len(y) if op.reduction == "mean" else 1.0  # samples: the targets
             total += weight * batch_matrix(op, x, y).to(torch.float64)
-            count += len(x)
+            count += len(y)
     buffer = torch.cat([total.reshape(-1), torch.tensor([float(count)], device=op.device,
                                                         dtype=torch.float64)])
     all_reduce_sum(buffer)
@@ -98,7 +99,7 @@ def _flat_functions(op: CurvatureOperator, x):
     flat = op.space.join(params.values())
 
     def outputs(w):
-        return functional_call(op.model, (op.space.split(w), frozen), (x,))
+        return call_model(op.model, (op.space.split(w), frozen), x)
 
     return flat, outputs
 

@@ -8,8 +8,9 @@ samples, the full-dataset objective is
 and the operators represent, exactly, with ``M`` the number of selected parameters:
 
 * :class:`HessianOperator`   ``H = d^2 L / dw^2``                    (M x M, symmetric)
-* :class:`GGNOperator`       ``G = c * sum_i J_i^T H_loss,i J_i``     (Sagun et al. 2018, Eq. 4)
-* :class:`ResidualOperator`  ``R = H - G``                            (their Eq. 5)
+* :class:`GGNOperator`       ``G = c * sum_i J_i^T H_loss,i J_i``     (Sagun et al. 2018: first
+  term of Eq. 4, ``H = G + R``; Eq. 5 is the approximation ``H ~ G``)
+* :class:`ResidualOperator`  ``R = H - G``                            (second term of their Eq. 4)
 
 One application is one pass over the data. Batch ``B`` with mean-reduced batch loss ``l_B``
 contributes ``|B| * C_B v`` to a float64 accumulator, which is divided by the total sample
@@ -44,19 +45,33 @@ import contextlib
 import logging
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from .data import DataSource, PassFingerprint
+from .data import (
+    DataSource,
+    PassFingerprint,
+    batch_length,
+    call_model,
+    input_tensors,
+    map_inputs,
+)
 from ..parallel.distributed import (
     all_reduce_or_raise,
     common_seed,
     current_world,
     gather_rows,
 )
-from ..errors import InvalidLossError, InvalidModelError, NonFiniteError, RankMismatchError
+from ..errors import (
+    InvalidLossError,
+    InvalidModelError,
+    NonFiniteError,
+    PrecisionWarning,
+    RankMismatchError,
+)
 from .products import STRATEGIES, BatchCurvature
 from .params import ParameterSpace
 from .precision import tf32_mode
@@ -100,7 +115,14 @@ class CurvatureOperator(LinearOperator):
     loss_fn : callable
         ``loss_fn(outputs, targets) -> scalar`` with ``mean`` or ``sum`` reduction.
     data : (inputs, targets) tensors, DataLoader or re-iterable of batches
-        See :class:`lanczos_hessian.curvature.data.DataSource`.
+        See :class:`lanczos_hessian.curvature.data.DataSource`. Floating inputs are
+        converted to the model's dtype (a :class:`~lanczos_hessian.errors.PrecisionWarning`
+        at construction when they differ: the products are computed in the model's dtype).
+    unpack : callable, optional
+        ``unpack(batch) -> (inputs, targets)`` for batches that are not such pairs, e.g. the
+        dicts of a HuggingFace-style loader; ``inputs`` may be a tensor (``model(x)``), a
+        tuple (``model(*x)``) or a dict of tensors (``model(**x)``). See
+        :func:`lanczos_hessian.curvature.data.dict_batch`.
     params : list of str, optional
         Parameter names or module prefixes to restrict to (a diagonal block of the
         curvature, e.g. one layer); default all trainable parameters.
@@ -145,6 +167,7 @@ class CurvatureOperator(LinearOperator):
         progress=False,
         allow_tf32=False,
         allow_low_precision=False,
+        unpack=None,
     ):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -164,7 +187,8 @@ class CurvatureOperator(LinearOperator):
         try:  # every rank reaches the agreement check below, also after a local failure
             self.space = ParameterSpace.of(model, params)
             self.reduction = infer_reduction(loss_fn, reduction)
-            self.data = DataSource(data, batch_size, self.world.rank, self.world.size)
+            self.data = DataSource(data, batch_size, self.world.rank, self.world.size,
+                                   unpack=unpack)
             first = self.space.parameters(model)[self.space.names[0]]
             self.device, self.model_dtype = first.device, first.dtype
             if not allow_low_precision:
@@ -243,6 +267,7 @@ class CurvatureOperator(LinearOperator):
 
     def _check_loss_on_first_batch(self):
         inputs, targets = self.data.first_batch()
+        _warn_on_precision_mismatch(inputs, self.model_dtype)
         x, y = self._to_device(inputs, targets)
         with evaluation_mode(self.model):
             try:
@@ -262,10 +287,13 @@ class CurvatureOperator(LinearOperator):
             self.curvature.resolve(self.kind, x, y)  # "auto" by its rule, once
 
     def _to_device(self, inputs, targets):
-        x = inputs.to(self.device, non_blocking=True)
-        if x.is_floating_point():
-            x = x.to(self.model_dtype)
-        return x, targets.to(self.device, non_blocking=True)
+        """The batch on the model's device, floating inputs in the model's dtype (``inputs``
+        a tensor, a tuple or a dict of tensors)."""
+        def move(t):
+            t = t.to(self.device, non_blocking=True)
+            return t.to(self.model_dtype) if t.is_floating_point() else t
+
+        return map_inputs(inputs, move), targets.to(self.device, non_blocking=True)
 
     # ---- the full-dataset pass ----------------------------------------------------------
     def apply(self, V: torch.Tensor) -> torch.Tensor:
@@ -307,11 +335,12 @@ class CurvatureOperator(LinearOperator):
                 value, product = self.curvature.products(self.kind, x, y, block)
                 health.append(torch.stack([value.detach().to(torch.float64).reshape(()),
                                            product.sum(dtype=torch.float64)]))
-                weight = len(x) if self.reduction == "mean" else 1.0
+                count = batch_length(x)
+                weight = count if self.reduction == "mean" else 1.0
                 # vector-major accumulator: the products come as the transpose of a
                 # contiguous (b, M) block, so this adds in place with no copy or transpose
                 buffer[:n].view(b, dim).add_(product.T, alpha=weight)
-                buffer[n] += len(x)
+                buffer[n] += count
                 if self.check_data:
                     fingerprint.add(inputs, targets)
             if health:
@@ -404,6 +433,25 @@ class CurvatureOperator(LinearOperator):
     def __repr__(self):
         return (f"<{type(self).__name__} M={self.shape[0]} reduction={self.reduction} "
                 f"dtype={self.dtype} device={self.device}>")
+
+
+def _warn_on_precision_mismatch(inputs, model_dtype) -> None:
+    """One :class:`PrecisionWarning` when the first batch's floating inputs are not in the
+    model's dtype: they are converted on every pass, and the products taken in the model's."""
+    other = {t.dtype for t in input_tensors(inputs)
+             if t.is_floating_point() and t.dtype != model_dtype}
+    if not other:
+        return
+    names = ", ".join(sorted(map(str, other)))
+    effect = ("rounded to the model's precision" if any(
+        d.itemsize > model_dtype.itemsize for d in other) else
+        "carrying only their own precision into the products")
+    warnings.warn(
+        f"the model's parameters are {model_dtype} but the data's floating inputs are "
+        f"{names}: the inputs are converted to {model_dtype} on every pass ({effect}) and "
+        f"the curvature products are computed in {model_dtype} (accumulated in float64); "
+        f"convert the data or the model to one dtype to silence this", PrecisionWarning,
+        stacklevel=4)
 
 
 #: Floating-point types whose products are refused unless ``allow_low_precision=True``.

@@ -6,10 +6,11 @@ block of vectors ``V = [v_1 ... v_b]`` (flat parameter vectors, the model's dtyp
 
 * Hessian:   ``H_B V``  with ``H_B = d^2 l_B / dw^2``;
 * GGN:       ``G_B V``  with ``G_B = J_B^T (d^2 loss / dz^2) J_B``, ``J_B = df(w, x_B)/dw``
-  the Jacobian of the network outputs ``z`` (Sagun et al. 2018, Eq. 4: the Gauss-Newton
-  term, positive semi-definite for a convex loss such as cross-entropy or squared error);
-* residual:  ``R_B V = H_B V - G_B V`` (their Eq. 5: the term weighted by the loss gradient,
-  where negative curvature comes from).
+  the Jacobian of the network outputs ``z`` (the first term of Sagun et al. 2018's Eq. 4,
+  ``H = G + R``, and their Eq. 5's approximation ``H ~ G``: positive semi-definite for a
+  convex loss such as cross-entropy or squared error);
+* residual:  ``R_B V = H_B V - G_B V`` (the second term of their Eq. 4, weighted by the
+  loss gradient, where negative curvature comes from).
 
 Two differentiation strategies, the same numbers up to rounding:
 
@@ -46,9 +47,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from torch.func import functional_call, grad, grad_and_value, jvp, vjp, vmap
+from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from ..errors import ForwardModeUnsupportedError
+from .data import call_model
 from .params import ParameterSpace
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,9 @@ class BatchCurvature:
     Parameters
     ----------
     model : torch.nn.Module
-        Called as ``model(inputs)``; must already be in the mode products are taken in.
+        Called as ``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)`` for a tensor, a
+        tuple or a dict of inputs (:func:`~lanczos_hessian.curvature.data.call_model`); must
+        already be in the mode products are taken in.
     loss_fn : callable
         ``loss_fn(outputs, targets) -> scalar``.
     space : ParameterSpace
@@ -89,7 +93,7 @@ class BatchCurvature:
         return params, frozen
 
     def _outputs(self, params, frozen, inputs):
-        return functional_call(self.model, (params, frozen), (inputs,))
+        return call_model(self.model, (params, frozen), inputs)
 
     def loss(self, inputs, targets) -> torch.Tensor:
         """The batch loss ``l_B(w)`` (no graph)."""

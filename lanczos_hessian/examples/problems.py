@@ -6,12 +6,18 @@ The CLI measures spectra of a :class:`Problem`. ``--problem`` takes either a bui
 ``state_dict`` into the model. This is how a trained network of one's own is analysed::
 
     lanczos-hessian eigs --problem mylab.setup:cifar_alexnet --checkpoint ep100.pt --k 20
+
+The module is imported as ``python -m`` would: the current working directory is put first
+on ``sys.path``, so ``--problem mymodule:build`` works from the directory that holds
+``mymodule.py``; from elsewhere, its directory goes on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -25,13 +31,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Problem:
-    """What a curvature operator is built from, plus a description for the file's attributes."""
+    """What a curvature operator is built from, plus a description for the file's attributes.
+
+    ``unpack`` (optional) maps each batch of ``data`` to ``(inputs, targets)`` (see
+    :class:`~lanczos_hessian.curvature.data.DataSource`), for data sets of dict batches.
+    """
 
     model: torch.nn.Module
     loss_fn: object
     data: object
     name: str = "custom"
     attrs: dict = field(default_factory=dict)
+    unpack: object = None
 
 
 def clusters_mlp(num_classes: int = 10, num_examples: int = 1000, widths=(100, 30, 30),
@@ -113,12 +124,42 @@ def _load_checkpoint(model, checkpoint) -> None:
                          f"{str(exc).strip().splitlines()[0]}") from exc
 
 
+def _import_user_module(module_name: str, spec: str):
+    """Import ``module_name`` with the working directory first on ``sys.path`` (as
+    ``python -m`` puts it there; a console script does not); a ValueError that names the
+    directories searched and the fix when the module is not found."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise ValueError(f"cannot load problem {spec!r}: importing {module_name!r} failed "
+                             f"inside the module: {exc}") from exc
+        searched = [path or cwd for path in sys.path]
+        shown = ", ".join(searched[:4]) + (f" and {len(searched) - 4} more"
+                                           if len(searched) > 4 else "")
+        raise ValueError(
+            f"cannot load problem {spec!r}: no module named {missing!r} in the working "
+            f"directory {cwd} or on the rest of sys.path ({shown}); run the command from the "
+            f"directory that holds {module_name.split('.')[0]}.py (or its package), or put that "
+            f"directory on the path: PYTHONPATH=/path/to/dir lanczos-hessian ...") from exc
+    except ImportError as exc:
+        raise ValueError(f"cannot load problem {spec!r}: importing {module_name!r} failed "
+                         f"inside the module: {exc}") from exc
+
+
 def _from_user_function(spec: str) -> Problem:
     module_name, _, function_name = spec.partition(":")
+    module = _import_user_module(module_name, spec)
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load problem {spec!r}: {exc}") from exc
+        function = getattr(module, function_name)
+    except AttributeError as exc:
+        raise ValueError(f"cannot load problem {spec!r}: module {module_name!r} "
+                         f"({getattr(module, '__file__', '?')}) has no {function_name!r}"
+                         ) from exc
     if not callable(function):
         raise ValueError(f"problem {spec!r} names a {type(function).__name__}, not a function: "
                          "--problem takes 'package.module:function', a function returning a "

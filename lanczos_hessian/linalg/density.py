@@ -24,6 +24,10 @@ so ``dim = n`` is needed whenever ``outliers`` is not empty. Every estimate belo
 average over probes of a functional of ``mu_p``; its standard error is the sample standard
 deviation over probes divided by ``sqrt(P)`` (ddof = 1; NaN for a single probe).
 
+Moments are normalized by default: :func:`moment_estimates` gives ``m_q = int lambda^q
+dmu = (1/n) tr(A^q)`` (``m_0 = 1``), the moments of the spectral density, and with
+``normalized=False`` the traces ``tr(A^q) = n m_q``; :func:`trace_estimate` is ``tr(A)``.
+
 Accuracy: a functional ``f`` is integrated exactly by an ``m``-node Gauss rule when ``f`` is a
 polynomial of degree ``<= 2m - 1`` (moments), and with an error decaying fast in ``m`` for
 smooth ``f`` (a wide kernel). Step functions (:func:`fraction_below` and friends) converge
@@ -72,6 +76,51 @@ class Estimate:
 
     def __repr__(self) -> str:
         return f"Estimate({self.value:.6g} +- {self.stderr:.2g}, {self.num_probes} probes)"
+
+
+class Moments(tuple):
+    """Estimates of the spectral moments ``q = 0 .. order``, indexed by ``q`` (a tuple of
+    :class:`Estimate`).
+
+    ``normalized=True`` (the default of :func:`moment_estimates` and
+    :meth:`QuadratureStatistics.moments`): ``m_q = (1/n) tr(A^q) = int lambda^q dmu``, the
+    ``q``-th moment of the spectral density ``mu = (1/n) sum_j delta(lambda_j)``, so
+    ``m_0 = 1`` (the total mass) and ``m_1`` is the mean eigenvalue. ``normalized=False``:
+    the traces ``tr(A^q) = n m_q``, so entry 0 is ``n`` and entry 1 the trace.
+    """
+
+    normalized: bool
+
+    def __new__(cls, estimates, normalized: bool):
+        moments = super().__new__(cls, estimates)
+        moments.normalized = bool(normalized)
+        return moments
+
+    @property
+    def values(self) -> np.ndarray:
+        """The estimates' values, ``(order + 1,)``."""
+        return np.array([m.value for m in self])
+
+    @property
+    def stderrs(self) -> np.ndarray:
+        """Their standard errors, ``(order + 1,)``."""
+        return np.array([m.stderr for m in self])
+
+    def __repr__(self) -> str:
+        what = "(1/n) tr(A^q)" if self.normalized else "tr(A^q)"
+        shown = ", ".join(f"{q}: {m.value:.6g} +- {m.stderr:.2g}" for q, m in enumerate(self))
+        return f"Moments({what}; {shown})"
+
+
+def pandas_module(what: str):
+    """``pandas``, imported for ``what`` (a ``to_dataframe`` method); a clear ImportError
+    naming the install command when it is not installed (pandas is an optional extra)."""
+    try:
+        import pandas
+    except ImportError as exc:
+        raise ImportError(f"{what} needs pandas, which is not installed: pip install pandas "
+                          "(or pip install 'lanczos_hessian[analysis]')") from exc
+    return pandas
 
 
 def estimate(per_probe) -> Estimate:
@@ -216,27 +265,33 @@ def _gaussian_mixture(grid, centers, masses, width, chunk: int = 2048) -> np.nda
 def trace_estimate(nodes, weights, *, dim, outliers=()) -> Estimate:
     """``tr(A)``: per probe ``n * sum_i w~[p, i] theta[p, i]``
     (``= sum outliers + (n - k) sum_i w[p, i] theta[p, i]`` after deflation)."""
-    return moment_estimates(nodes, weights, 1, dim=dim, outliers=outliers)[1]
+    return moment_estimates(nodes, weights, 1, dim=dim, outliers=outliers,
+                            normalized=False)[1]
 
 
-def moment_estimates(nodes, weights, order: int, *, dim, outliers=()) -> tuple:
-    """``tr(A^q)`` for ``q = 0 .. order``: a tuple indexed by ``q`` of :class:`Estimate`.
+def moment_estimates(nodes, weights, order: int, *, dim, outliers=(),
+                     normalized: bool = True) -> Moments:
+    """The spectral moments for ``q = 0 .. order``: a :class:`Moments` tuple indexed by ``q``.
 
-    Per probe ``n * sum_i w~[p, i] theta[p, i]^q``, which equals ``n * u_p^T A^q u_p``
-    exactly for ``q <= 2m - 1`` (Gauss rule of ``m`` nodes). Entry 0 is ``n`` (the total
-    mass times ``n``).
+    ``normalized=True``: ``m_q = (1/n) tr(A^q)``, per probe ``sum_i w~[p, i] theta[p, i]^q``
+    (the ``q``-th moment of the probe's measure ``mu_p``; entry 0 is 1, the total mass).
+    ``normalized=False``: ``tr(A^q)``, per probe ``n * sum_i w~[p, i] theta[p, i]^q``
+    (entry 0 is ``n``). Either equals ``u_p^T A^q u_p`` (times ``n``) exactly for
+    ``q <= 2m - 1`` (Gauss rule of ``m`` nodes); ``dim = n`` is needed in both cases (for
+    the scale, and for the mass of deflated outliers).
     """
     if dim is None or not int(dim) >= 1:
         raise ValueError(f"dim (the operator size n) must be a positive integer, got {dim!r}")
     if not isinstance(order, (int, np.integer)) or order < 0:
         raise ValueError(f"order must be a non-negative integer, got {order!r}")
     x, w = probe_measures(nodes, weights, outliers=outliers, dim=dim)
+    scale = 1.0 if normalized else float(dim)
     powers = np.ones_like(x)
     out = []
     for _ in range(order + 1):
-        out.append(estimate(dim * np.sum(w * powers, axis=1)))
+        out.append(estimate(scale * np.sum(w * powers, axis=1)))
         powers = powers * x
-    return tuple(out)
+    return Moments(out, normalized)
 
 
 def fraction_below(nodes, weights, threshold: float, *, outliers=(), dim=None) -> Estimate:
@@ -343,10 +398,12 @@ class QuadratureStatistics:
         """:func:`trace_estimate` of ``tr(A)``."""
         return trace_estimate(self.nodes, self.weights, dim=self.dim, outliers=self.outliers)
 
-    def moments(self, order: int) -> tuple:
-        """:func:`moment_estimates`: ``tr(A^q)``, ``q = 0 .. order``."""
+    def moments(self, order: int, normalized: bool = True) -> Moments:
+        """:func:`moment_estimates`, ``q = 0 .. order``: the moments ``(1/n) tr(A^q)`` of the
+        spectral density (``m_0 = 1``), or with ``normalized=False`` the traces
+        ``tr(A^q)`` (entry 0 is ``n``)."""
         return moment_estimates(self.nodes, self.weights, order, dim=self.dim,
-                                outliers=self.outliers)
+                                outliers=self.outliers, normalized=normalized)
 
     def fraction_below(self, threshold: float = 0.0) -> Estimate:
         """:func:`fraction_below`: the fraction of eigenvalues below ``threshold``."""
@@ -362,3 +419,42 @@ class QuadratureStatistics:
         """:func:`mass_above`: the fraction of eigenvalues above ``threshold``."""
         return mass_above(self.nodes, self.weights, threshold, outliers=self.outliers,
                           dim=self.dim)
+
+    def to_dataframe(self, per: str = "node"):
+        """The rules as a ``pandas.DataFrame`` (pandas is optional: ImportError naming
+        ``pip install pandas`` without it).
+
+        ``per="node"``: one row per Gauss node of every probe (padding dropped), columns
+        ``probe``, ``step`` (0-based node index within the probe, ascending nodes),
+        ``node`` (``theta[p, i]``), ``weight`` (``w[p, i]``, summing to 1 over a probe, as
+        stored) and ``mass`` (its mass in the probe's measure of the whole spectrum,
+        ``w[p, i] (n - k)/n`` after deflating ``k`` outliers), then one row per deflated
+        outlier with ``probe = -1`` and mass ``1/n``. ``per="probe"``: one row per probe,
+        columns ``probe``, ``num_nodes``, ``trace`` (``n u_p^T A u_p``), ``mean``
+        (``u_p^T A u_p``, the normalized first moment) and ``fraction_below_0``.
+        """
+        pandas = pandas_module(f"{type(self).__name__}.to_dataframe")
+        if per == "node":
+            return pandas.DataFrame(self._node_rows())
+        if per == "probe":
+            return pandas.DataFrame(self._probe_rows())
+        raise ValueError(f"per must be 'node' or 'probe', got {per!r}")
+
+    def _node_rows(self) -> dict:
+        nodes, weights = _as_probe_arrays(self.nodes, self.weights)
+        outliers = np.asarray(self.outliers, dtype=np.float64).reshape(-1)
+        bulk = (self.dim - outliers.size) / self.dim if outliers.size else 1.0
+        probe, step = np.nonzero(weights > 0)
+        return {"probe": np.concatenate([probe, np.full(outliers.size, -1)]),
+                "step": np.concatenate([step, np.arange(outliers.size)]),
+                "node": np.concatenate([nodes[probe, step], outliers]),
+                "weight": np.concatenate([weights[probe, step], np.full(outliers.size, np.nan)]),
+                "mass": np.concatenate([weights[probe, step] * bulk,
+                                        np.full(outliers.size, 1.0 / self.dim)])}
+
+    def _probe_rows(self) -> dict:
+        first = self.moments(1)[1].per_probe
+        _, weights = _as_probe_arrays(self.nodes, self.weights)
+        return {"probe": np.arange(len(first)), "num_nodes": (weights > 0).sum(axis=1),
+                "trace": self.dim * first, "mean": first,
+                "fraction_below_0": self.fraction_below(0.0).per_probe}

@@ -47,6 +47,7 @@ import torch
 from ..errors import ResumeError, SpectrumFileError
 from ..linalg.basis import TensorBasis, copy_vectors
 from .disk_basis import HDF5Basis, MirroredBasis, create_basis_dataset
+from .schema import annotate
 
 STATE = "state"
 
@@ -141,6 +142,8 @@ class RunCheckpoint:
         state.create_dataset("commit", data=np.zeros(3, dtype=np.int64))
         for i in range(self.num_bases):
             create_basis_dataset(state, f"basis_{i}", self.dim, self.capacity, self.block_rows)
+        for node in (state, *state.values()):
+            annotate(node)
         self.writer.set_attrs(self.path, {f"run_{k}": v for k, v in settings.items()})
 
     def basis_factory(self, location: str, device):
@@ -222,28 +225,21 @@ class RunCheckpoint:
 
     @_damaged
     def check_same_run(self, settings: dict) -> None:
-        """Raise :class:`ResumeError` naming every setting that differs from the file's."""
+        """Raise :class:`ResumeError` naming every setting that differs from the file's, or
+        when the file holds no state to continue (a finished run whose state was dropped is
+        served from its results by :mod:`lanczos_hessian.run` before this is called)."""
         node = self.writer.file.get(self.path)
         group = self.writer.file.get(self.group)
-        dropped = node is None and group is not None and group.attrs.get("complete", False)
-        if node is None and not dropped:
-            raise ResumeError(f"{self.writer.path} has no resumable {self.group} run")
-        if dropped:  # a finished run keeps its settings as the group's attributes
-            saved = {k: _plain(v) for k, v in group.attrs.items()}
-        else:
-            saved = {k[len("run_"):]: _plain(v) for k, v in node.attrs.items()
-                     if k.startswith("run_")}
-        differences = [
-            f"{key}: file has {saved.get(key)!r}, this run has {_plain(value)!r}"
-            for key, value in settings.items() if _plain(value) != saved.get(key)
-        ]
-        if differences:
-            raise ResumeError(f"{self.writer.path} is from a different run; refusing to resume ("
-                              + "; ".join(differences) + ")")
-        if dropped:
+        if node is None:
+            if group is None or not state_dropped(group):
+                raise ResumeError(f"{self.writer.path} has no resumable {self.group} run")
+            check_settings(saved_settings(group), settings, self.writer.path, self.group,
+                           dropped=True)
             raise ResumeError(f"the {self.group} run of {self.writer.path} is complete and its "
-                              "resume state was dropped when it finished: nothing to resume "
-                              "(runs with keep_state=False / --drop-state drop it)")
+                              "resume state was dropped when it finished (the default; "
+                              "--keep-state / keep_state=True keeps it): it cannot be "
+                              "continued")
+        check_settings(saved_settings(group), settings, self.writer.path, self.group)
         self._check_readable()
 
     def _check_readable(self) -> None:
@@ -260,18 +256,54 @@ class RunCheckpoint:
             self.load()
 
 
+def state_dropped(group) -> bool:
+    """Whether the run of ``group`` (an open HDF5 group) finished and its resume state was
+    dropped: complete, with no ``state`` subgroup."""
+    return bool(group.attrs.get("complete", False)) and STATE not in group
+
+
+def saved_settings(group) -> dict:
+    """The settings a run recorded: its state's ``run_<name>`` attributes, or, once the
+    state was dropped, the finished group's own attributes (a setting that was None is
+    absent, or the string "None" in files written before: both read as None)."""
+    state = group.get(STATE)
+    if state is None:
+        return {k: _plain(v) for k, v in group.attrs.items()}
+    return {k[len("run_"):]: _plain(v) for k, v in state.attrs.items() if k.startswith("run_")}
+
+
+def check_settings(saved: dict, settings: dict, path, group: str, dropped: bool = False):
+    """Raise :class:`ResumeError` naming every setting of this run that differs from the
+    ``saved`` ones of the file at ``path``."""
+    differences = [
+        f"{key}: file has {saved.get(key)!r}, this run has {_plain(value)!r}"
+        for key, value in settings.items() if _plain(value) != saved.get(key)
+    ]
+    if not differences:
+        return
+    message = (f"{path} is from a different run; refusing to resume ("
+               + "; ".join(differences) + ")")
+    if dropped:
+        message += (f". Its {group} run is complete and its resume state was dropped when it "
+                    "finished (the default): a resume can only return its stored result. "
+                    "Write a new file (another --out, or --overwrite); a run whose file is to "
+                    "be continued keeps its state with --keep-state (keep_state=True)")
+    raise ResumeError(message)
+
+
 def _plain(value):
-    """Attribute values as comparable Python values (None, lists and numpy scalars)."""
+    """Attribute values as comparable Python values (None, lists and numpy scalars); the
+    string "None" of files written before absent attributes meant None is None."""
     if isinstance(value, bytes):
         value = value.decode()
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return [_plain(v) for v in value.tolist()]
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if value is None:
-        return "None"
+    if isinstance(value, str) and value == "None":
+        return None
     return value
 
 

@@ -8,8 +8,15 @@ Layout (format ``lanczos_hessian.spectrum``, version :data:`FORMAT_VERSION`)::
     /<run>/                 one group per computation ("eigs", "slq", ...); attrs: its
                             settings and, once finished, its timings and "complete" = True
     /<run>/<name>           fixed arrays written once (e.g. eigenvalues, residual_bounds)
-    /<run>/steps/<name>     growing records, one row per operator application; the group's
-                            attr "committed" counts the rows that are complete
+    /<run>/steps/<name>     growing records, one row per operator application; the
+                            one-element dataset steps/committed counts the complete rows
+    /<run>/state/...        the resume state of a run (checkpoint.py): present while it
+                            runs, dropped when it finishes unless kept (keep_state=True)
+
+Every dataset carries the attributes ``description``, ``units`` and ``order``
+(:mod:`~lanczos_hessian.storage.schema`); attributes hold numbers as numbers (an absent
+attribute means "not set", e.g. no ``max_matvecs`` cap), and ``docs/FORMAT.md`` is the
+written specification of every group, dataset and attribute.
 
 A record is appended by resizing every dataset of ``steps``, writing the row, then raising
 the counter ``steps/committed`` (a one-element dataset) and flushing. Readers trust that
@@ -44,6 +51,7 @@ from .._version import __version__
 from ..errors import DiskFullError, LanczosHessianError, OutputPathError, SpectrumFileError
 from .h5flags import clear_write_flags
 from .lock import LockHeldError, describe, for_writer, no_live_writer
+from .schema import annotate
 
 logger = logging.getLogger(__name__)
 
@@ -91,14 +99,34 @@ def check_output_location(path) -> Path:
     return path
 
 
-def _attr_value(value):
+def attr_items(key: str, value):
+    """``(name, value)`` pairs to store for the attribute ``key``: numbers stay numbers.
+
+    ``None`` stores nothing (an absent attribute means "not set": no cap, no seed, ...); a
+    dict is flattened into ``key_<sub>`` attributes (recursively); a sequence of numbers is a
+    numeric array, a sequence of strings an array of strings, any other sequence an array of
+    its items' ``str``; a path or ``str`` subclass is a plain string.
+    """
     if value is None:
-        return "None"
-    if isinstance(value, (dict, list, tuple)) and not _is_numeric_sequence(value):
-        return json.dumps(value, default=str)
+        return []
+    if isinstance(value, dict):
+        return [pair for sub, item in value.items() for pair in attr_items(f"{key}_{sub}", item)]
+    if isinstance(value, (list, tuple)):
+        if len(value) == 0:
+            return [(key, np.zeros(0))]
+        if _is_numeric_sequence(value):
+            return [(key, np.asarray(value))]
+        if all(isinstance(v, str) for v in value):
+            return [(key, np.asarray(value, dtype=h5py.string_dtype()))]
+        return [(key, np.asarray([str(v) for v in value], dtype=h5py.string_dtype()))]
     if isinstance(value, (str, Path)):  # also str subclasses such as torch's version
-        return str(value)
-    return value
+        return [(key, str(value))]
+    return [(key, value)]
+
+
+def timing_attrs(timings: dict) -> dict:
+    """A result's ``timings`` (seconds by phase) as numeric attributes ``seconds_<phase>``."""
+    return {f"seconds_{phase}": float(value) for phase, value in (timings or {}).items()}
 
 
 class _Misuse(RuntimeError):
@@ -311,16 +339,29 @@ class SpectrumWriter:
     @_guard_disk
     def set_attrs(self, group: str, attrs: dict) -> None:
         self._declaring("set attributes")
-        node = self.file.require_group(group)
+        node = self._group(group)
         for key, value in attrs.items():
-            node.attrs[key] = _attr_value(value)
+            pairs = attr_items(key, value)
+            if not pairs and key in node.attrs:
+                del node.attrs[key]  # None: the attribute is absent
+            for name, item in pairs:
+                node.attrs[name] = item
         self.file.flush()
 
+    def _group(self, path: str):
+        """The group at ``path``, created with its declared description when new."""
+        node = self.file.require_group(path)
+        annotate(node)
+        return node
+
     @_guard_disk
-    def write_arrays(self, group: str, arrays: dict) -> None:
-        """Write fixed arrays (``None`` values are skipped) and flush."""
+    def write_arrays(self, group: str, arrays: dict, meta: dict | None = None) -> None:
+        """Write fixed arrays (``None`` values are skipped) and flush. Each dataset gets its
+        ``description``, ``units`` and ``order`` from ``meta[name]`` (a
+        :class:`~lanczos_hessian.storage.schema.Declared` or a dict), else from the
+        declarations of :mod:`~lanczos_hessian.storage.schema`."""
         self._declaring("create datasets")
-        node = self.file.require_group(group)
+        node = self._group(group)
         for key, value in arrays.items():
             if value is None:
                 continue
@@ -328,21 +369,27 @@ class SpectrumWriter:
                 del node[key]
             value = np.asarray(value)
             chunks = (min(value.shape[0], 1 << 16),) + value.shape[1:] if value.ndim == 2 else None
-            node.create_dataset(key, data=value, chunks=chunks)
+            annotate(node.create_dataset(key, data=value, chunks=chunks),
+                     (meta or {}).get(key))
         self.file.flush()
 
     def declare_steps(self, group: str, row: dict) -> None:
         """Create the growing datasets of ``group/steps`` from an example row (no record)."""
-        steps = self.file.require_group(f"{group}/steps")
+        steps = self.file.get(f"{group}/steps")
+        if steps is None:
+            self._declaring("create datasets")
+            self._group(group)
+            steps = self._group(f"{group}/steps")
         for key, value in row.items():
             value = _record_value(value)
             if key not in steps:
                 self._declaring("create datasets")
-                steps.create_dataset(key, shape=(0,) + value.shape, maxshape=(None,) + value.shape,
-                                     dtype=value.dtype, chunks=(64,) + value.shape)
+                annotate(steps.create_dataset(key, shape=(0,) + value.shape,
+                                              maxshape=(None,) + value.shape, dtype=value.dtype,
+                                              chunks=(64,) + value.shape))
         if COMMITTED not in steps:
             self._declaring("create datasets")
-            steps.create_dataset(COMMITTED, data=np.zeros(1, dtype=np.int64))
+            annotate(steps.create_dataset(COMMITTED, data=np.zeros(1, dtype=np.int64)))
 
     def committed(self, group: str) -> int:
         """Number of committed records of ``group/steps`` (0 if none)."""
@@ -488,8 +535,12 @@ class SpectrumRecord(dict):
 
 
 def _decode(value):
+    """An attribute as a Python value: numbers, strings, lists of strings. Files written
+    before numbers were stored as numbers hold "None" and JSON strings: decoded too."""
     if isinstance(value, bytes):
         value = value.decode()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OSU":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]
     if isinstance(value, str) and value == "None":
         return None
     if isinstance(value, str) and value[:1] in "[{":
@@ -624,15 +675,25 @@ def read_group(node: h5py.Group) -> SpectrumRecord:
             steps = {k: ds[:committed] for k, ds in item.items() if k != COMMITTED}
         elif isinstance(item, h5py.Dataset):
             arrays[key] = item[()]
-    attrs = {k: _decode(v) for k, v in node.attrs.items()}
-    return SpectrumRecord(arrays, attrs, steps)
+    return SpectrumRecord(arrays, decode_attrs(node.attrs), steps)
+
+
+def decode_attrs(attrs) -> dict:
+    """A group's attributes as Python values (:func:`_decode`), with the ``seconds_<phase>``
+    attributes also gathered into a ``timings`` dict, as results hold them (a file written
+    before they were numbers holds ``timings`` as a JSON string: decoded alike)."""
+    out = {k: _decode(v) for k, v in attrs.items()}
+    seconds = {k[len("seconds_"):]: v for k, v in out.items() if k.startswith("seconds_")}
+    if seconds and "timings" not in out:
+        out["timings"] = seconds
+    return out
 
 
 def read_file(path) -> dict:
     """All groups of a spectrum file: ``{"attrs": root attrs, "<run>": SpectrumRecord, ...}``."""
     with open_spectrum(path) as handle:
         try:
-            out = {"attrs": {k: _decode(v) for k, v in handle.attrs.items()}}
+            out = {"attrs": decode_attrs(handle.attrs)}
             for key, item in handle.items():
                 if isinstance(item, h5py.Group):
                     out[key] = read_group(item)

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..linalg.eigsh import wanted_indices
+from ..linalg.eigsh import EigshResult, wanted_indices
+from ..linalg.slq import SLQResult
+from .hdf5 import decode_attrs, timing_attrs
 
 
 def plain_settings(settings: dict) -> dict:
-    """Settings as attribute values (None written as the string ``"None"``)."""
-    return {key: ("None" if value is None else value) for key, value in settings.items()}
+    """Settings as attribute values: a setting that is None (no cap, default basis size, ...)
+    is left out, so that its attribute is absent (docs/FORMAT.md: absent = not set)."""
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def _eigs_row(k: int) -> dict:
@@ -96,7 +99,7 @@ def write_eigs(writer, result, group: str = "eigs", settings: dict | None = None
         "num_restarts": result.num_restarts,
         "orthogonality": result.orthogonality,
         "block_size": result.block_size,
-        "timings": result.timings,
+        **timing_attrs(result.timings),
         "complete": True,
     })
 
@@ -116,16 +119,63 @@ def write_slq(writer, result, group: str = "slq", settings: dict | None = None) 
         "reorthogonalized": result.reorthogonalized, "bulk_mass": result.bulk_mass,
         "num_passes": result.num_passes, "num_matvecs": result.num_matvecs,
         "deflation_passes": result.deflation_passes,
-        "deflation_matvecs": result.deflation_matvecs, "timings": result.timings,
+        "deflation_matvecs": result.deflation_matvecs, **timing_attrs(result.timings),
         "orthogonality": result.orthogonality, "duplicate_nodes": result.duplicate_nodes,
         "complete": True,
     })
 
 
-def finished_eigenpairs(group) -> tuple:
-    """``(eigenvalues, eigenvectors, residual_bounds)`` of a complete ``eigs`` group: the
-    ``deflate`` argument of :func:`~lanczos_hessian.linalg.slq.slq`."""
-    return group["eigenvalues"][:], group["eigenvectors"][:], group["residual_bounds"][:]
+def read_eigs_result(group) -> EigshResult:
+    """The :class:`~lanczos_hessian.linalg.eigsh.EigshResult` a complete ``eigs`` group holds
+    (an open HDF5 group): what a finished run returned, its eigenvectors when they were
+    saved (else None), its timings from the ``seconds_<phase>`` attributes."""
+    attrs = decode_attrs(group.attrs)
+    arrays = {name: group[name][()] for name in ("eigenvalues", "residual_bounds",
+                                                 "error_bounds", "residuals", "converged",
+                                                 "alphas", "betas", "eigenvectors")
+              if name in group}
+    return EigshResult(
+        eigenvalues=arrays["eigenvalues"], eigenvectors=arrays.get("eigenvectors"),
+        residual_bounds=arrays["residual_bounds"], error_bounds=arrays["error_bounds"],
+        residuals=arrays.get("residuals"), converged=arrays["converged"].astype(bool),
+        num_matvecs=int(attrs["num_matvecs"]), num_passes=int(attrs["num_passes"]),
+        num_restarts=int(attrs["num_restarts"]), alphas=arrays["alphas"],
+        betas=arrays["betas"], timings=dict(attrs.get("timings") or {}),
+        which=str(attrs["which"]), tol=float(attrs["tol"]), anorm=float(attrs["anorm"]),
+        orthogonality=float(attrs.get("orthogonality", np.nan)),
+        block_size=int(attrs.get("block_size", 1)),
+        k_bottom=None if attrs.get("k_bottom") is None else int(attrs["k_bottom"]))
+
+
+def read_slq_result(group) -> SLQResult:
+    """The :class:`~lanczos_hessian.linalg.slq.SLQResult` a complete ``slq`` group holds (an
+    open HDF5 group), its counts including the deflation's as the run returned them."""
+    attrs = decode_attrs(group.attrs)
+    seed = attrs.get("probe_seed")
+    return SLQResult(
+        nodes=group["nodes"][()], weights=group["weights"][()], alphas=group["alphas"][()],
+        betas=group["betas"][()], num_nodes=group["num_nodes"][()], dim=int(attrs["dim"]),
+        num_probes=int(attrs["num_probes"]), num_steps=int(attrs["num_steps"]),
+        num_passes=int(attrs["num_passes"]), num_matvecs=int(attrs["num_matvecs"]),
+        outliers=group["outliers"][()] if "outliers" in group else np.zeros(0),
+        outlier_residuals=(group["outlier_residuals"][()] if "outlier_residuals" in group
+                           else np.zeros(0)),
+        bulk_mass=float(attrs["bulk_mass"]), probe=str(attrs["probe"]),
+        seed=None if seed is None else int(seed),
+        reorthogonalized=bool(attrs.get("reorthogonalized", True)),
+        deflation_passes=int(attrs.get("deflation_passes", 0)),
+        deflation_matvecs=int(attrs.get("deflation_matvecs", 0)),
+        timings=dict(attrs.get("timings") or {}),
+        orthogonality=float(attrs.get("orthogonality", np.nan)),
+        duplicate_nodes=int(attrs.get("duplicate_nodes", 0)))
+
+
+def finished_eigenpairs(group) -> EigshResult:
+    """The :class:`~lanczos_hessian.linalg.eigsh.EigshResult` of a complete ``eigs`` group of
+    an SLQ run, eigenvectors included: the ``deflate`` argument of
+    :func:`~lanczos_hessian.linalg.slq.slq`, and what a resumed run returns (the same type
+    as an uninterrupted one)."""
+    return read_eigs_result(group)
 
 
 def rewind_steps(writer, group: str, count: int) -> None:

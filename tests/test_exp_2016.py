@@ -1,0 +1,66 @@
+"""Quick modes of the heat-map ([S16] Figs. 1, 6) and logistic-regression ([S18] App. B)
+experiments, with the claims that hold over seeds (docs/RESULTS.md, sections 7b and 7c).
+
+Each quick mode takes 2-6 CPU seconds (more wall time on a loaded machine).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+pytest.importorskip("matplotlib")
+pytestmark = pytest.mark.slow
+
+
+def _quiet(*args):
+    pass
+
+
+def test_heat_maps_quick(tmp_path):
+    """The exact Hessian of a small ReLU network, at a random point and after training: the
+    negative side shrinks relative to lambda_max with training ([S16] Figs. 1-2, 6); the
+    layer blocks partition all parameters."""
+    from exp_heat_maps_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    init, trained = out["points"]["init"], out["points"]["trained"]
+    blocks = out["blocks"]
+    assert blocks[0]["start"] == 0 and blocks[-1]["stop"] == out["settings"]["num_params"]
+    assert all(a["stop"] == b["start"] for a, b in zip(blocks, blocks[1:]))
+    ratio_init = abs(init["lambda_min"]) / init["lambda_max"]
+    ratio_trained = abs(trained["lambda_min"]) / trained["lambda_max"]
+    assert ratio_trained < 0.1 * ratio_init, (ratio_init, ratio_trained)
+    assert trained["loss"] < 0.5 * init["loss"]
+    for point in (init, trained):
+        assert 0.0 < point["diagonal_block_share"] <= 1.0
+    assert (tmp_path / "exp_heat_maps_2016.png").exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_logistic_regression_quick(tmp_path, seed):
+    """[S18] App. B: at w = 0 the Hessian of logistic regression is a quarter of the sample
+    covariance. One blob: the whole spectrum follows the Marchenko-Pastur law (no outlier,
+    Kolmogorov distance small). Two blobs: the same bulk plus exactly one outlier, where the
+    spiked-covariance formula puts it (within 10%: d = 50 in the quick mode). The package's dense Hessian equals the
+    closed form (1/N) X^T diag(s) X to rounding."""
+    from exp_logistic_regression import main
+
+    out = main(quick=True, out_dir=tmp_path, seed=seed, echo=_quiet)
+    for points in out["cases"].values():
+        for r in points.values():
+            assert r["check_vs_closed_form"] < 1e-12
+    one, two = out["cases"]["one_blob"]["init"], out["cases"]["two_blobs"]["init"]
+    lo, hi = one["mp_edges"]
+    assert one["num_outliers"] == 0
+    assert one["ks_distance"] < 0.1
+    assert 0.9 * lo < one["bulk_min"] and one["bulk_max"] < 1.05 * hi
+    assert two["num_outliers"] == 1
+    prediction = two["spike_prediction_at_mean_s"]
+    assert abs(two["outliers"][0] - prediction) < 0.1 * prediction
+    assert two["ks_distance"] < 0.1
+    # the trained one-blob model stays near w = 0 (random labels): still no outlier
+    assert out["cases"]["one_blob"]["trained"]["num_outliers"] == 0

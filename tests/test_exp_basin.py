@@ -1,0 +1,108 @@
+"""Quick modes of the basin and training-dynamics experiments (scripts/exp_same_basin.py,
+exp_batch_size.py, exp_line_interpolation_2016.py, exp_fort_ganguli.py part D).
+
+Each test asserts only what held on every seed of the quick and full runs documented in
+docs/RESULTS.md (sections 4, 5, 8 and the 2016 Fig. 10 section), never one seed's count.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+pytest.importorskip("matplotlib")
+
+
+def _quiet(*args):
+    pass
+
+
+def test_unstable_rule_and_transient_summary():
+    """The helpers of exp_fort_ganguli on hand-made series (fast)."""
+    from exp_fort_ganguli import is_unstable, spread, transient
+
+    # the lr = 1.0 run of part C: the loss climbs back from 0.237 to 0.712
+    assert is_unstable([0.617, 0.355, 0.237, 0.41, 0.553, 0.375, 0.442, 0.712])
+    assert not is_unstable([0.546, 0.163, 0.053, 0.01, 0.003, 0.002, 0.002, 0.001])
+    tr = transient([0, 25, 50, 400], [8.29, 20.74, 13.13, 2.73])
+    assert tr["peak_step"] == 25 and tr["rise"] == pytest.approx(20.74 / 8.29)
+    assert tr["fall"] == pytest.approx(20.74 / 2.73)
+    assert spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+
+
+def test_paired_difference_against_direct_formula():
+    """The paired standard error of exp_same_basin against its textbook form."""
+    from exp_same_basin import binomial_se, paired_difference
+
+    rng = np.random.default_rng(0)
+    a = (rng.random(5000) < 0.8).astype(int)
+    b = np.where(rng.random(5000) < 0.9, a, 1 - a)
+    diff, se = paired_difference(a, b)
+    d = b - a
+    assert diff == pytest.approx(b.mean() - a.mean())
+    assert se == pytest.approx(np.sqrt(np.var(d, ddof=1) / len(d)))
+    assert binomial_se(0.85, 10_000) == pytest.approx(np.sqrt(0.85 * 0.15 / 10_000))
+
+
+@pytest.mark.slow
+def test_fort_ganguli_transient_quick():
+    """Part D quick (300 digits, seeds 0-2, lambda_1 every 5 steps up to 60, then at 150):
+    on every seed, SGD and GD, lambda_1 first rises (peak >= 1.3 x its initial value, at a
+    step > 0 inside the window) and then falls (peak >= 2 x the value at step 150)."""
+    from exp_fort_ganguli import part_d
+
+    out = part_d(None, True, (0, 1, 2), _quiet)
+    for label in ("SGD", "GD"):
+        assert len(out["runs"][label]) == 3
+        for r in out["runs"][label]:
+            lam = r["lambda_1"]
+            assert 0 < lam["peak_step"] <= out["settings"]["window"], lam
+            assert lam["rise"] >= 1.3 and lam["fall"] >= 2.0, lam
+
+
+@pytest.mark.slow
+def test_line_interpolation_2016_quick(tmp_path):
+    """2016 Fig. 10 quick: from a shared initialization the GD-SGD segment has no barrier
+    (below 0.01, every seed), from two random initializations it has one (above 0.1, every
+    seed), and every end point met the convergence rule."""
+    from exp_line_interpolation_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert out["summary"]["all_converged"]
+    shared = [r["barrier_train_loss"] for r in out["cases"]["shared"]]
+    separate = [r["barrier_train_loss"] for r in out["cases"]["separate"]]
+    assert len(shared) == len(separate) == 3
+    assert max(shared) < 0.01 and min(separate) > 0.1, (shared, separate)
+    assert all(r["min_train_accuracy_on_segment"] == 1.0 for r in out["cases"]["shared"])
+    assert (tmp_path / "exp_line_interpolation_2016.png").exists()
+
+
+@pytest.mark.slow
+def test_batch_size_quick(tmp_path):
+    """Sec. 3.3 quick (200 digits): both runs meet the convergence rule, the small batch
+    takes fewer epochs, and the large-batch lambda_1 is the larger (ratio >= 1.5)."""
+    from exp_batch_size import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    large, small = out["runs"]["512"], out["runs"]["10"]
+    assert large["train_converged"] and small["train_converged"]
+    assert small["epochs"] < large["epochs"]
+    assert out["summary"]["top1_ratio_large_over_small"] >= 1.5
+
+
+@pytest.mark.slow
+def test_same_basin_quick(tmp_path):
+    """Sec. 4.1 quick (500 training images): both ends meet the (relaxed) convergence rule,
+    the small-batch path climbs above the large-batch end loss, and the segment between the
+    ends carries no barrier above 0.05 in training loss."""
+    from exp_same_basin import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert out["ends"]["LB"]["converged"] and out["ends"]["SB"]["converged"]
+    assert out["summary"]["climb_max_train_loss"] > out["ends"]["LB"]["train_loss"]
+    assert out["summary"]["barrier_train_loss"] < 0.05
+    assert (tmp_path / "exp_same_basin.png").exists()
