@@ -45,6 +45,7 @@ def keyword_data(n=23, batch=7):
     return x, s, y, dicts
 
 
+@pytest.mark.slow  # 3-4 s
 def test_dict_batches_give_the_tuple_path_hessian():
     x, s, y, dicts = keyword_data()
     loss = torch.nn.CrossEntropyLoss()

@@ -78,6 +78,7 @@ def test_truncated_foreign_and_future_files_are_refused(tmp_path):
         read_file(tmp_path / "absent.h5")
 
 
+@pytest.mark.slow  # 3-4 s
 def test_a_finished_file_can_drop_its_resume_state(tmp_path):
     """Results and provenance only: the SLQ state (bases of every probe) is most of a file."""
     import h5py
