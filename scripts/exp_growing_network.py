@@ -137,9 +137,4 @@ def replot(out_dir=None, quick=False):
 
 
 if __name__ == "__main__":
-    args = ec.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
-        "--replot", action="store_true", help="only redraw the PNG from the written files"))
-    if args.replot:
-        replot(args.out_dir, args.quick)
-    else:
-        main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    ec.command_line(__doc__, main, replot)

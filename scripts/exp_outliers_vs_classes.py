@@ -423,9 +423,4 @@ def replot(json_path, png_path=None):
 
 
 if __name__ == "__main__":
-    args = ec.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
-        "--replot", action="store_true", help="only redraw the PNG from the JSON"))
-    if args.replot:
-        replot(ec.out_paths(NAME, args.out_dir, args.quick)["json"])
-    else:
-        main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    ec.command_line(__doc__, main, lambda out_dir, quick: replot(ec.out_paths(NAME, out_dir, quick)["json"]))

@@ -36,6 +36,19 @@ def parse_args(description: str, argv=None, extra=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def command_line(doc: str, main, replot=None) -> None:
+    """The command line every experiment shares: ``--quick``, ``--out-dir``, ``--seed`` run
+    ``main``; with a ``replot(out_dir, quick)`` also ``--replot``, which only redraws the PNG
+    from what a run wrote."""
+    extra = None if replot is None else (lambda p: p.add_argument(
+        "--replot", action="store_true", help="only redraw the PNG from the written files"))
+    args = parse_args(doc.splitlines()[0], extra=extra)
+    if replot is not None and args.replot:
+        replot(args.out_dir, args.quick)
+    else:
+        main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+
+
 def out_paths(name: str, out_dir=None, quick: bool = False) -> dict:
     """``{"h5", "png", "json"}`` paths of experiment ``name`` (directory created)."""
     directory = Path(out_dir) if out_dir is not None else (QUICK_DIR if quick else DOCS)
