@@ -133,6 +133,27 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the claims rest on, for the seed spread (``scripts/exp_seeds.py``): both
+    runs converged, lambda_1 of each batch size and their ratio, the smallest top-10 ratio,
+    the ratio-rule outlier counts, the bottom eigenvalues relative to lambda_1, the test
+    accuracies."""
+    lb, sb = d["runs"]["512"], d["runs"]["10"]
+    return {"both converged": float(lb["train_converged"] and sb["train_converged"]),
+            "lambda_1, batch 512": lb["top"][0], "lambda_1, batch 10": sb["top"][0],
+            "lambda_1 ratio 512 / 10": lb["top"][0] / sb["top"][0],
+            "smallest top-10 ratio 512 / 10": float(np.min(
+                np.asarray(lb["top"][:10]) / np.asarray(sb["top"][:10]))),
+            "outliers (ratio rule), batch 512": lb["outliers"]["ratio"],
+            "outliers (ratio rule), batch 10": sb["outliers"]["ratio"],
+            "bottom / lambda_1, batch 512": lb["bottom"][0] / lb["top"][0],
+            "bottom / lambda_1, batch 10": sb["bottom"][0] / sb["top"][0],
+            "test accuracy, batch 512": lb["test_accuracy"],
+            "test accuracy, batch 10": sb["test_accuracy"],
+            "test accuracy 10 - 512": sb["test_accuracy"] - lb["test_accuracy"]}
+
+
 def plot(runs, path):
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))

@@ -267,6 +267,54 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+
+def seed_run(seed: int, out_dir, echo=ec.log) -> dict:
+    """Parts A-C (full mode) for one more seed, for the seed spread of
+    ``scripts/exp_seeds.py``: the payload of :func:`main` without part D (which already
+    runs over three seeds) and without the figure."""
+    ec.setup()
+    timer = ec.Timer()
+    paths = ec.out_paths(NAME, out_dir, False)
+    attrs = {"experiment": NAME, "quick": False, "seed": seed, "learning_rate": LR,
+             "parts": "A-C"}
+    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+        a = part_a(writer, False, seed, echo)
+        b = part_b(writer, False, seed, echo)
+        c = part_c(writer, False, seed, echo)
+    payload = {"experiment": NAME, "quick": False, "settings": attrs,
+               "tracking": {label: {key: v for key, v in r.items()
+                                    if key != "train_loss_history"} for label, r in a.items()},
+               "classes": b, "learning_rates": c, "seconds": timer(),
+               "cpu_seconds": timer.cpu()}
+    ec.write_json(paths["json"], payload)
+    return payload
+
+
+def headline(d: dict) -> dict:
+    """The numbers the claims of parts A-C rest on, for the seed spread
+    (``scripts/exp_seeds.py``): A, the median (SGD) and largest (GD) overlap of the gradient
+    with the top-10 eigenspace from step 100 on; B, the median ratio-rule outlier count over
+    the second half of training for each C; C, the median overlap and ``lr lambda_max`` for
+    each learning rate, and whether the run is unstable (:func:`is_unstable`)."""
+    out = {}
+    for label, reduce in (("SGD", np.median), ("GD", np.max)):
+        r = d["tracking"][label]
+        late = np.asarray(r["step"]) >= 100
+        name = "median" if label == "SGD" else "largest"
+        out[f"A {label}: {name} overlap with top-10, step >= 100"] = float(
+            reduce(np.asarray(r["overlap_top10"])[late]))
+    for row in d["classes"]:
+        counts = np.asarray(row["ratio_counts"])
+        out[f"B C = {row['C']}: ratio-rule count, 2nd half (median)"] = float(
+            np.median(counts[len(counts) // 2:]))
+    for row in d["learning_rates"]:
+        out[f"C lr {row['lr']:g}: median overlap with top-10"] = float(
+            np.median(row["overlap_top10"]))
+        out[f"C lr {row['lr']:g}: median lr lambda_max"] = float(np.median(row["lr_times_top"]))
+        out[f"C lr {row['lr']:g}: unstable"] = float(row["unstable"])
+    return out
+
+
 def plot(a, b, c, d, path):
     """Nine panels: A (overlap, eigenvalues), D (transient), B (overlap, loss), C (overlap,
     lr * lambda_max), each quantity on its own labelled axis."""

@@ -122,6 +122,23 @@ def overlap_str(row):
     return f"{row['top10_subspace_overlap_H_G']:.3f}"
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the claims rest on, for the seed spread (``scripts/exp_seeds.py``), at each
+    point: the overlap of the top-10 eigenspaces of H and G, norm(R) / norm(G), the number of
+    eigenvalues of G below -1e-3 lambda_max and the most negative eigenvalue of G relative to
+    lambda_max(H)."""
+    fields = {"overlap of top-10 spaces of H and G": lambda r: r["top10_subspace_overlap_H_G"],
+              "norm(R) / norm(G)": lambda r: r["norm_R_over_norm_G"],
+              "negative eigenvalues of G": lambda r: r["negative_G"],
+              "min(G) / lambda_max(H)": lambda r: r["bottom_G"][0] / r["top_H"][0]}
+    out = {}
+    for key, field in fields.items():
+        for name, r in d["runs"].items():
+            out[f"{name}: {key}"] = field(r)
+    return out
+
+
 def plot(rows, spectra, path):
     plt = ec.pyplot()
     keys = list(rows)

@@ -103,6 +103,24 @@ def summarize(runs) -> dict:
             "bulk_edge_mean": tail.mean(1)}
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the claims rest on, for the seed spread (``scripts/exp_seeds.py``): the
+    largest relative spread of the top-10 eigenvalues across the widths h >= 30 (and across
+    all widths), lambda_1 and the mass below -1e-3 lambda_max of each width."""
+    runs = d["runs"]
+    wide = [r for r in runs if r["hidden"] >= 30]
+    out = {"top-10 spread across h >= 30 (max over ranks)": float(
+               np.max(summarize(wide)["top10_relative_spread"])) if len(wide) > 1 else np.nan,
+           "top-10 spread across all widths (max)": float(
+               np.max(summarize(runs)["top10_relative_spread"]))}
+    for r in runs:
+        out[f"h = {r['hidden']}: lambda_1"] = r["top"][0]
+    for r in runs:
+        out[f"h = {r['hidden']}: mass below -1e-3 lambda_max"] = r["mass_below_1e-3_lmax"]
+    return out
+
+
 def plot(runs, percent, path):
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

@@ -122,6 +122,23 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the description rests on, for the seed spread (``scripts/exp_seeds.py``):
+    the diagonal layer blocks' share of norm(H)_F^2, the fraction of entries above 1e-3 of the
+    largest, abs(lambda_min) / lambda_max and the near-zero fraction, at both points."""
+    out = {}
+    for key, field in (("diagonal blocks' share of norm(H)_F^2", "diagonal_block_share"),
+                       ("entries > 1e-3 max", "fraction_entries_above_1e-3_max"),
+                       ("near-zero eigenvalues", "fraction_near_zero")):
+        for point in ("init", "trained"):
+            out[f"{point}: {key}"] = d["points"][point][field]
+    for point in ("init", "trained"):
+        p = d["points"][point]
+        out[f"{point}: abs(lambda_min) / lambda_max"] = abs(p["lambda_min"]) / p["lambda_max"]
+    return out
+
+
 def plot(matrices, blocks, rows, attrs, path):
     from matplotlib.colors import LogNorm
 

@@ -199,6 +199,23 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the claims rest on, for the seed spread (``scripts/exp_seeds.py``): for
+    each data set and point, the number of eigenvalues beyond 1.05 x the Marchenko-Pastur
+    edge and the Kolmogorov distance to Marchenko-Pastur; for two blobs at w = 0, the largest
+    eigenvalue relative to the BBP prediction."""
+    out = {}
+    for kind, case in d["cases"].items():
+        for point, r in case.items():
+            out[f"{kind}, {point}: eigenvalues beyond 1.05 x MP edge"] = r["num_outliers"]
+            out[f"{kind}, {point}: KS distance to MP"] = r["ks_distance"]
+    init = d["cases"]["two_blobs"]["init"]
+    out["two_blobs, init: lambda_max / BBP prediction"] = (
+        init["lambda_max"] / init["spike_prediction_at_mean_s"])
+    return out
+
+
 def plot(cases, q, attrs, path):
     plt = ec.pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))

@@ -95,6 +95,23 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+
+def headline(d: dict) -> dict:
+    """The numbers the claims rest on, for the seed spread (``scripts/exp_seeds.py``):
+    lambda_max / abs(lambda_min) and the mass within 1e-2 lambda_max of zero at both points,
+    and the ratio-rule outlier count after training, for MNIST and for random inputs."""
+    out = {}
+    for data in ("MNIST", "random"):
+        for point in ("init", "trained"):
+            r = d["runs"][f"{data}_{point}"]
+            out[f"{data} {point}: top / abs(bottom)"] = r["top_over_bottom"]
+            out[f"{data} {point}: mass within 1e-2 lambda_max"] = r["mass_within_delta"]
+        r = d["runs"][f"{data}_trained"]
+        out[f"{data} trained: outliers (ratio rule)"] = r["outliers"]["ratio"]
+        out[f"{data} trained: lambda_1 / lambda_10"] = r["top"][0] / r["top"][9]
+    return out
+
+
 def plot(runs, path):
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))

@@ -64,6 +64,7 @@ def test_bad_problem_is_a_clear_error(capsys):
     assert "cannot load problem" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: about 2 s
 def test_module_entry_point_help():
     done = subprocess.run([sys.executable, "-m", "lanczos_hessian", "--help"],
                           capture_output=True, text=True, timeout=120)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_peers.py"
+pytestmark = pytest.mark.slow  # a benchmark script's run (about 2 s), not the package
 
 
 def _load_script():

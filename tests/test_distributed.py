@@ -6,6 +6,9 @@ wait has a timeout, so that a hang fails the test instead of blocking CI. The da
 N = 37 samples in batches of 5 (18 + 19 samples on the two ranks, ragged batches), as a
 tensor pair and as a list of batches; the models are float64, so the distributed results
 must equal the single-process ones to rounding.
+
+Everything that launches processes is in the slow tier (the full suite, which CI runs); the
+fast tier keeps the single-process helpers (sharding, timeouts, launch errors).
 """
 
 from __future__ import annotations
@@ -157,6 +160,7 @@ def _relative_error(actual, expected) -> float:
 # ------------------------------------------------------------------ numbers
 
 
+@pytest.mark.slow  # the numerics fixture: 2 gloo processes, about 8 s to start and run
 @pytest.mark.parametrize("case", worker.PRODUCT_CASES, ids="-".join)
 def test_products_equal_single_process(numerics, case):
     """H, G and R products (tensor pair and list of batches, mean and sum) over 2 ranks."""
@@ -167,6 +171,7 @@ def test_products_equal_single_process(numerics, case):
         assert result["num_samples"][case] == worker.N  # the whole data set, once
 
 
+@pytest.mark.slow  # the numerics fixture: 2 gloo processes, about 8 s to start and run
 def test_every_rank_holds_the_same_numbers(numerics):
     """The all-reduced products, hence Lanczos and SLQ, are bitwise identical on all ranks."""
     zero, one = numerics["ranks"]
@@ -177,6 +182,7 @@ def test_every_rank_holds_the_same_numbers(numerics):
             assert np.array_equal(value, one[group][name], equal_nan=True), (group, name)
 
 
+@pytest.mark.slow  # the numerics fixture: 2 gloo processes, about 8 s to start and run
 def test_lanczos_eigenpairs_equal_single_process(numerics):
     got, ref = numerics["ranks"][0]["eigs"], numerics["reference"]["eigs"]
     assert got["num_passes"] == ref["num_passes"]
@@ -187,6 +193,7 @@ def test_lanczos_eigenpairs_equal_single_process(numerics):
     assert np.all(got["residuals"] <= 1e-9 * np.abs(ref["eigenvalues"]).max())
 
 
+@pytest.mark.slow  # the numerics fixture: 2 gloo processes, about 8 s to start and run
 def test_slq_nodes_and_weights_equal_single_process(numerics):
     got, ref = numerics["ranks"][0]["slq"], numerics["reference"]["slq"]
     assert got["num_passes"] == ref["num_passes"] == worker.NUM_STEPS  # lockstep probes
@@ -203,6 +210,7 @@ def _datasets(path) -> dict:
     return out
 
 
+@pytest.mark.slow  # the numerics fixture: 2 gloo processes, about 8 s to start and run
 @pytest.mark.parametrize("name", ["eigs.h5", "slq.h5"])
 def test_rank0_alone_writes_the_job_file_and_it_matches(numerics, name):
     dist_dir, ref_dir = numerics["dist_dir"], numerics["ref_dir"]

@@ -50,6 +50,7 @@ def test_a_bad_interval_is_named(monkeypatch):
         Progress("SLQ", stream=io.StringIO())
 
 
+@pytest.mark.slow  # two command-line runs: about 2 s
 def test_quiet_and_log_every_on_the_command_line(tmp_path, capsys, monkeypatch):
     from lanczos_hessian.cli import main
 

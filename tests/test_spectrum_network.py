@@ -180,5 +180,8 @@ def test_plots_of_results_in_memory_draw_the_bottom_eigenvalues_and_label_every_
     legend = [t.get_text() for t in top.get_legend().get_texts()]
     assert "synthetic" in legend and any("(largest gap)" in t for t in legend)
     assert linear.get_legend() is not None and log.get_yscale() == "log"
+    for ranks in (top, bottom):  # three bottom eigenvalues: ticks 1, 2, 3, never 1.5
+        ticks = ranks.get_xticks()
+        np.testing.assert_array_equal(ticks, np.round(ticks))
     out = plot_spectra([(eigs, bulk)], tmp_path / "spectra.png")
     assert out.stat().st_size > 10_000

@@ -107,9 +107,9 @@ def plot_spectra(runs, path=None, width=None, num_top: int = 50, labels=None):
                 yscale="log")
     from matplotlib.ticker import MaxNLocator
 
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(5))
+    for i, ax in enumerate(axes):
+        ax.grid(alpha=0.3)  # ranks (panels 0, 1) are whole numbers: no 1.5 on their axes
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=i < 2))
         if ax.get_xscale() == "linear":
             ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         if ax.get_legend_handles_labels()[0]:

@@ -1,0 +1,153 @@
+"""Seed spread of the experiments: each headline number as median [min, max] over seeds.
+
+An experiment ``scripts/exp_<name>.py`` that defines ``headline(payload) -> {label: number}``
+(the numbers its claims in docs/RESULTS.md rest on) can be rerun here for more seeds; seed 0
+is the documented run (``docs/exp_<name>.json``), read, not rerun:
+
+    python scripts/exp_seeds.py batch_size --seeds 1 2   # run seeds 1 and 2, then tabulate
+    python scripts/exp_seeds.py batch_size               # tabulate what is recorded
+    python scripts/exp_seeds.py --list                   # experiments with a headline
+
+Each run writes the experiment's own files to ``out/seeds/<name>/seed<s>/`` (ignored by git);
+its headline is merged into ``docs/exp_seeds.json`` (``{name: {seed: {label: value}}}``),
+the file RESULTS.md quotes for every seed other than 0. An experiment may define
+``seed_run(seed, out_dir)`` to rerun only its single-seed parts (``exp_fort_ganguli``: parts
+A-C; its part D already covers three seeds); otherwise its ``main`` runs. What a seed
+changes is the experiment's own: the initialization and batch order always, the synthetic
+data where the experiment draws it from the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import expcommon as ec  # noqa: E402
+
+RECORD = ec.DOCS / "exp_seeds.json"
+RUNS = ec.ROOT / "out" / "seeds"
+
+
+def experiment(name: str):
+    """The module ``exp_<name>``; ValueError naming the choices if it has no ``headline``."""
+    try:
+        module = importlib.import_module(f"exp_{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"exp_{name}":  # a dependency of the experiment is missing
+            raise
+        module = None
+    if module is None or not hasattr(module, "headline"):
+        raise ValueError(f"no experiment {name!r} with a headline; choose from "
+                         f"{', '.join(with_headline())}")
+    return module
+
+
+def with_headline() -> list:
+    """Names of the experiments that define ``headline``."""
+    names = []
+    for path in sorted(Path(__file__).resolve().parent.glob("exp_*.py")):
+        name = path.stem[len("exp_"):]
+        if name != "seeds" and "\ndef headline(" in path.read_text():
+            names.append(name)
+    return names
+
+
+def run_seed(name: str, seed: int, out_dir, quick: bool = False) -> dict:
+    """Run experiment ``name`` for ``seed`` into ``out_dir``; return its headline."""
+    module = experiment(name)
+    if hasattr(module, "seed_run") and not quick:
+        payload = module.seed_run(seed, out_dir)
+    else:
+        payload = module.main(quick=quick, out_dir=out_dir, seed=seed)
+    return clean(module.headline(payload))
+
+
+def clean(headline: dict) -> dict:
+    """Headline values as plain floats (JSON has no numpy scalars)."""
+    return {label: float(value) for label, value in headline.items()}
+
+
+def read_record(path=RECORD) -> dict:
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record(name: str, seed: int, headline: dict, path=RECORD) -> None:
+    """Merge one seed's headline into the record file (other entries kept), under an
+    exclusive lock so that runners of different experiments can record side by side."""
+    path = Path(path)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = read_record(path)
+        data.setdefault(name, {})[str(seed)] = headline
+        data[name] = dict(sorted(data[name].items(), key=lambda item: int(item[0])))
+        data = dict(sorted(data.items()))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        tmp.replace(path)
+
+
+def all_seeds(name: str, path=RECORD, documented=None) -> dict:
+    """``{seed: headline}``: seed 0 from the documented run (``documented``, default
+    ``docs/exp_<name>.json``, when it exists), the others from the record file."""
+    seeds = {int(s): h for s, h in read_record(path).get(name, {}).items()}
+    documented = Path(documented) if documented else ec.DOCS / f"exp_{name}.json"
+    if documented.exists():
+        seeds[0] = clean(experiment(name).headline(json.loads(documented.read_text())))
+    return dict(sorted(seeds.items()))
+
+
+def spread_table(seeds: dict) -> str:
+    """Markdown table: one row per headline label, the value of every seed, then the median
+    and range over the seeds (nan where a seed lacks the label)."""
+    order = list(seeds)
+    labels = list(dict.fromkeys(label for h in seeds.values() for label in h))
+    head = ["number"] + [f"seed {s}" for s in order] + ["median [min, max]"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in labels:
+        values = [seeds[s].get(label, math.nan) for s in order]
+        finite = [v for v in values if math.isfinite(v)]
+        summary = (f"{fmt(float(np.median(finite)))} [{fmt(min(finite))}, {fmt(max(finite))}]"
+                   if finite else "-")
+        lines.append("| " + " | ".join([label] + [fmt(v) for v in values] + [summary]) + " |")
+    return "\n".join(lines)
+
+
+def fmt(value: float) -> str:
+    """Three significant digits; integers as integers."""
+    if not math.isfinite(value):
+        return "-"
+    if value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", help="experiment name, e.g. batch_size")
+    parser.add_argument("--seeds", type=int, nargs="*", default=[],
+                        help="seeds to run (seed 0 is the documented run)")
+    parser.add_argument("--list", action="store_true", help="experiments with a headline")
+    args = parser.parse_args(argv)
+    if args.list or args.name is None:
+        print("\n".join(with_headline()))
+        return
+    experiment(args.name)
+    for seed in args.seeds:
+        ec.log(f"{args.name}, seed {seed}:")
+        headline = run_seed(args.name, seed, RUNS / args.name / f"seed{seed}")
+        record(args.name, seed, headline)
+        ec.log(f"recorded seed {seed} in {RECORD}")
+    print(spread_table(all_seeds(args.name)))
+
+
+if __name__ == "__main__":
+    main()
