@@ -379,6 +379,9 @@ def _plot_steps(ax, rows):
            "(median, range over seeds)")
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xticks([], minor=True)
+    ticks = [1, 1.5, 2, 3, 4, 6]  # plain numbers on the log axis, not 4 x 10^0
+    ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_yticks([], minor=True)
     ax.legend(ncol=2, fontsize=9, loc="upper right", framealpha=0.8)
 
 

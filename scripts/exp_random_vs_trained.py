@@ -124,8 +124,9 @@ def plot(runs, path):
         grid, phi = r["slq"].density(width=0.01 * lam)  # kernel 1% of lambda_max
         axes[1].plot(grid / lam, phi * lam, lw=1, label=label, **style)
         axes[2].plot(grid / lam, np.maximum(phi * lam, 1e-6), lw=1, label=label, **style)
+    top = max(r["top"][0] for r in runs.values())
     axes[0].set(title="top eigenvalues (Lanczos)", xlabel="rank", ylabel="eigenvalue",
-                yscale="log")
+                yscale="log", ylim=(None, 30 * top))  # headroom: the legend above the lines
     axes[1].set(title="SLQ density (kernel 0.01 lambda_max), bulk", xlabel="lambda / lambda_max",
                 ylabel="density x lambda_max", xlim=(-0.15, 0.15))
     axes[2].set(title="SLQ density (log scale)", xlabel="lambda / lambda_max",

@@ -419,8 +419,9 @@ def plot(fig7, fig8, fig9, path):
             label="fraction < -1e-3 lambda_max (floor 1e-4)")
     ax.axhline(GRAD_TOL, color="k", ls="--", lw=1, label=f"stopping rule |g| = {GRAD_TOL:g}")
     ax.set(title="Fig. 9: where training stopped (medians)", xlabel="distance between the "
-           "blob centres (std 1)", ylabel="value (log scale)", yscale="log")
-    ax.legend()
+           "blob centres (std 1)", ylabel="value (log scale)", yscale="log",
+           ylim=(0.5 * GRAD_TOL, 30))  # headroom: the legend above the curves
+    ax.legend(loc="upper right")
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.tight_layout()

@@ -113,9 +113,14 @@ def save_figure(fig, path, dpi: int = FIGURE_DPI) -> int:
 
 
 def finish_figure(fig, axes, path) -> int:
-    """Grid and legend on every panel, tight layout, then :func:`save_figure`."""
+    """Grid and legend on every panel, whole-number ticks on linear rank axes, tight layout,
+    then :func:`save_figure`."""
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.grid(alpha=0.3)
+        if ax.get_xlabel().startswith("rank") and ax.get_xscale() == "linear":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=MIN_FONT_PT)
     fig.tight_layout()
