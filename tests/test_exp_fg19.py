@@ -1,0 +1,86 @@
+"""Quick modes of the Fort-Ganguli model experiments (docs/RESULTS.md, section 9): logit
+gradients cluster and their cluster means span the top Hessian eigenspace; training in random
+subspaces against the curvature there.
+
+Each asserts what held on every seed of the quick and full runs (quick seeds 0-3 for the logit
+gradients, 0-1 for the subspaces; full seeds 0-2), not one seed's value.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+pytest.importorskip("matplotlib")
+
+
+def _quiet(*args):
+    pass
+
+
+def test_logit_gradients_against_autograd():
+    """The batched logit gradients equal autograd's gradient of each logit (fast)."""
+    from exp_logit_gradients import logit_gradients
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    model = model.double()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    g = logit_gradients(model, x)
+    assert g.shape == (6, 3, sum(p.numel() for p in model.parameters()))
+    for i in (0, 5):
+        for c in range(3):
+            direct = torch.autograd.grad(model(x[i:i + 1])[0, c], list(model.parameters()))
+            torch.testing.assert_close(g[i, c], torch.cat([t.reshape(-1) for t in direct]))
+
+
+def test_subspace_overlap_is_one_inside_and_k_over_m_at_random():
+    """The overlap measure: 1 for a subspace inside the span, 0 for an orthogonal one (fast)."""
+    from exp_logit_gradients import subspace_overlap
+
+    Q, _ = torch.linalg.qr(torch.randn(50, 6, dtype=torch.float64))
+    assert subspace_overlap(Q[:, :2], Q[:, :4]) == pytest.approx(1.0)
+    assert subspace_overlap(Q[:, :2], Q[:, 2:]) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_logit_gradients_quick(tmp_path):
+    """Quick mode (300 digits, MLP 784-16-10): at initialization and after training, logit
+    gradients of one logit are similar (same class more than other classes), those of
+    different logits are not, and the top-10 Hessian eigenspace lies mostly (>= 0.75) in the
+    span of the 100 (logit, class) means; a random span of that size would hold 0.008."""
+    from exp_logit_gradients import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    for point in ("init", "trained"):
+        p = out["points"][point]["pairs"]
+        assert p["same logit, same class"] > p["same logit, other class"] > 0.1, p
+        assert abs(p["other logit"]) < 0.05, p
+        H = out["points"][point]["H"]
+        assert H["overlap_class_logit_means"] >= 0.75 > 50 * H["random_baseline_C2"], H
+    assert (out["points"]["trained"]["pairs"]["same logit, same class"]
+            > out["points"]["init"]["pairs"]["same logit, same class"])
+
+
+@pytest.mark.slow
+def test_goldilocks_quick(tmp_path):
+    """Quick mode (d = 50, r = 0.1, 1, 10, the step scaled with r): on each seed, training in
+    the random subspace reaches its best accuracy at the usual radius r = 1; the normalized
+    trace of the subspace Hessian is more than 3x larger at r = 1 than at r = 0.1, and stays
+    more than half as large at r = 10, where training fails: curvature alone does not decide."""
+    from exp_goldilocks import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    runs = [r for r in out["runs"] if r["rule"] == "scaled" and r["dim"] == 50]
+    for seed in out["settings"]["seeds"]:
+        by_r = {r["radius"]: r for r in runs if r["seed"] == seed}
+        acc = {k: v["accuracy"] for k, v in by_r.items()}
+        trace = {k: v["normalized_trace"] for k, v in by_r.items()}
+        assert acc[1.0] > max(acc[0.1], acc[10.0]), acc
+        assert trace[1.0] > 3 * trace[0.1] and trace[10.0] > 0.5 * trace[1.0], trace
+    assert np.isfinite(out["summary"]["spearman_trace_accuracy"]["scaled"])
