@@ -246,46 +246,43 @@ def part_d(writer, quick, seeds, echo) -> dict:
 
 
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
-    ec.setup()
-    timer = ec.Timer()
+    """All four parts; writes the HDF5 file, the JSON and the figure."""
+    payload = run_parts(quick, out_dir, seed, echo, transient=True)
     paths = ec.out_paths(NAME, out_dir, quick)
-    attrs = {"experiment": NAME, "quick": quick, "seed": seed, "learning_rate": LR,
-             "paper": "Fort and Ganguli 2019; Gur-Ari, Roberts and Dyer 2018"}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
-        a = part_a(writer, quick, seed, echo)
-        b = part_b(writer, quick, seed, echo)
-        c = part_c(writer, quick, seed, echo)
-        d = part_d(writer, quick, (seed, seed + 1, seed + 2), echo)
-    plot(a, b, c, d, paths["png"])
-    payload = {"experiment": NAME, "quick": quick, "settings": attrs,
-               "tracking": {label: {key: v for key, v in r.items()
-                                    if key != "train_loss_history"} for label, r in a.items()},
-               "classes": b, "learning_rates": c, "transient": d, "seconds": timer(),
-               "cpu_seconds": timer.cpu()}
-    ec.write_json(paths["json"], payload)
-    echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
+    plot(*(payload[key] for key in ("tracking", "classes", "learning_rates", "transient")),
+         paths["png"])
+    echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {payload['seconds']:.0f} s")
     return payload
-
 
 
 def seed_run(seed: int, out_dir, echo=ec.log) -> dict:
     """Parts A-C (full mode) for one more seed, for the seed spread of
     ``scripts/exp_seeds.py``: the payload of :func:`main` without part D (which already
     runs over three seeds) and without the figure."""
+    return run_parts(False, out_dir, seed, echo, transient=False)
+
+
+def run_parts(quick: bool, out_dir, seed: int, echo, transient: bool) -> dict:
+    """Parts A-C, and part D over seeds ``seed .. seed + 2`` when ``transient``; writes the
+    HDF5 file and the JSON payload (returned)."""
     ec.setup()
     timer = ec.Timer()
-    paths = ec.out_paths(NAME, out_dir, False)
-    attrs = {"experiment": NAME, "quick": False, "seed": seed, "learning_rate": LR,
-             "parts": "A-C"}
+    paths = ec.out_paths(NAME, out_dir, quick)
+    attrs = {"experiment": NAME, "quick": quick, "seed": seed, "learning_rate": LR,
+             "parts": "A-D" if transient else "A-C",
+             "paper": "Fort and Ganguli 2019; Gur-Ari, Roberts and Dyer 2018"}
     with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
-        a = part_a(writer, False, seed, echo)
-        b = part_b(writer, False, seed, echo)
-        c = part_c(writer, False, seed, echo)
-    payload = {"experiment": NAME, "quick": False, "settings": attrs,
+        a = part_a(writer, quick, seed, echo)
+        b = part_b(writer, quick, seed, echo)
+        c = part_c(writer, quick, seed, echo)
+        d = part_d(writer, quick, (seed, seed + 1, seed + 2), echo) if transient else None
+    payload = {"experiment": NAME, "quick": quick, "settings": attrs,
                "tracking": {label: {key: v for key, v in r.items()
                                     if key != "train_loss_history"} for label, r in a.items()},
-               "classes": b, "learning_rates": c, "seconds": timer(),
-               "cpu_seconds": timer.cpu()}
+               "classes": b, "learning_rates": c}
+    if transient:
+        payload["transient"] = d
+    payload.update(seconds=timer(), cpu_seconds=timer.cpu())
     ec.write_json(paths["json"], payload)
     return payload
 
