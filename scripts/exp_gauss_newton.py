@@ -160,5 +160,4 @@ def plot(rows, spectra, path):
 
 
 if __name__ == "__main__":
-    args = ec.parse_args(__doc__.splitlines()[0])
-    main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    ec.command_line(__doc__, main)

@@ -175,5 +175,4 @@ def plot(payload, path):
 
 
 if __name__ == "__main__":
-    args = ec.parse_args(__doc__.splitlines()[0])
-    main(quick=args.quick, out_dir=args.out_dir, seed=args.seed)
+    ec.command_line(__doc__, main)
