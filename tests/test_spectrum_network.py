@@ -178,7 +178,12 @@ def test_plots_of_results_in_memory_draw_the_bottom_eigenvalues_and_label_every_
     np.testing.assert_allclose(bottom.lines[0].get_ydata(), np.sort(eigs.eigenvalues)[:3])
     np.testing.assert_allclose(top.lines[0].get_ydata(), np.sort(eigs.eigenvalues)[::-1][:5])
     legend = [t.get_text() for t in top.get_legend().get_texts()]
-    assert "synthetic" in legend and any("(largest gap)" in t for t in legend)
+    # one verdict per run, its rule named: the count the text summary prints
+    from lanczos_hessian.analysis.plotting import as_spectrum
+
+    count, rule = as_spectrum((eigs, bulk), "synthetic").outlier_verdict(50)
+    assert "synthetic" in legend and any(f"{count} outliers ({rule.replace('_', '-')} rule)"
+                                         in t for t in legend)
     assert linear.get_legend() is not None and log.get_yscale() == "log"
     for ranks in (top, bottom):  # three bottom eigenvalues: ticks 1, 2, 3, never 1.5
         ticks = ranks.get_xticks()

@@ -229,3 +229,23 @@ def _sorted_descending(values) -> np.ndarray:
     if not np.all(np.isfinite(v)):
         raise ValueError("eigenvalues must be finite (got NaN or Inf)")
     return np.sort(v)[::-1].copy()
+
+
+#: The rule whose count is a run's outlier verdict unless the run names another: below-top,
+#: which the "lambda_1 - lambda_2 accident" does not stop at 1 (module docstring).
+DEFAULT_RULE = "below_top"
+
+
+def outlier_verdict(counts: OutlierCounts, rule: str | None = None) -> tuple:
+    """``(count, rule)``: one count per run, the same in every table and figure.
+
+    ``rule`` is the run's choice (the demo records ``gap`` for two classes, where the
+    below-top rule cannot count one outlier) or :data:`DEFAULT_RULE`; the gap rule stands
+    in when the below-top rule has too few positive values to count (fewer than three)."""
+    rule = rule or DEFAULT_RULE
+    counted = counts.as_dict()
+    if rule not in counted:
+        raise ValueError(f"unknown outlier rule {rule!r}; choose one of {sorted(counted)}")
+    if rule == "below_top" and math.isnan(counts.below_top_ratio):
+        rule = "gap"
+    return counted[rule], rule

@@ -3,13 +3,18 @@
 Needs matplotlib (``pip install lanczos_hessian[plot]``); imported only when plotting.
 One figure, four panels, every run overlaid, each line labelled:
 
-1. the top eigenvalues by rank (Sagun et al. 2018, Figs. 1-6), with the gap rule's count of
-   outliers marked and named in the legend;
+1. the top eigenvalues by rank (Sagun et al. 2018, Figs. 1-6), with the run's outlier
+   verdict marked and its rule named in the legend (the count ``analyze`` prints);
 2. the bottom eigenvalues by rank from the bottom (the small negative eigenvalues of a
    trained network; from a ``BE``/``SA`` run or the dense spectrum);
 3. the smoothed spectral density on a linear scale, zoomed to the bulk (the central 99% of
-   the mass);
+   the mass), with its band (the quadrature's resolution and the probes' error,
+   :meth:`~lanczos_hessian.linalg.density.QuadratureStatistics.density_band`) and, when the
+   file holds it, the exact spectrum smoothed by the same kernel, dashed;
 4. the same density on a log scale, where the bulk's tails and the outliers show.
+
+Eigenvalue axes carry the units of a curvature, ``loss / param^2``; the figure's title names
+the model (problem, parameters) and the operator of each run.
 
 Runs are spectrum files, :class:`~lanczos_hessian.analysis.spectrum.Spectrum` objects, or
 results in memory (an ``EigshResult``, an ``SLQResult``, or a pair of them).
@@ -30,6 +35,17 @@ import numpy as np
 
 #: The bulk's extent over the kernel width (see the module docstring).
 BULK_RESOLUTION = 50
+
+#: The units of every eigenvalue axis (the files' ``units`` attribute of curvature values).
+CURVATURE_UNITS = "loss / param^2"
+
+
+def figure_title(spectrum) -> str:
+    """``label: hessian of clusters-mlp (4270 parameters)``: the run's model and operator."""
+    a = spectrum.attrs
+    model = a.get("problem") or a.get("model") or "model"
+    size = f" ({a['num_params']} parameters)" if a.get("num_params") else ""
+    return f"{spectrum.label}: {a.get('operator', 'curvature')} of {model}{size}"
 
 
 def _pyplot():
@@ -98,13 +114,14 @@ def plot_spectra(runs, path=None, width=None, num_top: int = 50, labels=None):
         lo, hi = min(r[0] for r in bulk_ranges), max(r[1] for r in bulk_ranges)
         pad = 0.05 * (hi - lo) or abs(hi) or 1.0
         axes[2].set_xlim(lo - pad, hi + pad)
-    axes[0].set(title="top eigenvalues", xlabel="rank from the top", ylabel="eigenvalue")
-    axes[1].set(title="bottom eigenvalues", xlabel="rank from the bottom",
-                ylabel="eigenvalue")
-    axes[2].set(title="bulk density (central 99% of the mass)", xlabel="eigenvalue",
-                ylabel="density")
-    axes[3].set(title="spectral density (log scale)", xlabel="eigenvalue", ylabel="density",
-                yscale="log")
+    value = f"eigenvalue ({CURVATURE_UNITS})"
+    per = f"density (fraction per {CURVATURE_UNITS})"
+    axes[0].set(title="top eigenvalues", xlabel="rank from the top", ylabel=value)
+    axes[1].set(title="bottom eigenvalues", xlabel="rank from the bottom", ylabel=value)
+    axes[2].set(title="bulk density (central 99% of the mass), band: resolution + probes",
+                xlabel=value, ylabel=per)
+    axes[3].set(title="spectral density (log scale)", xlabel=value, ylabel=per, yscale="log")
+    fig.suptitle("; ".join(figure_title(s) for s in spectra))
     from matplotlib.ticker import MaxNLocator
 
     for i, ax in enumerate(axes):
@@ -129,11 +146,13 @@ def _ordered(ax, spectrum, num_top):
     if len(top) == 0:
         return
     ax.plot(np.arange(1, len(top) + 1), top, "o-", ms=3, label=spectrum.label)
-    counts = spectrum.outlier_counts(num_top)
-    if counts is not None and counts.gap:
-        plural = "" if counts.gap == 1 else "s"
-        ax.axvline(counts.gap + 0.5, ls=":", color=ax.lines[-1].get_color(), lw=1,
-                   label=f"{spectrum.label}: {counts.gap} outlier{plural} (largest gap)")
+    verdict = spectrum.outlier_verdict(num_top)
+    if verdict is not None and verdict[0]:
+        count, rule = verdict
+        plural = "" if count == 1 else "s"
+        ax.axvline(count + 0.5, ls=":", color=ax.lines[-1].get_color(), lw=1,
+                   label=f"{spectrum.label}: {count} outlier{plural} "
+                         f"({rule.replace('_', '-')} rule)")
 
 
 def _bottom(ax, spectrum, num):
@@ -145,21 +164,35 @@ def _bottom(ax, spectrum, num):
 
 
 def _densities(ax_lin, ax_log, spectrum, width):
+    """The SLQ density with its band (else the exact one), and the exact one dashed when
+    the run holds both."""
     from ..linalg.density import exact_measure, spectral_density
 
+    exact = spectrum.dense_eigenvalues
+    if spectrum.quadrature is None and exact is None:
+        return None
+    nodes, weights = spectrum.measure_source().measure()
+    width = width or bulk_width(nodes, weights)
     if spectrum.quadrature is not None:
-        nodes, weights = spectrum.quadrature.measure()
-        grid, phi = spectrum.quadrature.density(width=width or bulk_width(nodes, weights))
+        grid, phi, lower, upper = spectrum.quadrature.density_band(width=width)
         label = f"{spectrum.label} (SLQ)"
-    elif spectrum.dense_eigenvalues is not None:
-        nodes, weights = exact_measure(spectrum.dense_eigenvalues)
-        grid, phi = spectral_density(nodes, weights, width=width or bulk_width(nodes, weights))
-        label = f"{spectrum.label} (exact)"
     else:
-        return
-    ax_lin.plot(grid, phi, lw=1.2, label=label)
+        grid, phi = spectral_density(*exact_measure(exact), width=width)
+        lower = upper = None
+        label = f"{spectrum.label} (exact)"
+    line, = ax_lin.plot(grid, phi, lw=1.2, label=label)
     floor = max(phi.max() * 1e-7, 1e-300)
-    ax_log.plot(grid, np.maximum(phi, floor), lw=1.2, label=label)
+    ax_log.plot(grid, np.maximum(phi, floor), lw=1.2, label=label, color=line.get_color())
+    if lower is not None:
+        for ax in (ax_lin, ax_log):
+            ax.fill_between(grid, np.maximum(lower, floor), np.maximum(upper, floor),
+                            color=line.get_color(), alpha=0.2, lw=0,
+                            label=f"{spectrum.label}: band" if ax is ax_lin else None)
+        if exact is not None:
+            _, reference = spectral_density(*exact_measure(exact), grid, width)
+            for ax in (ax_lin, ax_log):
+                ax.plot(grid, np.maximum(reference, floor), "--", color="k", lw=0.9,
+                        label=f"{spectrum.label} (exact)" if ax is ax_lin else None)
     ax_log.set_ylim(bottom=floor)
     return _central_range(grid, phi, 0.005)
 

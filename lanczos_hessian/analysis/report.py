@@ -13,6 +13,10 @@ Residual columns, named for what they are:
   ``true_residuals=True``): includes the products' own rounding;
 * ``error bound`` -- ``min(r, r^2 / gap)`` with ``r`` the larger of the two: how far
   ``theta_i`` can be from an eigenvalue of ``A``.
+
+A bound below the float64 floor ``eps * max |theta|`` (rounding of the eigenvalues
+themselves) says nothing more than "at the floor", and is printed as ``< floor``
+(e.g. ``< 6e-18``) rather than as ``5.92e-101``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ def eigen_table(eigenvalues, residual_bounds, error_bounds=None, residuals=None,
     """
     eigenvalues = np.asarray(eigenvalues)
     order = np.argsort(eigenvalues, kind="stable")  # the arrays' own order when sorted
+    finite = np.abs(eigenvalues[np.isfinite(eigenvalues)])
+    floor = np.finfo(np.float64).eps * (float(finite.max()) if finite.size else 1.0)
     keep = set(range(len(order)) if rows is None else (int(i) for i in rows))
     header = f"{'i':>4}  {'eigenvalue':>14}  {'Ritz bound':>10}"
     if residuals is not None:
@@ -60,11 +66,11 @@ def eigen_table(eigenvalues, residual_bounds, error_bounds=None, residuals=None,
         if skipped:
             lines.append(f"{'...':>4}")
             skipped = False
-        row = f"{i:>4}  {eigenvalues[i]:>14.7e}  {_number(residual_bounds, i, 10)}"
+        row = f"{i:>4}  {eigenvalues[i]:>14.7e}  {_number(residual_bounds, i, 10, floor)}"
         if residuals is not None:
-            row += f"  {_number(residuals, i, 10)}"
+            row += f"  {_number(residuals, i, 10, floor)}"
         if error_bounds is not None:
-            row += f"  {_number(error_bounds, i, 11)}"
+            row += f"  {_number(error_bounds, i, 11, floor)}"
         if reference is not None:
             row += f"  {reference[i]:>14.7e}  {abs(reference[i] - eigenvalues[i]):>9.1e}"
         if converged is not None:
@@ -76,10 +82,13 @@ def eigen_table(eigenvalues, residual_bounds, error_bounds=None, residuals=None,
     return "\n".join(lines)
 
 
-def _number(values, i, width) -> str:
-    """``values[i]`` in a column of ``width`` (a dash where there are no values)."""
+def _number(values, i, width, floor=0.0) -> str:
+    """``values[i]`` in a column of ``width`` (a dash where there are no values; ``< floor``
+    below the floor)."""
     if values is None:
         return f"{'-':>{width}}"
+    if 0 <= values[i] < floor:
+        return f"{'< ' + format(floor, '.0e'):>{width}}"
     return f"{values[i]:>{width}.2e}"
 
 

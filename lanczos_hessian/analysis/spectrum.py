@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..linalg import density
+from ..linalg.density import DEFAULT_NUM_POINTS
 from ..errors import SpectrumFileError
 from ..storage.hdf5 import read_file
-from .outliers import count_outliers
-from .report import eigen_table
+from .outliers import count_outliers, outlier_verdict
+from .statistics import spectral_statistics
+from .summary import MASS_THRESHOLDS, summarize  # noqa: F401 (their home before summary.py)
 
 
-@dataclass
+@dataclass(repr=False)
 class Quadrature(density.QuadratureStatistics):
     """SLQ quadrature rules as saved: nodes/weights ``(P, m)``, outliers, ``dim``; the
     statistics of :class:`~lanczos_hessian.linalg.density.QuadratureStatistics`."""
@@ -42,8 +44,21 @@ class Quadrature(density.QuadratureStatistics):
         return cls(group["nodes"][()], group["weights"][()], int(group.attrs["dim"]),
                    outliers, int(group["nodes"].shape[1]), True, dict(group.attrs))
 
+    @classmethod
+    def exact(cls, eigenvalues) -> "Quadrature":
+        """The exact spectrum as one rule of ``n`` nodes of weight ``1/n`` (its fractions'
+        brackets are then one eigenvalue wide)."""
+        values = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))
+        return cls(values[None, :], np.full((1, values.size), 1.0 / values.size), values.size,
+                   np.zeros(0), values.size, True, {"exact": True})
 
-@dataclass
+    def __repr__(self) -> str:
+        state = "" if self.complete else f", CUT OFF after {self.num_steps_done} steps"
+        return (f"Quadrature({self.nodes.shape[0]} probes x {self.nodes.shape[1]} nodes, "
+                f"dim {self.dim}, {len(self.outliers)} deflated outliers{state})")
+
+
+@dataclass(repr=False)
 class Spectrum:
     """Everything a spectrum file holds, in memory.
 
@@ -82,6 +97,83 @@ class Spectrum:
     @property
     def label(self) -> str:
         return self.attrs.get("label") or self.path.stem
+
+    def __repr__(self) -> str:
+        parts = [f"{self.attrs.get('operator', 'operator')} of "
+                 f"{self.attrs.get('num_params', '?')} parameters"]
+        if self.eigenvalues is not None:
+            state = "complete" if self.eigs_complete else "CUT OFF"
+            parts.append(f"{len(self.eigenvalues)} eigenpairs "
+                         f"({self.eigs_attrs.get('which', '?')}, {state})")
+        if self.quadrature is not None:
+            q = self.quadrature
+            parts.append(f"SLQ {q.nodes.shape[0]} probes x {q.nodes.shape[1]} nodes")
+        if self.dense_eigenvalues is not None:
+            parts.append("exact spectrum")
+        return f"Spectrum({str(self.path)!r}: {'; '.join(parts)})"
+
+    # ---- the statistics of the density: the SLQ rules, else the exact spectrum ----------
+    def measure_source(self):
+        """The rules the density statistics come from: the SLQ quadrature, or the exact
+        spectrum as a rule (:meth:`Quadrature.exact`); a ValueError when there is neither."""
+        if self.quadrature is not None:
+            return self.quadrature
+        if self.dense_eigenvalues is not None:
+            return Quadrature.exact(self.dense_eigenvalues)
+        raise ValueError(f"{self.path} holds no SLQ rules and no exact spectrum: no density, "
+                         "trace or spectral fractions (run slq on the same problem, or "
+                         "analyze its slq file together with this one)")
+
+    def trace(self):
+        """``tr(A)`` with its standard error (:meth:`QuadratureStatistics.trace`)."""
+        return self.measure_source().trace()
+
+    def moments(self, order: int, normalized: bool = True):
+        """The spectral moments (:meth:`QuadratureStatistics.moments`)."""
+        return self.measure_source().moments(order, normalized)
+
+    def density(self, grid=None, width=None, num_points: int = DEFAULT_NUM_POINTS):
+        """``(grid, phi)``, the smoothed density (:meth:`QuadratureStatistics.density`)."""
+        return self.measure_source().density(grid, width, num_points)
+
+    def density_band(self, grid=None, width=None,
+                     num_points: int = DEFAULT_NUM_POINTS):
+        """``(grid, phi, lower, upper)`` (:meth:`QuadratureStatistics.density_band`)."""
+        return self.measure_source().density_band(grid, width, num_points)
+
+    def fraction_below(self, threshold: float = 0.0):
+        """The bracketed fraction of eigenvalues below ``threshold``."""
+        return self.measure_source().fraction_below(threshold)
+
+    def fraction_within(self, band: float):
+        """The bracketed fraction of eigenvalues with ``|lambda| <= band``."""
+        return self.measure_source().fraction_within(band)
+
+    def mass_above(self, threshold: float):
+        """The bracketed fraction of eigenvalues above ``threshold``."""
+        return self.measure_source().mass_above(threshold)
+
+    def summary(self, num_top: int = 20) -> str:
+        """The plain-text summary ``analyze`` prints (:func:`summarize`)."""
+        return summarize(self, num_top)
+
+    def statistics(self, num_top: int = 20) -> list:
+        """Effective rank, stable rank, participation ratio, negative magnitude share and the
+        top-k trace share, each with its error (:mod:`~.statistics`): from the SLQ rules,
+        and from the exact spectrum when the file holds it (error 0)."""
+        top = self.top_eigenvalues()
+        verdict = self.outlier_verdict(num_top)
+        ends = [abs(float(v)) for v in (top[:1].tolist() + self.bottom_eigenvalues()[:1].tolist())]
+        common = dict(top=top, num_outliers=verdict[0] if verdict else 0, extremes=ends)
+        rows = []
+        q = self.quadrature
+        if q is not None:
+            rows += spectral_statistics(q.dim, nodes=q.nodes, weights=q.weights,
+                                        outliers=q.outliers, **common)
+        if self.dense_eigenvalues is not None:
+            rows += spectral_statistics(len(self.dense_eigenvalues),
+                                        exact=self.dense_eigenvalues, **common)
+        return rows
 
     def top_eigenvalues(self) -> np.ndarray:
         """Positive-end eigenvalues in rank order (rank 1, the largest, first: the order of
@@ -159,6 +251,14 @@ class Spectrum:
         if num is not None:
             top = top[:num]
         return count_outliers(top) if len(top) >= 2 else None
+
+    def outlier_verdict(self, num: int | None = None):
+        """``(count, rule)``: the run's one outlier count (:func:`outlier_verdict`, with the
+        rule the run recorded, e.g. the demo's), or None with fewer than two top values."""
+        counts = self.outlier_counts(num)
+        if counts is None:
+            return None
+        return outlier_verdict(counts, self.eigs_attrs.get("outliers_rule") or None)
 
 
 def read_spectrum(path) -> Spectrum:
@@ -244,114 +344,3 @@ def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
             raise SpectrumFileError(f"{path}: deflated SLQ without its complete outliers")
         outliers = spectrum.eigenvalues  # the deflation run finished before SLQ started
     return Quadrature(nodes, weights, dim, outliers, int(alphas.shape[1]), False, attrs)
-
-
-def summarize(spectrum: Spectrum, num_top: int = 20) -> str:
-    """A plain-text summary: top eigenvalues with residuals, outlier counts, SLQ statistics."""
-    lines = [f"== {spectrum.path}",
-             f"   {spectrum.attrs.get('operator', '?')} of {spectrum.attrs.get('num_params', '?')} "
-             f"parameters, {spectrum.attrs.get('num_samples', '?')} samples, loss "
-             f"{spectrum.attrs.get('loss', '?')} ({spectrum.attrs.get('reduction', '?')}), "
-             f"lanczos_hessian {spectrum.attrs.get('package_version', '?')}, torch "
-             f"{spectrum.attrs.get('torch_version', '?')}"]
-    lines += [f"   in progress or cut off: {line}" for line in spectrum.progress]
-    lines += _eigs_lines(spectrum, num_top)
-    if spectrum.quadrature is not None:
-        lines += _slq_lines(spectrum, spectrum.quadrature)
-    return "\n".join(lines)
-
-
-def _eigs_lines(spectrum, num_top):
-    """The eigenpair table (ascending, array index first: :func:`~.report.eigen_table`) of the
-    top ``num_top`` pairs and the 5 smallest (of a ``BE`` run: of its bottom end), and the
-    outlier counts of the top."""
-    if spectrum.eigenvalues is None:
-        return []
-    state = "complete" if spectrum.eigs_complete else "CUT OFF: last committed Ritz values"
-    order = np.argsort(spectrum.eigenvalues, kind="stable")
-    num_bottom = 5
-    if spectrum.eigs_attrs.get("which") == "BE":
-        num_bottom = min(5, int(spectrum.eigs_attrs.get("k_bottom") or len(order) // 2))
-    shown = list(order[:num_bottom]) + list(order[-num_top:] if num_top > 0 else [])
-    table = eigen_table(spectrum.eigenvalues, spectrum.residual_bounds,
-                        residuals=spectrum.residuals, converged=spectrum.converged,
-                        rows=shown)
-    lines = [f"   eigenpairs ({spectrum.eigs_attrs.get('which', '?')}, {state}):"]
-    lines += ["     " + line for line in table.splitlines()]
-    counts = spectrum.outlier_counts(num_top)
-    if counts is not None:
-        lines.append(f"   outliers among the top {min(num_top, len(counts.values))}: "
-                     f"gap {counts.gap}, ratio {counts.ratio}, elbow {counts.elbow}, "
-                     f"below-top {counts.below_top}"
-                     + (" (the rules disagree: see analysis/outliers.py)" if counts.disagree()
-                        else ""))
-    return lines
-
-
-#: Thresholds of the negative (and near-zero) mass, as fractions of ``lambda_max``.
-MASS_THRESHOLDS = (1e-2, 1e-3, 1e-4)
-
-
-def _slq_lines(spectrum, q: Quadrature):
-    """Trace, second moment, and the spectral mass at several thresholds.
-
-    The negative mass of a trained network's Hessian sits mostly within ``1e-3 lambda_max``
-    of zero, so one threshold hides it or drowns it: at ``1e-2 lambda_max`` a bulk whose
-    negative part reaches only ``-1e-3 lambda_max`` reads 0, while below ``-1e-4
-    lambda_max`` the node spacing of an ``m``-node Gauss rule (about range / m) decides
-    which side of the threshold the atom at zero falls. The table therefore gives the mass
-    below ``-t lambda_max`` and within ``t lambda_max`` of zero for each ``t`` in
-    :data:`MASS_THRESHOLDS`, with the fraction below 0 and the bottom eigenvalue (from the
-    eigensolver when it computed the bottom end, else the smallest quadrature node), so a
-    reader sees where the mass lies rather than one count at one arbitrary cut.
-    ``lambda_max`` is the largest eigenvalue known (eigensolver, outliers or nodes); for a
-    spectrum with no positive part the spectral radius stands in.
-    """
-    state = "complete" if q.complete else f"CUT OFF after {q.num_steps_done} committed steps"
-    trace = q.trace()
-    second = q.moments(2, normalized=False)[2]
-    lo, hi = np.nanmin(q.nodes), np.nanmax(q.nodes)
-    scale, scale_name = _lambda_max(spectrum, q, lo, hi)
-    lines = [
-        f"   SLQ ({q.nodes.shape[0]} probes x {q.nodes.shape[1]} nodes, {len(q.outliers)} "
-        f"deflated outliers, {state}):",
-        f"     trace          {trace.value: .6e} +- {trace.stderr:.2e}",
-        f"     tr(H^2)        {second.value: .6e} +- {second.stderr:.2e}",
-        f"     support        [{lo:.4e}, {hi:.4e}]",
-        f"     spectral mass (fraction of the {q.dim} eigenvalues) by threshold "
-        f"t * {scale_name} ({scale_name} = {scale:.4e}):",
-        f"       {'t':>7}  {'threshold':>10}  {'mass below -threshold':>22}  "
-        f"{'mass |l| <= threshold':>22}",
-    ]
-    for t in MASS_THRESHOLDS:
-        below, near = q.fraction_below(-t * scale), q.fraction_within(t * scale)
-        lines.append(f"       {t:>7.0e}  {t * scale:>10.2e}  {below.value:>11.4f} +- "
-                     f"{below.stderr:.4f}  {near.value:>11.4f} +- {near.stderr:.4f}")
-    negative = q.fraction_below(0.0)
-    lines.append(f"     mass below 0   {negative.value: .4f} +- {negative.stderr:.4f}")
-    lines.append(_bottom_line(spectrum, lo))
-    return lines
-
-
-def _lambda_max(spectrum, q, lo, hi) -> tuple:
-    """``(lambda_max, its name)``: the largest known eigenvalue, or the spectral radius when
-    no eigenvalue is positive."""
-    known = [hi, *np.asarray(q.outliers, dtype=float)]
-    if spectrum.eigenvalues is not None and len(spectrum.eigenvalues):
-        known.append(float(np.nanmax(spectrum.eigenvalues)))
-    top = max(known)
-    if top > 0:
-        return float(top), "lambda_max"
-    return float(max(abs(lo), abs(top), 1e-300)), "spectral radius"
-
-
-def _bottom_line(spectrum, smallest_node) -> str:
-    """The bottom eigenvalue when an eigensolver computed it, else the smallest node."""
-    bottom = spectrum.bottom_eigenvalues()
-    if len(bottom) and spectrum.dense_eigenvalues is None:
-        return f"     bottom eigenvalue  {bottom[0]: .6e} (eigensolver)"
-    if spectrum.dense_eigenvalues is not None and len(spectrum.dense_eigenvalues):
-        return (f"     bottom eigenvalue  {np.min(spectrum.dense_eigenvalues): .6e} (exact, "
-                "dense)")
-    return (f"     bottom eigenvalue  unknown (no bottom-end eigensolver run); smallest SLQ "
-            f"node {smallest_node: .6e}")

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..analysis.outliers import count_outliers, step_after
 from ..analysis.report import closest, eigen_table, run_summary
+from ..analysis.summary import describe
 from ..curvature.dense import dense_spectrum
 from ..curvature.operators import HessianOperator
 from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
@@ -102,28 +103,32 @@ def _demo(out, *, num_classes, num_examples, steps, lr, k_top, k_bottom, tol, nu
 
 
 def _bulk_summary(bulk, exact) -> str:
-    """Trace and spectral masses by SLQ, beside the exact values when known.
+    """Trace and spectral masses by SLQ, each fraction with its bracket (the quadrature's
+    resolution and the probes' error, :mod:`lanczos_hessian.linalg.resolution`), beside the
+    exact values when known.
 
-    Masses are counted beyond ``delta = 1e-2 * lambda_max`` from zero: a Gauss rule of ``m``
-    nodes cannot place mass more finely than its node spacing (about range / m), and a
-    trained network's bulk has a large atom at zero whose nodes may fall on either side.
+    Masses are counted beyond ``delta = 1e-2 * lambda_max`` from zero, and below 0: a Gauss
+    rule of ``m`` nodes cannot place mass more finely than its nodes, and a trained
+    network's bulk has a large atom at zero whose nodes may fall on either side, so the
+    fraction below 0 is printed as the bracket it is.
     """
     trace = bulk.trace()
     lambda_max = float(np.abs(bulk.outliers).max()) if len(bulk.outliers) else 1.0
     delta = 1e-2 * lambda_max
     below, near = bulk.fraction_below(-delta), bulk.fraction_within(delta)
+    negative = bulk.fraction_below(0.0)
     line = (f"bulk by SLQ ({bulk.num_probes} probes x {bulk.num_steps} steps, deflated by "
             f"{len(bulk.outliers)} eigenpairs; {bulk.num_passes} data passes): trace "
-            f"{trace.value:.4g} +- {trace.stderr:.2g}; with delta = 1e-2*lambda_max = "
-            f"{delta:.2g}: mass below -delta {below.value:.4f} +- {below.stderr:.4f}, "
-            f"within delta of zero {near.value:.4f} +- {near.stderr:.4f}")
+            f"{trace.value:.4g} +- {trace.stderr:.2g}; fractions as value [bracket]; with "
+            f"delta = 1e-2*lambda_max = {delta:.2g}: mass below -delta {describe(below)}, "
+            f"within delta of zero {describe(near)}; mass below 0 {describe(negative)}")
     if exact is None:
         return line
     w1 = wasserstein1(*quadrature_measure(bulk), *exact_measure(exact))
     return (line + f"\nexact: trace {exact.sum():.4g}, mass below -delta "
-            f"{np.mean(exact < -delta):.4f}, within delta {np.mean(np.abs(exact) <= delta):.4f}; "
-            f"Wasserstein-1 distance SLQ to exact {w1:.2e} ({w1 / lambda_max:.1e} of "
-            "lambda_max)")
+            f"{np.mean(exact < -delta):.4f}, within delta {np.mean(np.abs(exact) <= delta):.4f}, "
+            f"below 0 {np.mean(exact < 0):.4f}; Wasserstein-1 distance SLQ to exact {w1:.2e} "
+            f"({w1 / lambda_max:.1e} of lambda_max)")
 
 
 def headline_rule(num_classes: int) -> str:

@@ -22,13 +22,11 @@ def train(model, loss_fn, inputs, targets, *, steps: int, lr: float, batch_size:
     n = len(inputs)
     order, cursor = torch.randperm(n, generator=generator), 0
     history = []
-    steps_iter = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
+    from ..progress import Progress
 
-        steps_iter = tqdm(steps_iter, desc="training", unit="step", leave=False)
+    bar = Progress("training", unit="step", total=steps, enabled=progress)  # no \r off a TTY
     model.train()
-    for step in steps_iter:
+    for step in range(steps):
         if batch_size is None or batch_size >= n:
             x, y = inputs, targets
         else:
@@ -42,8 +40,10 @@ def train(model, loss_fn, inputs, targets, *, steps: int, lr: float, batch_size:
         loss.backward()
         optimizer.step()
         history.append(loss.item())
+        bar.update(1)
         if callback is not None:
             callback(step, model)
+    bar.close()
     return history
 
 

@@ -29,18 +29,37 @@ dmu = (1/n) tr(A^q)`` (``m_0 = 1``), the moments of the spectral density, and wi
 ``normalized=False`` the traces ``tr(A^q) = n m_q``; :func:`trace_estimate` is ``tr(A)``.
 
 Accuracy: a functional ``f`` is integrated exactly by an ``m``-node Gauss rule when ``f`` is a
-polynomial of degree ``<= 2m - 1`` (moments), and with an error decaying fast in ``m`` for
-smooth ``f`` (a wide kernel). Step functions (:func:`fraction_below` and friends) converge
-only like ``O(1/m)`` in the node spacing: their ``stderr`` covers the probe variance, not
-this quadrature error.
+polynomial of degree ``<= 2m - 1`` (moments, the trace: their ``stderr`` is their whole
+error), and with an error decaying fast in ``m`` for smooth ``f`` (a wide kernel). Step
+functions (:func:`fraction_below` and friends) are only known to within the weights of the
+nodes next to the threshold: each is a :class:`~lanczos_hessian.linalg.resolution.Fraction`
+whose bracket ``[lower, upper]`` holds that quadrature error and the probes' error, and
+:meth:`QuadratureStatistics.density_band` brackets the smoothed density the same way
+(:mod:`~lanczos_hessian.linalg.resolution`). The measures themselves (padding, deflation,
+averaging) are in :mod:`~lanczos_hessian.linalg.measures`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
+
+from . import resolution
+from .measures import (  # noqa: F401 (re-exported: the names this module always offered)
+    Estimate,
+    Moments,
+    as_probe_arrays,
+    average_measure,
+    estimate,
+    exact_measure,
+    measure_support,
+    pandas_module,
+    probe_measures,
+    quadrature_measure,
+    wasserstein1,
+)
+from .resolution import DEFAULT_CONFIDENCE, Fraction
 
 #: Ghorbani, Krishnan and Xiao (ICML 2019, Sec. 2.2) smooth the SLQ nodes with a Gaussian of
 #: variance ``1e-5`` after mapping the spectrum to ``[-1, 1]``. We keep their choice: the
@@ -56,137 +75,7 @@ DEFAULT_NUM_POINTS = 4001
 GRID_MARGIN = 5.0
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A stochastic estimate: mean over probes, its standard error, and the probe values.
-
-    ``stderr = std(per_probe, ddof=1) / sqrt(P)`` (NaN when ``P = 1``).
-    """
-
-    value: float
-    stderr: float
-    per_probe: np.ndarray
-
-    @property
-    def num_probes(self) -> int:
-        return len(self.per_probe)
-
-    def __float__(self) -> float:
-        return float(self.value)
-
-    def __repr__(self) -> str:
-        return f"Estimate({self.value:.6g} +- {self.stderr:.2g}, {self.num_probes} probes)"
-
-
-class Moments(tuple):
-    """Estimates of the spectral moments ``q = 0 .. order``, indexed by ``q`` (a tuple of
-    :class:`Estimate`).
-
-    ``normalized=True`` (the default of :func:`moment_estimates` and
-    :meth:`QuadratureStatistics.moments`): ``m_q = (1/n) tr(A^q) = int lambda^q dmu``, the
-    ``q``-th moment of the spectral density ``mu = (1/n) sum_j delta(lambda_j)``, so
-    ``m_0 = 1`` (the total mass) and ``m_1`` is the mean eigenvalue. ``normalized=False``:
-    the traces ``tr(A^q) = n m_q``, so entry 0 is ``n`` and entry 1 the trace.
-    """
-
-    normalized: bool
-
-    def __new__(cls, estimates, normalized: bool):
-        moments = super().__new__(cls, estimates)
-        moments.normalized = bool(normalized)
-        return moments
-
-    @property
-    def values(self) -> np.ndarray:
-        """The estimates' values, ``(order + 1,)``."""
-        return np.array([m.value for m in self])
-
-    @property
-    def stderrs(self) -> np.ndarray:
-        """Their standard errors, ``(order + 1,)``."""
-        return np.array([m.stderr for m in self])
-
-    def __repr__(self) -> str:
-        what = "(1/n) tr(A^q)" if self.normalized else "tr(A^q)"
-        shown = ", ".join(f"{q}: {m.value:.6g} +- {m.stderr:.2g}" for q, m in enumerate(self))
-        return f"Moments({what}; {shown})"
-
-
-def pandas_module(what: str):
-    """``pandas``, imported for ``what`` (a ``to_dataframe`` method); a clear ImportError
-    naming the install command when it is not installed (pandas is an optional extra)."""
-    try:
-        import pandas
-    except ImportError as exc:
-        raise ImportError(f"{what} needs pandas, which is not installed: pip install pandas "
-                          "(or pip install 'lanczos_hessian[analysis]')") from exc
-    return pandas
-
-
-def estimate(per_probe) -> Estimate:
-    """The :class:`Estimate` of a vector of per-probe values."""
-    values = np.asarray(per_probe, dtype=np.float64).reshape(-1)
-    if values.size == 0:
-        raise ValueError("no probe values to average")
-    stderr = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
-    return Estimate(float(values.mean()), stderr, values)
-
-
 # ------------------------------------------------------------------ measures
-
-
-def probe_measures(nodes, weights, *, outliers=(), dim=None) -> tuple:
-    """Per-probe measures of the whole spectrum as ``(P, m + k)`` arrays, weights summing to 1.
-
-    Padding (non-finite node or zero weight) gets node 0 and weight 0, so that sums over a
-    row need no masking. Deflated ``outliers`` (``k`` of them) are appended to every row
-    with mass ``1/dim`` each, and the quadrature weights are scaled by ``(dim - k) / dim``.
-    """
-    nodes, weights = _as_probe_arrays(nodes, weights)
-    outliers = np.asarray(outliers, dtype=np.float64).reshape(-1)
-    k = outliers.size
-    if k == 0:
-        return nodes, weights
-    if dim is None:
-        raise ValueError("dim (the operator size n) is required when outliers are given")
-    if not k < dim:
-        raise ValueError(f"{k} outliers leave no bulk in dimension dim={dim}")
-    if not np.all(np.isfinite(outliers)):
-        raise ValueError("outliers must be finite")
-    P = nodes.shape[0]
-    all_nodes = np.concatenate([nodes, np.broadcast_to(outliers, (P, k))], axis=1)
-    all_weights = np.concatenate(
-        [weights * ((dim - k) / dim), np.full((P, k), 1.0 / dim)], axis=1)
-    return all_nodes, all_weights
-
-
-def average_measure(nodes, weights, *, outliers=(), dim=None) -> tuple:
-    """The probe-averaged discrete measure ``(1/P) sum_p mu_p``: 1-D nodes (ascending) and
-    weights summing to 1 (padding dropped; each deflated outlier included once, with mass
-    ``1/dim``)."""
-    all_nodes, all_weights = probe_measures(nodes, weights, outliers=outliers, dim=dim)
-    P, k = all_nodes.shape[0], np.size(outliers)
-    m = all_nodes.shape[1] - k
-    keep = all_weights[:, :m] > 0
-    x = np.concatenate([all_nodes[:, :m][keep], all_nodes[0, m:]])
-    w = np.concatenate([all_weights[:, :m][keep] / P, all_weights[0, m:]])
-    order = np.argsort(x, kind="stable")
-    return x[order], w[order]
-
-
-def quadrature_measure(result) -> tuple:
-    """:func:`average_measure` of an SLQ result (any object with ``nodes``, ``weights``,
-    ``outliers`` and ``dim``)."""
-    return average_measure(result.nodes, result.weights, outliers=result.outliers,
-                           dim=result.dim)
-
-
-def exact_measure(eigenvalues) -> tuple:
-    """The spectral measure ``(1/n) sum_j delta(lambda_j)``: sorted values, weights ``1/n``."""
-    values = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))
-    if values.size == 0:
-        raise ValueError("no eigenvalues given")
-    return values, np.full(values.size, 1.0 / values.size)
 
 
 # ------------------------------------------------------------------ density
@@ -195,7 +84,7 @@ def exact_measure(eigenvalues) -> tuple:
 def default_width(nodes, weights, *, outliers=()) -> float:
     """``sqrt(1e-5) * (max - min) / 2`` over the support (Ghorbani et al. 2019, see
     :data:`GHORBANI_VARIANCE`); ``max(|lambda|, 1)`` replaces the half range for a single point."""
-    lo, hi = _support(nodes, weights, outliers)
+    lo, hi = measure_support(nodes, weights, outliers)
     half_range = (hi - lo) / 2
     if half_range <= 0:
         half_range = max(abs(hi), 1.0)
@@ -239,7 +128,7 @@ def spectral_density(nodes, weights, grid=None, width=None,
     if grid is None:
         if int(num_points) < 2:
             raise ValueError(f"num_points must be at least 2, got {num_points!r}")
-        lo, hi = _support(nodes, weights, outliers)
+        lo, hi = measure_support(nodes, weights, outliers)
         grid = np.linspace(lo - GRID_MARGIN * width, hi + GRID_MARGIN * width, int(num_points))
     grid = np.asarray(grid, dtype=np.float64).reshape(-1)
     keep = all_weights > 0
@@ -294,86 +183,30 @@ def moment_estimates(nodes, weights, order: int, *, dim, outliers=(),
     return Moments(out, normalized)
 
 
-def fraction_below(nodes, weights, threshold: float, *, outliers=(), dim=None) -> Estimate:
-    """Fraction of the spectrum strictly below ``threshold``: ``mu((-inf, threshold))``."""
-    x, w = probe_measures(nodes, weights, outliers=outliers, dim=dim)
-    return estimate(np.sum(w * (x < threshold), axis=1))
+def fraction_below(nodes, weights, threshold: float, *, outliers=(), dim=None,
+                   confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
+    """Fraction of the spectrum strictly below ``threshold``, ``mu((-inf, threshold))``, with
+    its bracket (:mod:`~lanczos_hessian.linalg.resolution`)."""
+    return resolution.fractions_below(nodes, weights, [threshold], outliers=outliers, dim=dim,
+                                      confidence=confidence)[0]
 
 
-def fraction_within(nodes, weights, band: float, *, outliers=(), dim=None) -> Estimate:
-    """Fraction of the spectrum with ``|lambda| <= band``: ``mu([-band, band])``."""
+def fraction_within(nodes, weights, band: float, *, outliers=(), dim=None,
+                    confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
+    """Fraction of the spectrum with ``|lambda| <= band``, ``mu([-band, band])``, bracketed."""
     if not band >= 0:
         raise ValueError(f"band must be non-negative, got {band!r}")
-    x, w = probe_measures(nodes, weights, outliers=outliers, dim=dim)
-    return estimate(np.sum(w * (np.abs(x) <= band), axis=1))
+    return resolution.fraction_between(nodes, weights, -band, band, outliers=outliers,
+                                       dim=dim, confidence=confidence)
 
 
-def mass_above(nodes, weights, threshold: float, *, outliers=(), dim=None) -> Estimate:
-    """Fraction of the spectrum strictly above ``threshold``: ``mu((threshold, inf))``
-    (multiply by ``dim`` for an eigenvalue count)."""
-    x, w = probe_measures(nodes, weights, outliers=outliers, dim=dim)
-    return estimate(np.sum(w * (x > threshold), axis=1))
-
-
-# ------------------------------------------------------------------ distances
-
-
-def wasserstein1(nodes_a, weights_a, nodes_b, weights_b) -> float:
-    """Wasserstein-1 distance ``int |F_a(t) - F_b(t)| dt`` of two discrete measures on the line.
-
-    Each measure is normalized to total mass 1 (padding with a non-finite node or zero
-    weight is dropped). ``F`` is the cumulative distribution function; the integral is exact
-    (piecewise constant integrand between the merged support points).
-    """
-    xa, wa = _clean_measure(nodes_a, weights_a, "a")
-    xb, wb = _clean_measure(nodes_b, weights_b, "b")
-    support = np.concatenate([xa, xb])
-    order = np.argsort(support, kind="stable")
-    signed = np.concatenate([wa, -wb])[order]
-    cdf_diff = np.cumsum(signed)[:-1]
-    return float(np.sum(np.abs(cdf_diff) * np.diff(support[order])))
-
-
-def _clean_measure(nodes, weights, name):
-    x = np.asarray(nodes, dtype=np.float64).reshape(-1)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if x.shape != w.shape:
-        raise ValueError(f"measure {name}: nodes and weights differ in size "
-                         f"({x.size} vs {w.size})")
-    if np.any(w < 0) or np.any(np.isnan(w)):
-        raise ValueError(f"measure {name}: weights must be non-negative")
-    keep = np.isfinite(x) & (w > 0)
-    total = w[keep].sum()
-    if not total > 0:
-        raise ValueError(f"measure {name} has no mass")
-    return x[keep], w[keep] / total
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _as_probe_arrays(nodes, weights) -> tuple:
-    """``(P, m)`` float64 copies with padding set to node 0, weight 0."""
-    x = np.asarray(nodes, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if x.ndim == 1:
-        x, w = x[None, :], w.reshape(1, -1)
-    if x.ndim != 2 or x.shape != w.shape:
-        raise ValueError(f"nodes and weights must be (P, m) arrays of one shape, got "
-                         f"{x.shape} and {w.shape}")
-    if np.any(w < 0) or np.any(np.isnan(w)):
-        raise ValueError("weights must be non-negative")
-    pad = ~np.isfinite(x) | (w == 0)
-    return np.where(pad, 0.0, x), np.where(pad, 0.0, w)
-
-
-def _support(nodes, weights, outliers) -> tuple:
-    """``(min, max)`` over the nodes of positive weight and the outliers."""
-    x, w = _as_probe_arrays(nodes, weights)
-    values = np.concatenate([x[w > 0], np.asarray(outliers, dtype=np.float64).reshape(-1)])
-    if values.size == 0:
-        raise ValueError("the measure has no nodes of positive weight")
-    return float(values.min()), float(values.max())
+def mass_above(nodes, weights, threshold: float, *, outliers=(), dim=None,
+               confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
+    """Fraction of the spectrum strictly above ``threshold``, ``mu((threshold, inf))``,
+    bracketed (multiply by ``dim`` for an eigenvalue count)."""
+    at_or_below = resolution.fractions_below(nodes, weights, [threshold], outliers=outliers,
+                                             dim=dim, strict=False, confidence=confidence)[0]
+    return resolution.complement(at_or_below)
 
 
 class QuadratureStatistics:
@@ -405,20 +238,39 @@ class QuadratureStatistics:
         return moment_estimates(self.nodes, self.weights, order, dim=self.dim,
                                 outliers=self.outliers, normalized=normalized)
 
-    def fraction_below(self, threshold: float = 0.0) -> Estimate:
+    def density_band(self, grid=None, width=None, num_points: int = DEFAULT_NUM_POINTS,
+                     confidence: float = DEFAULT_CONFIDENCE) -> tuple:
+        """``(grid, phi, lower, upper)``: :meth:`density` and its band, the bounds (2) of
+        :mod:`~lanczos_hessian.linalg.resolution` averaged over probes and widened by the
+        probes' error at ``confidence``."""
+        grid, phi = self.density(grid, width, num_points)
+        if width is None:
+            width = default_width(self.nodes, self.weights, outliers=self.outliers)
+        lower, upper = resolution.density_bounds(self.nodes, self.weights, grid, width,
+                                                 outliers=self.outliers, dim=self.dim)
+        return (grid, phi) + resolution.band(lower, upper, confidence)
+
+    def fraction_below(self, threshold: float = 0.0,
+                       confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
         """:func:`fraction_below`: the fraction of eigenvalues below ``threshold``."""
         return fraction_below(self.nodes, self.weights, threshold, outliers=self.outliers,
-                              dim=self.dim)
+                              dim=self.dim, confidence=confidence)
 
-    def fraction_within(self, band: float) -> Estimate:
+    def fraction_within(self, band: float, confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
         """:func:`fraction_within`: the fraction of eigenvalues with ``|lambda| <= band``."""
         return fraction_within(self.nodes, self.weights, band, outliers=self.outliers,
-                               dim=self.dim)
+                               dim=self.dim, confidence=confidence)
 
-    def mass_above(self, threshold: float) -> Estimate:
+    def mass_above(self, threshold: float, confidence: float = DEFAULT_CONFIDENCE) -> Fraction:
         """:func:`mass_above`: the fraction of eigenvalues above ``threshold``."""
         return mass_above(self.nodes, self.weights, threshold, outliers=self.outliers,
-                          dim=self.dim)
+                          dim=self.dim, confidence=confidence)
+
+    def nearest_resolved_threshold(self, target: float = 0.0, side: str = "below") -> float:
+        """The threshold nearest ``target`` on ``side`` whose fraction below is resolved
+        (:func:`~lanczos_hessian.linalg.resolution.nearest_resolved_threshold`)."""
+        return resolution.nearest_resolved_threshold(self.nodes, self.weights, target, side,
+                                                     outliers=self.outliers, dim=self.dim)
 
     def to_dataframe(self, per: str = "node"):
         """The rules as a ``pandas.DataFrame`` (pandas is optional: ImportError naming
@@ -441,7 +293,7 @@ class QuadratureStatistics:
         raise ValueError(f"per must be 'node' or 'probe', got {per!r}")
 
     def _node_rows(self) -> dict:
-        nodes, weights = _as_probe_arrays(self.nodes, self.weights)
+        nodes, weights = as_probe_arrays(self.nodes, self.weights)
         outliers = np.asarray(self.outliers, dtype=np.float64).reshape(-1)
         bulk = (self.dim - outliers.size) / self.dim if outliers.size else 1.0
         probe, step = np.nonzero(weights > 0)
@@ -454,7 +306,7 @@ class QuadratureStatistics:
 
     def _probe_rows(self) -> dict:
         first = self.moments(1)[1].per_probe
-        _, weights = _as_probe_arrays(self.nodes, self.weights)
+        _, weights = as_probe_arrays(self.nodes, self.weights)
         return {"probe": np.arange(len(first)), "num_nodes": (weights > 0).sum(axis=1),
                 "trace": self.dim * first, "mean": first,
                 "fraction_below_0": self.fraction_below(0.0).per_probe}
