@@ -48,7 +48,8 @@ def figure_title(spectrum) -> str:
     return f"{spectrum.label}: {a.get('operator', 'curvature')} of {model}{size}"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display); ImportError naming the extra."""
     try:
         import matplotlib
 
@@ -101,7 +102,7 @@ def plot_spectra(runs, path=None, width=None, num_top: int = 50, labels=None):
         runs = [runs]
     labels = labels or [None] * len(runs)
     spectra = [as_spectrum(run, label) for run, label in zip(runs, labels)]
-    plt = _pyplot()
+    plt = pyplot()
     plt.rcParams.update({"font.size": 10})
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     bulk_ranges = []

@@ -226,14 +226,20 @@ class Spectrum:
         (ascending, index = array index), columns ``eigenvalue``, ``ritz_bound``,
         ``measured_residual`` (NaN when not measured), ``converged``; ``what="slq"``: the
         quadrature rules, ``per="node"`` or ``"probe"``
-        (:meth:`~lanczos_hessian.linalg.density.QuadratureStatistics.to_dataframe`)."""
+        (:meth:`~lanczos_hessian.linalg.density.QuadratureStatistics.to_dataframe`);
+        ``what="summary"``: one row per scalar summary of :meth:`statistics`, columns
+        ``statistic``, ``value``, ``stderr``, ``lower``, ``upper``, ``source``."""
         pandas = density.pandas_module("Spectrum.to_dataframe")
+        if what == "summary":
+            return pandas.DataFrame([s.as_row() for s in self.statistics()],
+                                    columns=["statistic", "value", "stderr", "lower", "upper",
+                                             "source"])
         if what == "slq":
             if self.quadrature is None:
                 raise ValueError(f"{self.path} holds no SLQ rules (no slq group committed)")
             return self.quadrature.to_dataframe(per)
         if what != "eigs":
-            raise ValueError(f"what must be 'eigs' or 'slq', got {what!r}")
+            raise ValueError(f"what must be 'eigs', 'slq' or 'summary', got {what!r}")
         values = np.zeros(0) if self.eigenvalues is None else np.asarray(self.eigenvalues)
         k = len(values)
 

@@ -63,6 +63,7 @@ import torch
 
 from ..linalg.eigsh import lanczos_eigsh
 from .geometry import gradient_overlap, loss_and_gradient
+from .trajectory import Tracking
 from ..storage.hdf5 import SpectrumWriter, read_file
 from ..curvature.operators import OPERATORS
 
@@ -195,7 +196,7 @@ class SpectrumTracker:
         """Measure at the current parameters; append and return the record (module docstring)."""
         start = time.perf_counter()
         op = self._operator()
-        dim = op.shape[0]
+        dim = self.dim = op.shape[0]
         warm = self.warm_start and self._previous_vectors is not None
         v0 = warm_start_vector(self._previous_vectors, self.rng) if warm else None
         seed = int(self.rng.integers(2**31))
@@ -248,6 +249,30 @@ class SpectrumTracker:
         return row
 
     # ---- results ---------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        where = f", into {self.writer.path}" if getattr(self.writer, "path", None) else ""
+        last = ""
+        if self.records:
+            last = (f"; last at step {self.records[-1]['step']}: top eigenvalue "
+                    f"{np.max(self.records[-1]['eigenvalues']):.4g}")
+        return (f"SpectrumTracker({self.operator_kind}, k={self.k} ({self.which}), every "
+                f"{self.every} steps; {len(self.records)} measurements{last}{where})")
+
+    def tracking(self) -> Tracking:
+        """The records so far as a :class:`~.trajectory.Tracking` (``to_dataframe()``,
+        ``plot()``), its attributes the tracker's settings and the operator size."""
+        out = Tracking(self.as_arrays())
+        out["attrs"] = {**self.settings, "dim": getattr(self, "dim", None)}
+        return out
+
+    def to_dataframe(self):
+        """One row per measurement and eigenpair (:meth:`Tracking.to_dataframe`)."""
+        return self.tracking().to_dataframe()
+
+    def plot(self, path=None, lr: float | None = None):
+        """Eigenvalues, trace and negative mass over the steps (:meth:`Tracking.plot`)."""
+        return self.tracking().plot(path, lr=lr)
+
     def as_arrays(self) -> dict:
         """The records so far stacked along the step axis: ``{field: (num_records, ...)}``."""
         if not self.records:
@@ -271,9 +296,12 @@ class SpectrumTracker:
         self.close(complete=exc_type is None)  # an interrupted run stays marked incomplete
 
 
-def read_tracking(path, group: str = "tracking") -> dict:
-    """The committed records of a tracking group: ``{field: (num_records, ...)}`` plus ``attrs``."""
-    record = read_file(path)[group]
-    out = dict(record.steps)
-    out["attrs"] = record.attrs
+def read_tracking(path, group: str = "tracking") -> Tracking:
+    """The committed records of a tracking group: a :class:`~.trajectory.Tracking`, the dict
+    ``{field: (num_records, ...)}`` plus ``attrs`` (the group's settings, with the file's
+    ``num_params`` for traces), with ``to_dataframe()`` and ``plot()``."""
+    content = read_file(path)
+    record = content[group]
+    out = Tracking(record.steps)
+    out["attrs"] = {"num_params": content["attrs"].get("num_params"), **dict(record.attrs)}
     return out

@@ -1,0 +1,99 @@
+"""One reader API: a run read back from its file and the same run in memory are the same
+objects with the same methods, summaries, tables and short reprs; the scalar summaries
+agree with the exact spectrum."""
+
+import numpy as np
+import pytest
+import torch
+
+from lanczos_hessian import HessianOperator, read_spectrum
+from lanczos_hessian.analysis.spectrum import Spectrum
+from lanczos_hessian.run import slq as run_slq
+
+from conftest import spectrum_matrix
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(),
+                                torch.nn.Linear(12, 4)).double()
+    g = torch.Generator().manual_seed(1)
+    data = (torch.randn(80, 6, generator=g, dtype=torch.float64),
+            torch.randint(0, 4, (80,), generator=g))
+    op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data)
+    path = tmp_path_factory.mktemp("reader") / "run.h5"
+    eigs, bulk = run_slq(op, path, num_probes=6, num_steps=25, k_top=5, k_bottom=2, seed=3,
+                         progress=False)
+    return path, eigs, bulk
+
+
+def body(text):
+    """The summary without its first two lines (the path and the file's provenance)."""
+    return text.splitlines()[2:]
+
+
+def test_memory_and_file_give_equal_summaries_and_dataframes(run):
+    pytest.importorskip("pandas")
+    path, eigs, bulk = run
+    from_file = read_spectrum(path)
+    in_memory = Spectrum.from_results(eigs, bulk, label="run")
+    assert type(from_file) is type(in_memory)
+    assert body(from_file.summary()) == body(in_memory.summary())
+    for what in ("eigs", "slq", "summary"):
+        a, b = from_file.to_dataframe(what), in_memory.to_dataframe(what)
+        assert a.equals(b), what
+    assert from_file.to_dataframe("slq", per="probe").equals(
+        in_memory.to_dataframe("slq", per="probe"))
+    assert from_file.trace().value == in_memory.trace().value
+    for name in ("fraction_below", "mass_above"):
+        assert getattr(from_file, name)(0.0).value == getattr(in_memory, name)(0.0).value
+    grid, phi = from_file.density()
+    assert np.array_equal(phi, in_memory.density()[1])
+
+
+def test_reprs_are_short_and_say_what_is_inside(run):
+    path, _, _ = run
+    spectrum = read_spectrum(path)
+    text = repr(spectrum)
+    assert len(text) < 200 and "7 eigenpairs" in text and "SLQ 6 probes" in text
+    assert len(repr(spectrum.quadrature)) < 120 and "6 probes" in repr(spectrum.quadrature)
+
+
+def test_the_exact_spectrum_stands_in_for_missing_rules():
+    values = np.linspace(-1, 3, 50)
+    spectrum = Spectrum.from_results(label="dense")
+    spectrum.dense_eigenvalues = values
+    assert spectrum.trace().value == pytest.approx(values.sum())
+    assert spectrum.fraction_below(0.0).contains(np.mean(values < 0))
+    with pytest.raises(ValueError, match="no SLQ rules and no exact spectrum"):
+        Spectrum.from_results(label="empty").trace()
+
+
+def test_summaries_contain_the_exact_values():
+    """Effective rank, stable rank, participation ratio, negative share and the top-k trace
+    share from SLQ against numpy.linalg.eigh of the same matrix, within 3 standard errors
+    (the interval printed), and equal to it from the exact spectrum."""
+    from lanczos_hessian import deflated_slq, lanczos_eigsh
+
+    values = np.concatenate([np.linspace(-0.05, 0.3, 400), np.zeros(100), [2.0, 3.0, 5.0]])
+    A = spectrum_matrix(values, seed=0)
+    lam = np.linalg.eigvalsh(A)
+    p = np.abs(lam) / np.abs(lam).sum()
+    p = p[p > 0]
+    exact = {"effective_rank": np.exp(-np.sum(p * np.log(p))),
+             "stable_rank": np.sum(lam ** 2) / np.max(np.abs(lam)) ** 2,
+             "participation_ratio": lam.sum() ** 2 / np.sum(lam ** 2),
+             "negative_magnitude_share": -lam[lam < 0].sum() / np.abs(lam).sum(),
+             "top_3_trace_share": np.sort(lam)[-3:].sum() / lam.sum()}
+    eigs = lanczos_eigsh(A, k=20, which="LA", tol=1e-10, rng=0)
+    bulk = deflated_slq(A, 3, 0, num_probes=20, num_steps=40, rng=1)
+    spectrum = Spectrum.from_results(eigs, bulk)
+    spectrum.dense_eigenvalues = lam
+    rows = {(s.name, s.source): s for s in spectrum.statistics()}
+    assert spectrum.outlier_verdict(20) == (3, "below_top")
+    for name, value in exact.items():
+        assert rows[name, "exact"].value == pytest.approx(value, rel=1e-10), name
+        slq_row = rows[name, "SLQ"]
+        assert slq_row.lower <= value <= slq_row.upper, (name, value, slq_row)
+        assert slq_row.stderr < 0.05 * abs(value), name  # an error bar that says something
