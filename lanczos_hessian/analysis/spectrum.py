@@ -350,3 +350,4 @@ def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
             raise SpectrumFileError(f"{path}: deflated SLQ without its complete outliers")
         outliers = spectrum.eigenvalues  # the deflation run finished before SLQ started
     return Quadrature(nodes, weights, dim, outliers, int(alphas.shape[1]), False, attrs)
+

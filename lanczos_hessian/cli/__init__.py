@@ -39,11 +39,12 @@ def run() -> None:
 
 
 def closing_line_only(echo):
-    """``--quiet``: of what a command prints, only its closing line ("written to ...")."""
+    """``--quiet``: of what a command prints, only its closing line ("written to ...: headline
+    numbers", or "result: ..." without ``--out``)."""
 
     def quiet(*args, **kwargs):
         text = " ".join(str(a) for a in args)
-        if text.startswith(("written to", "figures written to")):
+        if text.startswith(("written to", "figures written to", "result:")):
             echo(*args, **kwargs)
 
     return quiet

@@ -12,8 +12,9 @@ logger = logging.getLogger("lanczos_hessian")
 
 #: Options that must be integers >= 1 (when given), and >= 0.
 _POSITIVE = ("k", "k_bottom", "ncv", "max_matvecs", "batch_size", "num_probes", "num_steps",
-             "num_examples", "num_classes")
-_NON_NEGATIVE = ("seed", "deflate_top", "deflate_bottom", "steps")
+             "num_examples", "num_classes", "probes_per_pass", "every", "slq_steps",
+             "train_batch_size")
+_NON_NEGATIVE = ("seed", "deflate_top", "deflate_bottom", "steps", "slq_probes")
 
 
 def check_args(args) -> None:
@@ -25,9 +26,10 @@ def check_args(args) -> None:
             value = getattr(args, name, None)
             if value is not None and value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be {phrase}, got {value}")
-    tol = getattr(args, "tol", None)
-    if tol is not None and not tol > 0:
-        raise ValueError(f"--tol must be positive, got {tol}")
+    for name in ("tol", "lr"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name} must be positive, got {value}")
 
 
 @contextlib.contextmanager
@@ -80,3 +82,22 @@ def keep_state(args) -> bool:
         logger.warning("--drop-state is the default now (a finished file keeps its resume "
                        "state only with --keep-state); the option will go")
     return args.keep_state
+
+
+def check_new_output(args) -> None:
+    """``--out`` can be created (rank 0, before any work); when it exists, the refusal says
+    how to continue the run it holds (``--resume``) besides replacing it (``--overwrite``,
+    which deletes what that run committed)."""
+    from ..errors import OutputPathError
+    from ..storage.hdf5 import check_output_path
+
+    if args.out is None or getattr(args, "resume", False) or not is_main():
+        return
+    try:
+        check_output_path(args.out, args.overwrite)
+    except OutputPathError as exc:
+        if not Path(args.out).is_file() or not hasattr(args, "resume"):
+            raise
+        raise OutputPathError(f"{exc}; to continue the run stopped in it, rerun the same "
+                              "command with --resume (--overwrite deletes what it "
+                              "committed)") from exc

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from .checks import is_main, keep_state
+from .analyses import (
+    run_layers_command,
+    run_overlap_command,
+    run_trace_command,
+    run_track_command,
+)
+from .checks import check_new_output, is_main, keep_state
 from .operator import build_operator
 
 
@@ -18,14 +24,12 @@ def run_demo_command(args, echo):
 
 def run_eigs_command(args, echo):
     """``eigs``: extreme eigenpairs of the operator, printed and written."""
-    from ..storage.hdf5 import check_output_path
     from ..run import eigs as run_eigs
     from ..analysis.report import eigen_table, run_summary
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out, the file of the run to continue")
-    if args.out is not None and not args.resume and is_main():
-        check_output_path(args.out, args.overwrite)
+    check_new_output(args)
     problem, op = build_operator(args)
     result = run_eigs(op, args.out, k=args.k, which=args.which, k_bottom=args.k_bottom,
                       tol=args.tol, ncv=args.ncv, max_matvecs=args.max_matvecs,
@@ -40,18 +44,20 @@ def run_eigs_command(args, echo):
                      title=f"{op.kind} eigenvalues ({args.which}, k={args.k}), "
                            f"{op.shape[0]} parameters"))
     echo(run_summary(result))
-    if args.out:
-        echo(f"written to {args.out}")
+    converged = int(result.converged.sum())
+    ends = f"top eigenvalue {result.eigenvalues.max():.6g}"
+    if args.which in ("BE", "SA"):
+        ends += f", bottom {result.eigenvalues.min():.6g}"
+    closing(echo, args.out, f"{ends}; {converged}/{len(result.eigenvalues)} pairs converged "
+                            f"to tol={result.tol:g}")
 
 
 def run_slq_command(args, echo):
     """``slq``: the spectral density by SLQ, printed and written."""
     from ..analysis.spectrum import read_spectrum, summarize
-    from ..storage.hdf5 import check_output_path
     from ..run import slq as run_slq
 
-    if args.out is not None and not args.resume and is_main():
-        check_output_path(args.out, args.overwrite)
+    check_new_output(args)
     problem, op = build_operator(args)
     eigs, result = run_slq(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
                            probe=args.probe, k_top=args.deflate_top,
@@ -66,16 +72,25 @@ def run_slq_command(args, echo):
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")
     if args.out and is_main():  # only the writing rank reads its file back
         echo(summarize(read_spectrum(args.out)))
-        echo(f"written to {args.out}")
+    trace, negative = result.trace(), result.fraction_below(0.0)
+    closing(echo, args.out, f"trace {trace.value:.6g} +- {trace.stderr:.2g}; fraction below 0 "
+                            f"in [{negative.lower:.4f}, {negative.upper:.4f}]")
+
+
+def closing(echo, out, headline: str) -> None:
+    """The command's last line, the one ``--quiet`` keeps: where the result went and its
+    headline numbers (``result: ...`` without ``--out``)."""
+    echo(f"written to {out}: {headline}" if out else f"result: {headline}")
 
 
 def run_analyze_command(args, echo):
     """``analyze``: summaries (and ``--plot`` figures) of saved files."""
+    from ..analysis.runs import merge_runs
     from ..analysis.spectrum import read_spectrum, summarize
 
     if args.width is not None and not args.width > 0:
         raise ValueError(f"--width must be positive, got {args.width}")
-    spectra = [read_spectrum(path) for path in args.files]
+    spectra = merge_runs([read_spectrum(path) for path in args.files])
     for spectrum in spectra:
         echo(summarize(spectrum, args.top))
     if args.plot:
@@ -87,4 +102,6 @@ def run_analyze_command(args, echo):
 
 #: The function of each command.
 COMMANDS = {"demo": run_demo_command, "eigs": run_eigs_command, "slq": run_slq_command,
-            "analyze": run_analyze_command}
+            "analyze": run_analyze_command, "trace": run_trace_command,
+            "layers": run_layers_command, "overlap": run_overlap_command,
+            "track": run_track_command}

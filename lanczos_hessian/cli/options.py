@@ -6,9 +6,16 @@ from __future__ import annotations
 import argparse
 
 
-def add_common_options(parser):
-    parser.add_argument("--out", default=None, help="HDF5 file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+def add_common_options(parser, writes: bool = True):
+    """Options of every command that analyses a problem; ``--out`` and ``--overwrite`` for
+    those that write a file."""
+    if writes:
+        parser.add_argument("--out", default=None,
+                            help="HDF5 file to write (default: none for eigs, slq and "
+                                 "track, demo.h5 for demo)")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace an existing --out (deletes a stopped run's "
+                                 "committed steps: to continue one, use --resume)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("-q", "--quiet", action="store_true",
@@ -23,15 +30,20 @@ def add_common_options(parser):
 
 
 def add_operator_options(parser):
-    parser.add_argument("--problem", default="clusters-mlp",
-                        help="built-in problem name or 'package.module:function' returning "
-                             "(model, loss_fn, data) (default clusters-mlp)")
-    parser.add_argument("--checkpoint", default=None, help="state_dict to load into the model")
+    parser.add_argument("--problem", default=None,
+                        help="what to analyse: 'package.module:function' returning (model, "
+                             "loss_fn, data), or the built-in demo network 'clusters-mlp'; "
+                             "name it (default: the demo network, with a warning)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="state_dict to load into --problem's model (default: none)")
     parser.add_argument("--operator", choices=("hessian", "ggn", "residual"), default="hessian",
                         help="H, its Gauss-Newton part G, or R = H - G (default hessian)")
     parser.add_argument("--params", nargs="+", default=None,
-                        help="restrict to these parameters or module prefixes (a block)")
-    parser.add_argument("--batch-size", type=int, default=None)
+                        help="restrict to these parameters or module prefixes, a block of the "
+                             "curvature (default: all parameters)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per forward/backward pass (default: the problem's "
+                             "batches, or all samples at once)")
     parser.add_argument("--strategy", default="auto",
                         choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
                         help="differentiation of the products; auto (default): "
@@ -65,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="Sagun et al. 2018 Sec. 3.1 on 10 Gaussian clusters")
     add_common_options(demo)
     demo.set_defaults(out="demo.h5")
-    demo.add_argument("--num-examples", type=int, default=1000)
-    demo.add_argument("--num-classes", type=int, default=10)
+    demo.add_argument("--num-examples", type=int, default=1000,
+                      help="training samples (default 1000)")
+    demo.add_argument("--num-classes", type=int, default=10,
+                      help="Gaussian clusters, one class each (default 10, as Sagun et al.)")
     demo.add_argument("--steps", type=int, default=2000, help="GD steps (default 2000)")
     demo.add_argument("--no-dense", action="store_true", help="skip the exact dense spectrum")
 
@@ -74,15 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(eigs)
     add_operator_options(eigs)
     eigs.add_argument("--k", type=int, default=20, help="number of eigenpairs (default 20)")
-    eigs.add_argument("--which", choices=("LA", "SA", "BE", "LM"), default="LA")
-    eigs.add_argument("--k-bottom", type=int, default=None, help="with --which BE")
-    eigs.add_argument("--tol", type=float, default=1e-6, help="residual <= tol*||H||")
-    eigs.add_argument("--ncv", type=int, default=None, help="basis size before a restart")
+    eigs.add_argument("--which", choices=("LA", "SA", "BE", "LM"), default="LA",
+                      help="largest (LA), smallest (SA), both ends (BE) or largest in "
+                           "magnitude (LM), scipy's names (default LA)")
+    eigs.add_argument("--k-bottom", type=int, default=None,
+                      help="with --which BE: how many of the k at the bottom (default k // 2)")
+    eigs.add_argument("--tol", type=float, default=1e-6,
+                      help="stop when every residual <= tol * ||H|| (default 1e-6)")
+    eigs.add_argument("--ncv", type=int, default=None,
+                      help="basis size before a thick restart (default: max(2k + 1, 20), more "
+                           "for the bottom end: lanczos_hessian.linalg.eigsh.default_ncv)")
     eigs.add_argument("--max-matvecs", type=int, default=None,
-                      help="budget of vectors the operator is applied to")
+                      help="budget of vectors the operator is applied to (default: "
+                           "no limit)")
     eigs.add_argument("--block-size", type=int, default=1,
                       help="vectors per pass over the data (block Lanczos; default 1)")
-    eigs.add_argument("--save-vectors", action="store_true", help="store the eigenvectors")
+    eigs.add_argument("--save-vectors", action="store_true",
+                      help="store the eigenvectors in --out (default: values only)")
     add_state_options(eigs)
     eigs.add_argument("--resume", action="store_true",
                       help="continue a killed run from the last committed step in --out "
@@ -98,13 +120,20 @@ def build_parser() -> argparse.ArgumentParser:
     slq = sub.add_parser("slq", help="spectral density by stochastic Lanczos quadrature")
     add_common_options(slq)
     add_operator_options(slq)
-    slq.add_argument("--num-probes", type=int, default=10)
-    slq.add_argument("--num-steps", type=int, default=80)
-    slq.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    slq.add_argument("--num-probes", type=int, default=10,
+                     help="random probe vectors; the error bars shrink as 1/sqrt of it "
+                          "(default 10)")
+    slq.add_argument("--num-steps", type=int, default=80,
+                     help="Lanczos steps per probe, the Gauss nodes of each rule: the "
+                          "resolution of the density (default 80)")
+    slq.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",
+                     help="probe distribution (default rademacher)")
     slq.add_argument("--deflate-top", type=int, default=0,
-                     help="compute and deflate this many top eigenpairs first")
-    slq.add_argument("--deflate-bottom", type=int, default=0)
-    slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
+                     help="compute and deflate this many top eigenpairs first (default 0)")
+    slq.add_argument("--deflate-bottom", type=int, default=0,
+                     help="and this many bottom eigenpairs (default 0)")
+    slq.add_argument("--tol", type=float, default=1e-6,
+                     help="residual tolerance of the deflated eigenpairs (default 1e-6)")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
     add_state_options(slq)
@@ -112,19 +141,82 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue a killed run from the last committed step in --out "
                           "(a finished one: print its stored result)")
     slq.add_argument("--memory-budget", default=None,
-                     help="memory for the probes' bases, e.g. 6GiB (else on disk in --out)")
+                     help="memory for the probes' bases, e.g. 6GiB; beyond it they go to "
+                          "disk in --out (default: no limit)")
     slq.add_argument("--shard-vectors", action="store_true",
                      help="under torchrun: each rank keeps only its rows of the probes' "
                           "vectors and bases; with --out, rank r > 0 commits its rows to "
                           "OUT.rank<r>-of-<N>.h5 beside it")
 
     analyze = sub.add_parser("analyze", help="summarize and plot saved spectrum files")
-    analyze.add_argument("files", nargs="+", help="HDF5 files written by this package")
-    analyze.add_argument("--plot", default=None, help="write the figures to this PNG")
+    analyze.add_argument("files", nargs="+",
+                         help="HDF5 files written by this package; files of one operator "
+                              "(an eigs and an slq file) are read as one run")
+    analyze.add_argument("--plot", default=None,
+                         help="write the figures to this PNG (default: no figure)")
     analyze.add_argument("--width", type=float, default=None,
-                         help="kernel standard deviation for the density (default: "
-                              "sqrt(1e-5) x half the spectral range, Ghorbani et al. 2019)")
-    analyze.add_argument("--top", type=int, default=20, help="eigenvalues listed per run")
-    analyze.add_argument("-v", "--verbose", action="store_true")
+                         help="kernel standard deviation for the density (default: 1/50 of "
+                              "the interval holding the central 98%% of the spectrum)")
+    analyze.add_argument("--top", type=int, default=20,
+                         help="eigenvalues listed per run (default 20)")
+    analyze.add_argument("-v", "--verbose", action="store_true", help="log details")
     analyze.add_argument("--timeout", type=float, default=None, help=argparse.SUPPRESS)
+    add_analysis_commands(sub)
     return parser
+
+
+def add_analysis_commands(sub) -> None:
+    """The parsers of ``trace``, ``layers``, ``overlap`` and ``track``."""
+    trace = sub.add_parser("trace", help="tr(H) by Hutchinson's estimator, with its error")
+    add_common_options(trace, writes=False)
+    add_operator_options(trace)
+    trace.add_argument("--num-probes", type=int, default=100,
+                       help="random probe vectors (default 100)")
+    trace.add_argument("--probes-per-pass", type=int, default=10,
+                       help="probes applied together in one pass over the data (default 10)")
+    trace.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",
+                       help="probe distribution (default rademacher)")
+
+    layers = sub.add_parser("layers", help="top (or bottom) eigenvalues of each layer's "
+                                           "diagonal block of the curvature")
+    add_common_options(layers, writes=False)
+    add_operator_options(layers)
+    layers.add_argument("--k", type=int, default=5, help="eigenvalues per layer (default 5)")
+    layers.add_argument("--which", choices=("LA", "SA"), default="LA",
+                        help="top (LA) or bottom (SA) of each block (default LA)")
+    layers.add_argument("--tol", type=float, default=1e-6,
+                        help="residual tolerance, relative to the block's norm (default 1e-6)")
+    layers.add_argument("--layers", nargs="+", default=None,
+                        help="module or parameter names (default: every module that owns "
+                             "parameters)")
+
+    overlap = sub.add_parser("overlap", help="fraction of the full-data gradient in the span "
+                                             "of the top k eigenvectors (Gur-Ari et al. 2018)")
+    add_common_options(overlap, writes=False)
+    add_operator_options(overlap)
+    overlap.add_argument("--k", type=int, default=10,
+                         help="eigenvectors spanning the subspace (default 10)")
+    overlap.add_argument("--tol", type=float, default=1e-6,
+                         help="residual tolerance of the eigenpairs (default 1e-6)")
+
+    track = sub.add_parser("track", help="train the problem's model by gradient descent and "
+                                         "track its top eigenpairs every N steps")
+    add_common_options(track)
+    add_operator_options(track)
+    track.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
+    track.add_argument("--lr", type=float, default=0.1,
+                       help="learning rate; the figure draws 2/lr (default 0.1)")
+    track.add_argument("--train-batch-size", type=int, default=None,
+                       help="SGD batch size (default: full-batch gradient descent)")
+    track.add_argument("--every", type=int, default=20,
+                       help="measure every this many steps, and before the first (default 20)")
+    track.add_argument("--k", type=int, default=5, help="tracked eigenpairs (default 5)")
+    track.add_argument("--tol", type=float, default=1e-6,
+                       help="residual tolerance of each measurement (default 1e-6)")
+    track.add_argument("--slq-probes", type=int, default=0,
+                       help="also an SLQ density per measurement with this many probes, for "
+                            "the trace and negative mass (default 0: none)")
+    track.add_argument("--slq-steps", type=int, default=30,
+                       help="Lanczos steps of each SLQ probe (default 30)")
+    track.add_argument("--plot", default=None,
+                       help="write the tracking figure to this PNG (default: no figure)")

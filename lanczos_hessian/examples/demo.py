@@ -98,7 +98,10 @@ def _demo(out, *, num_classes, num_examples, steps, lr, k_top, k_bottom, tol, nu
     echo(run_summary(result))
     echo(_outlier_summary(top, counts, exact, num_classes))
     echo(_bulk_summary(bulk, exact))
-    echo(f"written to {out} in {time.perf_counter() - start:.1f} s")
+    verdict = counts.as_dict()[headline_rule(num_classes)]
+    echo(f"written to {out} in {time.perf_counter() - start:.1f} s: {verdict} outliers "
+         f"({headline_rule(num_classes).replace('_', '-')} rule) for {num_classes} classes, top "
+         f"eigenvalue {top[0]:.4g}, trace {bulk.trace().value:.4g}")
     return {"result": result, "exact": exact, "counts": counts, "op": op, "slq": bulk}
 
 
