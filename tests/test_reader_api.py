@@ -97,3 +97,43 @@ def test_summaries_contain_the_exact_values():
         slq_row = rows[name, "SLQ"]
         assert slq_row.lower <= value <= slq_row.upper, (name, value, slq_row)
         assert slq_row.stderr < 0.05 * abs(value), name  # an error bar that says something
+
+
+def test_an_eigs_file_and_an_slq_file_of_one_operator_are_read_as_one_run(tmp_path):
+    from lanczos_hessian.analysis.runs import merge_runs
+    from lanczos_hessian.run import eigs as run_eigs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(),
+                                torch.nn.Linear(6, 3)).double()
+    g = torch.Generator().manual_seed(2)
+    data = (torch.randn(50, 4, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (50,), generator=g))
+    op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data)
+    attrs = {"problem": "unit"}
+    run_eigs(op, tmp_path / "e.h5", k=6, which="BE", k_bottom=2, tol=1e-10, progress=False,
+             attrs=attrs)
+    run_slq(op, tmp_path / "s.h5", num_probes=4, num_steps=15, progress=False, attrs=attrs)
+    alone = read_spectrum(tmp_path / "s.h5").summary()
+    assert "bottom eigenvalue  unknown" in alone
+    (one,) = merge_runs([read_spectrum(tmp_path / "e.h5"), read_spectrum(tmp_path / "s.h5")])
+    text = one.summary()
+    assert "(eigensolver)" in text and "unknown" not in text and "e.h5 + " in text
+    assert text.count("outliers among the top") == 1
+    other = {"problem": "another"}
+    run_slq(op, tmp_path / "t.h5", num_probes=2, num_steps=5, progress=False, attrs=other)
+    assert len(merge_runs([read_spectrum(tmp_path / "e.h5"),
+                           read_spectrum(tmp_path / "t.h5")])) == 2
+
+
+def test_a_cut_off_file_says_the_command_that_continues_it():
+    from lanczos_hessian.analysis.summary import resume_hint
+
+    spectrum = Spectrum.from_results(label="x")
+    spectrum.attrs["command"] = "/venv/bin/lanczos-hessian eigs --k 3 --out x.h5 --overwrite"
+    spectrum.progress.append("eigs: CUT OFF, 15 operator applications committed")
+    assert resume_hint(spectrum) == "lanczos-hessian eigs --k 3 --out x.h5 --resume"
+    assert "to continue it: lanczos-hessian eigs --k 3 --out x.h5 --resume" in \
+        spectrum.summary()
+    spectrum.attrs["command"] = "train.py --epochs 3"
+    assert "resume=True" in resume_hint(spectrum)
