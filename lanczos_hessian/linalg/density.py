@@ -283,7 +283,10 @@ class QuadratureStatistics:
         ``w[p, i] (n - k)/n`` after deflating ``k`` outliers), then one row per deflated
         outlier with ``probe = -1`` and mass ``1/n``. ``per="probe"``: one row per probe,
         columns ``probe``, ``num_nodes``, ``trace`` (``n u_p^T A u_p``), ``mean``
-        (``u_p^T A u_p``, the normalized first moment) and ``fraction_below_0``.
+        (``u_p^T A u_p``, the normalized first moment), ``fraction_below_0`` (the Gauss
+        rule's value) and its quadrature bounds ``fraction_below_0_lower``/``_upper`` (no
+        probe error: they hold the probe's own measure exactly,
+        :mod:`~lanczos_hessian.linalg.resolution`).
         """
         pandas = pandas_module(f"{type(self).__name__}.to_dataframe")
         if per == "node":
@@ -307,6 +310,9 @@ class QuadratureStatistics:
     def _probe_rows(self) -> dict:
         first = self.moments(1)[1].per_probe
         _, weights = as_probe_arrays(self.nodes, self.weights)
+        value, lower, upper = resolution.whole_spectrum_bounds(
+            self.nodes, self.weights, [0.0], outliers=self.outliers, dim=self.dim)
         return {"probe": np.arange(len(first)), "num_nodes": (weights > 0).sum(axis=1),
                 "trace": self.dim * first, "mean": first,
-                "fraction_below_0": self.fraction_below(0.0).per_probe}
+                "fraction_below_0": value[:, 0], "fraction_below_0_lower": lower[:, 0],
+                "fraction_below_0_upper": upper[:, 0]}
