@@ -137,3 +137,17 @@ def test_demo_network_fractions_contain_the_dense_spectrum_over_20_seeds():
                      thresholds=[0.0, -1e-4 * scale, -1e-2 * scale, 1e-2 * scale],
                      bands=[1e-3 * scale], deflate=pairs)
     assert 0.05 < np.mean(lam < 0) < 0.6
+
+
+def test_cnn_density_band_contains_the_exact_smoothed_density_over_20_seeds():
+    from lanczos_hessian.linalg.density import exact_measure, spectral_density
+
+    H = cnn_hessian()
+    lam = np.linalg.eigvalsh(H)
+    for seed in range(20):
+        result = slq(H, num_probes=10, num_steps=30, rng=seed)
+        for width in (0.02 * np.ptp(lam), 0.005 * np.ptp(lam)):
+            grid, phi, lower, upper = result.density_band(width=width, num_points=400)
+            _, exact = spectral_density(*exact_measure(lam), grid, width)
+            assert np.all(lower <= exact + 1e-9) and np.all(exact <= upper + 1e-9), seed
+            assert np.all(lower <= phi + 1e-9) and np.all(phi <= upper + 1e-9)
