@@ -51,6 +51,7 @@ from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from ..errors import ForwardModeUnsupportedError
 from .data import call_model
+from .kernels import missing_derivative, twice_differentiable
 from .params import ParameterSpace
 
 logger = logging.getLogger(__name__)
@@ -132,11 +133,15 @@ class BatchCurvature:
 
     def _run(self, kind, strategy, inputs, targets, V):
         fn = _FUNCTIONS[(kind, strategy)]
-        if strategy == "reverse-over-reverse":
-            return fn(self, inputs, targets, V)
         try:
-            return fn(self, inputs, targets, V)
+            with twice_differentiable():
+                return fn(self, inputs, targets, V)
         except (NotImplementedError, RuntimeError) as exc:
+            named = missing_derivative(exc, strategy, kind)
+            if named is not None:
+                raise named from exc
+            if strategy == "reverse-over-reverse":
+                raise
             raise ForwardModeUnsupportedError(
                 f"forward-over-reverse {kind} products failed on this model and loss "
                 f"({type(exc).__name__}: {exc}); use strategy='reverse-over-reverse' "
