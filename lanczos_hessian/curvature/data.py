@@ -121,6 +121,17 @@ class DataSource:
             length = -1.0
         return (1.0, length, 0.0, 0.0, 0.0, 0.0)
 
+    def stamp(self) -> tuple | None:
+        """What identifies a tensor pair's contents without reading them: each tensor's
+        storage address, shape, strides and version counter (which every in-place change
+        bumps, through any view). Equal stamps mean the same samples, so a pass fingerprint
+        taken once can stand for later passes; None for an iterable (read afresh each pass).
+        """
+        if self._tensors is None:
+            return None
+        return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t._version, str(t.device))
+                     for t in self._tensors)
+
     def _shard_range(self, n: int) -> tuple:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
