@@ -51,9 +51,13 @@ def _operator_args(parser):
     parser.add_argument("--strategy", default="auto",
                         choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
                         help="differentiation of the products; auto (default): "
-                             "reverse-over-reverse for a model with convolutions, else "
-                             "forward-over-reverse where forward mode works (a fixed rule, "
-                             "recorded in --out; a resume with another is refused)")
+                             "reverse-over-reverse, forward-over-reverse where an op has no "
+                             "double backward or with --compile (a fixed rule, recorded in "
+                             "--out; a resume with another is refused)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the per-batch product with torch.compile (pays on "
+                             "small models and launch-bound GPUs; compile time is reported "
+                             "apart; falls back to eager with a warning)")
     parser.add_argument("--allow-tf32", action="store_true",
                         help="let CUDA products use TF32 (faster, about three digits less "
                              "accurate; off by default, recorded in --out)")
@@ -170,7 +174,8 @@ def _build_operator(args):
         raise ValueError(f"--device {device}: cannot move the model there ({exc})") from exc
     op = OPERATORS[args.operator](model, problem.loss_fn, data, params=args.params,
                                   batch_size=args.batch_size, strategy=args.strategy,
-                                  allow_tf32=args.allow_tf32, unpack=problem.unpack)
+                                  allow_tf32=args.allow_tf32, unpack=problem.unpack,
+                                  compile=args.compile)
     return problem, op
 
 

@@ -34,6 +34,7 @@ import time
 
 import torch
 from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lanczos_hessian import HessianOperator
 from lanczos_hessian.curvature.operators import evaluation_mode
@@ -168,7 +169,7 @@ def bench_row(name, n, batch_size, dtype, repeats, compile_products):
         compiled["compile s"] = compiled_op.compile_time
         compiled["compiled"] = compiled_op.compiled
         columns["ours compiled"] = lambda: compiled_op.apply(v)
-    with evaluation_mode(model):
+    with evaluation_mode(model), sdpa_kernel([SDPBackend.MATH]):  # bare loops need it too
         t = median_times(columns, repeats)
     bare = {"reverse-over-reverse": t["bare double backward"],
             "forward-over-reverse": t["bare forward-over-reverse"]}

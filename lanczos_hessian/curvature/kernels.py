@@ -23,26 +23,37 @@ import re
 
 from ..errors import ForwardModeUnsupportedError, InvalidModelError
 
-try:  # torch >= 2.3
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-except ImportError:  # pragma: no cover - older torch: the legacy switch
-    SDPBackend = sdpa_kernel = None
+import torch
+
+#: The fused attention backends switched off for a product: (is enabled, enable) pairs of
+#: ``torch.backends.cuda`` (the switches hold for the CPU kernels as well).
+_FUSED = ("flash", "mem_efficient", "cudnn")
+
+
+def _switches(name):
+    backends = torch.backends.cuda
+    return getattr(backends, f"{name}_sdp_enabled", None), getattr(backends, f"enable_{name}_sdp",
+                                                                 None)
 
 
 @contextlib.contextmanager
 def twice_differentiable():
     """Run the block with scaled-dot-product attention on its math backend (CPU and CUDA
-    alike), the one with double-backward and forward-mode rules; the caller's backend
-    selection is restored on exit, also after an exception."""
-    if sdpa_kernel is not None:
-        with sdpa_kernel([SDPBackend.MATH]):
-            yield
-        return
-    import torch  # pragma: no cover
-
-    with torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True,  # pragma: no cover
-                                        enable_mem_efficient=False):
+    alike), the one with double-backward and forward-mode rules: the fused backends are
+    switched off and the math one on (the switches ``torch.nn.attention.sdpa_kernel`` sets,
+    set directly: a few attribute calls per pass); the caller's settings are restored on
+    exit, also after an exception."""
+    saved = []
+    for name in (*_FUSED, "math"):
+        enabled, enable = _switches(name)
+        if enabled is not None and enable is not None:
+            saved.append((enable, enabled()))
+            enable(name == "math")
+    try:
         yield
+    finally:
+        for enable, value in saved:
+            enable(value)
 
 
 _NO_DOUBLE_BACKWARD = re.compile(r"derivative for (\S+) is not implemented")

@@ -12,27 +12,16 @@ and the operators represent, exactly, with ``M`` the number of selected paramete
   term of Eq. 4, ``H = G + R``; Eq. 5 is the approximation ``H ~ G``)
 * :class:`ResidualOperator`  ``R = H - G``                            (second term of their Eq. 4)
 
-One application is one pass over the data. Batch ``B`` with mean-reduced batch loss ``l_B``
-contributes ``|B| * C_B v`` to a float64 accumulator, which is divided by the total sample
-count at the end of the pass, so ragged batches are weighted exactly. The accumulator is one
-flat float64 buffer, all-reduced once per application under ``torch.distributed`` (the sample
-count travels in the same buffer). A block product ``C V`` for ``V`` of shape ``(M, b)`` is
-still one pass.
+One application is one pass over the data (:func:`lanczos_hessian.curvature.passes.accumulate`):
+each batch's product is weighted by its size and summed in float64, so ragged batches are
+weighted exactly, and a block product ``C V`` for ``V`` of shape ``(M, b)`` is still one pass.
 
 Under ``torch.distributed`` every rank holds the same model and the whole data set, and
-keeps an exact shard of the data (:class:`~lanczos_hessian.curvature.data.DataSource`). Layout of the
-buffer reduced once per application, ``W`` ranks::
-
-    [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
-
-The error flag makes a rank that fails in its local part (a NaN, a bad batch, a changed
-data source) fail every rank instead of leaving them in the all-reduce
-(:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`). The last ``3 W`` slots (each rank
-fills its own row; adding zeros is exact) check, at no extra collective, that every rank
-applied the operator to the same block: a solver seeded differently on each rank raises
-:class:`~lanczos_hessian.errors.RankMismatchError` on every rank. At construction, one
-more collective checks that the ranks agree on the operator, the model's parameters and
-buffers, and the data, and fails every rank if one of them could not build its part.
+keeps an exact shard of the data (:class:`~lanczos_hessian.curvature.data.DataSource`); one
+all-reduce per pass sums the shards and checks that every rank applied the same block, and one
+collective at construction that the ranks agree on the operator, the model and the data
+(:mod:`lanczos_hessian.curvature.agreement`). A rank that fails in its local part fails every
+rank instead of leaving them in a collective.
 
 Products are taken with the model in eval mode (dropout off, batch-norm on its running
 statistics), so the operator is a fixed symmetric matrix; the caller's train/eval flags are
@@ -73,7 +62,8 @@ from .checks import (LOW_PRECISION, check_trainable_values, evaluation_mode, inf
                      model_device, refuse_low_precision, warn_on_precision_mismatch,
                      warn_on_train_mode, where)
 from .compiled import CompiledProduct
-from .data import DataSource, PassFingerprint, call_model, map_inputs
+from .data import DataSource, call_model, map_inputs
+from .fingerprint import FingerprintReference
 from .params import ParameterSpace
 from .passes import accumulate
 from .precision import tf32_mode
@@ -163,8 +153,7 @@ class CurvatureOperator(LinearOperator):
         self.device = model_device(model)
         self.check_data, self.progress = check_data, progress
         self.allow_tf32 = bool(allow_tf32)
-        self._reference_fingerprint = None
-        self._stamp = self._known_fingerprint = None  # a tensor pair's last pass summary
+        self.fingerprints = FingerprintReference()  # what each pass's data are checked against
         self._num_samples = None  # over all ranks, from the first pass (or the tensors)
         self.num_applications = 0  # passes over the data
         self.num_vectors = 0  # products counted per vector
@@ -250,10 +239,13 @@ class CurvatureOperator(LinearOperator):
             half = parts.shape[1] // 2
             return torch.complex(parts[:, :half], parts[:, half:]).reshape(V.shape)
         block = V.reshape(self.shape[0], -1).to(self.device, self.model_dtype)
-        start = time.perf_counter()
+        start, compiling = time.perf_counter(), self.compile_time
         with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
             total = accumulate(self, block)
-        self.time_in_products += time.perf_counter() - start
+        compiling = self.compile_time - compiling  # reported apart from the pass time
+        if compiling:
+            logger.info("compiled the %s product in %.1f s", self.kind, compiling)
+        self.time_in_products += time.perf_counter() - start - compiling
         self.num_applications += 1
         self.num_vectors += block.shape[1]
         return total.reshape(V.shape)
@@ -267,8 +259,8 @@ class CurvatureOperator(LinearOperator):
 
     @property
     def compile_time(self) -> float:
-        """Seconds spent compiling products (0 without ``compile=True``); not part of
-        ``time_in_products``' share of the work, though measured inside it."""
+        """Seconds spent compiling products (0 without ``compile=True``), apart from
+        ``time_in_products`` (the passes' own time)."""
         return 0.0 if self.compiled is None else self.compiled.compile_time
 
     def batches(self):
@@ -279,27 +271,6 @@ class CurvatureOperator(LinearOperator):
 
             batches = tqdm(batches, desc=f"{self.kind} pass", leave=False, unit="batch")
         return batches
-
-    # ---- the data's fingerprint ---------------------------------------------------------
-    def known_fingerprint(self, stamp):
-        """The last pass's fingerprint when the data are the same unchanged tensors
-        (``stamp`` equal to that pass's), else None: read the data afresh."""
-        if stamp is None or stamp != self._stamp:
-            return None
-        return self._known_fingerprint
-
-    def check_pass_fingerprint(self, fingerprint: PassFingerprint, stamp) -> None:
-        """Compare a pass's fingerprint with the reference (the first pass's, or the saved
-        run's), and remember it for unchanged tensors."""
-        if stamp is not None:
-            self._stamp, self._known_fingerprint = stamp, fingerprint
-        reference = self._reference_fingerprint
-        if reference is None:
-            self._reference_fingerprint = fingerprint
-            return
-        fingerprint.check_same(reference)
-        if reference.origin != "pass":  # the saved run's: later passes compare with this one
-            self._reference_fingerprint = fingerprint
 
     def record_num_samples(self, count: int) -> None:
         """The sample count over all ranks, from the first pass of an iterable."""
@@ -321,16 +292,14 @@ class CurvatureOperator(LinearOperator):
     def data_fingerprint(self) -> tuple | None:
         """:meth:`PassFingerprint.as_tuple` of this rank's first pass (count, sums, per-sample
         hashes), or None before one."""
-        ref = self._reference_fingerprint
+        ref = self.fingerprints.reference
         return None if ref is None else ref.as_tuple()
 
     def expect_data_fingerprint(self, fingerprint) -> None:
         """Make the next pass compare its data with ``fingerprint`` (a resumed run's first
         pass, as :attr:`data_fingerprint` gave it); nothing when empty or data checks are off."""
-        if fingerprint is None or not np.size(fingerprint) or not self.check_data:
-            return
-        values = np.asarray(fingerprint).reshape(-1)
-        self._reference_fingerprint = PassFingerprint.from_tuple(values, origin="file")
+        if fingerprint is not None and np.size(fingerprint) and self.check_data:
+            self.fingerprints.expect(fingerprint)
 
     def common_seed(self) -> int:
         """Fresh entropy drawn on rank 0 and shared by every rank (one small collective under
@@ -368,7 +337,22 @@ class CurvatureOperator(LinearOperator):
 
 
 class HessianOperator(CurvatureOperator):
-    """``H v`` for the full-dataset loss ``L(w)``; see the module docstring."""
+    """``H v`` for the full-dataset loss ``L(w)``; see the module docstring.
+
+    Example: logistic regression, whose Hessian is ``X^T diag(p (1 - p)) X / N`` in closed
+    form (``p`` the predicted probabilities):
+
+    >>> import numpy as np, torch
+    >>> X = torch.tensor([[1.0, -1.0], [0.5, 2.0], [-1.5, 0.5], [2.0, 1.0]], dtype=torch.float64)
+    >>> y = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 1, bias=False).double()
+    >>> loss = lambda out, t: torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], t)
+    >>> H = HessianOperator(model, loss, (X, y), reduction="mean", batch_size=3)
+    >>> p = torch.sigmoid(model(X)[:, 0]).detach()
+    >>> exact = (X.T * (p * (1 - p))) @ X / 4
+    >>> bool(np.allclose(H @ np.eye(2), exact.numpy(), rtol=1e-12, atol=0))
+    True
+    """
 
     kind = "hessian"
 
@@ -378,6 +362,21 @@ class GGNOperator(CurvatureOperator):
 
     Positive semi-definite whenever the loss is convex in the network outputs
     (cross-entropy, squared error). Computed matrix-free: JVP, loss-Hessian product, VJP.
+
+    Example: for a two-layer linear network ``f(w, x) = a * (b * x)`` and half the squared
+    error, ``J = [b x, a x]`` per sample, so ``G = sum_i J_i^T J_i / N`` in closed form:
+
+    >>> import numpy as np, torch
+    >>> x = torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False),
+    ...                             torch.nn.Linear(1, 1, bias=False)).double()
+    >>> half_mse = lambda out, t: 0.5 * ((out - t) ** 2).mean()
+    >>> G = GGNOperator(model, half_mse, (x, torch.zeros(3, 1, dtype=torch.float64)),
+    ...                 reduction="mean")
+    >>> b, a = (float(p.detach()) for p in model.parameters())
+    >>> J = torch.cat([a * x, b * x], dim=1)
+    >>> bool(np.allclose(G @ np.eye(2), (J.T @ J / 3).numpy(), rtol=1e-12, atol=0))
+    True
     """
 
     kind = "ggn"
@@ -387,6 +386,16 @@ class ResidualOperator(CurvatureOperator):
     """``R v = H v - G v``: the part of the Hessian weighted by the loss gradient.
 
     Both terms come from the same batch in one pass, so ``H = G + R`` holds to rounding.
+
+    Example: a model linear in its parameters has ``R = 0`` in closed form (its outputs have
+    no second derivative):
+
+    >>> import numpy as np, torch
+    >>> X = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
+    >>> model = torch.nn.Linear(2, 3).double()
+    >>> R = ResidualOperator(model, torch.nn.CrossEntropyLoss(), (X, torch.tensor([0, 2, 1])))
+    >>> float(np.abs(R @ np.eye(R.shape[0])).max()) < 1e-15
+    True
     """
 
     kind = "residual"

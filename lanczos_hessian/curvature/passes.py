@@ -24,7 +24,8 @@ import torch
 from ..errors import InvalidModelError
 from ..parallel.distributed import all_reduce_or_raise
 from .checks import check_finite, check_same_block
-from .data import PassFingerprint, batch_length
+from .fingerprint import PassFingerprint
+from .inputs import batch_length
 from .kernels import twice_differentiable
 
 
@@ -80,7 +81,7 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
 def _pass(op, block, sums) -> int:
     """Add every batch's weighted product into ``sums`` ``(b, M)``; return the sample count."""
     stamp = op.data.stamp() if op.check_data else None
-    known = op.known_fingerprint(stamp)
+    known = op.fingerprints.known(stamp)
     fingerprint = PassFingerprint() if known is None else known
     values, totals, count = [], [], 0
     before = model_state(op.model)
@@ -105,5 +106,5 @@ def _pass(op, block, sums) -> int:
                               torch.stack(totals)], dim=1)
         check_finite(health, op.kind, op.world)
     if op.check_data:
-        op.check_pass_fingerprint(fingerprint, stamp)
+        op.fingerprints.check(fingerprint, stamp)
     return count
