@@ -17,7 +17,7 @@ import torch
 from ..errors import InvalidLossError, InvalidModelError, NonFiniteError, PrecisionWarning, \
     RankMismatchError
 from ..parallel.distributed import current_world
-from .data import input_tensors
+from .inputs import call_model, input_tensors
 
 
 @contextlib.contextmanager
@@ -41,6 +41,25 @@ def infer_reduction(loss_fn, reduction: str | None) -> str:
             "use a torch.nn loss with reduction='mean' or 'sum', or pass reduction='mean'/'sum'"
         )
     return reduction
+
+
+def check_first_loss(model, loss_fn, x, y, world) -> None:
+    """The loss on the first batch (no graph) is a finite scalar tensor, or a clear error:
+    :class:`InvalidLossError` when the model or loss rejects the batch or the loss is not a
+    scalar, :class:`NonFiniteError` when it is NaN or infinite."""
+    try:
+        with torch.no_grad():
+            value = loss_fn(call_model(model, None, x), y)
+    except Exception as exc:  # the model or loss rejects the batch: say so plainly
+        raise InvalidLossError(
+            f"evaluating the loss on the first batch failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.ndim != 0:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise InvalidLossError(
+            f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' or 'sum'")
+    if not torch.isfinite(value):
+        raise NonFiniteError(f"the loss is {value.item()} on {where(0, world)}")
 
 
 def warn_on_precision_mismatch(inputs, model_dtype) -> None:

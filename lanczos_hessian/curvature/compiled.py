@@ -46,15 +46,19 @@ class CompiledProduct:
         Its :meth:`matmat_batch` is what gets compiled (the eager strategy, unchanged).
     device : torch.device
         ``"cuda"`` selects ``mode="reduce-overhead"`` (CUDA graphs).
+    options : dict, optional
+        Keyword arguments of ``torch.compile`` that replace the defaults (e.g.
+        ``{"backend": "aot_eager"}``: the graphs without code generation, seconds to build).
     """
 
-    def __init__(self, curvature, device):
+    def __init__(self, curvature, device, options: dict | None = None):
         self.curvature = curvature
-        self.mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
+        self.options = {"mode": "reduce-overhead" if torch.device(device).type == "cuda"
+                        else None, "dynamic": None, **(options or {})}
         self.compile_time = 0.0
         self.usable, self.reason = True, None
         self.num_graphs = 0
-        self._fn = torch.compile(self._product, mode=self.mode, dynamic=None)
+        self._fn = torch.compile(self._product, **self.options)
 
     def _product(self, inputs, targets, V):
         return self.curvature.matmat_batch(self.curvature.functions(inputs, targets), V)

@@ -30,19 +30,6 @@ construction). The pass itself is :func:`lanczos_hessian.curvature.passes.accumu
 per-batch products :mod:`lanczos_hessian.curvature.curvatures`, the choice of strategy
 :mod:`lanczos_hessian.curvature.products`, compiled products
 :mod:`lanczos_hessian.curvature.compiled`.
-
-Example: a quadratic model whose Hessian is known in closed form. For ``f(w, x) = w . x``
-and the loss ``sum_i (f(w, x_i) - y_i)^2 / 2`` (``reduction="sum"``), ``H = X^T X``:
-
->>> import numpy as np, torch
->>> from lanczos_hessian import HessianOperator
->>> X = torch.tensor([[1.0, 2.0], [0.0, 1.0], [3.0, -1.0]], dtype=torch.float64)
->>> y = torch.zeros(3, dtype=torch.float64)
->>> model = torch.nn.Linear(2, 1, bias=False).double()
->>> loss = lambda out, t: 0.5 * ((out.squeeze(1) - t) ** 2).sum()
->>> H = HessianOperator(model, loss, (X, y), reduction="sum", batch_size=2)
->>> bool(np.allclose(H @ np.eye(2), (X.T @ X).numpy(), rtol=0, atol=1e-12))
-True
 """
 
 
@@ -55,14 +42,13 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 
-from ..errors import InvalidLossError, NonFiniteError
 from ..parallel.distributed import common_seed, current_world
 from .agreement import agree_across_ranks, operator_identity
-from .checks import (LOW_PRECISION, check_trainable_values, evaluation_mode, infer_reduction,
-                     model_device, refuse_low_precision, warn_on_precision_mismatch,
-                     warn_on_train_mode, where)
+from .checks import (LOW_PRECISION, check_first_loss, check_trainable_values, evaluation_mode,
+                     infer_reduction, model_device, refuse_low_precision,
+                     warn_on_precision_mismatch, warn_on_train_mode)
 from .compiled import CompiledProduct
-from .data import DataSource, call_model, map_inputs
+from .data import DataSource, map_inputs
 from .fingerprint import FingerprintReference
 from .params import ParameterSpace
 from .passes import accumulate
@@ -115,12 +101,13 @@ class CurvatureOperator(LinearOperator):
         instead of 23). Off by default: every pass runs with TF32 disabled for cuBLAS
         and cuDNN and the process-wide flags are restored after it
         (:mod:`lanczos_hessian.curvature.precision`); recorded in run files' provenance.
-    compile : bool
+    compile : bool or dict
         Compile the per-batch product with ``torch.compile`` once per operator
         (:mod:`lanczos_hessian.curvature.compiled`): the batch dimension is dynamic, so the
         ragged last batch adds at most one graph; ``compile_time`` holds the seconds spent
         compiling, apart from ``time_in_products``. If compiling fails the operator warns,
-        naming the reason, and goes on with the eager product.
+        naming the reason, and goes on with the eager product. A dict gives
+        ``torch.compile``'s keyword arguments (:class:`~.compiled.CompiledProduct`).
     allow_low_precision : bool
         Accept float16 and bfloat16 parameters. Refused by default
         (:class:`~lanczos_hessian.errors.InvalidModelError`): 16-bit products make eigenvalues
@@ -172,9 +159,10 @@ class CurvatureOperator(LinearOperator):
                 refuse_low_precision(self.space.parameters(model))
             super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
             warn_on_train_mode(model)
-            self._check_loss_on_first_batch(strategy, compile)
+            self._check_loss_on_first_batch(strategy, bool(compile))
             if compile:
-                self.compiled = CompiledProduct(self.curvature, self.device)
+                self.compiled = CompiledProduct(self.curvature, self.device,
+                                                compile if isinstance(compile, dict) else None)
             self._num_samples = self.data.total_samples
             if self.world.size > 1:
                 identity = self._identity()
@@ -192,20 +180,7 @@ class CurvatureOperator(LinearOperator):
         warn_on_precision_mismatch(inputs, self.model_dtype)
         x, y = self.to_device(inputs, targets)
         with evaluation_mode(self.model):
-            try:
-                with torch.no_grad():
-                    value = self.loss_fn(call_model(self.model, None, x), y)
-            except Exception as exc:  # the model or loss rejects the batch: say so plainly
-                raise InvalidLossError(
-                    f"evaluating the loss on the first batch failed: {type(exc).__name__}: {exc}"
-                ) from exc
-        if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.ndim != 0:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise InvalidLossError(
-                f"loss_fn must return a scalar tensor, got {shape}; use reduction='mean' or 'sum'"
-            )
-        if not torch.isfinite(value):
-            raise NonFiniteError(f"the loss is {value.item()} on {where(0, self.world)}")
+            check_first_loss(self.model, self.loss_fn, x, y, self.world)
         with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
             self.curvature = resolve_strategy(self.kind, self.model, self.loss_fn, self.space,
                                               x, y, strategy, compiled)
@@ -262,15 +237,6 @@ class CurvatureOperator(LinearOperator):
         """Seconds spent compiling products (0 without ``compile=True``), apart from
         ``time_in_products`` (the passes' own time)."""
         return 0.0 if self.compiled is None else self.compiled.compile_time
-
-    def batches(self):
-        """This rank's batches, with a progress bar on rank 0 when asked for."""
-        batches = self.data
-        if self.progress and self.world.is_main:
-            from tqdm.auto import tqdm
-
-            batches = tqdm(batches, desc=f"{self.kind} pass", leave=False, unit="batch")
-        return batches
 
     def record_num_samples(self, count: int) -> None:
         """The sample count over all ranks, from the first pass of an iterable."""

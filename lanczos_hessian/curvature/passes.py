@@ -88,7 +88,7 @@ def _pass(op, block, sums) -> int:
     op.curvature.begin_pass()
     product = op.batch_product()
     with twice_differentiable():
-        for inputs, targets in op.batches():
+        for inputs, targets in _batches(op):
             x, y = op._to_device(inputs, targets)
             value, result = product(x, y, block)
             values.append(value)
@@ -108,3 +108,12 @@ def _pass(op, block, sums) -> int:
     if op.check_data:
         op.fingerprints.check(fingerprint, stamp)
     return count
+
+
+def _batches(op):
+    """``op``'s batches on this rank, with a progress bar on rank 0 when asked for."""
+    if not (op.progress and op.world.is_main):
+        return op.data
+    from tqdm.auto import tqdm
+
+    return tqdm(op.data, desc=f"{op.kind} pass", leave=False, unit="batch")
