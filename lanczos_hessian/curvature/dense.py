@@ -78,7 +78,7 @@ def _accumulate(op: CurvatureOperator, batch_matrix) -> np.ndarray:
     count = 0
     with evaluation_mode(op.model), twice_differentiable():
         for inputs, targets in op.data:
-            x, y = op._to_device(inputs, targets)
+            x, y = op.to_device(inputs, targets)
             weight = len(y) if op.reduction == "mean" else 1.0  # samples: the targets
             total += weight * batch_matrix(op, x, y).to(torch.float64)
             count += len(y)

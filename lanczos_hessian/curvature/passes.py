@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InvalidModelError
+from ..errors import InvalidModelError, NonFiniteError
 from ..parallel.distributed import all_reduce_or_raise
 from .checks import check_finite, check_same_block
 from .fingerprint import PassFingerprint
@@ -89,10 +89,10 @@ def _pass(op, block, sums) -> int:
     product = op.batch_product()
     with twice_differentiable():
         for inputs, targets in _batches(op):
-            x, y = op._to_device(inputs, targets)
+            x, y = op.to_device(inputs, targets)
             value, result = product(x, y, block)
             values.append(value)
-            totals.append(result.sum(dtype=torch.float64))
+            totals.append(result.sum())  # in the model's dtype: no float64 copy per batch
             samples = batch_length(x)
             # vector-major accumulator: the products come as the transpose of a contiguous
             # (b, M) block, so this adds in place with no copy or transpose
@@ -102,12 +102,24 @@ def _pass(op, block, sums) -> int:
                 fingerprint.add(inputs, targets)
     check_model_unchanged(before, model_state(op.model), op.kind)
     if values:
-        health = torch.stack([torch.stack(values).detach().to(torch.float64).reshape(-1),
-                              torch.stack(totals)], dim=1)
-        check_finite(health, op.kind, op.world)
+        _check_health(values, totals, sums, op)
     if op.check_data:
         op.fingerprints.check(fingerprint, stamp)
     return count
+
+
+def _check_health(values, totals, sums, op) -> None:
+    """NaN or Inf in a loss or a product, named by batch: one device sync per pass. A
+    product's sum in its own dtype may overflow where the float64 accumulator does not, so the
+    products count as finite whenever the accumulated ``sums`` are."""
+    losses = torch.stack(values).detach().to(torch.float64).reshape(-1)
+    totals = torch.stack(totals).to(torch.float64)
+    finite = torch.isfinite(sums.sum())
+    totals = torch.where(finite, torch.zeros_like(totals), totals)
+    check_finite(torch.stack([losses, totals], dim=1), op.kind, op.world)
+    if not bool(finite):  # non-finite only after accumulation: say so without a batch
+        raise NonFiniteError(f"the accumulated {op.kind}-vector product overflows float64 "
+                             "(the products are finite batch by batch)")
 
 
 def _batches(op):
