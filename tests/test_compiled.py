@@ -62,3 +62,16 @@ def test_a_product_that_cannot_be_compiled_falls_back_with_the_reason():
         out = op.matmat(V)
     assert not op.compiled.usable
     np.testing.assert_array_equal(out, eager.matmat(V))
+
+
+def test_many_operators_in_one_process_keep_their_own_graphs():
+    """Dynamo's recompile limit (8) counts per code object: each operator has its own."""
+    torch._dynamo.reset()
+    model, (x, y) = make_mlp(), mlp_data()
+    V = random_block(sum(p.numel() for p in model.parameters()), 1)
+    ops = [HessianOperator(model, LOSS, (x, y), batch_size=b, compile={"backend": "aot_eager"})
+           for b in (3, 4, 5, 6, 7, 8, 9, 10, 11)]
+    for op in ops:
+        op.matmat(V)
+        op.matmat(V)
+        assert op.compiled.usable and 1 <= op.compiled.num_graphs <= 2

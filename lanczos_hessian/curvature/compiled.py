@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import types
 import warnings
 
 import torch
@@ -58,10 +59,7 @@ class CompiledProduct:
         self.compile_time = 0.0
         self.usable, self.reason = True, None
         self.num_graphs = 0
-        self._fn = torch.compile(self._product, **self.options)
-
-    def _product(self, inputs, targets, V):
-        return self.curvature.matmat_batch(self.curvature.functions(inputs, targets), V)
+        self._fn = torch.compile(_own_code(_product_of(curvature)), **self.options)
 
     def __call__(self, inputs, targets, V):
         if self.usable:
@@ -86,6 +84,21 @@ class CompiledProduct:
         self.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         warnings.warn(f"compiling the {self.curvature.kind} product failed ({self.reason}); "
                       "going on with the eager product", CompileWarning, stacklevel=3)
+
+
+def _product_of(curvature):
+    def product(inputs, targets, V):
+        return curvature.matmat_batch(curvature.functions(inputs, targets), V)
+
+    return product
+
+
+def _own_code(fn):
+    """``fn`` with a code object of its own. Dynamo keeps compiled graphs, and counts
+    recompilations against ``recompile_limit`` (8), per code object: operators sharing one
+    would evict each other's graphs and, past the limit, run eager without a word."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
 
 
 def _graph_count() -> int:
