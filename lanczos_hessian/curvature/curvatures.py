@@ -61,6 +61,7 @@ class BatchCurvature:
         """Read the model's parameters once for the batches of one pass (the model may be
         trained, or its parameters replaced, between passes)."""
         self._params = BatchFunctions.read_parameters(self.model, self.space)
+        self.differentiate.forget()
 
     def functions(self, inputs, targets) -> BatchFunctions:
         if self._params is None:

@@ -83,10 +83,37 @@ def _backward(outputs, inputs, grad_outputs, retain):
     )
 
 
-class ReverseOverReverse:
+class _Strategy:
+    """The tangents of a block, split per parameter once per block: every batch of a pass
+    applies the same ``V``, so the split (a copy for a block) is not repeated per batch."""
+
+    def __init__(self):
+        self._block = self._version = self._split = None
+
+    def forget(self) -> None:
+        """Drop the last block (called at the start of each pass)."""
+        self._block = self._version = self._split = None
+
+    def tangents(self, space: ParameterSpace, V: torch.Tensor):
+        """``V``'s columns as per-parameter tensors: a list of ``b`` dicts of views of
+        contiguous rows (reverse mode), or one dict of ``(b, *shape)`` tensors (``vmap``)."""
+        if torch.compiler.is_compiling():  # traced: no Python-side state in the graph
+            return self.split(space, V)
+        if V is not self._block or V._version != self._version:
+            self._split = self.split(space, V)
+            self._block, self._version = V, V._version
+        return self._split
+
+
+class ReverseOverReverse(_Strategy):
     """Double backward: the gradient graph once per batch, one backward per vector."""
 
     name = "reverse-over-reverse"
+
+    @staticmethod
+    def split(space, V):
+        rows = _rows(V)
+        return [list(space.split(rows[j]).values()) for j in range(len(rows))]
 
     def hessian(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
         params, space = fns.live(), fns.space
@@ -94,9 +121,9 @@ class ReverseOverReverse:
             value = fns.loss()
             grads = torch.autograd.grad(value, params, create_graph=True, allow_unused=True,
                                         materialize_grads=True)
-            rows, b = _rows(V), V.shape[1]
-            columns = [space.join(_backward(grads, params, space.split(rows[j]).values(),
-                                            retain=j < b - 1)) for j in range(b)]
+            tangents, b = self.tangents(space, V), V.shape[1]
+            columns = [space.join(_backward(grads, params, tangents[j], retain=j < b - 1))
+                       for j in range(b)]
         return value.detach(), _as_block(columns)
 
     def ggn(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
@@ -110,19 +137,23 @@ class ReverseOverReverse:
             zd = z.detach().requires_grad_(True)
             value = fns.loss_on(zd)
             loss_grad = torch.autograd.grad(value, zd, create_graph=True)[0]
-            rows, b = _rows(V), V.shape[1]
+            tangents, b = self.tangents(space, V), V.shape[1]
             columns = []
             for j in range(b):
-                Jv = _backward(JTu, [u], list(space.split(rows[j]).values()), retain=True)[0]
+                Jv = _backward(JTu, [u], tangents[j], retain=True)[0]
                 HJv = _backward([loss_grad], [zd], [Jv], retain=True)[0]
                 columns.append(space.join(_backward([z], params, [HJv], retain=j < b - 1)))
         return value.detach(), _as_block(columns)
 
 
-class ForwardOverReverse:
+class ForwardOverReverse(_Strategy):
     """``jvp`` of ``grad`` (``torch.func``): one fused sweep per vector, ``vmap`` for blocks."""
 
     name = "forward-over-reverse"
+
+    @staticmethod
+    def split(space, V):
+        return space.split(V[:, 0]) if V.shape[1] == 1 else space.split(V)
 
     def hessian(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
         params, space = fns.detached(), fns.space
@@ -132,9 +163,9 @@ class ForwardOverReverse:
             return hv, value
 
         if V.shape[1] == 1:  # no vmap of one vector
-            hv, value = hvp(space.split(V[:, 0]))
+            hv, value = hvp(self.tangents(space, V))
             return value, space.join(hv.values()).unsqueeze(1)
-        HV, values = vmap(hvp)(space.split(V))
+        HV, values = vmap(hvp)(self.tangents(space, V))
         return values[0], space.join(HV.values(), batched=True)
 
     def ggn(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
@@ -150,8 +181,8 @@ class ForwardOverReverse:
 
         value = fns.loss_on(z).detach()
         if V.shape[1] == 1:
-            return value, space.join(ggn_vp(space.split(V[:, 0])).values()).unsqueeze(1)
-        GV = vmap(ggn_vp)(space.split(V))
+            return value, space.join(ggn_vp(self.tangents(space, V)).values()).unsqueeze(1)
+        GV = vmap(ggn_vp)(self.tangents(space, V))
         return value, space.join(GV.values(), batched=True)
 
 

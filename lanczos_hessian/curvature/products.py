@@ -16,18 +16,23 @@ resumed run continues with the products it started with:
    reverse-over-reverse when an op lacks a forward-mode rule): ``torch.compile`` traces the
    ``torch.func`` transforms into one graph, while autograd's double backward cannot be
    compiled (``torch.compile with aot_autograd does not currently support double
-   backward``). Compiled forward-over-reverse was 1.5-3x faster than the eager bare double
-   backward on the small models of the grid.
+   backward``). Compiled forward-over-reverse was 1.2-1.75x faster than the eager bare
+   double backward on the 4k MLP and 1.2x on the 30k CNN, after 4-100 s of compiling.
 
-Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products*; CPU, one
-thread, medians of interleaved calls, preliminary figures on a shared machine): for single
-vectors the bare double backward was faster than the bare forward-over-reverse on every
-model of the grid (MLPs of 4k and 1M parameters, CNNs of 30k and 955k, a transformer
-encoder, a small language model; batches of 32-256; float32 and float64), and for blocks of
-4 and 16 vectors the shared gradient graph was as fast or faster per vector than the vmapped
-sweep, which repeats the primal work once per vector. Reverse-over-reverse also works for
-every op with a double backward, where forward mode lacks rules for some losses
-(``torch.nn.MSELoss``) and kernels.
+Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare
+loop*; CPU, one thread, medians of interleaved calls, preliminary figures on a shared
+machine): for single vectors, the products of Lanczos, the bare double backward was faster
+than the bare forward-over-reverse on every model of the grid (MLPs of 4k and 1M parameters,
+CNNs of 30k and 955k, a transformer encoder, a small language model; batches of 32-256;
+float32 and float64), by 1.05x to 4.4x. For blocks of 4 the shared gradient graph was as fast
+or faster per vector everywhere; for blocks of 16 the vmapped sweep was faster per vector on
+the MLPs and the 30k CNN (1.1-1.7x), the shared graph on the transformer and the language
+model (1.3-1.7x). One
+strategy per operator keeps a run's single and block products the same function (a rule
+that switched with the block size would change the numbers at rounding level between
+them), so the rule follows the single vectors and the gap for large blocks on MLPs is
+stated in docs/BENCHMARKS.md. Reverse-over-reverse also works for every op with a double
+backward, where forward mode lacks rules for some losses (``torch.nn.MSELoss``) and kernels.
 
 The operator resolves the rule once (:func:`resolve_strategy`); run files record the resolved
 strategy, and a resume with another strategy is refused like any other setting.
