@@ -68,7 +68,7 @@ class CompiledProduct:
             start = time.perf_counter()
             try:
                 with _no_donated_buffers():  # a double backward keeps its buffers
-                    out = self._fn(inputs, targets, V)
+                    out = self._call(inputs, targets, V)
             except Exception as exc:  # compiling or running the compiled graph failed
                 self._give_up(exc)
             else:
@@ -78,6 +78,15 @@ class CompiledProduct:
                     self.compile_time += time.perf_counter() - start
                 return out
         return self.curvature.products(inputs, targets, V)
+
+    def _call(self, inputs, targets, V):
+        if self.options.get("mode") != "reduce-overhead":
+            return self._fn(inputs, targets, V)
+        # CUDA graphs: each replay reuses the output memory of the last, so every call is a
+        # new step and its outputs are copied out before the next batch replays the graph
+        torch.compiler.cudagraph_mark_step_begin()
+        value, product = self._fn(inputs, targets, V)
+        return value.clone(), product.clone()
 
     def _give_up(self, exc) -> None:
         self.usable = False
