@@ -37,6 +37,12 @@ Sections (each one's failure is recorded, in the JSON and the table, and the nex
    (reorthogonalization, restarts, quadrature, HDF5) for AlexNet's top 10 (basis in GPU
    memory, without and with the run file) and SLQ 10 x 80 (without reorthogonalization: 10
    bases of 80 AlexNet vectors would be 390 GB), and the CNN's SLQ 10 x 80 with its file.
+6. ``compiled``: ``compile=True`` products (``torch.compile``, ``mode="reduce-overhead"``
+   on CUDA) of the 4,270-parameter MLP (tiny MLP with ``--device cpu``), float32 and
+   float64, against the eager products (1e-6 / 1e-12 relative), the graphs compiled over
+   three passes with a ragged last batch (at most 2), the compile time, and the pass time
+   compiled against eager (see ``lanczos_hessian/curvature/compiled.py``); with
+   ``--device cpu`` the ``aot_eager`` backend (the graphs without code generation).
 5. ``memory``: the peak GPU memory of those runs beyond one operator application, against
    the budget rule of the basis placement (``choose_location``: basis plus 4 working
    vectors).
@@ -155,7 +161,8 @@ CONFIGS = {
 }
 
 #: (section, share of the time left when it starts)
-SHARES = {"correctness": 0.22, "tf32": 0.06, "distributed": 0.22, "speed": 0.42, "memory": 0.08}
+SHARES = {"correctness": 0.22, "tf32": 0.06, "distributed": 0.22, "speed": 0.42, "memory": 0.08,
+          "compiled": 0.1}
 
 
 # ---- the problems (the benchmark scripts' builders) -----------------------------------------------
@@ -1061,9 +1068,49 @@ def _bytes(n) -> str:
     return f"{n} B"
 
 
+def section_compiled(ctx: Context, sec: Section):
+    """Compiled products against eager ones, their graph count, compile and pass times."""
+    from lanczos_hessian.examples.models import mlp
+
+    cfg = ctx.cfg
+    widths = [8, 8, 3] if cfg.tiny else [100, 30, 30, 10]
+    n, batch = (29, 8) if cfg.tiny else (1000, 256)  # ragged last batch either way
+    sec.data["mode"] = "reduce-overhead" if ctx.cuda else "default"
+    for dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        def check(dtype=dtype, tol=tol):
+            torch.manual_seed(0)
+            model = mlp(widths, "tanh").to(ctx.device, dtype)
+            g = torch.Generator().manual_seed(1)
+            x = torch.randn(n, widths[0], generator=g).to(ctx.device, dtype)
+            y = torch.randint(0, widths[-1], (n,), generator=g).to(ctx.device)
+            name = _dtype_name(dtype)
+            eager = ctx.operator("hessian", model, x, y, batch)
+            # the CPU mode's quick stand-in: the same graphs without code generation
+            options = {"backend": "aot_eager"} if cfg.tiny else True
+            compiled = ctx.operator("hessian", model, x, y, batch, compile=options)
+            v = torch.randn(eager.shape[0], 1, dtype=torch.float64, device=ctx.device)
+            ref = eager.apply(v)
+            errors = [relative_error(compiled.apply(v), ref) for _ in range(3)]
+            sec.row(f"mlp {name}: compiled vs eager, rel. error", max(errors), limit=tol,
+                    note=f"strategy {compiled.strategy}, usable "
+                         f"{compiled.compiled.usable} {compiled.compiled.reason or ''}")
+            sec.row(f"mlp {name}: graphs over 3 passes (ragged last batch)",
+                    compiled.compiled.num_graphs, limit=2)
+            sec.row(f"mlp {name}: compile time", compiled.compile_time, unit="s")
+            t_eager = ctx.timed(lambda: eager.apply(v), cfg.repeats)
+            t_compiled = ctx.timed(lambda: compiled.apply(v), cfg.repeats)
+            sec.row(f"mlp {name}: pass time eager / compiled", t_eager / t_compiled, unit="x",
+                    note=f"eager {t_eager * 1e3:.2f} ms, compiled {t_compiled * 1e3:.2f} ms")
+            sec.data[f"mlp_{name}"] = {"errors": errors, "compile_s": compiled.compile_time,
+                                       "eager_s": t_eager, "compiled_s": t_compiled,
+                                       "graphs": compiled.compiled.num_graphs}
+
+        sec.step(f"compiled products, {_dtype_name(dtype)}", check, estimate_s=10)
+
+
 SECTIONS = {"correctness": section_correctness, "tf32": section_tf32,
             "distributed": section_distributed, "speed": section_speed,
-            "memory": section_memory}
+            "memory": section_memory, "compiled": section_compiled}
 
 
 # ---- the driver ---------------------------------------------------------------------------------------

@@ -153,18 +153,18 @@ def test_the_default_strategy_is_a_rule_recorded_in_the_file_and_checked_on_resu
     saved = [read_file(path) for path in paths]
     np.testing.assert_array_equal(saved[0]["eigs"].steps["alpha"], saved[1]["eigs"].steps["alpha"])
     assert saved[0]["attrs"]["strategy"] == saved[0]["eigs"].attrs["strategy"] \
-        == "forward-over-reverse"  # the rule's choice for a model without convolutions
+        == "reverse-over-reverse"  # the rule's choice (curvature/products.py)
     assert HessianOperator(make_cnn(), LOSS, cnn_data()).strategy == "reverse-over-reverse"
     regression = (x, torch.randn(len(x), 3, generator=torch.Generator().manual_seed(0),
                                  dtype=torch.float64))
     assert HessianOperator(make_mlp(), torch.nn.MSELoss(), regression).strategy \
         == "reverse-over-reverse"  # no forward-mode rule for MSELoss
-    other = HessianOperator(make_mlp(), LOSS, (x, y), strategy="reverse-over-reverse")
-    with pytest.raises(ResumeError, match="strategy: file has 'forward-over-reverse', this run "
-                                          "has 'reverse-over-reverse'"):
+    other = HessianOperator(make_mlp(), LOSS, (x, y), strategy="forward-over-reverse")
+    with pytest.raises(ResumeError, match="strategy: file has 'reverse-over-reverse', this run "
+                                          "has 'forward-over-reverse'"):
         run.eigs(other, paths[0], k=4, which="BE", tol=1e-10, seed=0, save_vectors=True,
                  resume=True, progress=False)
-    same = HessianOperator(make_mlp(), LOSS, (x, y), strategy="forward-over-reverse")
+    same = HessianOperator(make_mlp(), LOSS, (x, y), strategy="reverse-over-reverse")
     resumed = run.eigs(same, paths[0], k=4, which="BE", tol=1e-10, seed=0, save_vectors=True,
                        resume=True, progress=False)  # "auto" resolved alike: the same setting
     np.testing.assert_array_equal(resumed.eigenvalues, results[0].eigenvalues)

@@ -30,7 +30,8 @@ def build_operator(args):
         raise ValueError(f"--device {device}: cannot move the model there ({exc})") from exc
     op = OPERATORS[args.operator](model, problem.loss_fn, data, params=args.params,
                                   batch_size=args.batch_size, strategy=args.strategy,
-                                  allow_tf32=args.allow_tf32, unpack=problem.unpack)
+                                  allow_tf32=args.allow_tf32, unpack=problem.unpack,
+                                  compile=args.compile)
     problem.model, problem.data = model, data  # as analysed: cast and moved
     return problem, op
 

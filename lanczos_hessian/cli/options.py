@@ -47,9 +47,13 @@ def add_operator_options(parser):
     parser.add_argument("--strategy", default="auto",
                         choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
                         help="differentiation of the products; auto (default): "
-                             "reverse-over-reverse for a model with convolutions, else "
-                             "forward-over-reverse where forward mode works (a fixed rule, "
-                             "recorded in --out; a resume with another is refused)")
+                             "reverse-over-reverse, forward-over-reverse where an op has no "
+                             "double backward or with --compile (a fixed rule, recorded in "
+                             "--out; a resume with another is refused)")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the per-batch product with torch.compile (pays on "
+                             "small models and launch-bound GPUs; compile time is reported "
+                             "apart; falls back to eager with a warning)")
     parser.add_argument("--allow-tf32", action="store_true",
                         help="let CUDA products use TF32 (faster, about three digits less "
                              "accurate; off by default, recorded in --out)")

@@ -27,15 +27,14 @@ the same order on every rank: a shuffling or distributed sampler is refused).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
-from torch.func import functional_call
 
-from ..errors import InvalidDataError, NonDeterministicDataError
+from ..errors import InvalidDataError
+from .fingerprint import PassFingerprint, sample_hashes  # noqa: F401  (their former home)
+from .inputs import batch_length, call_model, input_tensors, map_inputs  # noqa: F401
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -79,6 +78,7 @@ class DataSource:
                     "operator makes many passes: pass a list, a DataLoader or an "
                     "(inputs, targets) pair of tensors"
                 )
+            _refuse_unbatched_loader(data)
             if world_size > 1:
                 _check_rank_independent_order(data, world_size)
             self._iterable = data
@@ -120,6 +120,17 @@ class DataSource:
         except TypeError:
             length = -1.0
         return (1.0, length, 0.0, 0.0, 0.0, 0.0)
+
+    def stamp(self) -> tuple | None:
+        """What identifies a tensor pair's contents without reading them: each tensor's
+        storage address, shape, strides and version counter (which every in-place change
+        bumps, through any view). Equal stamps mean the same samples, so a pass fingerprint
+        taken once can stand for later passes; None for an iterable (read afresh each pass).
+        """
+        if self._tensors is None:
+            return None
+        return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t._version, str(t.device))
+                     for t in self._tensors)
 
     def _shard_range(self, n: int) -> tuple:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
@@ -198,6 +209,19 @@ def _sums(t: torch.Tensor) -> tuple:
     return float(torch.sum(t, dtype=torch.float64)), float(l1)
 
 
+def _refuse_unbatched_loader(data) -> None:
+    """A ``DataLoader(batch_size=None)`` yields single samples with no batch axis, which
+    would be read as batches of (feature size) samples: refuse it by name."""
+    from torch.utils.data import DataLoader
+
+    if isinstance(data, DataLoader) and data.batch_size is None and data.batch_sampler is None:
+        raise InvalidDataError(
+            "the DataLoader has batch_size=None: it yields single samples without a batch "
+            "axis, so a sample's first feature axis would be taken for samples; give it a "
+            "batch size (DataLoader(dataset, batch_size=64)) or pass the (inputs, targets) "
+            "tensors")
+
+
 def _check_rank_independent_order(data, world_size: int) -> None:
     """Refuse loaders whose batches differ between ranks (round-robin needs one order)."""
     from torch.utils.data import DataLoader, RandomSampler
@@ -272,45 +296,6 @@ def dict_batch(targets: str = "labels", inputs=None) -> Callable:
     return unpack
 
 
-# ---- structured inputs: a tensor, a tuple of tensors (positional), a dict (keyword) ------
-def input_tensors(inputs) -> list:
-    """The tensors of a batch's inputs in a fixed order (a dict's by sorted key)."""
-    if isinstance(inputs, torch.Tensor):
-        return [inputs]
-    if isinstance(inputs, Mapping):
-        return [inputs[key] for key in sorted(inputs)]
-    return list(inputs)
-
-
-def map_inputs(inputs, fn):
-    """``fn`` applied to every tensor of ``inputs``, the structure kept."""
-    if isinstance(inputs, torch.Tensor):
-        return fn(inputs)
-    if isinstance(inputs, Mapping):
-        return {key: fn(value) for key, value in inputs.items()}
-    return tuple(fn(value) for value in inputs)
-
-
-def batch_length(inputs) -> int:
-    """Samples in a batch: the first dimension of its (first) input tensor."""
-    return len(input_tensors(inputs)[0])
-
-
-def call_model(model, parameters_and_buffers, inputs):
-    """``model(inputs)``, ``model(*inputs)`` or ``model(**inputs)`` (a tensor, a tuple, a dict)
-    with the given parameters and buffers swapped in (``torch.func.functional_call``), or
-    the model's own when ``parameters_and_buffers`` is None."""
-    if parameters_and_buffers is None:
-        if isinstance(inputs, torch.Tensor):
-            return model(inputs)
-        return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)
-    if isinstance(inputs, torch.Tensor):
-        return functional_call(model, parameters_and_buffers, (inputs,))
-    if isinstance(inputs, Mapping):
-        return functional_call(model, parameters_and_buffers, (), dict(inputs))
-    return functional_call(model, parameters_and_buffers, tuple(inputs))
-
-
 def _valid_inputs(inputs) -> bool:
     if isinstance(inputs, torch.Tensor):
         return True
@@ -340,196 +325,3 @@ def _check_lengths(inputs, targets, where):
             f"{where}: inputs have {shown} samples but targets have {n_targets}; they must "
             "agree along the first axis"
         )
-
-
-#: Arithmetic of the per-sample hashes: int64 tensors, wrapping modulo 2**64.
-_MASK = (1 << 64) - 1
-
-
-def _signed(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-_M1, _M2 = _signed(0xFF51AFD7ED558CCD), _signed(0xC4CEB9FE1A85EC53)  # MurmurHash3's fmix64
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_SALT_INPUTS, _SALT_TARGETS = _signed(0x243F6A8885A308D3), _signed(0x13198A2E03707344)
-_CHUNK = 1 << 22  # elements of the int64 scratch of one hashing step
-_POSITIONS: dict = {}  # (length, device) -> per-position multipliers
-
-
-def _srl(h: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 values (torch's ``>>`` keeps the sign)."""
-    return (h >> s) & ((1 << (64 - s)) - 1)
-
-
-def _fmix(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 64-bit finalizer: every input bit flips each output bit with
-    probability 1/2, so sums of finalized hashes behave as sums of random 64-bit values."""
-    h = h ^ _srl(h, 33)
-    h = h * _M1
-    h = h ^ _srl(h, 33)
-    h = h * _M2
-    return h ^ _srl(h, 33)
-
-
-def _positions(length: int, device) -> torch.Tensor:
-    key = (length, str(device))
-    if key not in _POSITIONS:
-        index = torch.arange(1, length + 1, dtype=torch.int64, device=device)
-        _POSITIONS[key] = _fmix(index * _GOLDEN) | 1  # odd: multiplication is a bijection
-    return _POSITIONS[key]
-
-
-def _words(t: torch.Tensor) -> torch.Tensor:
-    """Each sample's bits as int64 words, ``(samples, words per sample)``: floats by their
-    bit patterns (``-0.0`` and ``0.0`` differ, as they may for a model), integers as such."""
-    t = t.detach()
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    t = t.reshape(len(t), -1).contiguous()
-    if t.dtype == torch.bool:
-        t = t.to(torch.uint8)
-    if t.is_floating_point():
-        t = t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[
-            t.element_size()])
-    return t.to(torch.int64)
-
-
-def sample_hashes(t: torch.Tensor, salt: int = 0) -> torch.Tensor:
-    """One 64-bit hash per sample (first axis) of ``t``, of its values and their positions:
-    a flipped, cropped, noised or otherwise changed sample hashes differently (but for a
-    2**-64 chance). int64, on ``t``'s device."""
-    if t.ndim == 0:
-        t = t.reshape(1)
-    n = len(t)
-    length = t[0].numel() if n else 0
-    weights = _positions(max(length, 1), t.device)[:length]
-    rows = max(1, _CHUNK // max(length, 1))
-    parts = []
-    for start in range(0, n, rows):
-        words = _words(t[start:start + rows])
-        parts.append((words * weights).sum(dim=1))  # wraps modulo 2**64
-    linear = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=t.device)
-    return _fmix(linear ^ _signed((salt + length * _GOLDEN) & _MASK))
-
-
-def _input_hashes(inputs, tensors) -> torch.Tensor:
-    """Per-sample hashes of a batch's inputs: of the tensor itself (as files written before
-    structured inputs existed), or chained over the fields of a tuple or dict in their fixed
-    order (:func:`input_tensors`), each field's position salting its hash."""
-    if isinstance(inputs, torch.Tensor):
-        return sample_hashes(inputs, _SALT_INPUTS)
-    combined = None
-    for position, t in enumerate(tensors, 1):
-        h = sample_hashes(t.to(tensors[0].device), _SALT_INPUTS + position * _GOLDEN)
-        combined = h if combined is None else _fmix(combined * _GOLDEN ^ h)
-    return combined
-
-
-def _wrapped_sum(h: torch.Tensor) -> int:
-    return int(h.sum()) & _MASK
-
-
-def _halves(value: int) -> tuple:
-    return float(value >> 32), float(value & 0xFFFFFFFF)
-
-
-@dataclass
-class PassFingerprint:
-    """Order-independent summary of one pass, from the batches the pass reads anyway.
-
-    ``hashes``: three sums modulo ``2**64`` over the samples of a 64-bit hash of each
-    sample (:func:`sample_hashes`): of its input, of its target, and of the two together.
-    A sum does not depend on the order of the samples, so shuffling leaves it unchanged,
-    while any change of a sample's values (a random flip or crop, noise) changes the first,
-    a changed label the second, and labels re-paired with other inputs (the inputs and the
-    labels each the same set) the third. The sample count and the float64 sums of the data
-    are kept beside them for the messages, and to check a resumed run whose file was written
-    before the hashes existed (``hashes`` None).
-    """
-
-    num_samples: int = 0
-    input_sum: float = 0.0
-    input_sq_sum: float = 0.0
-    target_sum: float = 0.0
-    hashes: tuple | None = (0, 0, 0)
-    origin: str = "pass"  # "pass": an earlier pass of this run; "file": the saved run's
-
-    def add(self, inputs, targets: torch.Tensor) -> None:
-        """Count one batch: ``inputs`` a tensor, a tuple or a dict of tensors."""
-        tensors = input_tensors(inputs)
-        self.num_samples += len(tensors[0])
-        for t in tensors:
-            x = t.detach().to(torch.float64)
-            self.input_sum += float(x.sum())
-            self.input_sq_sum += float(x.square().sum())
-        self.target_sum += float(targets.detach().to(torch.float64).sum())
-        a = _input_hashes(inputs, tensors)
-        b = sample_hashes(targets.to(tensors[0].device), _SALT_TARGETS)
-        pairs = _fmix(a ^ _fmix(b + _GOLDEN))
-        self.hashes = tuple((old + _wrapped_sum(new)) & _MASK
-                            for old, new in zip(self.hashes, (a, b, pairs)))
-
-    def as_tuple(self) -> tuple:
-        """``(count, three sums, then each hash as two exact 32-bit halves)``: floats that a
-        float64 array stores exactly (a resumable run's state)."""
-        sums = (self.num_samples, self.input_sum, self.input_sq_sum, self.target_sum)
-        return sums + sum((_halves(h) for h in self.hashes), ()) if self.hashes else sums
-
-    @classmethod
-    def from_tuple(cls, values, origin: str = "file") -> "PassFingerprint":
-        """The inverse of :meth:`as_tuple` (4 values: a file written before the hashes)."""
-        values = [float(v) for v in values]
-        hashes = None
-        if len(values) >= 10:
-            hashes = tuple((int(values[i]) << 32) | int(values[i + 1]) for i in (4, 6, 8))
-        return cls(int(values[0]), *values[1:4], hashes=hashes, origin=origin)
-
-    def check_same(self, reference: "PassFingerprint", rtol: float = 1e-9) -> None:
-        """Raise :class:`NonDeterministicDataError` if this pass differs from ``reference``
-        (an earlier pass of this run, or the saved run's when resuming)."""
-        if self.num_samples != reference.num_samples:
-            if reference.origin == "file":
-                raise NonDeterministicDataError(
-                    f"the data differ from the saved run's: the data source yielded "
-                    f"{self.num_samples} samples, the run saved in the file had "
-                    f"{reference.num_samples}; resume with the data the run started with")
-            raise NonDeterministicDataError(
-                f"the data source yielded {self.num_samples} samples on this pass but "
-                f"{reference.num_samples} on the first; a sampler with drop_last=True and "
-                "shuffling, or a changing source, makes the operator a different matrix "
-                "on every application"
-            )
-        difference = self._difference(reference, rtol)
-        if difference is None:
-            return
-        if reference.origin == "file":
-            raise NonDeterministicDataError(
-                f"the data differ from the saved run's: the data source yielded different "
-                f"samples than the run saved in the file ({difference}); resume with the "
-                "data (and the order of inputs and targets) the run started with")
-        raise NonDeterministicDataError(
-            f"the data source yielded different samples on two passes ({difference}); "
-            "random augmentation, labels drawn anew, or a changing source makes the operator "
-            "a different matrix on every application: fix the transforms, or precompute "
-            "one augmented copy of the data")
-
-    def _difference(self, reference, rtol) -> str | None:
-        if self.hashes is not None and reference.hashes is not None:
-            inputs, targets, pairs = (a != b for a, b in zip(self.hashes, reference.hashes))
-            if inputs and targets:
-                return "the inputs and the targets differ"
-            if inputs:
-                return ("the inputs differ, sample by sample: random flips, crops, noise or "
-                        "another transform drawn anew")
-            if targets:
-                return "the targets differ, sample by sample"
-            if pairs:
-                return ("the same inputs and the same targets, paired differently: labels "
-                        "re-paired with other inputs")
-            return None
-        names = ("sum of inputs", "sum of squared inputs", "sum of targets")
-        for name, now, then in zip(names, self.as_tuple()[1:4], reference.as_tuple()[1:4]):
-            if not math.isclose(now, then, rel_tol=rtol, abs_tol=rtol):
-                return f"{name}: {now!r} vs {then!r}"
-        return None

@@ -21,6 +21,7 @@ from torch.func import hessian, jacrev
 from ..parallel.distributed import all_reduce_sum
 from ..errors import DenseSizeError
 from .data import call_model
+from .kernels import twice_differentiable
 from .operators import CurvatureOperator, evaluation_mode
 
 DEFAULT_MAX_DIM = 12_000  # 12k x 12k float64 is 1.15 GB
@@ -75,9 +76,9 @@ def _accumulate(op: CurvatureOperator, batch_matrix) -> np.ndarray:
     dim = op.shape[0]
     total = torch.zeros(dim, dim, dtype=torch.float64, device=op.device)
     count = 0
-    with evaluation_mode(op.model):
+    with evaluation_mode(op.model), twice_differentiable():
         for inputs, targets in op.data:
-            x, y = op._to_device(inputs, targets)
+            x, y = op.to_device(inputs, targets)
             weight = len(y) if op.reduction == "mean" else 1.0  # samples: the targets
             total += weight * batch_matrix(op, x, y).to(torch.float64)
             count += len(y)

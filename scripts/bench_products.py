@@ -1,0 +1,267 @@
+"""Benchmark: one full-dataset curvature product against the bare loops, on a grid of models.
+
+For every model of the grid (MLPs from 4k to 1M parameters, CNNs, a transformer encoder, a
+small language model; batch sizes and float32/float64 as listed in ``GRID``), one pass over
+the same data (the last batch ragged) is timed as:
+
+* ``gradient``: the full-dataset gradient (``autograd.grad`` per batch), the unit;
+* ``bare double backward``: per batch ``autograd.grad`` with ``create_graph=True``, then
+  ``autograd.grad`` of the gradient against the vector (no package code);
+* ``bare forward-over-reverse``: per batch ``torch.func.jvp`` of ``torch.func.grad`` (no vmap);
+* ``ours default``: ``HessianOperator(...).apply(v)`` with the default strategy, everything
+  included (data fingerprints, float64 accumulation, checks);
+* ``ours compiled``: the same with ``compile=True``: the pass time after compiling, the
+  compile time, and the number of passes after which compiling has paid for itself;
+* ``ours block 4`` / ``block 16``: one pass of a block of 4 / 16 vectors, per vector;
+* ``overhead``: ours default minus the bare loop of the same strategy (what the package adds
+  around the product), absolute and as a share of the pass.
+
+Times are medians of interleaved calls (each repeat runs every column once, in turn), so
+that a change of machine load hits every column alike; the ratios, taken in the same run,
+are the result. Prints a markdown table and writes JSON (``--json``).
+
+    python scripts/bench_products.py --json out/bench_products.json
+    python scripts/bench_products.py --quick          # tiny grid, seconds (a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch.func import functional_call, grad, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from lanczos_hessian import HessianOperator
+from lanczos_hessian.curvature.operators import evaluation_mode
+from lanczos_hessian.examples.models import mlp, small_cnn
+
+
+class TinyLM(torch.nn.Module):
+    """Embedding, a causal transformer encoder and a vocabulary head: next-token logits."""
+
+    def __init__(self, vocab=64, d=32, layers=2, heads=2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        layer = torch.nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(d, vocab)
+
+    def forward(self, tokens):
+        mask = torch.nn.Transformer.generate_square_subsequent_mask(tokens.shape[1])
+        return self.head(self.encoder(self.embed(tokens), mask=mask, is_causal=True))
+
+
+class Classifier(torch.nn.Module):
+    """``nn.TransformerEncoder`` over a sequence of feature vectors, mean-pooled, linear head."""
+
+    def __init__(self, d=64, layers=2, heads=4, classes=10):
+        super().__init__()
+        layer = torch.nn.TransformerEncoderLayer(d, heads, 2 * d, dropout=0.0, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(d, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(x).mean(dim=1))
+
+
+def token_loss(logits, tokens):
+    """Mean next-token cross-entropy over every position of the batch."""
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+
+
+def build(name, n, dtype):
+    """``(model, loss_fn, reduction, inputs, targets)`` of a grid model with ``n`` samples."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    ce = torch.nn.CrossEntropyLoss()
+    if name.startswith("mlp"):
+        widths = {"mlp-4k": [100, 30, 30, 10], "mlp-1m": [784, 1000, 200, 10],
+                  "mlp-tiny": [8, 6, 3]}[name]
+        x = torch.randn(n, widths[0], generator=g)
+        y = torch.randint(0, widths[-1], (n,), generator=g)
+        return mlp(widths, "tanh").to(dtype), ce, None, x.to(dtype), y
+    if name.startswith("cnn"):
+        size, channels, hidden = {"cnn-30k": (8, (16, 32), 200), "cnn-955k": (28, (32, 64), 300),
+                                  "cnn-tiny": (6, (2, 4), 8)}[name]
+        x = torch.randn(n, 1, size, size, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        model = small_cnn(1, 10, size, channels=channels, hidden=hidden)
+        return model.to(dtype), ce, None, x.to(dtype), y
+    if name.startswith("transformer"):
+        d, layers = (64, 2) if name == "transformer" else (8, 1)
+        x = torch.randn(n, 16 if name == "transformer" else 4, d, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        return Classifier(d, layers, 4 if d == 64 else 2).to(dtype).eval(), ce, None, \
+            x.to(dtype), y
+    vocab, d, length = (64, 32, 32) if name == "lm" else (16, 8, 6)
+    tokens = torch.randint(0, vocab, (n, length), generator=g)
+    return TinyLM(vocab, d).to(dtype).eval(), token_loss, "mean", tokens[:, :-1], tokens[:, 1:]
+
+
+def batches_of(x, y, batch_size):
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def bare_gradient(model, loss_fn, batches, params):
+    for x, y in batches:
+        torch.autograd.grad(loss_fn(model(x), y), params)
+
+
+def bare_double_backward(model, loss_fn, batches, params, vs):
+    for x, y in batches:
+        g = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+        torch.autograd.grad(g, params, vs)
+
+
+def bare_forward_over_reverse(model, loss_fn, batches, params, vs):
+    names = [n for n, _ in model.named_parameters()]
+    primal = {n: p.detach() for n, p in zip(names, params)}
+    tangent = dict(zip(names, vs))
+    for x, y in batches:
+        jvp(grad(lambda p: loss_fn(functional_call(model, p, (x,)), y)), (primal,), (tangent,))
+
+
+def median_times(columns: dict, repeats: int) -> dict:
+    """Median seconds of each callable, interleaved: every repeat calls every column once."""
+    times = {name: [] for name in columns}
+    for name, fn in columns.items():
+        fn()  # warm-up
+    for _ in range(repeats):
+        for name, fn in columns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_row(name, n, batch_size, dtype, repeats, compile_products):
+    model, loss_fn, reduction, x, y = build(name, n, dtype)
+    batches = batches_of(x, y, batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    dim = sum(p.numel() for p in params)
+    g = torch.Generator().manual_seed(2)
+    vs = [torch.randn(p.shape, generator=g, dtype=dtype) for p in params]
+    v = torch.cat([t.reshape(-1) for t in vs]).to(torch.float64)
+    blocks = {b: torch.randn(dim, b, generator=g, dtype=torch.float64) for b in (4, 16)}
+    op = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size, reduction=reduction)
+    columns = {
+        "gradient": lambda: bare_gradient(model, loss_fn, batches, params),
+        "bare double backward": lambda: bare_double_backward(model, loss_fn, batches, params, vs),
+        "bare forward-over-reverse": lambda: bare_forward_over_reverse(model, loss_fn, batches,
+                                                                       params, vs),
+        "ours default": lambda: op.apply(v),
+        "ours block 4": lambda: op.apply(blocks[4]),
+        "ours block 16": lambda: op.apply(blocks[16]),
+    }
+    compiled = {}
+    if compile_products:
+        compiled_op = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size,
+                                      reduction=reduction, compile=True)
+        start = time.perf_counter()
+        compiled_op.apply(v)  # compiles (every batch shape it meets)
+        compiled_op.apply(v)
+        compiled["first two passes s"] = time.perf_counter() - start
+        compiled["compile s"] = compiled_op.compile_time
+        compiled["compiled"] = compiled_op.compiled
+        columns["ours compiled"] = lambda: compiled_op.apply(v)
+    with evaluation_mode(model), sdpa_kernel([SDPBackend.MATH]):  # bare loops need it too
+        t = median_times(columns, repeats)
+    bare = {"reverse-over-reverse": t["bare double backward"],
+            "forward-over-reverse": t["bare forward-over-reverse"]}
+    faster_bare = min(bare.values())
+    row = {"model": name, "parameters": dim, "samples": n, "batch size": batch_size,
+           "dtype": str(dtype).replace("torch.", ""), "strategy": op.strategy,
+           "ms": {k: 1e3 * s for k, s in t.items()},
+           "default / faster bare": t["ours default"] / faster_bare,
+           "overhead ms": 1e3 * (t["ours default"] - bare[op.strategy]),
+           "overhead share": (t["ours default"] - bare[op.strategy]) / t["ours default"],
+           "block 4 per vector / default": t["ours block 4"] / 4 / t["ours default"],
+           "block 16 per vector / default": t["ours block 16"] / 16 / t["ours default"]}
+    if compile_products:
+        saved = t["ours default"] - t["ours compiled"]
+        row.update({"compile s": compiled["compile s"], "compiled": compiled["compiled"],
+                    "compiled / bare double backward": t["ours compiled"]
+                    / t["bare double backward"],
+                    "break-even passes": compiled["compile s"] / saved if saved > 0 else None})
+    return row
+
+
+#: (model, samples, batch sizes, dtypes): the grid of the full run.
+GRID = [
+    ("mlp-4k", 1000, (32, 256), (torch.float32, torch.float64)),
+    ("mlp-1m", 1000, (32, 256), (torch.float32,)),
+    ("cnn-30k", 1000, (32, 256), (torch.float32, torch.float64)),
+    ("cnn-955k", 512, (128,), (torch.float32,)),
+    ("transformer", 512, (32, 128), (torch.float32,)),
+    ("lm", 256, (32,), (torch.float32,)),
+]
+QUICK = [
+    ("mlp-tiny", 50, (16,), (torch.float64,)),
+    ("cnn-tiny", 30, (16,), (torch.float64,)),
+    ("transformer-tiny", 20, (8,), (torch.float64,)),
+    ("lm-tiny", 20, (8,), (torch.float64,)),
+]
+
+
+def format_table(rows) -> str:
+    head = ("| model | params | batch | dtype | strategy | gradient ms | bare dbl-bwd | bare fwd-rev "
+            "| ours default | default / faster bare | overhead ms (share) | block 4 /vec "
+            "| block 16 /vec | compiled ms | compile s | break-even passes |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        ms = r["ms"]
+        compiled = ms.get("ours compiled")
+        even = r.get("break-even passes")
+        compile_s = "-" if "compile s" not in r else f"{r['compile s']:.1f}"
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['batch size']} | {r['dtype']} "
+            f"| {r['strategy']} | {ms['gradient']:.2f} "
+            f"| {ms['bare double backward']:.2f} | {ms['bare forward-over-reverse']:.2f} "
+            f"| {ms['ours default']:.2f} | {r['default / faster bare']:.2f}x "
+            f"| {r['overhead ms']:.2f} ({100 * r['overhead share']:.0f}%) "
+            f"| {ms['ours block 4'] / 4:.2f} | {ms['ours block 16'] / 16:.2f} "
+            f"| {'-' if compiled is None else f'{compiled:.2f}'} "
+            f"| {compile_s} "
+            f"| {'-' if compiled is None else ('never' if even is None else f'{even:.0f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny grid (seconds)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved repeats per row (default 15, 3 with --quick)")
+    parser.add_argument("--models", nargs="*", help="only these models of the grid")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled column")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    grid = QUICK if args.quick else GRID
+    if args.models:
+        grid = [g for g in grid if g[0] in args.models]
+    repeats = args.repeats or (3 if args.quick else 15)
+    rows = []
+    for name, n, batch_sizes, dtypes in grid:
+        for batch_size in batch_sizes:
+            for dtype in dtypes:
+                rows.append(bench_row(name, n, batch_size, dtype, repeats,
+                                      not args.no_compile))
+                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(format_table(rows))
+    if args.json:
+        info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
+                "machine": platform.processor() or platform.machine(), "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Compiled products (``compile=True``): the eager products' numbers, one graph for the full
+batches and at most one more for the ragged last batch, compile time apart, a named fallback."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_mlp, mlp_data, random_block
+from lanczos_hessian import GGNOperator, HessianOperator
+from lanczos_hessian.curvature.compiled import CompileWarning
+from test_attention import Encoder, attention_case, full_data_hessian
+
+pytestmark = pytest.mark.slow  # each compile takes seconds to a minute on a CPU
+LOSS = torch.nn.CrossEntropyLoss()
+
+
+def relative(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+def test_compiled_products_agree_with_eager_and_compile_at_most_twice(dtype, tol):
+    torch._dynamo.reset()
+    model = make_mlp().to(dtype)
+    x, y = mlp_data()
+    data = (x.to(dtype), y)
+    V = random_block(sum(p.numel() for p in model.parameters()), 2)
+    for cls in (HessianOperator, GGNOperator):
+        eager = cls(model, LOSS, data, batch_size=7)  # 23 = 3 * 7 + 2: a ragged last batch
+        compiled = cls(model, LOSS, data, batch_size=7, compile=True)
+        assert compiled.strategy == "forward-over-reverse"  # the rule for compiled products
+        reference = eager.matmat(V)
+        for _ in range(3):
+            assert relative(compiled.matmat(V), reference) <= tol
+        assert compiled.compiled.usable and compiled.compile_time > 0
+        graphs = compiled.compiled.num_graphs
+        assert 1 <= graphs <= 2  # the full batches and the ragged one, never one per pass
+        compiled.matmat(V)
+        compiled.matvec(V[:, 0])  # another block width: one more graph, once
+        compiled.matvec(V[:, 1])
+        assert compiled.compiled.num_graphs <= graphs + 2
+
+
+def test_compiled_attention_matches_the_dense_hessian():
+    torch._dynamo.reset()
+    model, x, y = attention_case(Encoder)
+    H = full_data_hessian(model, x, y)
+    op = HessianOperator(model, LOSS, (x, y), batch_size=4, compile=True)
+    V = np.random.default_rng(0).standard_normal((op.shape[0], 2))
+    assert np.abs(op.matmat(V) - H @ V).max() <= 1e-10 * np.abs(H).max() * np.abs(V).sum(0).max()
+    assert op.compiled.usable
+
+
+def test_a_product_that_cannot_be_compiled_falls_back_with_the_reason():
+    torch._dynamo.reset()
+    model, data = make_mlp(), mlp_data()
+    V = random_block(sum(p.numel() for p in model.parameters()), 2)
+    eager = HessianOperator(model, LOSS, data, batch_size=7, strategy="reverse-over-reverse")
+    op = HessianOperator(model, LOSS, data, batch_size=7, strategy="reverse-over-reverse",
+                         compile=True)
+    with pytest.warns(CompileWarning, match="double backward.*going on with the eager"):
+        out = op.matmat(V)
+    assert not op.compiled.usable
+    np.testing.assert_array_equal(out, eager.matmat(V))
+
+
+def test_many_operators_in_one_process_keep_their_own_graphs():
+    """Dynamo's recompile limit (8) counts per code object: each operator has its own."""
+    torch._dynamo.reset()
+    model, (x, y) = make_mlp(), mlp_data()
+    V = random_block(sum(p.numel() for p in model.parameters()), 1)
+    ops = [HessianOperator(model, LOSS, (x, y), batch_size=b, compile={"backend": "aot_eager"})
+           for b in (3, 4, 5, 6, 7, 8, 9, 10, 11)]
+    for op in ops:
+        op.matmat(V)
+        op.matmat(V)
+        assert op.compiled.usable and 1 <= op.compiled.num_graphs <= 2
