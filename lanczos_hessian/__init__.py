@@ -27,6 +27,7 @@ from .analysis.spectrum import Quadrature, Spectrum, read_spectrum
 from .analysis.tracking import SpectrumTracker, read_tracking
 from .curvature.data import dict_batch
 from .curvature.dense import dense_matrix, dense_spectrum
+from .curvature.objective import TokenLoss
 from .curvature.operators import CurvatureOperator, GGNOperator, HessianOperator, ResidualOperator
 from .curvature.params import ParameterSpace
 from .errors import (
@@ -96,6 +97,7 @@ __all__ = [
     "count_outliers",
     "deflated_slq",
     "dict_batch",
+    "TokenLoss",
     "dense_matrix",
     "dense_spectrum",
     "direction_profile",
