@@ -69,3 +69,22 @@ def test_gpt2_auto_strategy_products(gpt2_problem):
     V = np.random.default_rng(0).standard_normal((H.shape[0], 4))
     expected = dense @ V
     assert np.abs(H @ V - expected).max() <= 1e3 * EPS * np.abs(expected).max()
+
+
+def test_gpt2_preset_q_block_of_c_attn_is_the_dense_sub_block(gpt2_problem):
+    from lanczos_hessian.blocks import block_spectra, preset_blocks, resolve_blocks
+
+    model, seqs, dense = gpt2_problem
+    H = HessianOperator(model, None, pad_batches(seqs, SIZES))
+    blocks = preset_blocks(model, "gpt2")
+    names = [b.name for b in blocks]
+    assert {"transformer.wte", "transformer.wpe", "transformer.h.0.attn.q",
+            "transformer.h.1.attn.v", "transformer.h.1.attn.o", "transformer.h.0.mlp"} <= set(names)
+    q = [b for b in blocks if b.name == "transformer.h.0.attn.q"]
+    (resolved,) = resolve_blocks(H.space, q)
+    assert resolved.dim == 4 * 4 + 4  # the first 4 of c_attn's 12 columns, and of its bias
+    result = block_spectra(H, q, k=3, num_probes=0, tol=1e-12)
+    idx = resolved.indices.numpy()
+    exact = np.linalg.eigvalsh(dense[np.ix_(idx, idx)])[-3:]
+    np.testing.assert_allclose(np.sort(result[q[0].name].eigs.eigenvalues), exact, rtol=0,
+                               atol=1e3 * EPS * np.abs(dense).max())
