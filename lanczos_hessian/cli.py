@@ -43,13 +43,16 @@ def _operator_args(parser):
                         help="built-in problem name or 'package.module:function' returning "
                              "(model, loss_fn, data) (default clusters-mlp)")
     parser.add_argument("--checkpoint", default=None, help="state_dict to load into the model")
-    parser.add_argument("--operator", choices=("hessian", "ggn", "residual"), default="hessian",
+    from .curvature.operators import OPERATORS
+    from .curvature.products import STRATEGIES
+
+    parser.add_argument("--operator", choices=tuple(OPERATORS), default="hessian",
                         help="H, its Gauss-Newton part G, or R = H - G (default hessian)")
     parser.add_argument("--params", nargs="+", default=None,
                         help="restrict to these parameters or module prefixes (a block)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
+                        choices=STRATEGIES,
                         help="differentiation of the products; auto (default): "
                              "reverse-over-reverse for a model with convolutions, else "
                              "forward-over-reverse where forward mode works (a fixed rule, "
@@ -73,6 +76,9 @@ def _state_args(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .linalg.eigsh import WHICH
+    from .linalg.slq import PROBES
+
     parser = argparse.ArgumentParser(
         prog="lanczos-hessian",
         description="Spectra of full-dataset neural-network Hessians (Lanczos, SLQ, HDF5).")
@@ -90,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(eigs)
     _operator_args(eigs)
     eigs.add_argument("--k", type=int, default=20, help="number of eigenpairs (default 20)")
-    eigs.add_argument("--which", choices=("LA", "SA", "BE", "LM"), default="LA")
+    eigs.add_argument("--which", choices=WHICH, default="LA")
     eigs.add_argument("--k-bottom", type=int, default=None, help="with --which BE")
     eigs.add_argument("--tol", type=float, default=1e-6, help="residual <= tol*||H||")
     eigs.add_argument("--ncv", type=int, default=None, help="basis size before a restart")
@@ -116,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _operator_args(slq)
     slq.add_argument("--num-probes", type=int, default=10)
     slq.add_argument("--num-steps", type=int, default=80)
-    slq.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher")
+    slq.add_argument("--probe", choices=PROBES, default="rademacher")
     slq.add_argument("--deflate-top", type=int, default=0,
                      help="compute and deflate this many top eigenpairs first")
     slq.add_argument("--deflate-bottom", type=int, default=0)

@@ -47,12 +47,11 @@ import platform
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
-
+from . import validate
 from .linalg.basis import TensorBasis, choose_location
 from .linalg.eigsh import EigshResult, check_arguments, default_ncv, lanczos_eigsh
 from .linalg.hooks import Hooks
-from .linalg.slq import _validate as check_slq_arguments
+from .linalg.slq import check_slq_arguments
 from .linalg.slq import deflation_plan, split_seed, with_deflation_cost
 from .linalg.slq import slq as slq_solver
 from .parallel.distributed import current_world
@@ -206,9 +205,7 @@ def _open_file(ctx: _Context, seed, overwrite, attrs, disk_vectors) -> SpectrumW
 def _check_seed(seed) -> None:
     """A run's seed is a non-negative integer (or None: fresh entropy), checked before any
     file is created."""
-    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)
-                             or seed < 0):
-        raise ValueError(f"seed must be a non-negative integer (--seed), got {seed!r}")
+    validate.seed("seed", seed, flag="--seed")
 
 
 def _reserve(rows: int, disk_vectors: int) -> int:

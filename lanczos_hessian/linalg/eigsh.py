@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .. import validate
 from ..errors import NoConvergenceError, NumericalWarning
 from .lanczos import BlockLanczosProcess, LanczosProcess
 from ..progress import Progress
@@ -40,7 +41,10 @@ from .partition import ShardedMatvec, whole_or
 
 logger = logging.getLogger(__name__)
 
+#: The ends :func:`lanczos_eigsh` computes (scipy's names); the command line's choices.
 WHICH = ("LA", "SA", "BE", "LM")
+#: What the residuals are relative to: ``||A||`` or ``|theta_i|`` (ARPACK's test).
+CRITERIA = ("norm", "eigenvalue")
 
 
 @dataclass(frozen=True)
@@ -238,30 +242,31 @@ def default_ncv(k: int, n: int, block_size: int = 1, which: str = "LA") -> int:
 
 
 def check_arguments(k, dim, which, tol, ncv=None, max_matvecs=None, k_bottom=None,
-                    block_size=1) -> None:
+                    block_size=1, criterion="norm") -> None:
     """Check every argument of :func:`lanczos_eigsh` before any application of the operator
-    (and, in :mod:`lanczos_hessian.run`, before any file is created)."""
-    if (not isinstance(block_size, (int, np.integer)) or isinstance(block_size, bool)
-            or not 1 <= block_size <= dim):
-        raise ValueError(f"block_size={block_size!r} out of range: need 1 <= block_size <= "
-                         f"n = {dim}")
-    if which not in WHICH:
-        raise ValueError(f"unknown which={which!r}; choose one of {WHICH}")
-    if not isinstance(k, (int, np.integer)) or not 1 <= k <= dim:
-        raise ValueError(f"k={k!r} out of range: need 1 <= k <= n = {dim}")
+    (and, in :mod:`lanczos_hessian.run`, before any file is created): integers are integers
+    (not ``bool``, not ``12.5``), in range, and ``which`` one of :data:`WHICH`."""
+    validate.integer("block_size", block_size, low=1, high=dim, high_name="n")
+    validate.choice("which", which, WHICH)
+    validate.integer("k", k, low=1, high=dim, high_name="n")
     if which == "BE" and k < 2:
         raise ValueError("which='BE' needs k >= 2 (half from each end)")
-    if k_bottom is not None and (which != "BE" or not 1 <= k_bottom < k):
-        raise ValueError(f"k_bottom={k_bottom!r} needs which='BE' and 1 <= k_bottom < k={k}")
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol!r}")
-    if ncv is not None and not k < ncv and ncv < dim:
-        raise ValueError(f"ncv={ncv} must exceed k={k} (or equal n = {dim})")
-    if ncv is not None and block_size > 1 and ncv < min(k + 2 * block_size, dim):
-        raise ValueError(f"ncv={ncv} leaves no room for blocks of {block_size} beside k={k}: "
-                         f"need ncv >= k + 2 * block_size = {k + 2 * block_size} (or n)")
-    if max_matvecs is not None and max_matvecs < 1:
-        raise ValueError(f"max_matvecs must be at least 1, got {max_matvecs}")
+    if k_bottom is not None:
+        validate.integer("k_bottom", k_bottom)
+        if which != "BE" or not 1 <= k_bottom < k:
+            raise ValueError(f"k_bottom={k_bottom!r} needs which='BE' and 1 <= k_bottom < "
+                             f"k={k}")
+    validate.positive_float("tol", tol, phrase="positive")
+    if ncv is not None:
+        validate.integer("ncv", ncv)
+        if not k < ncv and ncv < dim:
+            raise ValueError(f"ncv={ncv} must exceed k={k} (or equal n = {dim})")
+        if block_size > 1 and ncv < min(k + 2 * block_size, dim):
+            raise ValueError(f"ncv={ncv} leaves no room for blocks of {block_size} beside "
+                             f"k={k}: need ncv >= k + 2 * block_size = "
+                             f"{k + 2 * block_size} (or n)")
+    validate.optional_integer("max_matvecs", max_matvecs, low=1)
+    validate.choice("criterion", criterion, CRITERIA)
 
 
 def lanczos_eigsh(
@@ -341,9 +346,7 @@ def lanczos_eigsh(
     """
     matvec = as_block_matvec(op, dim if v0 is None else len(v0))
     n = matvec.dim
-    check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
-    if criterion not in ("norm", "eigenvalue"):
-        raise ValueError(f"unknown criterion={criterion!r}; choose 'norm' or 'eigenvalue'")
+    check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size, criterion)
     ncv = default_ncv(k, n, block_size, which) if ncv is None else min(ncv, n)
     _warn_below_floor(tol, criterion, matvec.precision)
     max_matvecs = max_matvecs or max(20 * ncv, 300)

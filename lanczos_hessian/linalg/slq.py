@@ -86,6 +86,7 @@ import scipy.linalg
 import torch
 from scipy.sparse.linalg import LinearOperator
 
+from .. import validate
 from . import density
 from .eigsh import EigshResult, lanczos_eigsh
 from ..progress import Progress
@@ -375,12 +376,14 @@ def _parse_deflate(deflate, dim: int, device) -> tuple:
 # ------------------------------------------------------------------ drivers
 
 
-def _validate(num_probes, num_steps, probe):
-    for name, value in (("num_probes", num_probes), ("num_steps", num_steps)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe={probe!r}; choose one of {PROBES}")
+def check_slq_arguments(num_probes, num_steps, probe) -> None:
+    """The bad-input checks of :func:`slq`, before any pass over the data (or any file)."""
+    validate.integer("num_probes", num_probes, low=1)
+    validate.integer("num_steps", num_steps, low=1)
+    validate.choice("probe", probe, PROBES)
+
+
+_validate = check_slq_arguments  # the name used before
 
 
 def _start_vectors(probes, num_probes, probe, rng, matvec, project, shard) -> tuple:
@@ -461,7 +464,7 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
     -------
     SLQResult
     """
-    _validate(num_probes, num_steps, probe)
+    check_slq_arguments(num_probes, num_steps, probe)
     start = time.perf_counter()
     matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
     n = matvec.dim
@@ -541,7 +544,8 @@ def deflation_plan(k_top: int, k_bottom: int) -> tuple:
     """``(k, which, k_bottom)`` of the ONE eigensolver run that computes the ``k_top`` largest
     and ``k_bottom`` smallest eigenpairs: ``LA``, ``SA``, or ``BE`` with its bottom count."""
     for name, value in (("k_top", k_top), ("k_bottom", k_bottom)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+                or value < 0):
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     k = int(k_top + k_bottom)
     which = "BE" if k_top and k_bottom else "LA" if k_top else "SA"
@@ -583,7 +587,9 @@ def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
     ``target_error``, the probes are added in rounds of ``num_probes`` until the trace is
     known to within ``target_error`` at ``confidence`` (:func:`adaptive_slq`).
     """
-    _validate(num_probes, num_steps, probe)
+    check_slq_arguments(num_probes, num_steps, probe)
+    validate.optional_integer("ncv", ncv, low=1)
+    validate.optional_integer("max_matvecs", max_matvecs, low=1)
     if target_error is not None:
         _check_target(target_error, confidence)
     k, which, k_b = deflation_plan(k_top, k_bottom)
@@ -656,13 +662,12 @@ def adaptive_slq(op, target_error: float, *, confidence: float = 0.95, statistic
     from ..errors import NumericalWarning
 
     _check_target(target_error, confidence)
-    _validate(probes_per_round, num_steps, probe)
+    check_slq_arguments(probes_per_round, num_steps, probe)
     if probes_per_round < 2:
         raise ValueError(f"probes_per_round must be at least 2 (a standard error needs two "
                          f"probes), got {probes_per_round}")
-    if not isinstance(max_probes, (int, np.integer)) or max_probes < probes_per_round:
-        raise ValueError(f"max_probes={max_probes!r} must be an integer >= probes_per_round="
-                         f"{probes_per_round}")
+    validate.integer("max_probes", max_probes, low=probes_per_round,
+                     hint=f" (probes_per_round = {probes_per_round})")
     statistic = statistic or (lambda result: result.trace())
     matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
     seed = _resolve_seed(rng, matvec)
@@ -700,11 +705,8 @@ def interval_half_width(estimate, confidence: float) -> float:
 
 def _check_target(target_error, confidence) -> None:
     """The bad-input checks of :func:`adaptive_slq`, before any pass over the data."""
-    if not (isinstance(target_error, (int, float, np.floating)) and np.isfinite(target_error)
-            and target_error > 0):
-        raise ValueError(f"target_error must be a positive number, got {target_error!r}")
-    if not (isinstance(confidence, (int, float, np.floating)) and 0 < confidence < 1):
-        raise ValueError(f"confidence must be a probability in (0, 1), got {confidence!r}")
+    validate.positive_float("target_error", target_error)
+    validate.probability("confidence", confidence)
 
 
 def _merge_rounds(rounds: list, seed: int, target_error: float, confidence: float) -> SLQResult:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import validate
 from .density import Estimate, estimate
 from .linop import BlockMatvec, as_block_matvec
 from .slq import PROBES, _resolve_seed, draw_probes
@@ -29,10 +30,8 @@ def hutchinson_trace(op, num_probes: int = 100, *, probes_per_pass: int = 10,
     uses the same ones.
     """
     for name, value in (("num_probes", num_probes), ("probes_per_pass", probes_per_pass)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe={probe!r}; choose one of {PROBES}")
+        validate.integer(name, value, low=1)
+    validate.choice("probe", probe, PROBES)
     matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
     Z = torch.from_numpy(draw_probes(matvec.dim, num_probes, probe,
                                      _resolve_seed(rng, matvec)))
