@@ -54,6 +54,8 @@ from .linalg.hooks import Hooks
 from .linalg.slq import check_slq_arguments
 from .linalg.slq import deflation_plan, split_seed, with_deflation_cost
 from .linalg.slq import slq as slq_solver
+from .contract import (data_fingerprint_of, device_of, expect_data_fingerprint, identity_of,
+                       partition_of)
 from .parallel.distributed import current_world
 from .parallel.sharding import Shard
 from .storage.agreement import agree_on_states, read_before_main_reopens
@@ -63,7 +65,6 @@ from .storage.checkpoint import (
     ResumeError,
     RunCheckpoint,
     check_settings,
-    model_fingerprint,
     read_replica,
     saved_settings,
     state_dropped,
@@ -97,28 +98,27 @@ logger = logging.getLogger(__name__)
 __all__ = ["eigs", "slq", "eigs_job", "slq_job", "provenance"]
 
 
-def provenance(op, seed=None, **extra) -> dict:
-    """Attributes that say what produced a file: operator, model, data, settings, machine."""
+def provenance(op, seed=None, identity=None, **extra) -> dict:
+    """Attributes that say what produced a file: what the operator offers as its provenance
+    (:func:`~lanczos_hessian.contract.identity_of`), the run's settings and the machine."""
     world = current_world()
-    attrs = {
-        "operator": op.kind,
-        "num_params": op.shape[0],
-        "param_names": list(op.space.names),
-        "loss": getattr(op.loss_fn, "__class__", type(op.loss_fn)).__name__,
-        "reduction": op.reduction,
-        "dtype": str(op.dtype),
-        "model_dtype": str(op.model_dtype),
-        "device": str(op.device),
-        "strategy": op.curvature.strategy,
-        "allow_tf32": bool(getattr(op, "allow_tf32", False)),
-        "world_size": world.size,
-        "seed": seed,
-        "hostname": platform.node(),
-    }
-    if op.num_samples is not None:
-        attrs["num_samples"] = op.num_samples  # over all ranks
+    identity = identity_of(op) if identity is None else identity
+    attrs = {**identity["provenance"], "world_size": world.size, "seed": seed,
+             "hostname": platform.node()}
     attrs.update(extra)
     return attrs
+
+
+#: The parts of an operator's identity a run's settings hold (checked on resume), per run.
+EIGS_IDENTITY = ("operator", "num_params", "reduction", "model_dtype", "model", "strategy",
+                 "allow_tf32")
+SLQ_IDENTITY = ("operator", "num_params", "model", "strategy", "allow_tf32")
+
+
+def identity_settings(identity: dict, keys) -> dict:
+    """The ``keys`` of an identity (provenance and fingerprints) that it offers."""
+    offered = {**identity["provenance"], **identity["fingerprints"]}
+    return {key: offered[key] for key in keys if key in offered}
 
 
 # ---- the context of a run ---------------------------------------------------------------------
@@ -132,6 +132,10 @@ class _Context:
     location: str
     main: bool
     resume: bool
+
+    @property
+    def device(self):
+        return device_of(self.op)
 
     @property
     def rows(self) -> int:
@@ -157,9 +161,11 @@ def _context(op, out, shard_vectors, basis_vectors, memory_budget, resume) -> _C
     world = current_world()
     if resume and out is None:
         raise ResumeError("resuming needs the run's file (--out)")
-    shard = Shard(op.shape[0]) if shard_vectors and world.size > 1 else None
-    rows = shard.local_dim if shard else op.shape[0]
-    location = choose_location(rows, basis_vectors, memory_budget, op.device)
+    n = op.shape[0]
+    shard = (Shard(n, offsets=partition_of(op, world.size))
+             if shard_vectors and world.size > 1 else None)
+    rows = shard.local_dim if shard else n
+    location = choose_location(rows, basis_vectors, memory_budget, device_of(op))
     return _Context(op, out, shard, location, world.is_main, resume)
 
 
@@ -183,7 +189,8 @@ def _scratch_stores(stack: contextlib.ExitStack, location: str, device):
     return make
 
 
-def _open_file(ctx: _Context, seed, overwrite, attrs, disk_vectors) -> SpectrumWriter:
+def _open_file(ctx: _Context, seed, overwrite, attrs, disk_vectors,
+               identity=None) -> SpectrumWriter:
     """This process's file: the run's (rank 0) or its rows' (other ranks, sharded); created
     after checking the path and the disk space for ``disk_vectors`` basis vectors, or reopened
     to resume."""
@@ -194,7 +201,8 @@ def _open_file(ctx: _Context, seed, overwrite, attrs, disk_vectors) -> SpectrumW
         check_output_path(path, overwrite)
         check_disk_space(path, ctx.rows, disk_vectors, reserve)
         role = {} if ctx.main else {"shard_of": str(ctx.out), "shard_rank": world.rank}
-        return SpectrumWriter(path, {**provenance(ctx.op, seed=seed, **role), **(attrs or {})},
+        return SpectrumWriter(path, {**provenance(ctx.op, seed=seed, identity=identity, **role),
+                                     **(attrs or {})},
                               overwrite=overwrite, reserve=reserve)
     if not ctx.main and not path.exists():
         raise ResumeError(f"{path} is missing: a run with sharded vectors resumes on the "
@@ -215,13 +223,14 @@ def _reserve(rows: int, disk_vectors: int) -> int:
     return DEFAULT_RESERVE + min(disk_vectors + 12, 64) * min(rows * 8, 1 << 20)
 
 
-def _open_and_agree(ctx: _Context, seed, overwrite, attrs, disk_vectors, prepare, num_counts):
+def _open_and_agree(ctx: _Context, seed, overwrite, attrs, disk_vectors, prepare, num_counts,
+                    identity=None):
     """Open this process's file and declare or check it with ``prepare(writer) -> (stores,
     counts)``; return ``(writer, stores, counts agreed by every rank)``. Sharded ranks agree on
     the minimum of each count (one collective with the error protocol: a rank that cannot open
     its file fails every rank with its message); a single writer keeps its own counts."""
     if ctx.shard is None:
-        writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors)
+        writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors, identity)
         try:
             return (writer, *prepare(writer))
         except BaseException:
@@ -229,18 +238,24 @@ def _open_and_agree(ctx: _Context, seed, overwrite, attrs, disk_vectors, prepare
             raise
     writer, error, stores, counts = None, None, None, [0] * num_counts
     try:
-        writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors)
+        writer = _open_file(ctx, seed, overwrite, attrs, disk_vectors, identity)
         stores, counts = prepare(writer)
     except Exception as exc:  # every rank learns of it, then each raises
         error = exc
-    return writer, stores, agree_on_states(counts, error, writer, ctx.op.device)
+    return writer, stores, agree_on_states(counts, error, writer, ctx.device)
 
 
-def _file_hooks(ctx, store: RunCheckpoint, count: int, op_for_data) -> Hooks:
-    """Bases backed by this process's file, rewound to the agreed state, and its checkpoint."""
+def _file_hooks(ctx, store: RunCheckpoint, count: int) -> Hooks:
+    """Bases backed by this process's file, rewound to the agreed state, and its checkpoint;
+    rank 0 saves the data fingerprint of the operator's first pass with every commit and,
+    on resume, has the operator check its data against the saved one."""
     store.rewind(count)
-    return Hooks(bases=store.basis_factory(ctx.location, ctx.op.device),
-                 checkpoint=Checkpointer(store, op_for_data), shard=ctx.shard)
+    op = ctx.op
+    checkpoint = (Checkpointer(store, stamp=lambda: data_fingerprint_of(op),
+                               on_restore=lambda saved: expect_data_fingerprint(op, saved))
+                  if ctx.main else Checkpointer(store))
+    return Hooks(bases=store.basis_factory(ctx.location, ctx.device), checkpoint=checkpoint,
+                 shard=ctx.shard)
 
 
 # ---- eigenpairs ---------------------------------------------------------------------------------
@@ -266,13 +281,11 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     _check_seed(seed)
     capacity = default_ncv(k, n, block_size, which) if ncv is None else min(ncv, n)
     ctx = _context(op, out, shard_vectors, capacity, memory_budget, resume)
+    identity = identity_of(op)
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
-                "block_size": block_size,
-                "max_matvecs": max_matvecs, "seed": seed, "operator": op.kind,
-                "num_params": n, "reduction": op.reduction, "model_dtype": str(op.model_dtype),
-                "world_size": current_world().size, "model": model_fingerprint(op),
-                "strategy": op.curvature.strategy,
-                "allow_tf32": bool(getattr(op, "allow_tf32", False))}
+                "block_size": block_size, "max_matvecs": max_matvecs, "seed": seed,
+                "world_size": current_world().size,
+                **identity_settings(identity, EIGS_IDENTITY)}
 
     if resume:
         stored = _finished_result(out, "eigs", settings,
@@ -288,14 +301,14 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
 
     if not ctx.has_file:
         with contextlib.ExitStack() as stack:
-            make = _scratch_stores(stack, ctx.location, op.device)
+            make = _scratch_stores(stack, ctx.location, ctx.device)
             replica = (read_before_main_reopens(lambda: read_replica(out, "eigs", make),
-                                                op.device)
+                                                ctx.device)
                        if ctx.replica and resume else None)
             return solve(Hooks(bases=replica.basis_factory if replica else make,
                                checkpoint=replica, shard=ctx.shard))
     if resume and ctx.shard is None:
-        read_before_main_reopens(lambda: None, op.device)  # the replicas read first
+        read_before_main_reopens(lambda: None, ctx.device)  # the replicas read first
 
     def prepare(writer):
         store = RunCheckpoint(writer, "eigs", ctx.rows, block_size, capacity)
@@ -307,11 +320,12 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
             store.declare(settings)
         return store, [store.count]
 
-    writer, store, (count,) = _open_and_agree(ctx, seed, overwrite, attrs, capacity, prepare, 1)
+    writer, store, (count,) = _open_and_agree(ctx, seed, overwrite, attrs, capacity, prepare, 1,
+                                              identity)
     with writer:
         if ctx.records and resume:
             rewind_steps(writer, "eigs", count)
-        hooks = _file_hooks(ctx, store, count, op if ctx.main else None)
+        hooks = _file_hooks(ctx, store, count)
         writer.start_streaming()
         result = solve(hooks, step_recorder(writer, "eigs", k, which, k_bottom)
                        if ctx.records else None)
@@ -353,12 +367,10 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     capacity = min(num_steps, n - k)
     eigs_capacity = default_ncv(k, n, 1, which)
     ctx = _context(op, out, shard_vectors, capacity * num_probes, memory_budget, resume)
+    identity = identity_of(op)
     settings = {"num_probes": num_probes, "num_steps": num_steps, "probe": probe,
                 "k_top": k_top, "k_bottom": k_bottom, "tol": tol, "seed": seed,
-                "reorthogonalize": reorthogonalize, "operator": op.kind,
-                "num_params": n, "model": model_fingerprint(op),
-                "strategy": op.curvature.strategy,
-                "allow_tf32": bool(getattr(op, "allow_tf32", False))}
+                "reorthogonalize": reorthogonalize, **identity_settings(identity, SLQ_IDENTITY)}
     show = progress and ctx.main
     if resume:
         stored = _finished_result(out, "slq", settings, lambda f: (
@@ -377,9 +389,9 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
 
     if not ctx.has_file:
         with contextlib.ExitStack() as stack:
-            make = _scratch_stores(stack, ctx.location, op.device)
+            make = _scratch_stores(stack, ctx.location, ctx.device)
             eigs_state, eigs_attrs, slq_replica = (
-                read_before_main_reopens(lambda: _read_slq_replicas(out, k, make), op.device,
+                read_before_main_reopens(lambda: _read_slq_replicas(out, k, make), ctx.device,
                                          default=(None, {}, None))
                 if ctx.replica and resume else (None, {}, None))
             eigenpairs = eigs_state
@@ -392,7 +404,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
                 checkpoint=slq_replica, shard=ctx.shard))
             return eigenpairs, _with_cost(result, eigenpairs, eigs_attrs)
     if resume and ctx.shard is None:
-        read_before_main_reopens(lambda: None, op.device)  # the replicas read first
+        read_before_main_reopens(lambda: None, ctx.device)  # the replicas read first
 
     def prepare(writer):
         slq_store = RunCheckpoint(writer, "slq", ctx.rows, 2 * num_probes, capacity,
@@ -413,8 +425,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
 
     disk_vectors = capacity * num_probes + (eigs_capacity if k else 0)
     writer, (eigs_store, slq_store), (eigs_count, all_done, slq_count) = _open_and_agree(
-        ctx, seed, overwrite, attrs, disk_vectors, prepare, 3)
-    op_for_data = op if ctx.main else None
+        ctx, seed, overwrite, attrs, disk_vectors, prepare, 3, identity)
     with writer:
         eigenpairs, eigs_attrs = None, {}
         if k:
@@ -424,7 +435,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
             else:
                 if ctx.records and resume and not written:
                     rewind_steps(writer, "eigs", eigs_count)
-                hooks = _file_hooks(ctx, eigs_store, eigs_count, op_for_data)
+                hooks = _file_hooks(ctx, eigs_store, eigs_count)
                 writer.start_streaming()
                 eigenpairs = deflate(hooks, step_recorder(writer, "eigs", k, which, k_b)
                                      if ctx.records and not written else None)
@@ -436,7 +447,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
             eigs_attrs = dict(writer.file["eigs"].attrs)
         if ctx.records and resume:
             rewind_steps(writer, "slq", slq_count)
-        hooks = _file_hooks(ctx, slq_store, slq_count, op_for_data)
+        hooks = _file_hooks(ctx, slq_store, slq_count)
         writer.start_streaming()
         result = quadrature(eigenpairs, hooks, slq_recorder(writer) if ctx.records else None)
         writer.finish()
@@ -489,9 +500,10 @@ def _stored_eigs(f, out, save_vectors: bool):
 
 def _record_num_samples(writer, op) -> None:
     """The sample count over all ranks, known after the first pass for an iterable of batches
-    (the file's provenance was written before it)."""
-    if op.num_samples is not None:
-        writer.set_attrs("/", {"num_samples": op.num_samples})
+    (the file's provenance was written before it), when the operator offers one."""
+    num_samples = identity_of(op)["provenance"].get("num_samples")
+    if num_samples is not None:
+        writer.set_attrs("/", {"num_samples": num_samples})
 
 
 def _finish_state(ctx: _Context, keep_state: bool) -> None:

@@ -35,7 +35,6 @@ refused with a message naming it. A state that cannot be read (a damaged file) i
 from __future__ import annotations
 
 import functools
-import hashlib
 import io as _io
 import zipfile
 from typing import NamedTuple
@@ -50,12 +49,6 @@ from .disk_basis import HDF5Basis, MirroredBasis, create_basis_dataset
 from .schema import annotate
 
 STATE = "state"
-
-
-def model_fingerprint(op) -> str:
-    """SHA-256 (first 16 hex digits) of the selected parameters as float64 bytes."""
-    flat = op.flat_parameters().cpu().numpy()
-    return hashlib.sha256(flat.tobytes()).hexdigest()[:16]
 
 
 _UNREADABLE = (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError, EOFError,
@@ -329,13 +322,15 @@ class Checkpointer:
     committed state with the bases pointed at their committed vectors. With a pre-read
     ``committed`` state and no store (a rank that does not write, :func:`read_replica`) it
     restores that state into bases that already hold copies of the vectors, and commits
-    nothing. ``op``, when given, records the data fingerprint of its first pass and checks
-    the resumed run's data against it.
+    nothing. The data check is plain data in and out, never the operator: ``stamp()``, when
+    given, returns the data fingerprint (a float array) saved with every commit, and
+    ``on_restore(fingerprint)`` receives the resumed run's (to check the data against it).
     """
 
-    def __init__(self, store: RunCheckpoint | None = None, op=None,
-                 committed: Committed | None = None, bases=None):
-        self.store, self.op, self.committed = store, op, committed
+    def __init__(self, store: RunCheckpoint | None = None, stamp=None,
+                 committed: Committed | None = None, bases=None, on_restore=None):
+        self.store, self.stamp, self.committed = store, stamp, committed
+        self.on_restore = on_restore
         self.replica_bases = bases or []
 
     def basis_factory(self, i, dim=None, capacity=None):
@@ -355,8 +350,8 @@ class Checkpointer:
             for basis, row in zip(solver.bases(), state.small["basis_layouts"]):
                 columns = _columns(row)
                 basis.restore_state({"size": len(columns), "column_map": columns})
-        if self.op is not None:
-            self.op.expect_data_fingerprint(state.small.get("data_fingerprint"))
+        if self.on_restore is not None:
+            self.on_restore(state.small.get("data_fingerprint"))
         return {**state.small, "finished": state.finished}
 
     def commit(self, solver, progress: dict, finished: bool) -> None:
@@ -366,8 +361,9 @@ class Checkpointer:
         small, vectors = solver.state_dict()
         small.update(progress)
         small["basis_layouts"] = _layouts(solver.bases())
-        fingerprint = None if self.op is None else self.op.data_fingerprint
-        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint else [],
+        fingerprint = None if self.stamp is None else self.stamp()
+        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint is not None
+                                               and np.size(fingerprint) else [],
                                                dtype=np.float64)
         self.store.save(small, vectors, finished)
 
