@@ -52,7 +52,8 @@ from .errors import (
 from .linalg.density import Estimate, spectral_density, wasserstein1
 from .linalg.eigsh import EigshResult, lanczos_eigsh
 from .linalg.hooks import Hooks
-from .linalg.slq import SLQResult, adaptive_slq, deflated_slq, slq
+from .linalg.deflated import deflated_slq
+from .linalg.slq import SLQResult, adaptive_slq, slq
 from .linalg.trace import hutchinson_trace
 from .parallel.sharding import Shard
 from .storage.hdf5 import read_file

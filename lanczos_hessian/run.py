@@ -51,9 +51,8 @@ from . import validate
 from .linalg.basis import TensorBasis, choose_location
 from .linalg.eigsh import EigshResult, check_arguments, default_ncv, lanczos_eigsh
 from .linalg.hooks import Hooks
+from .linalg.deflated import DeflatedPlan, with_deflation_cost
 from .linalg.slq import check_slq_arguments
-from .linalg.slq import deflation_plan, split_seed, with_deflation_cost
-from .linalg.slq import slq as slq_solver
 from .contract import (data_fingerprint_of, device_of, expect_data_fingerprint, identity_of,
                        partition_of)
 from .parallel.distributed import current_world
@@ -357,13 +356,14 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     ranks' roles and ``keep_state`` are as in :func:`eigs` (a resume of a finished file whose
     state was dropped returns the stored eigenpairs and quadrature).
     """
-    k, which, k_b = deflation_plan(k_top, k_bottom)
     _check_seed(seed)
+    plan = DeflatedPlan.make(k_top, k_bottom, seed)
+    k, which, k_b = plan.k, plan.which, plan.k_bottom
     n = op.shape[0]
     check_slq_arguments(num_probes, num_steps, probe)  # before any file is created
     if k:
         check_arguments(k, n, which, tol, k_bottom=k_b)
-    eigs_seed, slq_seed = split_seed(seed)
+    eigs_seed = plan.eigs_seed
     capacity = min(num_steps, n - k)
     eigs_capacity = default_ncv(k, n, 1, which)
     ctx = _context(op, out, shard_vectors, capacity * num_probes, memory_budget, resume)
@@ -379,13 +379,12 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
             return stored
 
     def deflate(hooks, callback=None):
-        return lanczos_eigsh(op, k=k, which=which, k_bottom=k_b, tol=tol, rng=eigs_seed,
-                             callback=callback, progress=show, hooks=hooks)
+        return plan.eigenpairs(op, tol=tol, callback=callback, progress=show, hooks=hooks)
 
     def quadrature(eigenpairs, hooks, callback=None):
-        return slq_solver(op, num_probes, num_steps, probe=probe, rng=slq_seed,
-                          reorthogonalize=reorthogonalize, deflate=eigenpairs,
-                          callback=callback, progress=show, hooks=hooks)
+        return plan.quadrature(op, eigenpairs, num_probes=num_probes, num_steps=num_steps,
+                               probe=probe, reorthogonalize=reorthogonalize,
+                               callback=callback, progress=show, hooks=hooks)
 
     if not ctx.has_file:
         with contextlib.ExitStack() as stack:

@@ -18,7 +18,7 @@ import torch
 from .. import validate
 from .density import Estimate, estimate
 from .linop import BlockMatvec, as_block_matvec
-from .slq import PROBES, _resolve_seed, draw_probes
+from .probes import PROBES, draw_probes, resolve_seed
 
 
 def hutchinson_trace(op, num_probes: int = 100, *, probes_per_pass: int = 10,
@@ -34,7 +34,7 @@ def hutchinson_trace(op, num_probes: int = 100, *, probes_per_pass: int = 10,
     validate.choice("probe", probe, PROBES)
     matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
     Z = torch.from_numpy(draw_probes(matvec.dim, num_probes, probe,
-                                     _resolve_seed(rng, matvec)))
+                                     resolve_seed(rng, matvec)))
     values = []
     for start in range(0, num_probes, probes_per_pass):
         block = Z[:, start:start + probes_per_pass].to(matvec.device)
