@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compute and deflate this many top eigenpairs first")
     slq.add_argument("--deflate-bottom", type=int, default=0)
     slq.add_argument("--tol", type=float, default=1e-6, help="for the deflated eigenpairs")
+    slq.add_argument("--target-error", type=float, default=None, metavar="E",
+                     help="add rounds of --num-probes probes until the trace is known to "
+                          "within E (half-width of a --confidence interval; at most 200 "
+                          "probes)")
+    slq.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                     help="coverage of the --target-error interval (default 0.95)")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
     _state_args(slq)
@@ -334,7 +340,8 @@ def _run_slq(args, echo):
                            overwrite=args.overwrite, resume=args.resume,
                            memory_budget=args.memory_budget,
                            shard_vectors=args.shard_vectors, progress=not args.no_progress,
-                           attrs=problem.attrs, keep_state=_keep_state(args))
+                           attrs=problem.attrs, keep_state=_keep_state(args),
+                           target_error=args.target_error, confidence=args.confidence)
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")

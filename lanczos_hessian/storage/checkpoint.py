@@ -345,7 +345,7 @@ class Checkpointer:
             state = self.store.load()
         if state is None:
             return None
-        solver.load_state_dict(state.small, state.vectors)
+        solver.load_state_dict({**state.small, "finished": state.finished}, state.vectors)
         if self.store is not None:
             for basis, row in zip(solver.bases(), state.small["basis_layouts"]):
                 columns = _columns(row)

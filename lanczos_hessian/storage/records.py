@@ -33,16 +33,16 @@ def _eigs_row(k: int) -> dict:
             "residual_bounds": np.zeros(k)}
 
 
-def declare_eigs(writer, settings: dict, k: int) -> None:
-    """The ``eigs`` group's settings (incomplete) and its step records."""
-    writer.set_attrs("eigs", {**plain_settings(settings), "complete": False})
-    writer.declare_steps("eigs", _eigs_row(k))
+def declare_eigs(writer, settings: dict, k: int, group: str = "eigs") -> None:
+    """An eigensolver run's group (``eigs``): settings (incomplete) and step records."""
+    writer.set_attrs(group, {**plain_settings(settings), "complete": False})
+    writer.declare_steps(group, _eigs_row(k))
 
 
-def declare_slq(writer, settings: dict, num_probes: int) -> None:
-    """The ``slq`` group's settings (incomplete) and its step records."""
-    writer.set_attrs("slq", {**plain_settings(settings), "complete": False})
-    writer.declare_steps("slq", {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
+def declare_slq(writer, settings: dict, num_probes: int, group: str = "slq") -> None:
+    """An SLQ run's group (``slq``): settings (incomplete) and step records."""
+    writer.set_attrs(group, {**plain_settings(settings), "complete": False})
+    writer.declare_steps(group, {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
                                  "num_passes": 0})
 
 
@@ -73,6 +73,20 @@ def slq_recorder(writer, group: str = "slq"):
     def record(step, state):
         writer.append_step(group, {"alpha": state.alpha, "beta": state.beta,
                                    "num_passes": state.num_passes})
+
+    return record
+
+
+def adaptive_recorder(writer, width: int, group: str = "slq"):
+    """An :func:`~lanczos_hessian.linalg.slq.adaptive_slq` callback committing each lockstep
+    step of each round: the round's ``alpha``/``beta`` NaN-padded to ``width`` (the probes
+    per round), ``num_passes`` counted over all rounds (one per record)."""
+
+    def record(step, state):
+        pad = np.full(width - len(state.alpha), np.nan)
+        writer.append_step(group, {"alpha": np.concatenate([state.alpha, pad]),
+                                   "beta": np.concatenate([state.beta, pad]),
+                                   "num_passes": writer.committed(group) + 1})
 
     return record
 
@@ -167,7 +181,9 @@ def read_slq_result(group) -> SLQResult:
         deflation_matvecs=int(attrs.get("deflation_matvecs", 0)),
         timings=dict(attrs.get("timings") or {}),
         orthogonality=float(attrs.get("orthogonality", np.nan)),
-        duplicate_nodes=int(attrs.get("duplicate_nodes", 0)))
+        duplicate_nodes=int(attrs.get("duplicate_nodes", 0)),
+        target_error=float(attrs.get("target_error", np.nan)),
+        confidence=float(attrs.get("confidence", np.nan)))
 
 
 def finished_eigenpairs(group) -> EigshResult:
