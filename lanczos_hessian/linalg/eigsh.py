@@ -123,7 +123,7 @@ def lanczos_eigsh(
         basis-size policy (:func:`default_ncv`).
     block_size : int
         Vectors per application of the operator (block Lanczos; see
-        :class:`~lanczos_hessian.linalg.lanczos.BlockLanczosProcess`): each step applies the
+        :class:`~lanczos_hessian.linalg.block_lanczos.BlockLanczosProcess`): each step applies the
         operator to ``block_size`` vectors in ONE pass over the data, so a pass serves
         ``block_size`` vectors. Default 1 (single-vector Lanczos).
     v0 : array or tensor, optional
@@ -149,6 +149,16 @@ def lanczos_eigsh(
         Where the basis lives (``hooks.bases(0, rows, ncv)``), the checkpoint committed after
         every step, and the rows held when the vectors are split across ranks
         (:mod:`lanczos_hessian.linalg.hooks`); eigenvectors are gathered whole.
+
+    Examples
+    --------
+    The two ends of ``diag(1, ..., 100)``:
+
+    >>> import numpy as np
+    >>> result = lanczos_eigsh(np.diag(np.arange(1.0, 101.0)), k=4, which="BE", tol=1e-10,
+    ...                        rng=0)
+    >>> np.round(result.eigenvalues, 8).tolist(), bool(result.all_converged)
+    ([1.0, 2.0, 99.0, 100.0], True)
     """
     matvec = as_block_matvec(op, dim if v0 is None else len(v0))
     n = matvec.dim

@@ -24,7 +24,8 @@ import torch
 
 from ..errors import ResumeError
 from .eigsh_result import EigshResult
-from .lanczos import BlockLanczosProcess, LanczosProcess
+from .block_lanczos import BlockLanczosProcess
+from .lanczos import LanczosProcess
 from .partition import ShardedMatvec, whole_or
 from .ritz import (complement_explored, converged_mask, gap_bounds, keep_indices,
                    lock_margin, ritz_state, thresholds)

@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from .eigsh_state import STATE_FORMAT, check_state_format
-from .lanczos import LockstepLanczos
+from .lockstep import LockstepLanczos
 from .partition import ShardedMatvec, whole_or
 from .probes import Projector, parse_deflate, resolve_seed, start_vectors
 from .slq_result import SLQResult, SLQStep, count_duplicate_nodes, quadrature_rules

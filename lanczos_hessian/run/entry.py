@@ -42,6 +42,18 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     state was dropped returns the stored result (nothing is computed). ``name`` is the run's
     group in the file (``"blocks/fc1/eigs"``: a block's spectrum) and ``append=True`` adds
     the run to an existing file, whose other runs keep their state.
+
+    Examples
+    --------
+    Any ``LinearOperator`` runs with a file (its identity is its class, size and dtype):
+
+    >>> import tempfile, numpy as np
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> A = aslinearoperator(np.diag(np.arange(1.0, 41.0)))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     result = eigs(A, f"{tmp}/run.h5", k=2, tol=1e-10, progress=False)
+    >>> np.round(result.eigenvalues, 8).tolist()
+    [39.0, 40.0]
     """
     n = op.shape[0]
     check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
@@ -97,6 +109,19 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     either phase (from any round); ``memory_budget``, ``shard_vectors``, the ranks' roles and
     ``keep_state`` are as in :func:`eigs` (a resume of a finished file whose state was
     dropped returns the stored eigenpairs and quadrature).
+
+    Examples
+    --------
+    A flat bulk and two outliers, deflated: ``tr A = 38 + 5 + 7``, exactly.
+
+    >>> import tempfile, numpy as np
+    >>> from scipy.sparse.linalg import aslinearoperator
+    >>> A = aslinearoperator(np.diag([1.0] * 38 + [5.0, 7.0]))
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     pairs, result = slq(A, f"{tmp}/run.h5", num_probes=3, num_steps=4, k_top=2,
+    ...                         progress=False)
+    >>> np.round(pairs.eigenvalues, 8).tolist(), round(result.trace().value, 8)
+    ([5.0, 7.0], 50.0)
     """
     check_seed(seed)
     plan = DeflatedPlan.make(k_top, k_bottom, seed)

@@ -14,7 +14,7 @@ from ..errors import LanczosHessianError, ResumeError, SpectrumFileError
 from ..linalg.basis import TensorBasis
 from ..parallel.distributed import current_world
 from ..storage.agreement import agree_on_states
-from ..storage.checkpoint import check_settings, saved_settings, state_dropped
+from ..storage.settings import check_settings, saved_settings, state_dropped
 from ..storage.disk_basis import HDF5Basis, create_basis_dataset
 from ..storage.hdf5 import check_disk_space, check_output_path, open_spectrum, shard_state_path
 from ..storage.runstore import RunStore

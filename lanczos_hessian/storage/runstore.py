@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import h5py
 
-from .checkpoint import STATE, RunCheckpoint
+from .checkpoint import RunCheckpoint
+from .settings import STATE
 from .hdf5 import DEFAULT_RESERVE, SpectrumWriter, drop_resume_state
 from .records import plain_settings, rewind_steps
 
