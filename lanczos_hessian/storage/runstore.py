@@ -58,8 +58,11 @@ class RunStore:
 
     @classmethod
     def create(cls, path, attrs: dict, *, overwrite: bool = False,
-               reserve: int = DEFAULT_RESERVE) -> "RunStore":
-        return cls(SpectrumWriter(path, attrs, overwrite=overwrite, reserve=reserve))
+               reserve: int = DEFAULT_RESERVE, space: int = 0) -> "RunStore":
+        """A new file with the root provenance ``attrs`` (``space``: bytes the caller
+        expects to write, checked free before the file is created)."""
+        return cls(SpectrumWriter(path, attrs, overwrite=overwrite, reserve=reserve,
+                                  space=space))
 
     @classmethod
     def reopen(cls, path, *, reserve: int = DEFAULT_RESERVE) -> "RunStore":
