@@ -80,7 +80,7 @@ def test_a_store_drops_one_runs_state_and_compacts_when_none_is_left(tmp_path):
     assert set(read_file(path)) == {"attrs", "step_0", "step_1"}
 
 
-@pytest.mark.parametrize("stop_at", [5, 14])
+@pytest.mark.parametrize("stop_at", [pytest.param(5, marks=pytest.mark.slow), 14])
 def test_adaptive_slq_with_a_file_stops_and_resumes_bit_identically(tmp_path, stop_at):
     """Stopped in its deflation (5th product) or in its second round of probes (14th)."""
     options = dict(num_probes=3, num_steps=6, k_top=2, seed=4, progress=False,
