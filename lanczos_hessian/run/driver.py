@@ -97,10 +97,27 @@ def _without_file(role: Role, phases: list) -> list:
             if isinstance(replica, _Stored):
                 results.append(replica.result)
                 continue
-            hooks = Hooks(bases=replica.basis_factory if replica else make,
-                          checkpoint=replica, shard=role.shard)
+            hooks = Hooks(bases=_restored_once(replica, make), checkpoint=replica,
+                          shard=role.shard)
             results.append(phase.solve(hooks, None, results))
         return results
+
+
+def _restored_once(replica, make):
+    """``bases(i, dim, capacity)``: a replica's restored copy of basis ``i`` the first time
+    it is asked for, a new store of ``make`` after (a solver that starts new recurrences,
+    such as the rounds of adaptive SLQ, gets empty bases)."""
+    if replica is None:
+        return make
+    given = set()
+
+    def bases(i, dim, capacity):
+        if i in given:
+            return make(i, dim, capacity)
+        given.add(i)
+        return replica.basis_factory(i, dim, capacity)
+
+    return bases
 
 
 @dataclass
