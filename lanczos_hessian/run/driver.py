@@ -166,9 +166,9 @@ def run_phases(role: Role, phases: list, *, seed, overwrite=False, attrs=None,
     """Run ``phases`` in order in this process's role; their results.
 
     With a file, each phase restores its committed state (or, complete, its stored result),
-    steps and commits after every step, records its steps and writes its result; when it
-    finishes its resume state is dropped unless ``keep_state`` (other runs of the file keep
-    theirs). ``append`` adds the phases to an existing file instead of creating one."""
+    steps and commits after every step, records its steps and writes its result; when the
+    last one finishes their resume states are dropped unless ``keep_state`` (other runs of
+    the file keep theirs). ``append`` adds the phases to an existing file instead of creating one."""
     if not role.has_file:
         return _without_file(role, phases)
     if role.resume and role.shard is None:
@@ -198,11 +198,12 @@ def run_phases(role: Role, phases: list, *, seed, overwrite=False, attrs=None,
                 phase.write(store, result)
             if role.records:
                 record_num_samples(store, role.op)
-            if not keep_state and role.main and role.shard is None:
-                store.drop_state(phase.name)  # this run is done; later ones keep theirs
             results.append(result)
-        if not keep_state and role.main and role.shard is not None:
-            for phase in phases:  # the ranks' files agree on each phase only at the end
+        if not keep_state and role.main:
+            # the phases are done: their states go (other runs of the file keep theirs). Not
+            # phase by phase: space freed inside the file would be reused by the next phase,
+            # and a full disk then fails only HDF5's deferred metadata writes, unreported
+            for phase in phases:
                 store.drop_state(phase.name)
     if not keep_state:
         remove_shard_file(role)
