@@ -99,6 +99,7 @@ def test_adaptive_slq_with_a_file_stops_and_resumes_bit_identically(tmp_path, st
     stored = read_file(tmp_path / "run.h5")["slq"]
     np.testing.assert_array_equal(stored["nodes"], reference.nodes)
     assert len(stored.steps["alpha"]) == 18  # three rounds of six steps, one record each
+    np.testing.assert_array_equal(stored.steps["round"], np.repeat([0, 1, 2], 6))
     _, again = run.slq(Stopped(matrix(), 0), tmp_path / "run.h5", resume=True, **options)
     np.testing.assert_array_equal(again.nodes, reference.nodes)  # the stored result
 

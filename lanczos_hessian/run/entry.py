@@ -172,7 +172,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     phases.append(Phase(
         "slq", 2 * num_probes, capacity, num_probes if reorthogonalize else 0, quadrature,
         state_settings=settings, check=settings,
-        declare=lambda store: declare_slq(store, settings, num_probes),
+        declare=lambda store: declare_slq(store, settings, num_probes, rounds=adaptive),
         recorder=lambda store: (adaptive_recorder(store, num_probes) if adaptive
                                 else slq_recorder(store)),
         write=lambda store, result: write_slq(store, result, "slq",

@@ -39,11 +39,13 @@ def declare_eigs(writer, settings: dict, k: int, group: str = "eigs") -> None:
     writer.declare_steps(group, _eigs_row(k))
 
 
-def declare_slq(writer, settings: dict, num_probes: int, group: str = "slq") -> None:
-    """An SLQ run's group (``slq``): settings (incomplete) and step records."""
+def declare_slq(writer, settings: dict, num_probes: int, group: str = "slq",
+                rounds: bool = False) -> None:
+    """An SLQ run's group (``slq``): settings (incomplete) and step records (with the round
+    of each row for an adaptive run, ``rounds``)."""
     writer.set_attrs(group, {**plain_settings(settings), "complete": False})
     writer.declare_steps(group, {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
-                                 "num_passes": 0})
+                                 "num_passes": 0, **({"round": 0} if rounds else {})})
 
 
 def step_recorder(writer, group: str, k: int, which: str, k_bottom=None):
@@ -80,13 +82,17 @@ def slq_recorder(writer, group: str = "slq"):
 def adaptive_recorder(writer, width: int, group: str = "slq"):
     """An :func:`~lanczos_hessian.linalg.slq.adaptive_slq` callback committing each lockstep
     step of each round: the round's ``alpha``/``beta`` NaN-padded to ``width`` (the probes
-    per round), ``num_passes`` counted over all rounds (one per record)."""
+    per round), ``num_passes`` counted over all rounds (one per record) and the ``round``
+    (a round's first step is its step 1)."""
 
     def record(step, state):
         pad = np.full(width - len(state.alpha), np.nan)
+        done = writer.committed(group)
+        last = int(writer.file[f"{group}/steps/round"][done - 1]) if done else -1
         writer.append_step(group, {"alpha": np.concatenate([state.alpha, pad]),
                                    "beta": np.concatenate([state.beta, pad]),
-                                   "num_passes": writer.committed(group) + 1})
+                                   "num_passes": done + 1,
+                                   "round": last + 1 if step == 1 else last})
 
     return record
 
