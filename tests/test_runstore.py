@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lanczos_hessian import run
+from lanczos_hessian import read_spectrum, run
 from lanczos_hessian.errors import OutputPathError
 from lanczos_hessian.storage.hdf5 import read_file
 from lanczos_hessian.storage.runstore import RunStore, holds_state
@@ -80,14 +80,17 @@ def test_a_store_drops_one_runs_state_and_compacts_when_none_is_left(tmp_path):
     assert set(read_file(path)) == {"attrs", "step_0", "step_1"}
 
 
-@pytest.mark.parametrize("stop_at", [pytest.param(5, marks=pytest.mark.slow), 14])
-def test_adaptive_slq_with_a_file_stops_and_resumes_bit_identically(tmp_path, stop_at):
-    """Stopped in its deflation (5th product) or in its second round of probes (14th)."""
+@pytest.mark.parametrize("where", [pytest.param("deflation", marks=pytest.mark.slow),
+                                   "second round"])
+def test_adaptive_slq_with_a_file_stops_and_resumes_bit_identically(tmp_path, where):
+    """Stopped in its deflation (5th product) or two steps into its second round of probes;
+    a file cut off there reads back round by round."""
     options = dict(num_probes=3, num_steps=6, k_top=2, seed=4, progress=False,
                    target_error=1e-9, max_probes=9)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the target is out of reach: all 9 probes run
         _, reference = run.slq(Stopped(matrix(), 0), tmp_path / "ref.h5", **options)
+        stop_at = 5 if where == "deflation" else reference.deflation_passes + 8
         with pytest.raises(Preempted):
             run.slq(Stopped(matrix(), stop_at), tmp_path / "run.h5", **options)
         _, resumed = run.slq(Stopped(matrix(), 0), tmp_path / "run.h5", resume=True,
@@ -100,6 +103,12 @@ def test_adaptive_slq_with_a_file_stops_and_resumes_bit_identically(tmp_path, st
     np.testing.assert_array_equal(stored["nodes"], reference.nodes)
     assert len(stored.steps["alpha"]) == 18  # three rounds of six steps, one record each
     np.testing.assert_array_equal(stored.steps["round"], np.repeat([0, 1, 2], 6))
+    if where == "second round":
+        with pytest.raises(Preempted):
+            run.slq(Stopped(matrix(), stop_at), tmp_path / "cut.h5", **options)
+        cut = read_spectrum(tmp_path / "cut.h5").quadrature
+        assert not cut.complete and cut.nodes.shape[0] == 6  # two rounds of three probes
+        np.testing.assert_allclose(cut.nodes[:3], reference.nodes[:3], rtol=1e-12)
     _, again = run.slq(Stopped(matrix(), 0), tmp_path / "run.h5", resume=True, **options)
     np.testing.assert_array_equal(again.nodes, reference.nodes)  # the stored result
 
