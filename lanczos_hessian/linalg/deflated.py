@@ -97,8 +97,8 @@ def deflated_slq(op, k_top: int, k_bottom: int = 0, num_probes: int = 10,
                  dim: int | None = None, basis_device=None,
                  target_error: float | None = None, confidence: float = 0.95) -> SLQResult:
     """The ``k_top`` largest and ``k_bottom`` smallest eigenpairs by
-    :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, then :func:`~lanczos_hessian.linalg.slq.slq`
-    deflated by them (the plan of :class:`DeflatedPlan`).
+    :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`, then
+    :func:`~lanczos_hessian.linalg.slq.slq` deflated by them (the plan of :class:`DeflatedPlan`).
 
     One eigensolver run (:func:`deflation_plan`) from the first seed of :func:`split_seed`,
     the probes from the second: the same numbers as ``lanczos-hessian slq --deflate-top

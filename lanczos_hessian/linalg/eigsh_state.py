@@ -50,10 +50,10 @@ def check_state_format(small: dict, what: str) -> None:
 class EigshState:
     """Thick-restart Lanczos for ``k`` wanted eigenpairs, one application per :meth:`step`.
 
-    ``matvec`` is a :class:`~lanczos_hessian.linalg.linop.BlockMatvec` (its counters count the
-    run's applications); the other arguments are :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`'s,
-    checked there, with ``budget`` the vectors the recurrence may use and ``bases``/``shard``
-    the :class:`~lanczos_hessian.linalg.hooks.Hooks`' (where the basis lives, which rows).
+    ``matvec`` is a :class:`~lanczos_hessian.linalg.linop.BlockMatvec` (its counters count the run's
+    applications); the other arguments are :func:`~lanczos_hessian.linalg.eigsh.lanczos_eigsh`'s,
+    checked there, with ``budget`` the vectors the recurrence may use and ``bases``/``shard`` the
+    :class:`~lanczos_hessian.linalg.hooks.Hooks`' (where the basis lives, which rows).
 
     >>> import numpy as np
     >>> from lanczos_hessian.linalg.linop import as_block_matvec

@@ -35,9 +35,10 @@ checkpoint (``state_dict()`` -> ``(small, vectors)``, ``load_state_dict(small, v
 
 * :class:`LanczosProcess`, one vector, with thick restart and locking (the eigensolver),
   and its block mode :class:`~lanczos_hessian.linalg.block_lanczos.BlockLanczosProcess`;
-* :class:`~lanczos_hessian.linalg.lockstep.LockstepLanczos`, ``P`` independent recurrences (the probes of stochastic Lanczos
-  quadrature) advanced by ONE block application of ``A`` per step, each with the step above
-  or, without reorthogonalization, the three-term recurrence.
+* :class:`~lanczos_hessian.linalg.lockstep.LockstepLanczos`, ``P`` independent recurrences
+  (the probes of stochastic Lanczos quadrature) advanced by ONE block application of ``A``
+  per step, each with the step above or, without reorthogonalization, the three-term
+  recurrence.
 
 All recurrence scalars and ``T`` are float64, whatever the precision of the operator.
 """

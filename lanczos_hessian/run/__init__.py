@@ -26,20 +26,18 @@ replica            its own copy                            on resume, the commit
 shard              its rows, in its own file               commits its rows every step
 =================  ======================================  =================================
 
-Rank 0 of a run with a file is its writer; the other ranks are replicas of it, unless the
-vectors are sharded (``shard_vectors``), in which case every rank keeps its rows of the state
-in a file of its own (:func:`~lanczos_hessian.storage.hdf5.shard_state_path`). Where the
-bases live follows the memory budget (:func:`~lanczos_hessian.linalg.basis.choose_location`).
-When a run finishes, its file keeps results, step records and provenance only: its resume
-state (most of the file for SLQ: one basis of ``num_steps`` vectors per probe) is dropped,
-unless ``keep_state=True`` (``--keep-state``). A resume of a finished run whose state was
-dropped (``resume=True`` after a kill that came too late, or twice) computes nothing: with
-the same settings it returns the stored result (:func:`~lanczos_hessian.run.files.finished_result`); with other
-settings, or one that needs the state (eigenvectors that were not saved), it is refused
-naming ``--keep-state``. Each job checks its
-output path before any operator application, streams one record per
-application (so a killed job keeps what it computed), and writes the final arrays with their
-provenance.
+Rank 0 of a run with a file is its writer; the other ranks are replicas of it, unless the vectors
+are sharded (``shard_vectors``), in which case every rank keeps its rows of the state in a file of
+its own (:func:`~lanczos_hessian.storage.hdf5.shard_state_path`). Where the bases live follows the
+memory budget (:func:`~lanczos_hessian.linalg.basis.choose_location`). When a run finishes, its file
+keeps results, step records and provenance only: its resume state (most of the file for SLQ: one
+basis of ``num_steps`` vectors per probe) is dropped, unless ``keep_state=True`` (``--keep-state``).
+A resume of a finished run whose state was dropped (``resume=True`` after a kill that came too late,
+or twice) computes nothing: with the same settings it returns the stored result
+(:func:`~lanczos_hessian.run.files.finished_result`); with other settings, or one that needs the
+state (eigenvectors that were not saved), it is refused naming ``--keep-state``. Each job checks its
+output path before any operator application, streams one record per application (so a killed job
+keeps what it computed), and writes the final arrays with their provenance.
 
 The seeds: ``eigs`` starts the eigensolver from ``seed``; ``slq`` splits ``seed`` into the
 deflation's seed and the probes' seed (:func:`~lanczos_hessian.linalg.probes.split_seed`),

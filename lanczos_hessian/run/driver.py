@@ -168,7 +168,8 @@ def run_phases(role: Role, phases: list, *, seed, overwrite=False, attrs=None,
     With a file, each phase restores its committed state (or, complete, its stored result),
     steps and commits after every step, records its steps and writes its result; when the
     last one finishes their resume states are dropped unless ``keep_state`` (other runs of
-    the file keep theirs). ``append`` adds the phases to an existing file instead of creating one."""
+    the file keep theirs). ``append`` adds the phases to an existing file instead of creating
+    one."""
     if not role.has_file:
         return _without_file(role, phases)
     if role.resume and role.shard is None:

@@ -24,12 +24,13 @@ counter only, so a file cut off by a crash or ``kill -9`` is readable up to its 
 committed step. Long runs stream in HDF5's SWMR mode, so another process can follow them.
 
 One process writes a file: every :class:`SpectrumWriter` holds the file's lock
-(:mod:`~lanczos_hessian.storage.lock`) while it is open. A writer killed outside SWMR mode
-(creating the file, between two phases, writing results) leaves HDF5's "open for write" flags
-set, which makes HDF5 refuse the file; readers and resumes clear them
-(:func:`~lanczos_hessian.storage.recovery.recover_left_open`) once the lock shows that no
-writer is alive. A full disk ends a writer with :class:`~lanczos_hessian.errors.DiskFullError` after a clean close (its reserve
-given back), and a write that HDF5 cannot do otherwise is a :class:`SpectrumFileError`.
+(:mod:`~lanczos_hessian.storage.lock`) while it is open. A writer killed outside SWMR mode (creating
+the file, between two phases, writing results) leaves HDF5's "open for write" flags set, which makes
+HDF5 refuse the file; readers and resumes clear them
+(:func:`~lanczos_hessian.storage.recovery.recover_left_open`) once the lock shows that no writer is
+alive. A full disk ends a writer with :class:`~lanczos_hessian.errors.DiskFullError` after a clean
+close (its reserve given back), and a write that HDF5 cannot do otherwise is a
+:class:`SpectrumFileError`.
 
 The module is split by job: :mod:`~lanczos_hessian.storage.paths` (output checks),
 :mod:`~lanczos_hessian.storage.writer`, :mod:`~lanczos_hessian.storage.reader` and
