@@ -148,3 +148,15 @@ def test_a_finished_run_with_its_state_kept_resumes_without_stepping(tmp_path):
     again = run.eigs(op, out, resume=True, **options)
     np.testing.assert_array_equal(again.eigenvalues, first.eigenvalues)
     assert op.calls == 1  # the measured residuals' one product, no Lanczos step
+
+
+def test_the_command_line_refuses_a_bad_target_before_any_work(capsys, tmp_path):
+    from lanczos_hessian.cli import main
+
+    out = tmp_path / "never.h5"
+    for flag, value, name in (("--target-error", "-1", "target_error"),
+                              ("--confidence", "1.5", "confidence")):
+        code = main(["slq", "--num-steps", "4", "--target-error", "0.1", flag, value,
+                     "--out", str(out), "--no-progress"])
+        assert code == 2 and f"{name} must be" in capsys.readouterr().err
+        assert not out.exists()
