@@ -53,14 +53,25 @@ from .errors import (
 from .linalg.density import Estimate, spectral_density, wasserstein1
 from .linalg.eigsh import EigshResult, lanczos_eigsh
 from .linalg.hooks import Hooks
-from .linalg.slq import SLQResult, adaptive_slq, deflated_slq, slq
+from .contract import SpectralOperator
+from .linalg.deflated import DeflatedPlan, deflated_slq
+from .linalg.eigsh_state import EigshState
+from .linalg.slq import SLQResult, adaptive_slq, slq
+from .linalg.slq_state import AdaptiveSLQState, SLQState
 from .linalg.trace import hutchinson_trace
 from .parallel.sharding import Shard
 from .storage.hdf5 import read_file
+from .storage.runstore import RunStore
 
 __all__ = [
     "__version__",
     "adaptive_slq",
+    "AdaptiveSLQState",
+    "DeflatedPlan",
+    "EigshState",
+    "RunStore",
+    "SLQState",
+    "SpectralOperator",
     "CurvatureOperator",
     "DenseSizeError",
     "DiskFullError",

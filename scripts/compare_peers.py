@@ -76,6 +76,7 @@ from lanczos_hessian import HessianOperator, lanczos_eigsh
 from lanczos_hessian.linalg import density as dens
 from lanczos_hessian.curvature.dense import dense_matrix
 from lanczos_hessian.examples.models import mlp, num_parameters, small_cnn
+from lanczos_hessian.linalg.deflated import DeflatedPlan
 from lanczos_hessian.linalg.slq import slq
 from lanczos_hessian.examples.synthetic import gaussian_clusters
 from lanczos_hessian.examples.training import train
@@ -604,11 +605,12 @@ def density_rows(problem, ref, budget, probes, seed, available) -> list:
 
     op = ours_operator(problem)
     start = time.perf_counter()
+    plan = DeflatedPlan(k=10, which="LA", k_bottom=None, eigs_seed=seed, probe_seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        eig = lanczos_eigsh(op, 10, "LA", 1e-3, rng=seed, max_matvecs=budget // 2)
+        eig = plan.eigenpairs(op, tol=1e-3, max_matvecs=budget // 2)
     left = budget - eig.num_matvecs
-    res = slq(op, probes, max(left // probes, 1), rng=seed, deflate=eig)
+    res = plan.quadrature(op, eig, num_probes=probes, num_steps=max(left // probes, 1))
     add("ours", f"deflated_slq top-10 + {probes}x{max(left // probes, 1)}", res.nodes,
         res.weights, op.num_vectors, op.num_applications, time.perf_counter() - start,
         outliers=res.outliers, note=f"lanczos_eigsh(k=10, tol=1e-3) took {eig.num_matvecs} HVPs")

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 from lanczos_hessian.examples.models import num_parameters, small_cnn  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
@@ -84,7 +84,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "convergence": f"train loss <= {MAX_LOSS}, train accuracy >= {MIN_ACCURACY}",
              "batch_sizes": [512, 10], "paper": "Sagun et al. 2018, Sec. 3.3, Figs. 4 and 6"}
     runs = {}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for batch in (512, 10):
             torch.manual_seed(seed)
             model = small_cnn(1, 10, 28, channels=CHANNELS, hidden=HIDDEN)

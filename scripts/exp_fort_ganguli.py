@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
 from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
 from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
@@ -271,7 +271,7 @@ def run_parts(quick: bool, out_dir, seed: int, echo, transient: bool) -> dict:
     attrs = {"experiment": NAME, "quick": quick, "seed": seed, "learning_rate": LR,
              "parts": "A-D" if transient else "A-C",
              "paper": "Fort and Ganguli 2019; Gur-Ari, Roberts and Dyer 2018"}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         a = part_a(writer, quick, seed, echo)
         b = part_b(writer, quick, seed, echo)
         c = part_c(writer, quick, seed, echo)

@@ -36,7 +36,7 @@ import expcommon as ec  # noqa: E402
 from lanczos_hessian import GGNOperator, HessianOperator  # noqa: E402
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
 from lanczos_hessian.curvature.dense import dense_matrix  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
 from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
 from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
@@ -87,7 +87,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     attrs = {"experiment": NAME, "quick": quick, "seed": seed, "learning_rate": LR,
              "paper": "Sagun et al. 2018, Sec. 2.2"}
     rows, spectra = {}, {}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for name, (widths, x, y, steps) in problems(quick, seed).items():
             torch.manual_seed(seed)
             model = mlp(widths, "relu")

@@ -43,7 +43,7 @@ from lanczos_hessian import HessianOperator  # noqa: E402
 from lanczos_hessian.curvature.params import ParameterSpace  # noqa: E402
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "goldilocks"
 LR = 0.01
@@ -145,7 +145,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     summary = summarize(rows, cfg)
     columns = ["seed", "dim", "radius", "lr", "normalized_trace", "positive_fraction", "lambda_max",
                "lambda_min", "loss", "accuracy", "best_accuracy", "travel_over_radius"]
-    with SpectrumWriter(paths["h5"], settings, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], settings, overwrite=True) as writer:
         for rule in STEP_RULES:
             part = [r for r in rows if r["rule"] == rule]
             writer.write_arrays(f"runs_{rule}", {c: np.asarray([r[c] for r in part],

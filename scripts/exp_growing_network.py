@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
@@ -53,7 +53,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "paper": "Sagun et al. 2018, Sec. 3.2, Figs. 3 and 5"}
     percent = PERCENT
     runs = []
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for h in widths:
             torch.manual_seed(seed)
             model = mlp([784, h, 10], "relu")

@@ -31,7 +31,7 @@ from lanczos_hessian.curvature.dense import dense_matrix  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
 from lanczos_hessian.examples.synthetic import gaussian_clusters, two_blobs  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "heat_maps_2016"
 LR = 0.1
@@ -111,7 +111,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              f"entries > 1e-3 max: {r['fraction_entries_above_1e-3_max']:.3f} | diagonal "
              f"layer blocks hold {r['diagonal_block_share']:.3f} of ||H||_F^2 | lambda "
              f"[{r['lambda_min']:.3g}, {r['lambda_max']:.3g}] [{timer():.0f} s]")
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         writer.write_arrays("hessian", matrices)
     plot(matrices, blocks, rows, attrs, paths["png"])
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,

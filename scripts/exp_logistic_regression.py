@@ -42,7 +42,7 @@ import expcommon as ec  # noqa: E402
 
 from lanczos_hessian import HessianOperator  # noqa: E402
 from lanczos_hessian.curvature.dense import dense_matrix  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "logistic_regression"
 MEAN_NORM = 1.5  # ||mu|| of the two blobs: m^2 = 2.25 > sqrt(q), and not separable
@@ -184,7 +184,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "aspect_ratio": d / n, "mean_norm": MEAN_NORM, "learning_rate": LR,
              "steps": STEPS, "paper": "Sagun et al. 2018, Appendix B, Fig. 10"}
     cases = {kind: run_case(kind, n, d, seed, echo) for kind in ("one_blob", "two_blobs")}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for kind, points in cases.items():
             writer.write_arrays(kind, {p: r["eigenvalues"] for p, r in points.items()})
     plot(cases, d / n, attrs, paths["png"])

@@ -39,7 +39,7 @@ from lanczos_hessian.analysis.geometry import orthonormal_basis  # noqa: E402
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
 from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "logit_gradients"
 LR = 0.1
@@ -152,7 +152,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              f"{r['H']['overlap_class_logit_means']:.3f} (G: {r['G']['overlap_logit_means']:.3f}"
              f", {r['G']['overlap_class_logit_means']:.3f}; random "
              f"{r['H']['random_baseline_C2']:.1e}) [{timer():.0f} s]")
-    with SpectrumWriter(paths["h5"], settings, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], settings, overwrite=True) as writer:
         for point, r in points.items():
             writer.write_arrays(f"cosines_{point}", {"cosines": r["cosines"]})
     payload = {"experiment": NAME, "quick": quick, "settings": settings,

@@ -48,7 +48,7 @@ from lanczos_hessian.examples.problems import clusters_mlp  # noqa: E402
 from lanczos_hessian.examples.synthetic import gaussian_clusters  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 from lanczos_hessian.linalg.trace import hutchinson_trace  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "outliers_vs_classes"
 CLASSES = (2, 5, 10, 20, 50)
@@ -171,7 +171,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "paper": "Sagun, Evci, Guney, Dauphin, Bottou 2018, Sec. 3.1, Table 1",
              "method": "lanczos top K = max(2k, 20); tr(H)/M by Hutchinson"}
     rows, networks = [], []
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for config in configs_of(quick):
             k, act, opt, scale = config
             cutoff = paper_cells(k, opt, act, scale).get("cutoff")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
 
 from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 from lanczos_hessian.examples.models import mlp  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "widths": [784, hidden, 10], "steps": steps, "learning_rate": LR,
              "paper": "Sagun et al. 2018 Fig. 1; Sagun, Bottou, LeCun 2016 Figs. 1-2"}
     runs = {}
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for name, (x, y) in datasets(n, seed).items():
             torch.manual_seed(seed)
             model = mlp([784, hidden, 10], "relu")

@@ -61,7 +61,7 @@ from lanczos_hessian.analysis.geometry import line_profile, set_flat_parameters 
 from lanczos_hessian.curvature.params import ParameterSpace  # noqa: E402
 from lanczos_hessian.examples.models import num_parameters, small_cnn  # noqa: E402
 from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "same_basin"
 LR = 0.05
@@ -227,7 +227,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                "climb_max_train_loss": max(e[1] for e in early) if early else float("nan"),
                "top_ratio_LB_over_SB": float(hessian["LB"]["top"][0] / hessian["SB"]["top"][0]),
                "premise": premise}
-    with SpectrumWriter(paths["h5"], settings, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], settings, overwrite=True) as writer:
         writer.write_arrays("line", profile.as_arrays())
         writer.write_arrays("curves", {"large_batch": np.asarray(curve_lb["checks"]),
                                        "small_batch": np.asarray(curve_sb["checks"]),

@@ -48,7 +48,7 @@ import expcommon as ec  # noqa: E402
 from lanczos_hessian.analysis.outliers import count_outliers  # noqa: E402
 from lanczos_hessian.examples.models import mlp  # noqa: E402
 from lanczos_hessian.examples.synthetic import two_blobs  # noqa: E402
-from lanczos_hessian.storage.hdf5 import SpectrumWriter  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
 
 NAME = "simple_case_2016"
 WIDTHS = (2, 6, 10, 14, 18)  # 18, 74, 162, 282, 434 parameters
@@ -333,7 +333,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     fig7 = sizes_and_losses(cfg, seed, echo)
     fig8 = many_initializations(cfg, seed, echo)
     fig9 = separability(cfg, seed, echo)
-    with SpectrumWriter(paths["h5"], attrs, overwrite=True) as writer:
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for r in fig7:
             writer.write_arrays(f"fig7/{r['loss']}_{r['num_params']}",
                                 {"init": r["spectra_init"], "trained": r["spectra_trained"],

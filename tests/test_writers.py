@@ -24,7 +24,7 @@ import pytest
 
 from lanczos_hessian.cli import main
 from lanczos_hessian.errors import DiskFullError, OutputPathError, SpectrumFileError
-from lanczos_hessian.storage import hdf5
+from lanczos_hessian.storage import recovery  # where open_spectrum reads LEFT_OPEN_WAIT
 from lanczos_hessian.storage.hdf5 import (
     SpectrumWriter,
     check_output_path,
@@ -201,7 +201,7 @@ def test_a_file_left_open_by_a_killed_writer_is_read_and_resumed(tmp_path, monke
     killed = left_open_copy(tmp_path)
     with pytest.raises(OSError, match="already open for write"):  # the bug: HDF5 refuses it
         h5py.File(killed, "r", locking=False)
-    monkeypatch.setattr(hdf5, "LEFT_OPEN_WAIT", 0.2)
+    monkeypatch.setattr(recovery, "LEFT_OPEN_WAIT", 0.2)
     with foreign_holder(killed) as holder:  # a live writer holds it: never touched
         before = killed.read_bytes()
         with pytest.raises(SpectrumFileError, match=f"cannot be read at this moment: process "

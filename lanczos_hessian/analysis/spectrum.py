@@ -342,6 +342,8 @@ def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
     from ..linalg.slq import quadrature_rules
 
     alphas, betas = steps["alpha"].T, steps["beta"].T  # (P, steps), NaN once a probe stopped
+    if "round" in steps:  # adaptive SLQ: every round's probes are probes of their own
+        alphas, betas = _rounds_as_probes(steps)
     num_nodes = np.isfinite(alphas).sum(axis=1)
     nodes, weights = quadrature_rules(np.nan_to_num(alphas), np.nan_to_num(betas), num_nodes)
     outliers = np.zeros(0)
@@ -351,3 +353,20 @@ def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
         outliers = spectrum.eigenvalues  # the deflation run finished before SLQ started
     return Quadrature(nodes, weights, dim, outliers, int(alphas.shape[1]), False, attrs)
 
+
+def _rounds_as_probes(steps) -> tuple:
+    """``(alphas, betas)`` ``(probes, steps)`` of an adaptive run's records: the rows of each
+    round (``steps/round``) are its probes' steps; columns past a round's width (NaN
+    padding) are no probe."""
+    rounds = np.asarray(steps["round"])
+    blocks = [(steps["alpha"][rounds == r].T, steps["beta"][rounds == r].T)
+              for r in np.unique(rounds)]
+    width = max(a.shape[1] for a, _ in blocks)
+
+    def stacked(index):
+        return np.concatenate([np.pad(block[index], ((0, 0), (0, width - block[index].shape[1])),
+                                      constant_values=np.nan) for block in blocks])
+
+    alphas, betas = stacked(0), stacked(1)
+    probes = np.isfinite(alphas).any(axis=1)
+    return alphas[probes], betas[probes]

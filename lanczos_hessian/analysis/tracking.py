@@ -65,6 +65,7 @@ from ..linalg.eigsh import lanczos_eigsh
 from .geometry import gradient_overlap, loss_and_gradient
 from .trajectory import Tracking
 from ..storage.hdf5 import SpectrumWriter, read_file
+from ..storage.runstore import RunStore
 from ..curvature.operators import OPERATORS
 
 logger = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class SpectrumTracker:
                     "analysis_dtype": str(analysis_dtype), "complete": False}
         # the disk-space check of the writer: the records' first chunk (64 rows) at least
         row_bytes = 8 * (3 * k + 12 + 2 * slq_probes * slq_steps)
-        self.writer = (SpectrumWriter(path, attrs, overwrite, space=64 * row_bytes)
+        self.writer = (RunStore.create(path, attrs, overwrite=overwrite, space=64 * row_bytes)
                        if path is not None else writer)
         if self.writer is not None:
             self.writer.set_attrs(group, settings)

@@ -66,7 +66,8 @@ def run_slq_command(args, echo):
                            overwrite=args.overwrite, resume=args.resume,
                            memory_budget=args.memory_budget,
                            shard_vectors=args.shard_vectors, progress=not args.no_progress,
-                           attrs=problem.attrs, keep_state=keep_state(args))
+                           attrs=problem.attrs, keep_state=keep_state(args),
+                           target_error=args.target_error, confidence=args.confidence)
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..curvature.operators import OPERATORS
+from ..curvature.products import STRATEGIES
+from ..linalg.eigsh import WHICH
+from ..linalg.probes import PROBES
+
 
 def add_common_options(parser, writes: bool = True):
     """Options of every command that analyses a problem; ``--out`` and ``--overwrite`` for
@@ -36,7 +41,7 @@ def add_operator_options(parser):
                              "name it (default: the demo network, with a warning)")
     parser.add_argument("--checkpoint", default=None,
                         help="state_dict to load into --problem's model (default: none)")
-    parser.add_argument("--operator", choices=("hessian", "ggn", "residual"), default="hessian",
+    parser.add_argument("--operator", choices=tuple(OPERATORS), default="hessian",
                         help="H, its Gauss-Newton part G, or R = H - G (default hessian)")
     parser.add_argument("--params", nargs="+", default=None,
                         help="restrict to these parameters or module prefixes, a block of the "
@@ -45,7 +50,7 @@ def add_operator_options(parser):
                         help="samples per forward/backward pass (default: the problem's "
                              "batches, or all samples at once)")
     parser.add_argument("--strategy", default="auto",
-                        choices=("auto", "forward-over-reverse", "reverse-over-reverse"),
+                        choices=STRATEGIES,
                         help="differentiation of the products; auto (default): "
                              "reverse-over-reverse, forward-over-reverse where an op has no "
                              "double backward or with --compile (a fixed rule, recorded in "
@@ -92,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(eigs)
     add_operator_options(eigs)
     eigs.add_argument("--k", type=int, default=20, help="number of eigenpairs (default 20)")
-    eigs.add_argument("--which", choices=("LA", "SA", "BE", "LM"), default="LA",
+    eigs.add_argument("--which", choices=WHICH, default="LA",
                       help="largest (LA), smallest (SA), both ends (BE) or largest in "
                            "magnitude (LM), scipy's names (default LA)")
     eigs.add_argument("--k-bottom", type=int, default=None,
@@ -130,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     slq.add_argument("--num-steps", type=int, default=80,
                      help="Lanczos steps per probe, the Gauss nodes of each rule: the "
                           "resolution of the density (default 80)")
-    slq.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",
+    slq.add_argument("--probe", choices=PROBES, default="rademacher",
                      help="probe distribution (default rademacher)")
     slq.add_argument("--deflate-top", type=int, default=0,
                      help="compute and deflate this many top eigenpairs first (default 0)")
@@ -138,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="and this many bottom eigenpairs (default 0)")
     slq.add_argument("--tol", type=float, default=1e-6,
                      help="residual tolerance of the deflated eigenpairs (default 1e-6)")
+    slq.add_argument("--target-error", type=float, default=None, metavar="E",
+                     help="adaptive SLQ: add rounds of --num-probes probes until the trace is "
+                          "known to within E (half-width of a --confidence interval; at most "
+                          "200 probes; default: one round)")
+    slq.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                     help="coverage of the --target-error interval (default 0.95)")
     slq.add_argument("--no-reorthogonalize", action="store_true",
                      help="three vectors per probe instead of a stored basis")
     add_state_options(slq)
@@ -178,7 +189,7 @@ def add_analysis_commands(sub) -> None:
                        help="random probe vectors (default 100)")
     trace.add_argument("--probes-per-pass", type=int, default=10,
                        help="probes applied together in one pass over the data (default 10)")
-    trace.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",
+    trace.add_argument("--probe", choices=PROBES, default="rademacher",
                        help="probe distribution (default rademacher)")
 
     layers = sub.add_parser("layers", help="top (or bottom) eigenvalues of each layer's "

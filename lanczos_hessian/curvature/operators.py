@@ -310,6 +310,33 @@ class CurvatureOperator(LinearOperator):
         return (f"<{type(self).__name__} M={self.shape[0]} reduction={self.reduction} "
                 f"dtype={self.dtype} device={self.device}>")
 
+    # ---- the operator contract (lanczos_hessian.contract) -----------------------------------
+    def identity(self) -> dict:
+        """What a run file records of this operator, as plain values: ``provenance`` (the
+        operator, loss, dtypes, device, strategy, sample count once known) and
+        ``fingerprints`` (``model``: SHA-256, first 16 hex digits, of the selected
+        parameters as float64 bytes; a resume with other parameters is refused)."""
+        import hashlib
+
+        provenance = {
+            "operator": self.kind, "num_params": self.shape[0],
+            "param_names": list(self.space.names),
+            "loss": getattr(self.loss_fn, "__class__", type(self.loss_fn)).__name__,
+            "reduction": self.reduction, "dtype": str(self.dtype),
+            "model_dtype": str(self.model_dtype), "device": str(self.device),
+            "strategy": self.strategy, "allow_tf32": bool(self.allow_tf32)}
+        if self.num_samples is not None:
+            provenance["num_samples"] = self.num_samples  # over all ranks
+        flat = self.flat_parameters().cpu().numpy()
+        return {"provenance": provenance,
+                "fingerprints": {"model": hashlib.sha256(flat.tobytes()).hexdigest()[:16]}}
+
+    def partition(self, world_size: int) -> list:
+        """Row offsets of each rank's rows of a sharded vector: an even split of the
+        parameter vector (``world_size + 1`` offsets from 0 to ``M``)."""
+        n = self.shape[0]
+        return [n * r // world_size for r in range(world_size + 1)]
+
 
 class HessianOperator(CurvatureOperator):
     """``H v`` for the full-dataset loss ``L(w)``; see the module docstring.

@@ -29,12 +29,9 @@ Nothing is downloaded.  Sources:
 
 from __future__ import annotations
 
-import codecs
 import gzip
-import hashlib
 import math
 import os
-import pickle
 import sys
 import zlib
 from pathlib import Path
@@ -42,6 +39,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from .cifar10 import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, load_cifar10, write_cifar10_batch
+from .selection import NUM_CLASSES, balanced_indices, sha256_file, subset, to_tensors
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -96,102 +96,6 @@ FASHION_MNIST_CLASSES = (
 DIGITS_MEAN = 0.3053
 DIGITS_STD = 0.3760
 
-# CIFAR-10 (Krizhevsky, 2009): per-channel (R, G, B) mean and std of the
-# pixel values (scaled to [0, 1]) over the 50,000 training images.
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
-_CIFAR10_BATCHES = {
-    "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
-    "test": ("test_batch",),
-}
-_CIFAR10_PIXELS = 3 * 32 * 32
-
-_NUM_CLASSES = 10
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Return the SHA-256 hex digest of the file at ``path``."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def balanced_indices(labels: np.ndarray, num_examples: int | None) -> np.ndarray:
-    """Indices of a deterministic class-balanced first-``num_examples`` subset.
-
-    Each example is ranked by its position among the examples of its own class;
-    examples are taken by increasing rank, ties broken by increasing label, so
-    the per-class counts differ by at most one until a class runs out.  The
-    indices are returned sorted (file order).  ``None`` selects everything.
-    """
-    labels = np.asarray(labels)
-    if num_examples is None:
-        return np.arange(len(labels))
-    _check_count(num_examples, len(labels))
-    rank = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rank[members] = np.arange(len(members))
-    order = np.lexsort((labels, rank))
-    return np.sort(order[:num_examples])
-
-
-def _check_count(num_examples: int, available: int) -> None:
-    """Raise unless ``num_examples`` is an int in 1..available."""
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)):
-        raise TypeError(f"num_examples must be an int or None, got {num_examples!r}")
-    if not 1 <= num_examples <= available:
-        raise ValueError(f"num_examples must be in 1..{available}, got {num_examples}")
-
-
-def _select_classes(
-    images: np.ndarray, labels: np.ndarray, classes: Sequence[int] | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the examples whose label is in ``classes``; relabel to 0..k-1."""
-    if classes is None:
-        return images, labels
-    chosen = [int(c) for c in classes]
-    if not chosen or len(set(chosen)) != len(chosen):
-        raise ValueError(f"classes must be non-empty and without repeats, got {classes!r}")
-    if any(not 0 <= c < _NUM_CLASSES for c in chosen):
-        raise ValueError(f"classes must lie in 0..{_NUM_CLASSES - 1}, got {classes!r}")
-    mapping = np.full(_NUM_CLASSES, -1, dtype=np.int64)
-    mapping[chosen] = np.arange(len(chosen))
-    keep = np.isin(labels, chosen)
-    return images[keep], mapping[labels[keep]]
-
-
-def _subset(
-    images: np.ndarray, labels: np.ndarray,
-    classes: Sequence[int] | None, num_examples: int | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``classes`` then ``num_examples`` (see the module docstring)."""
-    images, labels = _select_classes(images, labels, classes)
-    keep = balanced_indices(labels, num_examples)
-    return images[keep], labels[keep]
-
-
-def _to_tensors(
-    images: np.ndarray, labels: np.ndarray, *, max_value: float,
-    mean: Sequence[float], std: Sequence[float], normalize: bool, flatten: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, C, H, W) integer images -> float32 in [0, 1], optionally
-    standardised per channel and flattened; labels -> int64."""
-    inputs = torch.from_numpy(images.astype(np.float32) / np.float32(max_value))
-    if normalize:
-        shape = (1, len(mean), 1, 1)
-        inputs = (inputs - torch.tensor(mean).reshape(shape)) / torch.tensor(std).reshape(shape)
-    if flatten:
-        inputs = inputs.reshape(len(inputs), -1)
-    targets = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy())
-    return inputs.to(torch.float32), targets
-
-
 # ---------------------------------------------------------------- MNIST
 
 
@@ -234,7 +138,7 @@ def _read_mnist_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         images, labels = archive["images"], archive["labels"]
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"{path}: images must be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
-    if labels.shape != (len(images),) or labels.size and labels.max() >= _NUM_CLASSES:
+    if labels.shape != (len(images),) or labels.size and labels.max() >= NUM_CLASSES:
         raise ValueError(f"{path}: labels must be (N,) with values 0..9")
     return images, labels.astype(np.int64)
 
@@ -257,8 +161,8 @@ def load_mnist(
     Raises FileNotFoundError, naming the rebuild command, if the file is missing.
     """
     images, labels = _read_mnist_npz(_mnist_path(path))
-    images, labels = _subset(images, labels, classes, num_examples)
-    return _to_tensors(
+    images, labels = subset(images, labels, classes, num_examples)
+    return to_tensors(
         images[:, None], labels, max_value=255.0, mean=(MNIST_MEAN,), std=(MNIST_STD,),
         normalize=normalize, flatten=flatten,
     )
@@ -336,7 +240,7 @@ def _read_idx_images_labels(images_path: Path, labels_path: Path) -> tuple[np.nd
         raise ValueError(f"{images_path}: expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.shape != (len(images),):
         raise ValueError(f"{labels_path}: expected {len(images)} uint8 labels, got {labels.dtype} {labels.shape}")
-    if labels.size and labels.max() >= _NUM_CLASSES:
+    if labels.size and labels.max() >= NUM_CLASSES:
         raise ValueError(f"{labels_path}: labels must lie in 0..9")
     return images, labels.astype(np.int64)
 
@@ -361,8 +265,8 @@ def load_fashion_mnist(
     are missing, ValueError if a file is corrupt.
     """
     images, labels = _read_idx_images_labels(*_fashion_mnist_files(_fashion_mnist_root(root), split))
-    images, labels = _subset(images, labels, classes, num_examples)
-    return _to_tensors(
+    images, labels = subset(images, labels, classes, num_examples)
+    return to_tensors(
         images[:, None], labels, max_value=255.0, mean=(FASHION_MNIST_MEAN,),
         std=(FASHION_MNIST_STD,), normalize=normalize, flatten=flatten,
     )
@@ -396,141 +300,8 @@ def load_digits(
     Raises ImportError with an install hint if scikit-learn is missing.
     """
     images, labels = _sklearn_digits()
-    images, labels = _subset(images, labels, classes, num_examples)
-    return _to_tensors(
+    images, labels = subset(images, labels, classes, num_examples)
+    return to_tensors(
         images[:, None], labels, max_value=16.0, mean=(DIGITS_MEAN,), std=(DIGITS_STD,),
         normalize=normalize, flatten=flatten,
     )
-
-
-# ---------------------------------------------------------------- CIFAR-10
-
-# Globals a CIFAR-10 python batch may reference: numpy array reconstruction
-# (numpy 1 and 2 module names) and the bytes encoding used by protocol 2.
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
-    ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],
-    ("numpy.core.multiarray", "scalar"): np.float64(0).__reduce__()[0],
-    ("numpy._core.multiarray", "scalar"): np.float64(0).__reduce__()[0],
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): codecs.encode,
-}
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that refuses every global except numpy array reconstruction,
-    so a malicious batch file cannot run code."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return _PICKLE_ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch") from None
-
-
-def _cifar10_dir(root: str | os.PathLike) -> Path:
-    """``root`` or its ``cifar-10-batches-py`` subdirectory; raise if absent."""
-    directory = Path(root)
-    if (directory / "cifar-10-batches-py").is_dir():
-        directory = directory / "cifar-10-batches-py"
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"CIFAR-10 directory {directory} does not exist. CIFAR-10 is not available "
-            "offline: obtain the python version (cifar-10-python.tar.gz) yourself and "
-            "pass its extracted cifar-10-batches-py directory."
-        )
-    return directory
-
-
-def _cifar10_batch_names(split: str) -> tuple[str, ...]:
-    """File names of the batches of ``split`` ("train" or "test")."""
-    if split not in _CIFAR10_BATCHES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return _CIFAR10_BATCHES[split]
-
-
-def _unpickle_batch(path: Path) -> object:
-    """Unpickle one batch file with :class:`_ArrayOnlyUnpickler`."""
-    if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-10 batch file {path} not found")
-    try:
-        with open(path, "rb") as handle:
-            return _ArrayOnlyUnpickler(handle, encoding="bytes").load()
-    except OSError:
-        raise
-    except Exception as err:  # any unpickling failure means a malformed file
-        raise ValueError(f"{path}: not a readable CIFAR-10 python batch ({err})") from err
-
-
-def _check_cifar10_batch(batch: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Validate a batch dict; return uint8 (N, 3, 32, 32) images and int64 labels."""
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: a CIFAR-10 batch must be a dict with keys b'data' and b'labels'")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR10_PIXELS:
-        raise ValueError(f"{path}: b'data' must be uint8 (N, {_CIFAR10_PIXELS}), got {data.dtype} {data.shape}")
-    if labels.shape != (len(data),) or (labels.size and labels.dtype.kind not in "iu"):
-        raise ValueError(f"{path}: b'labels' must hold {len(data)} integers, got {labels.dtype} {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
-        raise ValueError(f"{path}: labels must lie in 0..9")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
-
-
-def load_cifar10(
-    root: str | os.PathLike, split: str = "train", num_examples: int | None = None, *,
-    classes: Sequence[int] | None = None, normalize: bool = True, flatten: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 (Krizhevsky, 2009) from the standard *python* batches.
-
-    CIFAR-10 is not available offline and is never downloaded: ``root`` must
-    be the extracted ``cifar-10-batches-py`` directory (or its parent), holding
-    ``data_batch_1`` .. ``data_batch_5`` (``split="train"``, 50,000 images) or
-    ``test_batch`` (``split="test"``, 10,000 images).  Each is a pickled dict
-    with ``b"data"`` (uint8, N x 3072, channel-major R, G, B planes of 32 x 32)
-    and ``b"labels"``.  Only numpy arrays are unpickled; other globals are refused.
-
-    Images are scaled to [0, 1]; with ``normalize`` each channel is standardised
-    with the training-set mean (0.4914, 0.4822, 0.4465) and std
-    (0.2470, 0.2435, 0.2616).  Returns float32 (N, 3, 32, 32), or (N, 3072)
-    with ``flatten``, and int64 targets.  Raises FileNotFoundError for a
-    missing directory or batch, ValueError for a malformed batch.
-    """
-    directory = _cifar10_dir(root)
-    parts = [
-        _check_cifar10_batch(_unpickle_batch(directory / name), directory / name)
-        for name in _cifar10_batch_names(split)
-    ]
-    images = np.concatenate([images for images, _ in parts])
-    labels = np.concatenate([labels for _, labels in parts])
-    images, labels = _subset(images, labels, classes, num_examples)
-    return _to_tensors(
-        images, labels, max_value=255.0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-        normalize=normalize, flatten=flatten,
-    )
-
-
-def write_cifar10_batch(
-    path: str | os.PathLike, images_uint8: np.ndarray, labels: Sequence[int], *,
-    batch_label: bytes = b"training batch 1 of 5",
-) -> None:
-    """Write a CIFAR-10 python batch in the original format: a dict pickled
-    with protocol 2, keys as bytes: ``b"batch_label"``, ``b"labels"`` (list of
-    ints), ``b"data"`` (uint8 N x 3072, channel-major) and ``b"filenames"``.
-
-    ``images_uint8`` is uint8 of shape (N, 3, 32, 32) or (N, 3072).
-    """
-    images = np.asarray(images_uint8)
-    if images.dtype != np.uint8 or images.shape[1:] not in ((3, 32, 32), (_CIFAR10_PIXELS,)):
-        raise ValueError(f"images must be uint8 (N, 3, 32, 32) or (N, 3072), got {images.dtype} {images.shape}")
-    label_list = [int(label) for label in labels]
-    if len(label_list) != len(images) or any(not 0 <= label < _NUM_CLASSES for label in label_list):
-        raise ValueError("labels must be one integer in 0..9 per image")
-    batch = {
-        b"batch_label": bytes(batch_label),
-        b"labels": label_list,
-        b"data": np.ascontiguousarray(images.reshape(len(images), _CIFAR10_PIXELS)),
-        b"filenames": [f"image_{i:05d}.png".encode() for i in range(len(images))],
-    }
-    with open(path, "wb") as handle:
-        pickle.dump(batch, handle, protocol=2)

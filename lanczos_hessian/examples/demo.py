@@ -31,7 +31,8 @@ from ..curvature.dense import dense_spectrum
 from ..curvature.operators import HessianOperator
 from ..linalg.density import exact_measure, quadrature_measure, wasserstein1
 from ..run import slq as run_slq
-from ..storage.hdf5 import SpectrumWriter, check_output_path
+from ..storage.hdf5 import check_output_path
+from ..storage.runstore import RunStore
 from ..storage.lock import hold
 from .problems import clusters_mlp
 
@@ -81,7 +82,7 @@ def _demo(out, *, num_classes, num_examples, steps, lr, k_top, k_bottom, tol, nu
         exact = dense_spectrum(op, method="products")
     top = np.sort(result.eigenvalues)[::-1][:k_top]
     counts = count_outliers(top)
-    with SpectrumWriter(out, append=True) as writer:
+    with RunStore.reopen(out) as writer:
         writer.write_arrays("training", {"loss": np.asarray(problem.history)})
         if exact is not None:
             writer.write_arrays("dense", {"eigenvalues": exact})

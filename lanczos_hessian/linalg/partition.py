@@ -19,16 +19,23 @@ import torch
 class Whole:
     """Rows ``[lo, hi)`` of vectors of length ``n`` held here; here all of them.
 
+    ``offsets`` (``world_size + 1`` row offsets from 0 to ``n``) is the operator's own split
+    (:func:`lanczos_hessian.contract.partition_of`); default the even split.
+
     Subclasses that split the rows across processes override :meth:`_all_reduce` and
     :meth:`gather`.
     """
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1, offsets=None):
         self.n, self.rank, self.world_size = n, rank, world_size
-        self.lo = n * rank // world_size
-        self.hi = n * (rank + 1) // world_size
-        self.counts = [n * (r + 1) // world_size - n * r // world_size
-                       for r in range(world_size)]
+        if offsets is None:  # the even split
+            offsets = [n * r // world_size for r in range(world_size + 1)]
+        if len(offsets) != world_size + 1 or offsets[0] != 0 or offsets[-1] != n:
+            raise ValueError(f"row offsets {list(offsets)} do not split {n} rows over "
+                             f"{world_size} processes")
+        self.offsets = [int(x) for x in offsets]
+        self.lo, self.hi = self.offsets[rank], self.offsets[rank + 1]
+        self.counts = [b - a for a, b in zip(self.offsets, self.offsets[1:])]
 
     @property
     def is_split(self) -> bool:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .. import validate
 from .density import Estimate, estimate
 from .linop import BlockMatvec, as_block_matvec
-from .slq import PROBES, _resolve_seed, draw_probes
+from .probes import PROBES, draw_probes, resolve_seed
 
 
 def hutchinson_trace(op, num_probes: int = 100, *, probes_per_pass: int = 10,
@@ -27,15 +28,21 @@ def hutchinson_trace(op, num_probes: int = 100, *, probes_per_pass: int = 10,
     ``rng`` is an int seed, a numpy Generator or None; the probes are
     ``draw_probes(n, num_probes, probe, seed)``, so ``slq(op, num_probes, 1, rng=seed)``
     uses the same ones.
+
+    Examples
+    --------
+    For a diagonal matrix a Rademacher probe gives ``z^T D z = tr D`` exactly:
+
+    >>> import numpy as np
+    >>> hutchinson_trace(np.diag([1.0, 2.0, 3.0]), num_probes=4, rng=0).value
+    6.0
     """
     for name, value in (("num_probes", num_probes), ("probes_per_pass", probes_per_pass)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if probe not in PROBES:
-        raise ValueError(f"unknown probe={probe!r}; choose one of {PROBES}")
+        validate.integer(name, value, low=1)
+    validate.choice("probe", probe, PROBES)
     matvec = op if isinstance(op, BlockMatvec) else as_block_matvec(op, dim)
     Z = torch.from_numpy(draw_probes(matvec.dim, num_probes, probe,
-                                     _resolve_seed(rng, matvec)))
+                                     resolve_seed(rng, matvec)))
     values = []
     for start in range(0, num_probes, probes_per_pass):
         block = Z[:, start:start + probes_per_pass].to(matvec.device)

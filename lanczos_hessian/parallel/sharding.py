@@ -23,10 +23,11 @@ from .distributed import current_world
 class Shard(Whole):
     """This rank's slice ``[lo, hi)`` of vectors of length ``n``, reduced over the process group."""
 
-    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None):
+    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None,
+                 offsets=None):
         world = current_world()
         super().__init__(n, world.rank if rank is None else rank,
-                         world.size if world_size is None else world_size)
+                         world.size if world_size is None else world_size, offsets)
 
     def _all_reduce(self, total: torch.Tensor) -> None:
         dist.all_reduce(total, op=dist.ReduceOp.SUM)

@@ -35,7 +35,6 @@ refused with a message naming it. A state that cannot be read (a damaged file) i
 from __future__ import annotations
 
 import functools
-import hashlib
 import io as _io
 import zipfile
 from typing import NamedTuple
@@ -48,14 +47,8 @@ from ..errors import ResumeError, SpectrumFileError
 from ..linalg.basis import TensorBasis, copy_vectors
 from .disk_basis import HDF5Basis, MirroredBasis, create_basis_dataset
 from .schema import annotate
+from .settings import STATE, check_settings, saved_settings, state_dropped
 
-STATE = "state"
-
-
-def model_fingerprint(op) -> str:
-    """SHA-256 (first 16 hex digits) of the selected parameters as float64 bytes."""
-    flat = op.flat_parameters().cpu().numpy()
-    return hashlib.sha256(flat.tobytes()).hexdigest()[:16]
 
 
 _UNREADABLE = (OSError, KeyError, RuntimeError, TypeError, ValueError, IndexError, EOFError,
@@ -256,57 +249,6 @@ class RunCheckpoint:
             self.load()
 
 
-def state_dropped(group) -> bool:
-    """Whether the run of ``group`` (an open HDF5 group) finished and its resume state was
-    dropped: complete, with no ``state`` subgroup."""
-    return bool(group.attrs.get("complete", False)) and STATE not in group
-
-
-def saved_settings(group) -> dict:
-    """The settings a run recorded: its state's ``run_<name>`` attributes, or, once the
-    state was dropped, the finished group's own attributes (a setting that was None is
-    absent, or the string "None" in files written before: both read as None)."""
-    state = group.get(STATE)
-    if state is None:
-        return {k: _plain(v) for k, v in group.attrs.items()}
-    return {k[len("run_"):]: _plain(v) for k, v in state.attrs.items() if k.startswith("run_")}
-
-
-def check_settings(saved: dict, settings: dict, path, group: str, dropped: bool = False):
-    """Raise :class:`ResumeError` naming every setting of this run that differs from the
-    ``saved`` ones of the file at ``path``."""
-    differences = [
-        f"{key}: file has {saved.get(key)!r}, this run has {_plain(value)!r}"
-        for key, value in settings.items() if _plain(value) != saved.get(key)
-    ]
-    if not differences:
-        return
-    message = (f"{path} is from a different run; refusing to resume ("
-               + "; ".join(differences) + ")")
-    if dropped:
-        message += (f". Its {group} run is complete and its resume state was dropped when it "
-                    "finished (the default): a resume can only return its stored result. "
-                    "Write a new file (another --out, or --overwrite); a run whose file is to "
-                    "be continued keeps its state with --keep-state (keep_state=True)")
-    raise ResumeError(message)
-
-
-def _plain(value):
-    """Attribute values as comparable Python values (None, lists and numpy scalars); the
-    string "None" of files written before absent attributes meant None is None."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, str) and value == "None":
-        return None
-    return value
-
-
 # ---- the bases' layouts in a blob ----------------------------------------------------------
 def _layouts(bases) -> np.ndarray:
     """The live slots of every basis, ``(len(bases), max size)`` int64 padded with -1."""
@@ -329,13 +271,15 @@ class Checkpointer:
     committed state with the bases pointed at their committed vectors. With a pre-read
     ``committed`` state and no store (a rank that does not write, :func:`read_replica`) it
     restores that state into bases that already hold copies of the vectors, and commits
-    nothing. ``op``, when given, records the data fingerprint of its first pass and checks
-    the resumed run's data against it.
+    nothing. The data check is plain data in and out, never the operator: ``stamp()``, when
+    given, returns the data fingerprint (a float array) saved with every commit, and
+    ``on_restore(fingerprint)`` receives the resumed run's (to check the data against it).
     """
 
-    def __init__(self, store: RunCheckpoint | None = None, op=None,
-                 committed: Committed | None = None, bases=None):
-        self.store, self.op, self.committed = store, op, committed
+    def __init__(self, store: RunCheckpoint | None = None, stamp=None,
+                 committed: Committed | None = None, bases=None, on_restore=None):
+        self.store, self.stamp, self.committed = store, stamp, committed
+        self.on_restore = on_restore
         self.replica_bases = bases or []
 
     def basis_factory(self, i, dim=None, capacity=None):
@@ -350,13 +294,13 @@ class Checkpointer:
             state = self.store.load()
         if state is None:
             return None
-        solver.load_state_dict(state.small, state.vectors)
+        solver.load_state_dict({**state.small, "finished": state.finished}, state.vectors)
         if self.store is not None:
             for basis, row in zip(solver.bases(), state.small["basis_layouts"]):
                 columns = _columns(row)
                 basis.restore_state({"size": len(columns), "column_map": columns})
-        if self.op is not None:
-            self.op.expect_data_fingerprint(state.small.get("data_fingerprint"))
+        if self.on_restore is not None:
+            self.on_restore(state.small.get("data_fingerprint"))
         return {**state.small, "finished": state.finished}
 
     def commit(self, solver, progress: dict, finished: bool) -> None:
@@ -366,8 +310,9 @@ class Checkpointer:
         small, vectors = solver.state_dict()
         small.update(progress)
         small["basis_layouts"] = _layouts(solver.bases())
-        fingerprint = None if self.op is None else self.op.data_fingerprint
-        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint else [],
+        fingerprint = None if self.stamp is None else self.stamp()
+        small["data_fingerprint"] = np.asarray(fingerprint if fingerprint is not None
+                                               and np.size(fingerprint) else [],
                                                dtype=np.float64)
         self.store.save(small, vectors, finished)
 

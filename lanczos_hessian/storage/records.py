@@ -33,17 +33,19 @@ def _eigs_row(k: int) -> dict:
             "residual_bounds": np.zeros(k)}
 
 
-def declare_eigs(writer, settings: dict, k: int) -> None:
-    """The ``eigs`` group's settings (incomplete) and its step records."""
-    writer.set_attrs("eigs", {**plain_settings(settings), "complete": False})
-    writer.declare_steps("eigs", _eigs_row(k))
+def declare_eigs(writer, settings: dict, k: int, group: str = "eigs") -> None:
+    """An eigensolver run's group (``eigs``): settings (incomplete) and step records."""
+    writer.set_attrs(group, {**plain_settings(settings), "complete": False})
+    writer.declare_steps(group, _eigs_row(k))
 
 
-def declare_slq(writer, settings: dict, num_probes: int) -> None:
-    """The ``slq`` group's settings (incomplete) and its step records."""
-    writer.set_attrs("slq", {**plain_settings(settings), "complete": False})
-    writer.declare_steps("slq", {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
-                                 "num_passes": 0})
+def declare_slq(writer, settings: dict, num_probes: int, group: str = "slq",
+                rounds: bool = False) -> None:
+    """An SLQ run's group (``slq``): settings (incomplete) and step records (with the round
+    of each row for an adaptive run, ``rounds``)."""
+    writer.set_attrs(group, {**plain_settings(settings), "complete": False})
+    writer.declare_steps(group, {"alpha": np.zeros(num_probes), "beta": np.zeros(num_probes),
+                                 "num_passes": 0, **({"round": 0} if rounds else {})})
 
 
 def step_recorder(writer, group: str, k: int, which: str, k_bottom=None):
@@ -73,6 +75,24 @@ def slq_recorder(writer, group: str = "slq"):
     def record(step, state):
         writer.append_step(group, {"alpha": state.alpha, "beta": state.beta,
                                    "num_passes": state.num_passes})
+
+    return record
+
+
+def adaptive_recorder(writer, width: int, group: str = "slq"):
+    """An :func:`~lanczos_hessian.linalg.slq.adaptive_slq` callback committing each lockstep
+    step of each round: the round's ``alpha``/``beta`` NaN-padded to ``width`` (the probes
+    per round), ``num_passes`` counted over all rounds (one per record) and the ``round``
+    (a round's first step is its step 1)."""
+
+    def record(step, state):
+        pad = np.full(width - len(state.alpha), np.nan)
+        done = writer.committed(group)
+        last = int(writer.file[f"{group}/steps/round"][done - 1]) if done else -1
+        writer.append_step(group, {"alpha": np.concatenate([state.alpha, pad]),
+                                   "beta": np.concatenate([state.beta, pad]),
+                                   "num_passes": done + 1,
+                                   "round": last + 1 if step == 1 else last})
 
     return record
 
@@ -167,7 +187,9 @@ def read_slq_result(group) -> SLQResult:
         deflation_matvecs=int(attrs.get("deflation_matvecs", 0)),
         timings=dict(attrs.get("timings") or {}),
         orthogonality=float(attrs.get("orthogonality", np.nan)),
-        duplicate_nodes=int(attrs.get("duplicate_nodes", 0)))
+        duplicate_nodes=int(attrs.get("duplicate_nodes", 0)),
+        target_error=float(attrs.get("target_error", np.nan)),
+        confidence=float(attrs.get("confidence", np.nan)))
 
 
 def finished_eigenpairs(group) -> EigshResult:

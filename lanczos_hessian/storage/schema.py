@@ -118,6 +118,9 @@ DATASETS: dict[str, Declared] = {
     "slq/steps/num_passes": Declared(
         "Passes over the data made by the quadrature up to this step.", "1", "step-major",
         "record"),
+    "slq/steps/round": Declared(
+        "The round of probes this step belongs to (adaptive SLQ only), from 0.", "1",
+        "step-major", "record"),
     # ---- SpectrumTracker (analysis/tracking.py): one row per measurement during training ----
     "tracking/steps/step": Declared(
         "Training step after which the row was measured.", "", "step-major", "record"),
@@ -207,9 +210,21 @@ GROUPS: dict[str, str] = {
 }
 
 
+def _run_paths(path: str):
+    """``path``, then the same path with its leading groups dropped one by one: a run named
+    ``blocks/fc1/eigs`` has the datasets of ``eigs``."""
+    parts = path.split("/")
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
 def declared(path: str) -> Declared | None:
-    """The declaration of the dataset at ``path`` (e.g. ``"/slq/nodes"``), or None."""
+    """The declaration of the dataset at ``path`` (e.g. ``"/slq/nodes"``, or
+    ``"/blocks/fc1/eigs/eigenvalues"`` in a run of another name), or None."""
     path = path.lstrip("/")
+    for key in _run_paths(path):  # a run's own datasets first, then the generic patterns
+        for pattern, entry in DATASETS.items():
+            if not pattern.startswith("*") and fnmatchcase(key, pattern):
+                return entry
     for pattern, entry in DATASETS.items():
         if fnmatchcase(path, pattern):
             return entry
@@ -219,6 +234,10 @@ def declared(path: str) -> Declared | None:
 def group_description(path: str) -> str | None:
     """The description of the group at ``path`` (``"/"`` for the root), or None."""
     key = path.strip("/") or "/"
+    for candidate in ([key] if key == "/" else _run_paths(key)):
+        for pattern, text in GROUPS.items():
+            if not pattern.startswith("*") and fnmatchcase(candidate, pattern):
+                return text
     for pattern, text in GROUPS.items():
         if fnmatchcase(key, pattern):
             return text
