@@ -98,3 +98,12 @@ def test_a_given_token_count_is_used():
     loss = TokenLoss(num_tokens=1)
     H = operator(model, loss, pad_batches(seqs, SIZES))
     close(H @ np.eye(H.shape[0]), dense_lm_hessian(model, seqs, "sum"))
+
+
+def test_the_objective_and_token_count_are_in_the_operators_provenance():
+    model, seqs = tiny_lm(), sequences(LENGTHS)
+    H = operator(model, TokenLoss("sequences"), pad_batches(seqs, SIZES))
+    provenance = H.identity()["provenance"]
+    assert provenance["objective"] == "sequences" and provenance["loss"] == "TokenLoss"
+    assert provenance["num_tokens"] == H.loss_fn.num_tokens > 0
+    assert provenance["num_sequences"] == len(LENGTHS) and provenance["shift_labels"] is True

@@ -32,7 +32,6 @@ per-batch products :mod:`lanczos_hessian.curvature.curvatures`, the choice of st
 :mod:`lanczos_hessian.curvature.compiled`.
 """
 
-
 from __future__ import annotations
 
 import logging
@@ -50,7 +49,7 @@ from .checks import (LOW_PRECISION, check_first_loss, check_trainable_values, ev
 from .compiled import CompiledProduct
 from .data import DataSource, map_inputs
 from .fingerprint import FingerprintReference
-from .huggingface import own_loss
+from .objective import objective_provenance, prepare_loss
 from .params import ParameterSpace
 from .passes import accumulate
 from .precision import tf32_mode
@@ -71,10 +70,7 @@ class CurvatureOperator(LinearOperator):
         The network; its parameters are read (never modified) at every application, so
         the operator follows the model if it is trained in between.
     loss_fn : callable or None
-        ``loss_fn(outputs, targets) -> scalar`` with ``mean`` or ``sum`` reduction; for a
-        language model :class:`~lanczos_hessian.curvature.objective.TokenLoss` (the exact
-        token-weighted objective). None takes a Hugging Face model's own loss
-        (:mod:`lanczos_hessian.curvature.huggingface`).
+        ``loss_fn(outputs, targets) -> scalar``, ``mean`` or ``sum`` (LMs: ``.objective``).
     data : (inputs, targets) tensors, DataLoader or re-iterable of batches
         See :class:`lanczos_hessian.curvature.data.DataSource`. Floating inputs are
         converted to the model's dtype (a :class:`~lanczos_hessian.errors.PrecisionWarning`
@@ -154,14 +150,10 @@ class CurvatureOperator(LinearOperator):
         try:  # every rank reaches the agreement check below, also after a local failure
             self.space = ParameterSpace.of(model, params)
             check_trainable_values(self.space.parameters(model))
-            if loss_fn is None:  # a Hugging Face model's own loss, as a full-data objective
-                loss_fn, unpack = own_loss(model, data, unpack, batch_size)
-                self.loss_fn = loss_fn
-            self.reduction = infer_reduction(loss_fn, reduction)
+            self.loss_fn, unpack = prepare_loss(model, loss_fn, data, unpack, batch_size)
+            self.reduction = infer_reduction(self.loss_fn, reduction)
             self.data = DataSource(data, batch_size, self.world.rank, self.world.size,
                                    unpack=unpack)
-            if callable(getattr(loss_fn, "count_targets", None)):  # a token-weighted objective
-                loss_fn.count_targets(DataSource(data, batch_size, unpack=unpack))  # whole data set
             first = self.space.parameters(model)[self.space.names[0]]
             self.device, self.model_dtype = first.device, first.dtype
             if not allow_low_precision:
@@ -325,6 +317,7 @@ class CurvatureOperator(LinearOperator):
             "reduction": self.reduction, "dtype": str(self.dtype),
             "model_dtype": str(self.model_dtype), "device": str(self.device),
             "strategy": self.strategy, "allow_tf32": bool(self.allow_tf32)}
+        provenance.update(objective_provenance(self.loss_fn))
         if self.num_samples is not None:
             provenance["num_samples"] = self.num_samples  # over all ranks
         flat = self.flat_parameters().cpu().numpy()
