@@ -96,3 +96,34 @@ def test_presets_of_standard_layouts():
     assert names == ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "mlp"]
     with pytest.raises(InvalidModelError, match="'gpt2' finds none"):
         preset_blocks(layer, "gpt2")
+
+
+def test_blocks_are_written_one_group_each_and_resumed(problem, tmp_path):
+    import h5py
+
+    from lanczos_hessian.blocks import read_block_spectra
+
+    model, H, _ = problem
+    path = tmp_path / "blocks.h5"
+    blocks = preset_blocks(model, "mha")
+    first = block_spectra(H, blocks, k=2, num_probes=2, num_steps=6, seed=3, out=path)
+    with h5py.File(path, "r") as f:
+        assert sorted(f["blocks"]) == ["attn.k", "attn.o", "attn.q", "attn.v"]
+        assert f["blocks/attn.q"].attrs["dim"] == WIDTH * WIDTH + WIDTH
+        assert f["blocks/attn.q/eigs"].attrs["complete"] and f["blocks/attn.q/slq"].attrs["complete"]
+        assert f.attrs["num_tokens"] == H.loss_fn.num_tokens  # the objective's provenance
+    again = block_spectra(H, blocks, k=2, num_probes=2, num_steps=6, seed=3, out=path,
+                          resume=True)
+    assert again.num_passes == 0
+    with h5py.File(path, "a") as f:  # as if killed before block v finished
+        del f["blocks/attn.v"]
+    resumed = block_spectra(H, blocks, k=2, num_probes=2, num_steps=6, seed=3, out=path,
+                            resume=True)
+    assert resumed.num_passes > 0
+    for name in ("attn.q", "attn.v"):
+        np.testing.assert_allclose(resumed[name].eigs.eigenvalues, first[name].eigs.eigenvalues,
+                                   rtol=1e-10)
+    stored = read_block_spectra(path)
+    assert sorted(stored.names) == sorted(first.names)
+    stored.plot(tmp_path / "densities.png")
+    assert (tmp_path / "densities.png").stat().st_size > 0

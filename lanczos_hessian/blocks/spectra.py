@@ -19,6 +19,7 @@ import numpy as np
 from ..linalg.density import spectral_density
 from ..linalg.eigsh import lanczos_eigsh
 from ..linalg.slq import slq
+from .files import BlockFile
 from .lockstep import run_in_lockstep
 from .presets import PRESETS, preset_blocks
 from .spec import resolve_blocks
@@ -97,7 +98,8 @@ class BlockSpectra:
 
 def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None,
                   num_probes: int = 10, num_steps: int = 40, seed=None,
-                  per_head: bool = False) -> BlockSpectra:
+                  per_head: bool = False, out=None, resume: bool = False,
+                  overwrite: bool = False) -> BlockSpectra:
     """Top-``k`` eigenpairs and SLQ density of each diagonal block ``H_bb`` of ``op``.
 
     Parameters
@@ -115,7 +117,11 @@ def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None
     num_probes, num_steps : int
         :func:`~lanczos_hessian.linalg.slq.slq`'s; ``num_probes=0`` for no density.
     seed : int, optional
-        Seed of every block's random vectors (default: drawn by ``op.common_seed()``).
+        Seed of every block's random vectors (default: drawn by ``op.common_seed()``; give
+        one to resume).
+    out, resume, overwrite
+        A spectrum file with one group per block (:mod:`lanczos_hessian.blocks.files`);
+        ``resume=True`` keeps the blocks it holds and computes the others.
 
     Every step of every solver of every block shares one pass over the data, so the run
     takes ``max(num_steps, matvecs of the slowest eigensolver)`` passes.
@@ -127,26 +133,44 @@ def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None
     resolved = resolve_blocks(op.space, blocks)  # refused here, before any pass
     if k < 0 or num_probes < 0 or (k == 0 and num_probes == 0):
         raise ValueError("ask for eigenvalues (k >= 1), a density (num_probes >= 1) or both")
+    if resume and seed is None:
+        raise ValueError("resume=True needs the seed of the run it continues (seed=)")
     seed = int(op.common_seed() if seed is None else seed)
+    settings = {"k": k, "tol": tol, "max_matvecs": max_matvecs, "num_probes": num_probes,
+                "num_steps": num_steps, "seed": seed}
+    file = None if out is None else BlockFile(out, op, settings, resume=resume,
+                                              overwrite=overwrite)
+    wants = tuple(kind for kind, n in (("eigs", k), ("density", num_probes)) if n)
+    spectra = [BlockSpectrum(b.name, b.dim) for b in resolved]
     tasks, slots = [], []
     for i, block in enumerate(resolved):
-        if k:
-            kb = min(k, block.dim)
-            rng = _seed(seed, i, 0)
-            tasks.append((i, lambda view, kb=kb, rng=rng: lanczos_eigsh(
-                view, kb, "LA", tol, max_matvecs=max_matvecs, rng=rng)))
-            slots.append((i, "eigs"))
-        if num_probes:
-            rng = _seed(seed, i, 1)
-            steps = min(num_steps, block.dim)
-            tasks.append((i, lambda view, rng=rng, steps=steps: slq(view, num_probes, steps,
-                                                                    rng=rng)))
-            slots.append((i, "density"))
-    results, passes = run_in_lockstep(op, resolved, tasks)
-    spectra = [BlockSpectrum(b.name, b.dim) for b in resolved]
+        stored = {} if file is None else file.finished(block, wants)
+        for kind, result in stored.items():
+            setattr(spectra[i], kind, result)
+        for kind in wants:
+            if kind not in stored:
+                tasks.append((i, _solver(kind, block, k, tol, max_matvecs, num_probes,
+                                         num_steps, _seed(seed, i, kind == "density"), file)))
+                slots.append((i, kind))
+    results, passes = run_in_lockstep(op, resolved, tasks) if tasks else ([], 0)
     for (i, kind), result in zip(slots, results):
         setattr(spectra[i], kind, result)
     return BlockSpectra(spectra, passes, seed)
+
+
+def _solver(kind, block, k, tol, max_matvecs, num_probes, num_steps, rng, file):
+    """The task of one block's solver: ``view -> result``, written to ``file`` when done."""
+    def run(view):
+        if kind == "eigs":
+            result = lanczos_eigsh(view, min(k, block.dim), "LA", tol,
+                                   max_matvecs=max_matvecs, rng=rng)
+        else:
+            result = slq(view, num_probes, min(num_steps, block.dim), rng=rng)
+        if file is not None:
+            file.write(block, kind, result)
+        return result
+
+    return run
 
 
 def _seed(seed: int, block: int, role: int) -> int:
