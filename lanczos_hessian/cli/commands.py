@@ -9,6 +9,7 @@ from .analyses import (
     run_trace_command,
     run_track_command,
 )
+from .blocks import run_blocks_command
 from .checks import check_new_output, is_main, keep_state
 from .operator import build_operator
 
@@ -105,4 +106,4 @@ def run_analyze_command(args, echo):
 COMMANDS = {"demo": run_demo_command, "eigs": run_eigs_command, "slq": run_slq_command,
             "analyze": run_analyze_command, "trace": run_trace_command,
             "layers": run_layers_command, "overlap": run_overlap_command,
-            "track": run_track_command}
+            "track": run_track_command, "blocks": run_blocks_command}

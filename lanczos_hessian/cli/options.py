@@ -9,6 +9,7 @@ from ..curvature.operators import OPERATORS
 from ..curvature.products import STRATEGIES
 from ..linalg.eigsh import WHICH
 from ..linalg.probes import PROBES
+from .blocks import add_blocks_command
 
 
 def add_common_options(parser, writes: bool = True):
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "vectors and bases; with --out, rank r > 0 commits its rows to "
                           "OUT.rank<r>-of-<N>.h5 beside it")
 
+    add_blocks_command(sub, add_common_options, add_operator_options)
     analyze = sub.add_parser("analyze", help="summarize and plot saved spectrum files")
     analyze.add_argument("files", nargs="+",
                          help="HDF5 files written by this package; files of one operator "
