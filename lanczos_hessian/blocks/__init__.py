@@ -4,9 +4,8 @@ attention projection or one head), presets for standard transformer layouts, and
 eigenvalues and densities computed in lockstep, one pass over the data per step for all."""
 
 from .presets import PRESETS, packed_qkv, preset_blocks
-from .files import read_block_spectra
 from .spec import Block, Regex, ResolvedBlock, Slice, resolve_blocks
-from .spectra import BlockSpectra, BlockSpectrum, block_spectra
+from .spectra import BlockSpectra, BlockSpectrum, block_spectra, read_block_spectra
 
 __all__ = ["Block", "Regex", "Slice", "ResolvedBlock", "resolve_blocks", "PRESETS",
            "packed_qkv", "preset_blocks", "block_spectra", "BlockSpectra", "BlockSpectrum",

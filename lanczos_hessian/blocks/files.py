@@ -27,6 +27,25 @@ from ..storage.records import read_eigs_result, read_slq_result, write_eigs, wri
 from ..storage.runstore import RunStore
 
 
+def stored_blocks(path) -> list:
+    """``(name, dim, seed, {"eigs": .., "density": ..})`` of every block a file holds (its
+    complete results only)."""
+    import h5py
+
+    found = []
+    with h5py.File(os.fspath(path), "r") as f:
+        for name, group in f.get("blocks", {}).items():
+            attrs = decode_attrs(group.attrs)
+            results = {}
+            for kind, sub, read in (("eigs", "eigs", read_eigs_result),
+                                    ("density", "slq", read_slq_result)):
+                node = group.get(sub)
+                if node is not None and node.attrs.get("complete", False):
+                    results[kind] = read(node)
+            found.append((name, int(attrs["dim"]), int(attrs.get("seed", 0)), results))
+    return found
+
+
 def group_of(name: str) -> str:
     return f"blocks/{name}"
 
@@ -88,24 +107,3 @@ class BlockFile:
             else:
                 write_slq(store, result, f"{name}/slq", self.settings)
 
-
-def read_block_spectra(path):
-    """The :class:`~lanczos_hessian.blocks.spectra.BlockSpectra` a file holds (complete
-    groups only; ``num_passes`` 0: nothing was computed to read them)."""
-    import h5py
-
-    from .spectra import BlockSpectra, BlockSpectrum
-
-    blocks, seed = [], 0
-    with h5py.File(os.fspath(path), "r") as f:
-        for name, group in f.get("blocks", {}).items():
-            attrs = decode_attrs(group.attrs)
-            seed = int(attrs.get("seed", 0))
-            block = BlockSpectrum(name, int(attrs["dim"]))
-            for kind, sub, read in (("eigs", "eigs", read_eigs_result),
-                                    ("density", "slq", read_slq_result)):
-                node = group.get(sub)
-                if node is not None and node.attrs.get("complete", False):
-                    setattr(block, kind, read(node))
-            blocks.append(block)
-    return BlockSpectra(blocks, 0, seed)

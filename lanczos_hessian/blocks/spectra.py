@@ -19,7 +19,7 @@ import numpy as np
 from ..linalg.density import spectral_density
 from ..linalg.eigsh import lanczos_eigsh
 from ..linalg.slq import slq
-from .files import BlockFile
+from .files import BlockFile, stored_blocks
 from .lockstep import run_in_lockstep
 from .presets import PRESETS, preset_blocks
 from .spec import resolve_blocks
@@ -177,3 +177,12 @@ def _seed(seed: int, block: int, role: int) -> int:
     """An independent seed per block and solver, the same on every rank."""
     return int(np.random.SeedSequence([seed, block, role]).generate_state(1, np.uint64)[0]
                >> np.uint64(1))
+
+
+def read_block_spectra(path) -> BlockSpectra:
+    """The :class:`BlockSpectra` a file holds (complete groups only; ``num_passes`` 0:
+    nothing was computed to read them)."""
+    blocks, seed = [], 0
+    for name, dim, seed, results in stored_blocks(path):
+        blocks.append(BlockSpectrum(name, dim, results.get("eigs"), results.get("density")))
+    return BlockSpectra(blocks, 0, seed)

@@ -39,22 +39,25 @@ def add_blocks_command(sub, add_common_options, add_operator_options) -> None:
     add_common_options(blocks)
     add_operator_options(blocks)
     blocks.add_argument("--preset", default=None, choices=("mha", "encoder", "gpt2", "llama"),
-                        help="blocks of a standard layout: Q, K, V, O (and MLPs)")
+                        help="blocks of a standard layout: Q, K, V, O (and MLPs) (default: none, "
+                             "give --block)")
     blocks.add_argument("--per-head", action="store_true",
                         help="with --preset: Q, K, V split into their heads")
     blocks.add_argument("--block", action="append", default=None, metavar="NAME=SEL",
                         help="a block (repeatable): NAME=SEL[+SEL..], SEL a module prefix, "
-                             "re:PATTERN or PARAM[AXIS,START:STOP]")
+                             "re:PATTERN or PARAM[AXIS,START:STOP] (default: none, give "
+                             "--preset)")
     blocks.add_argument("--k", type=int, default=5, help="top eigenvalues per block "
                                                          "(default 5; 0: none)")
-    blocks.add_argument("--tol", type=float, default=1e-6, help="residual tolerance")
+    blocks.add_argument("--tol", type=float, default=1e-6, help="residual tolerance of each block's eigenpairs "
+                                                          "(default 1e-6)")
     blocks.add_argument("--num-probes", type=int, default=5, help="SLQ probes per block "
                                                                   "(default 5; 0: none)")
     blocks.add_argument("--num-steps", type=int, default=40,
                         help="Lanczos steps per SLQ probe (default 40)")
     blocks.add_argument("--resume", action="store_true",
                         help="keep the blocks --out holds, compute the others")
-    blocks.add_argument("--figure", default=None, help="PNG of the per-block densities")
+    blocks.add_argument("--figure", default=None, help="PNG of the per-block densities (default: none)")
 
 
 def run_blocks_command(args, echo):

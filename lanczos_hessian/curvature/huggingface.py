@@ -102,3 +102,4 @@ def compare_with_model_loss(model, loss: ModelObjective, inputs, targets) -> Non
         logger.info("the model computes its own .loss in %s from %s logits; products use the "
                     "loss in %s, computed from the logits", own.dtype, logits.dtype,
                     logits.dtype)
+

@@ -49,7 +49,7 @@ from .checks import (LOW_PRECISION, check_first_loss, check_trainable_values, ev
 from .compiled import CompiledProduct
 from .data import DataSource, map_inputs
 from .fingerprint import FingerprintReference
-from .objective import objective_provenance, prepare_loss
+from .losses import objective_provenance, prepare_loss
 from .params import ParameterSpace
 from .passes import accumulate
 from .precision import tf32_mode
