@@ -127,3 +127,16 @@ def test_blocks_are_written_one_group_each_and_resumed(problem, tmp_path):
     assert sorted(stored.names) == sorted(first.names)
     stored.plot(tmp_path / "densities.png")
     assert (tmp_path / "densities.png").stat().st_size > 0
+
+
+def test_a_failing_pass_fails_every_block_without_hanging(problem, monkeypatch):
+    from lanczos_hessian import NonFiniteError
+
+    model, H, _ = problem
+
+    def broken(V):
+        raise NonFiniteError("the loss is nan on batch 0")
+
+    monkeypatch.setattr(H, "apply", broken)
+    with pytest.raises(NonFiniteError, match="nan"):
+        block_spectra(H, preset_blocks(model, "mha"), k=2, num_probes=2, num_steps=4, seed=0)
