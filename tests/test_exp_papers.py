@@ -53,3 +53,11 @@ def test_threshold_count_says_when_every_computed_eigenvalue_is_above():
 
     assert threshold_count([3.0, 2.0, 1.0], 1.5) == {"count": 2, "saturated": False}
     assert threshold_count([3.0, 2.0], 0.5) == {"count": 2, "saturated": True}
+
+
+def test_appendix_b_outliers_are_the_printed_ones():
+    """[S18] Fig. 10 caption: outliers 454.4, 819.5, 92.7 for alpha = 1, 2, 0.02."""
+    from exp_logistic_regression import ALPHAS, PAPER
+
+    assert PAPER["outliers_by_alpha"] == {1.0: 454.4, 2.0: 819.5, 0.02: 92.7}
+    assert set(ALPHAS) == set(PAPER["outliers_by_alpha"])
