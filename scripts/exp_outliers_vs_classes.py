@@ -410,7 +410,7 @@ MARKERS = {"gap": "o", "ratio": "s", "elbow": "^", "below_top": "D"}
 
 def plot(rows, networks, demo, path, quick):
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(17, 11.5))
+    fig, axes = plt.subplots(2, 4, figsize=(22, 11.5))
     axes = axes.T.ravel()
     _plot_counts(axes[0], rows, "relu")
     _plot_counts(axes[1], rows, "tanh")
@@ -422,6 +422,8 @@ def plot(rows, networks, demo, path, quick):
     comparison = paper_comparison(networks)
     _plot_paper_counts(axes[4], comparison)
     _plot_paper_means(axes[5], comparison)
+    _plot_ordered_tops(axes[6], networks, "relu")
+    _plot_ordered_tops(axes[7], networks, "tanh")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -534,6 +536,28 @@ def _plot_paper_means(ax, comparison):
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xticks([], minor=True)
     ax.legend(fontsize=8, ncol=2)
+
+
+def _plot_ordered_tops(ax, networks, activation):
+    """The paper's Fig. 2: the ordered top eigenvalues of one network per k (GD, cov 1, the
+    first seed), each divided by its lambda_1, with a mark at rank k - 1."""
+    sel = [n for n in networks if (n["activation"], n["optimizer"], n["scale"])
+           == (activation, "GD", 1.0)]
+    if not sel:
+        sel = [n for n in networks if n["activation"] == activation]
+    if not sel:
+        ax.set_axis_off()
+        return
+    first = min(n["seed"] for n in sel)
+    for j, n in enumerate(sorted((n for n in sel if n["seed"] == first), key=lambda n: n["k"])):
+        top = np.asarray(n["top"])
+        ax.semilogy(np.arange(1, len(top) + 1), top / top[0], "-", color=f"C{j}", lw=1.2,
+                    label=f"k = {n['k']}")
+        if n["k"] > 1:
+            ax.semilogy([n["k"] - 1], [top[n["k"] - 2] / top[0]], "o", color=f"C{j}", ms=6)
+    ax.set(xscale="log", xlabel="rank i", ylabel="lambda_i / lambda_1",
+           title=f"ordered top eigenvalues, {activation} (Fig. 2 of [S18]; dot: rank k - 1)")
+    ax.legend(fontsize=9)
 
 
 def _plot_demo(ax, demo):
