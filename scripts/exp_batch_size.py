@@ -16,7 +16,12 @@ SLQ density deflated by them (5 probes x 40 steps).
 
 The paper's claim: the large-batch solution has larger outliers (top eigenvalues) than the
 small-batch one, the numbers of outliers agree, and both have small negative eigenvalues
-(the small-batch run a little more of them). Quick mode: 200 digits, the same convergence
+(the small-batch run a little more of them).
+
+The paper trains both batch sizes for the same number of iterations; the convergence rule
+stops them at different step counts. So the run that converged first is then continued
+(same batch size, same learning rate) to the other's step count and measured again
+(``equal_iterations`` in the JSON): both states are reported. Quick mode: 200 digits, the same convergence
 rule with checks every 50 steps (at most 1,500 steps), top 10 and bottom 5, 3 probes x 20
 steps.
 """
@@ -42,6 +47,7 @@ CHANNELS, HIDDEN = (8, 16), 32
 
 
 MAX_LOSS, MIN_ACCURACY = 0.02, 0.999
+DENSITY_WIDTH = 0.04  # Gaussian kernel of the density panel, relative to lambda_max
 
 
 def is_converged(loss: float, accuracy: float) -> bool:
@@ -83,7 +89,9 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "check_every": check, "max_steps": max_steps,
              "convergence": f"train loss <= {MAX_LOSS}, train accuracy >= {MIN_ACCURACY}",
              "batch_sizes": [512, 10], "paper": "Sagun et al. 2018, Sec. 3.3, Figs. 4 and 6"}
-    runs = {}
+    runs, models = {}, {}
+    spectra = dict(k_top=k_top, k_bottom=k_bottom, tol=1e-3, num_probes=probes,
+                   num_steps=lsteps, seed=seed, batch_size=250)
     with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for batch in (512, 10):
             torch.manual_seed(seed)
@@ -98,6 +106,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
             r = ec.eigs_and_density(model, loss_fn, (x, y), k_top=k_top, k_bottom=k_bottom,
                                     tol=1e-3, num_probes=probes, num_steps=lsteps, seed=seed,
                                     batch_size=250, writer=writer, run=f"batch{batch}")
+            models[batch] = (model, loss_fn)
             runs[batch] = {"batch_size": batch, "num_params": num_parameters(model),
                            "steps": fit["steps"], "epochs": fit["epochs"],
                            "train_converged": fit["converged"], "checks": fit["checks"],
@@ -116,6 +125,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                  f"{np.array2string(r['bottom'][:3], precision=4)} | gap outliers "
                  f"{r['counts'].gap} | mass < -1e-3 lmax {r['mass_below_small']:.4f} "
                  f"[{timer():.0f} s]")
+        equal = equal_iterations(runs, models, (x, y), (xt, yt), spectra, writer, echo)
     large, small = runs[512], runs[10]
     summary = {"top1_ratio_large_over_small": large["top"][0] / small["top"][0],
                "top10_ratio_large_over_small": large["top"][:10] / small["top"][:10],
@@ -123,15 +133,42 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     echo(f"large/small: top-1 {summary['top1_ratio_large_over_small']:.2f}, top-10 "
          f"{np.array2string(summary['top10_ratio_large_over_small'], precision=2)}, "
          f"bottom-1 {summary['bottom1_ratio_large_over_small']:.2f}")
-    plot(runs, paths["png"])
+    plot(runs, paths["png"], equal)
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,
                "runs": {str(b): {k: v for k, v in r.items() if k != "slq"}
                         for b, r in runs.items()},
+               "equal_iterations": {k: v for k, v in equal.items() if k != "slq"},
                "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
     return payload
 
+def equal_iterations(runs, models, data, held_out, spectra, writer, echo) -> dict:
+    """Continue the run that converged in fewer steps, same batch and learning rate, to the
+    other's step count (the paper's equal iterations), and measure its spectrum again."""
+    x, y = data
+    short = min(runs, key=lambda b: runs[b]["steps"])
+    target = max(r["steps"] for r in runs.values())
+    model, loss_fn = models[short]
+    extra = target - runs[short]["steps"]
+    if extra:
+        train(model, loss_fn, x, y, steps=extra, lr=LR, batch_size=short, rng=10_000 + extra)
+    loss, acc = evaluate(model, loss_fn, x, y)
+    test_loss, test_acc = evaluate(model, loss_fn, *held_out)
+    r = ec.eigs_and_density(model, loss_fn, data, writer=writer, run=f"batch{short}_equal",
+                            **spectra)
+    out = {"batch_size": short, "steps": target, "epochs": target * short / len(x),
+           "continued_steps": extra, "train_loss": loss, "train_accuracy": acc,
+           "test_accuracy": test_acc, "top": r["top"], "bottom": r["bottom"],
+           "outliers": ec.counts_dict(r["counts"]), "converged": r["converged"], "slq": r["slq"]}
+    other = runs[max(runs, key=lambda b: runs[b]["steps"])]
+    out["top1_ratio_large_over_small"] = (out["top"][0] / other["top"][0] if short == 512
+                                          else other["top"][0] / out["top"][0])
+    echo(f"batch {short} continued to {target} steps: train loss {loss:.3g}, test acc "
+         f"{test_acc:.3f}, top-3 {np.array2string(r['top'][:3], precision=3)}, bottom-3 "
+         f"{np.array2string(r['bottom'][:3], precision=4)}; lambda_1 512 / 10 at equal steps "
+         f"{out['top1_ratio_large_over_small']:.2f}")
+    return out
 
 
 def headline(d: dict) -> dict:
@@ -154,22 +191,34 @@ def headline(d: dict) -> dict:
             "test accuracy 10 - 512": sb["test_accuracy"] - lb["test_accuracy"]}
 
 
-def plot(runs, path):
+def plot(runs, path, equal=None):
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.8))
+    if equal:
+        j = list(runs).index(equal["batch_size"])
+        label = (f"batch {equal['batch_size']} continued to {equal['steps']} steps "
+                 f"({equal['epochs']:.0f} ep.)")
+        axes[0].plot(np.arange(1, len(equal["top"]) + 1), equal["top"], "s--", ms=3, mfc="none",
+                     color=f"C{j}", label=label)
+        axes[1].plot(np.arange(1, len(equal["bottom"]) + 1), equal["bottom"], "s--", ms=3,
+                     mfc="none", color=f"C{j}", label=label)
     for i, (batch, r) in enumerate(runs.items()):
         label = f"batch {batch}: {r['steps']} steps, {r['epochs']:.0f} ep."
         axes[0].plot(np.arange(1, len(r["top"]) + 1), r["top"], "o-", ms=3, color=f"C{i}",
                      label=label)
         axes[1].plot(np.arange(1, len(r["bottom"]) + 1), r["bottom"], "o-", ms=3,
                      color=f"C{i}", label=label)
-        grid, phi = r["slq"].density(width=0.01 * r["top"][0])  # kernel 1% of lambda_max
+        # kernel 4% of lambda_max: wide enough to merge neighbouring Ritz nodes of the bulk
+        # (5 probes x 40 steps), narrow enough to keep the top eigenvalues apart
+        grid, phi = r["slq"].density(width=DENSITY_WIDTH * r["top"][0])
         axes[2].plot(grid, np.maximum(phi, 1e-8), lw=1, color=f"C{i}", label=f"batch {batch}")
+        axes[2].plot(r["top"], np.full(len(r["top"]), 2e-8), "|", color=f"C{i}", ms=12)
     axes[0].set(title="top eigenvalues (Fig. 4)", xlabel="rank", ylabel="eigenvalue (log scale)",
                 yscale="log")
     axes[1].set(title="bottom eigenvalues (Fig. 6)", xlabel="rank from the bottom",
                 ylabel="eigenvalue")
-    axes[2].set(title="SLQ density (kernel 0.01 lambda_max)", xlabel="eigenvalue",
+    axes[2].set(title=f"SLQ density (Gaussian kernel, width {DENSITY_WIDTH:g} lambda_max)\n"
+                      "ticks: the top eigenvalues by Lanczos", xlabel="eigenvalue",
                 ylabel="density (log scale)", yscale="log", ylim=(1e-8, None))
     ec.finish_figure(fig, axes, path)
 
@@ -179,9 +228,11 @@ def replot(out_dir=None, quick=False):
     import json
 
     paths = ec.out_paths(NAME, out_dir, quick)
-    runs = json.loads(paths["json"].read_text())["runs"]
+    payload = json.loads(paths["json"].read_text())
+    runs = payload["runs"]
     stored = ec.stored_runs(paths["h5"], [f"batch{b}" for b in runs])
-    plot({int(b): {**r, **stored[f"batch{b}"]} for b, r in runs.items()}, paths["png"])
+    plot({int(b): {**r, **stored[f"batch{b}"]} for b, r in runs.items()}, paths["png"],
+         payload.get("equal_iterations"))
 
 
 if __name__ == "__main__":

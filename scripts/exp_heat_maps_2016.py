@@ -2,6 +2,9 @@
 Fig. 6): absolute values of every entry, log colour scale, layer blocks marked, at a random
 point and after training.
 
+The third panel is the whole ordered exact spectrum at both points (Sagun et al. 2018, Fig. 1
+as drawn there: rank against eigenvalue).
+
 Full mode: an MLP 10-16-16-4 with ReLU (516 parameters) on 1,000 samples of 4 Gaussian clusters
 in 10 dimensions (``synthetic.gaussian_clusters``, covariance scale 1), cross-entropy,
 full-batch gradient descent at learning rate 0.1 for 2,000 steps. Quick mode: an MLP 2-6-6-2
@@ -143,7 +146,9 @@ def plot(matrices, blocks, rows, attrs, path):
     from matplotlib.colors import LogNorm
 
     plt = ec.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    fig, axes = plt.subplots(1, 3, figsize=(19.5, 6))
+    _plot_ordered(axes[2], matrices)
+    axes = axes[:2]
     centres = [(a + b) / 2 for _, a, b in blocks]
     names = [n for n, _, _ in blocks]
     for ax, (point, H) in zip(axes, matrices.items()):
@@ -168,6 +173,21 @@ def plot(matrices, blocks, rows, attrs, path):
                  f"cross-entropy, {attrs['num_samples']} samples), [S16] Figs. 1 and 6")
     fig.tight_layout()
     ec.save_figure(fig, path)
+
+
+def _plot_ordered(ax, matrices):
+    """[S18] Fig. 1 as drawn: every eigenvalue of the exact Hessian in order, at the random
+    point and after training (symlog axis: linear within 1e-4 of zero)."""
+    for (point, H), color in zip(matrices.items(), ("C0", "C3")):
+        values = np.linalg.eigvalsh(H)[::-1]
+        ax.plot(np.arange(1, len(values) + 1), values, "-", color=color, lw=1.3,
+                label=f"{'random point' if point == 'init' else 'after training'}: "
+                      f"[{values[-1]:.3g}, {values[0]:.3g}]")
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.set(title="the whole ordered spectrum ([S18] Fig. 1)", xlabel="rank",
+           ylabel="eigenvalue (symlog, linear within 1e-4)")
+    ax.legend()
+    ax.grid(alpha=0.3)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,16 @@ For each pair, loss and accuracy on the training and held-out sets at
 ``0 <= t <= 1`` minus the larger of the two end losses (:func:`barrier`): 0 when the loss
 never rises above its ends, i.e. no sign of two separate basins along the line. Seeds 0-4.
 
+As published (:func:`paths_during_training`): the paper's Fig. 10 interpolates at every step
+of training, between (left) GD and SGD from one initial point and (right) two SGD runs from
+two random initial points with different shuffling. Here both runs of a pair advance
+``PATH["every"]`` steps at a time for a fixed ``PATH["steps"]`` steps at learning rate 0.1, and
+at each checkpoint the training loss is evaluated at ``PATH["points"]`` points of the segment
+between the two current weights: distance, the two end losses, the largest and smallest loss
+on the segment and the barrier (same definition).
+
 Quick mode: 300 training and 300 held-out digits, an MLP 784-32-10, loss <= 0.02 checked
-every 50 steps (at most 1,500), 21 line points, seeds 0, 1, 2.
+every 50 steps (at most 1,500), 21 line points, seeds 0, 1, 2; paths over 300 steps.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ NAME = "line_interpolation_2016"
 LR = 0.1
 SGD_BATCH = 32
 SEPARATE_OFFSET = 100
+PATH = {"steps": 800, "every": 20, "points": 11}
+QUICK_PATH = {"steps": 300, "every": 30, "points": 11}
 
 
 def fit(model, loss_fn, x, y, *, batch, max_loss, check_every, max_steps, seed) -> dict:
@@ -73,6 +83,62 @@ def solution(widths, init_seed, batch, data, cfg) -> tuple:
     loss_fn = torch.nn.CrossEntropyLoss()
     record = fit(model, loss_fn, x, y, batch=batch, seed=init_seed, **cfg)
     return model, ParameterSpace.of(model).flat_parameters(model), record
+
+
+def paths_during_training(widths, s, data, cfg) -> dict:
+    """The paper's Fig. 10 as published, for seed ``s``: "shared" = GD and SGD (batch
+    ``SGD_BATCH``) from one initialization; "separate" = two SGD runs from the
+    initializations ``s`` and ``s + SEPARATE_OFFSET`` with different batch orders. Every
+    ``cfg['every']`` steps up to ``cfg['steps']``: the training loss on ``cfg['points']``
+    points of the segment between the two current weights."""
+    x, y = data
+    loss_fn = torch.nn.CrossEntropyLoss()
+    t = np.linspace(0.0, 1.0, cfg["points"])
+    out = {}
+    for case, seed_b, batch_a in (("shared", s, None), ("separate", s + SEPARATE_OFFSET,
+                                                         SGD_BATCH)):
+        torch.manual_seed(s)
+        model_a = mlp(widths, "relu")
+        torch.manual_seed(seed_b)
+        model_b = mlp(widths, "relu")
+        space = ParameterSpace.of(model_a)
+        records = []
+        for step in range(0, cfg["steps"] + 1, cfg["every"]):
+            if step:
+                train(model_a, loss_fn, x, y, steps=cfg["every"], lr=LR, batch_size=batch_a,
+                      rng=s + step)
+                train(model_b, loss_fn, x, y, steps=cfg["every"], lr=LR, batch_size=SGD_BATCH,
+                      rng=10_000 + seed_b + step)
+            w_a, w_b = space.flat_parameters(model_a), ParameterSpace.of(model_b).flat_parameters(
+                model_b)
+            profile = line_profile(model_a, loss_fn, {"train": (x, y)}, w_a, w_b, t,
+                                   batch_size=len(x))
+            losses = np.asarray(profile.losses["train"])
+            records.append({"step": step, "distance": profile.norm, "loss_a": float(losses[0]),
+                            "loss_b": float(losses[-1]), "max_on_segment": float(losses.max()),
+                            "min_on_segment": float(losses.min()),
+                            "barrier": barrier(t, losses), "losses": losses})
+        out[case] = records
+    return out
+
+
+def path_summary(paths) -> dict:
+    """Per case, over seeds: the barrier at the first checkpoint after step 0 and at the
+    last, its largest value over all checkpoints after step 0, and whether the segment's
+    largest loss decreases from the first to the last checkpoint."""
+    out = {}
+    for case in ("shared", "separate"):
+        rows = [p[case] for p in paths]
+        out[case] = {
+            "barrier_last": ec_spread([r[-1]["barrier"] for r in rows]),
+            "barrier_max_after_start": ec_spread([max(c["barrier"] for c in r[1:]) for r in rows]),
+            "max_on_segment_first": ec_spread([r[1]["max_on_segment"] for r in rows]),
+            "max_on_segment_last": ec_spread([r[-1]["max_on_segment"] for r in rows]),
+            "end_loss_last": ec_spread([max(r[-1]["loss_a"], r[-1]["loss_b"]) for r in rows]),
+            "distance_last": ec_spread([r[-1]["distance"] for r in rows]),
+            "segment_max_decreases": [r[-1]["max_on_segment"] < r[1]["max_on_segment"]
+                                      for r in rows]}
+    return out
 
 
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
@@ -123,11 +189,22 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                for case, rows in cases.items()}
     summary["all_converged"] = all(r["gd"]["converged"] and r["sgd"]["converged"]
                                    for rows in cases.values() for r in rows)
+    path_cfg = QUICK_PATH if quick else PATH
+    settings["paths"] = path_cfg
+    runs = [paths_during_training(widths, s, (x, y), path_cfg) for s in seeds]
+    for s, p in zip(seeds, runs):
+        echo(f"seed {s} paths: " + "; ".join(
+            f"{case} step {r[-1]['step']}: distance {r[-1]['distance']:.3g}, ends "
+            f"{r[-1]['loss_a']:.3g}/{r[-1]['loss_b']:.3g}, max on segment "
+            f"{r[-1]['max_on_segment']:.3g}, barrier {r[-1]['barrier']:.3g}"
+            for case, r in p.items()) + f" [{timer():.0f} s]")
+    summary["paths"] = path_summary(runs)
     for case in cases:
         b = summary[case]["barrier_train_loss"]
         echo(f"{case}: barrier median {b['median']:.3g} (range {b['min']:.3g}-{b['max']:.3g}) "
              f"over seeds {list(seeds)}")
     payload = {"experiment": NAME, "quick": quick, "settings": settings, "cases": cases,
+               "paths": [{"seed": s, **p} for s, p in zip(seeds, runs)],
                "summary": summary, "t": t, "seconds": timer(), "cpu_seconds": timer.cpu()}
     plot(payload, paths["png"])
     ec.write_json(paths["json"], payload)
@@ -150,7 +227,8 @@ def ec_spread(values) -> dict:
 def plot(payload, path):
     """Loss (log scale) and accuracy along the line, one curve per seed, for both cases."""
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    with_paths = bool(payload.get("paths"))
+    fig, axes = plt.subplots(2, 3 if with_paths else 2, figsize=(16.5 if with_paths else 11, 8))
     t = np.asarray(payload["t"])
     titles = {"shared": "GD and SGD from one shared initialization",
               "separate": "GD and SGD from two random initializations"}
@@ -171,7 +249,26 @@ def plot(payload, path):
         for ax in axes[:, col]:
             ax.axvline(0, color="k", lw=0.6, ls=":")
             ax.axvline(1, color="k", lw=0.6, ls=":")
+    if with_paths:
+        _plot_paths(axes[0, 2], axes[1, 2], payload["paths"])
     ec.finish_figure(fig, axes.ravel(), path)
+
+
+def _plot_paths(ax_shared, ax_separate, paths):
+    """As published: at each checkpoint, the two runs' losses and the largest loss on the
+    segment between them, against the step; every seed."""
+    titles = {"shared": "as published: GD and SGD from one start",
+              "separate": "as published: two SGD runs from two starts"}
+    for ax, case in ((ax_shared, "shared"), (ax_separate, "separate")):
+        for i, p in enumerate(paths):
+            r = p[case]
+            steps = [c["step"] for c in r]
+            ax.semilogy(steps, [c["max_on_segment"] for c in r], "-", color=f"C{i}",
+                        label=f"seed {p['seed']}: largest loss on the segment")
+            ax.semilogy(steps, [max(c["loss_a"], c["loss_b"]) for c in r], ":", color=f"C{i}",
+                        lw=1)
+        ax.set(title=f"{titles[case]}\n(dotted: the larger end loss)", xlabel="training step",
+               ylabel="training loss (log scale)")
 
 
 if __name__ == "__main__":

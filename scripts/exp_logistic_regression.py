@@ -25,8 +25,17 @@ bound, so there is no trained point to speak of). Both at ``w = 0`` and after fu
 gradient descent (learning rate 1, ``STEPS`` steps from ``w = 0``, gradient norm reported), where the weights ``s_i`` are no longer equal: the bulk is then compared with the
 Marchenko-Pastur law of variance ``mean(s_i)`` (a reference, not a theorem), and the outlier
 moves. The Hessian is the package's exact dense float64 matrix (``dense_matrix`` of
-``HessianOperator``), checked against the closed form above. The paper's printed outlier
-values could not be retrieved here; the JSON leaves them empty (``paper``).
+``HessianOperator``), checked against the closed form above.
+
+The paper's Fig. 10 (two blobs) prints outliers at 454.4, 819.5 and 92.7 for ``alpha = M / N``
+= 1, 2 and 0.02 (``PAPER``). ``alpha_sweep`` runs those three ratios at ``w = 0`` (where the
+Hessian is exactly a quarter of the sample covariance, so the closed form is used), with
+``d = SWEEP_DIM`` fixed and ``N = d / alpha``, over ``SWEEP_SEEDS`` seeds, and sets our
+outlier, its BBP prediction and the bulk edge beside the paper's value, and the scale-free
+ratios ``outlier(alpha) / outlier(1)`` beside the paper's. For ``alpha >= 1`` the two blobs
+are linearly separable (``d >= N``), so there is no trained point there. The paper gives
+neither d, N, the blobs' means nor the point ``w``; its caption says "tanh unit", its
+Example 1 the sigmoid of ``<w, x>``, which is what runs here.
 """
 
 from __future__ import annotations
@@ -48,6 +57,12 @@ NAME = "logistic_regression"
 MEAN_NORM = 1.5  # ||mu|| of the two blobs: m^2 = 2.25 > sqrt(q), and not separable
 LR = 1.0
 STEPS = 1000
+#: [S18] Fig. 10 caption: the outlier of the two-blob spectrum for each alpha = M / N.
+PAPER = {"source": "Sagun et al. 2018, Appendix B, Fig. 10 caption",
+         "outliers_by_alpha": {1.0: 454.4, 2.0: 819.5, 0.02: 92.7}}
+ALPHAS = (1.0, 2.0, 0.02)
+SWEEP_DIM, SWEEP_SEEDS = 400, 5
+QUICK_SWEEP = {"dim": 100, "seeds": 2}
 
 
 # ---- the law --------------------------------------------------------------------------------------
@@ -133,6 +148,51 @@ def closed_form(model, x) -> np.ndarray:
     return (X * s[:, None]).T @ X / len(X), s
 
 
+# ---- the paper's three aspect ratios at w = 0 ----------------------------------------------
+def sweep_case(alpha: float, dim: int, seed: int) -> dict:
+    """Two blobs, ``N = round(dim / alpha)``, ``H(0) = X^T X / (4 N)`` (closed form, exact at
+    w = 0): the top two eigenvalues, the nonzero bulk's edges against Marchenko-Pastur of
+    ratio ``alpha`` and variance 1/4, and the BBP location of the spike."""
+    n = int(round(dim / alpha))
+    x, y = data("two_blobs", n, dim, seed)
+    H, _ = closed_form(model_for(dim), x)
+    values = np.linalg.eigvalsh((H + H.T) / 2)[::-1]
+    q = dim / n
+    lo, hi = mp_edges(q, 0.25)
+    nonzero = values[: min(n, dim)]
+    return {"alpha": alpha, "num_samples": n, "dim": dim, "seed": seed,
+            "lambda_1": float(values[0]), "lambda_2": float(values[1]),
+            "mp_edges": [lo, hi], "bulk_min": float(nonzero[-1]),
+            "beyond_edge": int(np.sum(values > 1.05 * hi)),
+            "bbp_prediction": spike_location(MEAN_NORM ** 2, q, 0.25),
+            "bbp_threshold_met": MEAN_NORM ** 2 > np.sqrt(q)}
+
+
+def alpha_sweep(dim: int, seeds, echo) -> dict:
+    """``sweep_case`` for every alpha of the paper and every seed, with the paper's value and
+    the ratios ``lambda_1(alpha) / lambda_1(1)`` (ours per seed, the paper's from its caption)."""
+    cases = [sweep_case(a, dim, s) for a in ALPHAS for s in seeds]
+    out = {"dim": dim, "seeds": list(seeds), "mean_norm": MEAN_NORM, "per_alpha": {}}
+    base = {c["seed"]: c["lambda_1"] for c in cases if c["alpha"] == 1.0}
+    for alpha in ALPHAS:
+        part = [c for c in cases if c["alpha"] == alpha]
+        lam = np.array([c["lambda_1"] for c in part])
+        ratio = np.array([c["lambda_1"] / base[c["seed"]] for c in part])
+        paper = PAPER["outliers_by_alpha"][alpha]
+        out["per_alpha"][str(alpha)] = {
+            "paper_outlier": paper, "paper_ratio_to_alpha_1": paper / PAPER["outliers_by_alpha"][1.0],
+            "lambda_1": lam.tolist(), "ratio_to_alpha_1": ratio.tolist(),
+            "bbp_prediction": part[0]["bbp_prediction"], "mp_edges": part[0]["mp_edges"],
+            "beyond_edge": [c["beyond_edge"] for c in part],
+            "num_samples": part[0]["num_samples"], "cases": part}
+        echo(f"  alpha {alpha:g} (d {dim}, N {part[0]['num_samples']}): lambda_1 "
+             f"{np.median(lam):.4g} [{lam.min():.4g}, {lam.max():.4g}], BBP "
+             f"{part[0]['bbp_prediction']:.4g}, MP edge {part[0]['mp_edges'][1]:.3g}, beyond "
+             f"edge {[c['beyond_edge'] for c in part]}; paper {paper}; ratio to alpha 1: ours "
+             f"{np.median(ratio):.3f}, paper {paper / PAPER['outliers_by_alpha'][1.0]:.3f}")
+    return out
+
+
 # ---- one case ------------------------------------------------------------------------------------
 def analyse(values: np.ndarray, q: float, variance: float) -> dict:
     """Bulk against the MP law of ``(q, variance)``: eigenvalues beyond ``1.05 l+`` are
@@ -184,13 +244,17 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "aspect_ratio": d / n, "mean_norm": MEAN_NORM, "learning_rate": LR,
              "steps": STEPS, "paper": "Sagun et al. 2018, Appendix B, Fig. 10"}
     cases = {kind: run_case(kind, n, d, seed, echo) for kind in ("one_blob", "two_blobs")}
+    sweep_dim, sweep_seeds = ((QUICK_SWEEP["dim"], QUICK_SWEEP["seeds"]) if quick
+                              else (SWEEP_DIM, SWEEP_SEEDS))
+    sweep = alpha_sweep(sweep_dim, range(seed, seed + sweep_seeds), echo)
     with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for kind, points in cases.items():
             writer.write_arrays(kind, {p: r["eigenvalues"] for p, r in points.items()})
-    plot(cases, d / n, attrs, paths["png"])
+    plot(cases, d / n, attrs, paths["png"], sweep)
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,
-               "paper": {"outlier_values": None, "note": "the values printed in Appendix B "
-                         "could not be retrieved in this session"},
+               "paper": {"source": PAPER["source"], "outlier_values_by_alpha":
+                         {str(a): v for a, v in PAPER["outliers_by_alpha"].items()}},
+               "alpha_sweep": sweep,
                "cases": {kind: {p: {k: v for k, v in r.items() if k != "eigenvalues"}
                                 for p, r in points.items()} for kind, points in cases.items()},
                "seconds": timer(), "cpu_seconds": timer.cpu()}
@@ -216,9 +280,9 @@ def headline(d: dict) -> dict:
     return out
 
 
-def plot(cases, q, attrs, path):
+def plot(cases, q, attrs, path, sweep=None):
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3 if sweep else 2, figsize=(18 if sweep else 12, 8))
     for j, (kind, points) in enumerate(cases.items()):
         for i, (point, r) in enumerate(points.items()):
             ax = axes[i, j]
@@ -243,10 +307,48 @@ def plot(cases, q, attrs, path):
                    xlabel="eigenvalue of the Hessian", ylabel="density", xlim=(0, right))
             ax.legend()
             ax.grid(alpha=0.3)
+    if sweep:
+        _plot_sweep(axes[0, 2], axes[1, 2], sweep)
     fig.suptitle(f"Logistic regression, d = {attrs['dim']}, N = {attrs['num_samples']} "
                  f"([S18] App. B, Fig. 10)")
     fig.tight_layout()
     ec.save_figure(fig, path)
+
+
+def _plot_sweep(ax_values, ax_ratio, sweep):
+    """Top: our lambda_1 at w = 0 per alpha (each seed), BBP and the MP edge; the paper's
+    printed outliers on the same axis. Bottom: lambda_1(alpha) / lambda_1(1), ours and the
+    paper's."""
+    alphas = sorted(float(a) for a in sweep["per_alpha"])
+    per = {a: sweep["per_alpha"][str(a)] for a in alphas}
+    for a in alphas:
+        ax_values.plot([a] * len(per[a]["lambda_1"]), per[a]["lambda_1"], "o", color="C0",
+                       mfc="none")
+        ax_ratio.plot([a] * len(per[a]["ratio_to_alpha_1"]), per[a]["ratio_to_alpha_1"], "o",
+                      color="C0", mfc="none")
+    ax_values.plot(alphas, [per[a]["bbp_prediction"] for a in alphas], "C2:",
+                   label="BBP prediction (ours)")
+    ax_values.plot(alphas, [per[a]["mp_edges"][1] for a in alphas], "k--", lw=1,
+                   label="MP bulk edge (ours)")
+    ax_values.plot(alphas, [per[a]["paper_outlier"] for a in alphas], "C3s-",
+                   label="paper's printed outliers")
+    ax_values.plot([], [], "o", color="C0", mfc="none",
+                   label=f"ours, lambda_1 at w = 0 (d = {sweep['dim']}, each seed)")
+    ax_values.set(xscale="log", yscale="log", xlabel="alpha = M / N",
+                  ylabel="largest eigenvalue", title="two blobs at the paper's alpha values")
+    ax_ratio.plot(alphas, [per[a]["paper_ratio_to_alpha_1"] for a in alphas], "C3s-",
+                  label="paper")
+    ax_ratio.plot([], [], "o", color="C0", mfc="none", label="ours (each seed)")
+    ax_ratio.set(xscale="log", yscale="log", xlabel="alpha = M / N",
+                 ylabel="outlier(alpha) / outlier(alpha = 1)", title="scale-free comparison")
+    ticks = [0.2, 0.5, 0.7, 1, 1.4, 2]
+    ax_ratio.set_yticks(ticks, [f"{t:g}" for t in ticks])
+    ax_ratio.set_yticks([], minor=True)
+    for ax in (ax_values, ax_ratio):
+        ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+        ax.set_xticks([], minor=True)
+        ax.legend(fontsize=9)
+        ax.grid(alpha=0.3)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ estimator (``hutchinson_trace``, 30 Rademacher probes, its standard error record
 Counts (``outliers.count_outliers``) among the top ``K = max(2k, 20)`` eigenvalues by Lanczos
 (float64 Hessian, tol 1e-6 relative to ||H||: eigenvalue errors <= r^2 / gap, far below
 the steps counted; residual bounds recorded): gap, ratio, elbow,
-below-top (the ratio rule over ranks >= 2, robust to a dominant lambda_1) and, where the
-paper's cutoff is known, the threshold rule; plus ``step_after(top, k - 1)``, the size of the
+below-top (the ratio rule over ranks >= 2, robust to a dominant lambda_1) and, on the rows
+Table 1 has, the threshold rule at the paper's printed cutoff; plus ``step_after(top, k - 1)``, the size of the
 drop after the (k-1)-th eigenvalue. Every row reports each rule's median and range over the
-seeds.
+seeds. ``paper_comparison`` sets every network beside Table 1's 19 rows (``PAPER_TABLE``):
+the hypothesis ``paper = ours + 1`` (gap) and ``+ 2`` (ratio) per seed, the paper's cutoff
+applied to our spectrum, and the mean eigenvalue's growth from k = 2 to 50; ``--replot``
+redoes it from the JSON's stored top eigenvalues.
 
 Also in the full mode: the demo's own settings (k = 10, ReLU, GD, covariance 1, lr 0.1, 2,000
 steps, ``problems.clusters_mlp``) over seeds 0-9, and the training length at fixed seeds (the
@@ -59,34 +62,129 @@ QUICK = {"classes": (5, 10), "seeds": 3, "steps": 300, "tol": 1e-6}
 DEMO = {"num_classes": 10, "num_examples": 1000, "steps": 2000, "lr": 0.1, "seeds": 10}
 LENGTHS = (100, 300, 1000, 3000)  # steps at LR, the training-length check
 
-#: Table 1 cells of the paper that this repository has transcribed, by (k, algorithm,
-#: non-linearity, covariance); ``None`` covariance: the source does not say which. Source:
-#: issue 13 of this repository (which quotes the paper); the other cells of the paper's table
-#: (its 19 rows, heuristic counts and cutoffs) could not be read here and are left blank
-#: rather than guessed. See docs/RESULTS.md, section 1.
-PAPER = [
-    {"k": 10, "optimizer": "GD", "activation": "relu", "scale": 1.0, "mean_eigenvalue": 3.04e-5},
-    {"k": 10, "optimizer": "SGD", "activation": "relu", "scale": 1.0, "gap": 2},
-    {"k": 10, "optimizer": "SGD", "activation": "relu", "scale": 10.0, "gap": 2},
-    {"k": 20, "optimizer": "GD", "activation": "relu", "scale": None, "gap": 4},
+#: Table 1 of the paper (Appendix A), all 19 rows as printed: (algorithm, non-linearity,
+#: parameters, input covariance, mean eigenvalue, k, gap count, ratio count, heuristic count,
+#: cutoff). The paper prints the same number for "mean" and "std" in every row; ``None``: "N/A".
+PAPER_TABLE = [
+    ("GD", "tanh", 4022, 1.0, 1.19e-05, 2, 2, 3, None, None),
+    ("GD", "tanh", 4115, 1.0, 2.52e-05, 5, 2, 17, None, None),
+    ("GD", "tanh", 4270, 1.0, 3.75e-05, 10, 2, 4, None, None),
+    ("GD", "tanh", 4580, 1.0, 5.37e-05, 20, 3, 4, None, None),
+    ("GD", "relu", 4022, 1.0, 7.13e-06, 2, 3, 4, 2, 0.003),
+    ("GD", "relu", 4115, 1.0, 1.55e-05, 5, 6, 7, 5, 0.003),
+    ("GD", "relu", 4270, 1.0, 3.04e-05, 10, 11, 12, 10, 0.003),
+    ("GD", "relu", 4580, 1.0, 5.65e-05, 20, 4, 21, 21, 0.003),
+    ("GD", "relu", 5510, 1.0, 1.16e-04, 50, 50, 51, 49, 0.003),
+    ("SGD", "relu", 4022, 1.0, 8.96e-06, 2, 3, 4, 2, 0.002),
+    ("SGD", "relu", 4115, 1.0, 1.62e-05, 5, 6, 7, 7, 0.002),
+    ("SGD", "relu", 4270, 1.0, 2.97e-05, 10, 2, 14, 15, 0.002),
+    ("SGD", "relu", 4580, 1.0, 4.53e-05, 20, 2, 3, 21, 0.002),
+    ("SGD", "relu", 5510, 1.0, 6.78e-05, 50, 50, 51, 49, 0.002),
+    ("SGD", "relu", 4022, 10.0, 9.49e-05, 2, 2, 4, 2, 0.015),
+    ("SGD", "relu", 4115, 10.0, 1.68e-04, 5, 5, 6, 5, 0.015),
+    ("SGD", "relu", 4270, 10.0, 1.92e-04, 10, 2, 11, 9, 0.015),
+    ("SGD", "relu", 4580, 10.0, 3.10e-04, 20, 20, 21, 19, 0.015),
+    ("SGD", "relu", 5510, 10.0, 1.67e-04, 50, 50, 51, 49, 0.005),
 ]
+PAPER_FIELDS = ("optimizer", "activation", "num_params", "scale", "mean_eigenvalue", "k", "gap",
+                "ratio", "heur", "cutoff")
+#: The offsets tested against the paper's printed counts: paper = ours + offset (a hypothesis:
+#: the paper does not say how its gap and ratio rules index the spectrum).
+OFFSETS = {"gap": 1, "ratio": 2}
+
+
+def paper_cells(k, optimizer, activation, scale) -> dict:
+    """The paper's Table 1 row for these settings as a dict, or ``{}`` (no such row)."""
+    for entry in PAPER_TABLE:
+        cells = dict(zip(PAPER_FIELDS, entry))
+        if (cells["k"], cells["optimizer"], cells["activation"], cells["scale"]) == \
+                (k, optimizer, activation, scale):
+            return cells
+    return {}
+
+
+def threshold_count(top, cutoff) -> dict:
+    """Eigenvalues above ``cutoff`` among the computed top K; ``saturated``: all K are, so the
+    true count is K or more (the rule has no answer from this spectrum)."""
+    count = int(np.sum(np.asarray(top) > cutoff))
+    return {"count": count, "saturated": count == len(top)}
+
+
+def paper_comparison(networks) -> dict:
+    """Our networks against every Table 1 row of the paper: per seed, our gap and ratio counts,
+    whether ``paper = ours + OFFSETS[rule]`` (and ``paper = ours``) holds, and the threshold
+    rule at the paper's own cutoff applied to our top K; plus the mean eigenvalue's growth
+    from k = 2 to k = 50 in the rows where both exist."""
+    rows, hits, plain, total = [], dict.fromkeys(OFFSETS, 0), dict.fromkeys(OFFSETS, 0), 0
+    for entry in PAPER_TABLE:
+        paper = dict(zip(PAPER_FIELDS, entry))
+        sel = [n for n in networks if (n["k"], n["optimizer"], n["activation"], n["scale"])
+               == (paper["k"], paper["optimizer"], paper["activation"], paper["scale"])]
+        if not sel:
+            continue
+        row = {"paper": paper, "seeds": [n["seed"] for n in sel],
+               "num_params": sel[0]["num_params"],
+               "mean_eigenvalue": spread([n["mean_eigenvalue"] for n in sel])}
+        for rule, offset in OFFSETS.items():
+            ours = [n[rule] for n in sel]
+            row[rule] = {"per_seed": ours,
+                         "hits_offset": sum(paper[rule] == c + offset for c in ours),
+                         "hits_equal": sum(paper[rule] == c for c in ours)}
+            hits[rule] += row[rule]["hits_offset"]
+            plain[rule] += row[rule]["hits_equal"]
+        total += len(sel)
+        if paper["cutoff"] is not None:
+            row["threshold"] = [threshold_count(n["top"], paper["cutoff"]) for n in sel]
+            counts = [t["count"] for t in row["threshold"] if not t["saturated"]]
+            row["threshold_within_1"] = {
+                "of_k": sum(abs(c - paper["k"]) <= 1 for c in counts),
+                "of_heur": sum(abs(c - paper["heur"]) <= 1 for c in counts),
+                "networks": len(sel)}
+        rows.append(row)
+    growth = {}
+    for opt, act, scale in {(r["paper"]["optimizer"], r["paper"]["activation"],
+                             r["paper"]["scale"]) for r in rows}:
+        ends = {r["paper"]["k"]: r for r in rows if (r["paper"]["optimizer"],
+                r["paper"]["activation"], r["paper"]["scale"]) == (opt, act, scale)}
+        if 2 in ends and 50 in ends:
+            growth[f"{opt} {act} cov {scale:g}"] = {
+                "paper": ends[50]["paper"]["mean_eigenvalue"] / ends[2]["paper"]["mean_eigenvalue"],
+                "ours": ends[50]["mean_eigenvalue"]["median"] / ends[2]["mean_eigenvalue"]["median"]}
+    return {"offsets": OFFSETS, "networks": total,
+            "hits_offset": hits, "hits_equal": plain, "rows": rows,
+            "mean_eigenvalue_growth_k2_to_k50": growth}
+
+
+def comparison_text(comparison) -> str:
+    """The paper's row, then ours per seed, one line per Table 1 row."""
+    lines = ["paper row (alg act cov k: gap ratio heur cutoff mean) | ours per seed: gap; ratio;"
+             " threshold at the paper's cutoff; mean eig (median)"]
+    for r in comparison["rows"]:
+        p = r["paper"]
+        thr = ", ".join(f"{t['count']}{'+' if t['saturated'] else ''}"
+                        for t in r.get("threshold", [])) or "-"
+        lines.append(
+            f"{p['optimizer']:3s} {p['activation']:4s} {p['scale']:<4g} {p['k']:2d}: "
+            f"{p['gap']:2d} {p['ratio']:2d} {str(p['heur']):4s} {str(p['cutoff']):5s} "
+            f"{p['mean_eigenvalue']:.3g} | {r['gap']['per_seed']}; {r['ratio']['per_seed']}; "
+            f"{thr}; {r['mean_eigenvalue']['median']:.3g}")
+    n = comparison["networks"]
+    with_cut = [r for r in comparison["rows"] if "threshold" in r]
+    lines.append("threshold at the paper's cutoff within 1 of k: "
+                 f"{sum(r['threshold_within_1']['of_k'] for r in with_cut)}, of the paper's heur: "
+                 f"{sum(r['threshold_within_1']['of_heur'] for r in with_cut)} of "
+                 f"{sum(r['threshold_within_1']['networks'] for r in with_cut)} networks")
+    for rule, offset in comparison["offsets"].items():
+        lines.append(f"paper {rule} = ours + {offset}: {comparison['hits_offset'][rule]}/{n} "
+                     f"networks (paper = ours: {comparison['hits_equal'][rule]}/{n})")
+    for key, g in comparison["mean_eigenvalue_growth_k2_to_k50"].items():
+        lines.append(f"mean eigenvalue k=50 / k=2, {key}: paper {g['paper']:.1f}x, "
+                     f"ours {g['ours']:.1f}x")
+    return "\n".join(lines)
 
 
 def top_count(k: int) -> int:
     return max(2 * k, 20)
-
-
-def paper_cells(k, optimizer, activation, scale) -> dict:
-    """The transcribed paper cells of one row (``PAPER``), ``scale=None`` entries included."""
-    out = {}
-    for cell in PAPER:
-        if (cell["k"], cell["optimizer"], cell["activation"]) == (k, optimizer, activation) \
-                and cell["scale"] in (scale, None):
-            out.update({key: v for key, v in cell.items()
-                        if key not in ("k", "optimizer", "activation", "scale")})
-            if cell["scale"] is None:
-                out["scale_unstated"] = True
-    return out
 
 
 def clusters(k, scale, seed):
@@ -194,10 +292,13 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     echo(table)
     summary = summarize(rows)
     echo(summary["text"])
+    comparison = paper_comparison(networks)
+    echo(comparison_text(comparison))
     payload = {"experiment": NAME, "quick": quick, "seeds": seeds, "settings": attrs,
-               "paper_cells": PAPER, "rows": rows, "networks": networks, "table": table,
-               "summary": summary, "demo_seeds": demo, "training_length": length,
-               "seconds": timer(), "cpu_seconds": timer.cpu()}
+               "paper_table": [dict(zip(PAPER_FIELDS, e)) for e in PAPER_TABLE],
+               "paper_comparison": comparison, "rows": rows, "networks": networks,
+               "table": table, "summary": summary, "demo_seeds": demo,
+               "training_length": length, "seconds": timer(), "cpu_seconds": timer.cpu()}
     plot(rows, networks, demo, paths["png"], quick)
     ec.write_json(paths["json"], payload)
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
@@ -267,18 +368,15 @@ def row_line(row) -> str:
 
 
 def paper_text(paper) -> str:
-    parts = []
-    if "gap" in paper:
-        parts.append(f"gap {paper['gap']}" + (" (cov unstated)" if paper.get("scale_unstated")
-                                               else ""))
-    if "mean_eigenvalue" in paper:
-        parts.append(f"mean eig {paper['mean_eigenvalue']:.3g}")
-    return ", ".join(parts) or "-"
+    """The paper's gap / ratio / heur counts of a row, or ``-`` (no such row in Table 1)."""
+    if not paper:
+        return "-"
+    return f"{paper['gap']}/{paper['ratio']}/{paper['heur'] or 'NA'}"
 
 
 def table_text(rows) -> str:
     """One line per Table 1 row: the transcribed paper cells, then ours (median [range])."""
-    lines = ["  k | alg | act  | cov | paper              | gap        | ratio      | elbow"
+    lines = ["  k | alg | act  | cov | paper gap/ratio/heur | gap        | ratio      | elbow"
              "      | below-top  | step k-1         | mean eig"]
     for r in rows:
         lines.append(
@@ -312,8 +410,8 @@ MARKERS = {"gap": "o", "ratio": "s", "elbow": "^", "below_top": "D"}
 
 def plot(rows, networks, demo, path, quick):
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 2, figsize=(11, 11.5))
-    axes = axes.ravel()
+    fig, axes = plt.subplots(2, 4, figsize=(22, 11.5))
+    axes = axes.T.ravel()
     _plot_counts(axes[0], rows, "relu")
     _plot_counts(axes[1], rows, "tanh")
     _plot_steps(axes[2], rows)
@@ -321,6 +419,11 @@ def plot(rows, networks, demo, path, quick):
         _plot_demo(axes[3], demo)
     else:
         _plot_scale(axes[3], rows)
+    comparison = paper_comparison(networks)
+    _plot_paper_counts(axes[4], comparison)
+    _plot_paper_means(axes[5], comparison)
+    _plot_ordered_tops(axes[6], networks, "relu")
+    _plot_ordered_tops(axes[7], networks, "tanh")
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -384,6 +487,79 @@ def _plot_steps(ax, rows):
     ax.legend(ncol=2, fontsize=9, loc="upper right", framealpha=0.8)
 
 
+def _plot_paper_counts(ax, comparison):
+    """Every Table 1 row: the paper's gap and ratio counts against ours (each seed), with the
+    lines paper = ours, ours + 1, ours + 2."""
+    if not comparison["rows"]:
+        ax.set_axis_off()
+        return
+    for rule, marker, color in (("gap", "o", "C0"), ("ratio", "s", "C3")):
+        xs, ys = [], []
+        for r in comparison["rows"]:
+            for j, c in enumerate(r[rule]["per_seed"]):
+                xs.append(c * (1 + 0.03 * (j - 2)))
+                ys.append(r["paper"][rule])
+        hits = comparison["hits_offset"][rule]
+        ax.plot(xs, ys, marker, mfc="none", color=color, ms=6,
+                label=f"{rule}: paper = ours + {OFFSETS[rule]} on {hits}/"
+                      f"{comparison['networks']} networks")
+    grid = np.array([1, 60])
+    for offset, style in ((0, "k-"), (1, "k--"), (2, "k:")):
+        ax.plot(grid, grid + offset, style, lw=0.8, label=f"paper = ours + {offset}")
+    ticks = [1, 2, 5, 10, 20, 50]
+    ax.set(xscale="log", yscale="log", xlabel="our count (each seed)",
+           ylabel="paper's count (Table 1)",
+           title="Table 1's 19 rows: paper's count against ours")
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.set_xticks([], minor=True)
+    ax.set_yticks([], minor=True)
+    ax.legend(fontsize=9, loc="upper left")
+
+
+def _plot_paper_means(ax, comparison):
+    """Mean eigenvalue against k: the paper's Table 1 (filled) and ours (open, median)."""
+    series = {}
+    for r in comparison["rows"]:
+        p = r["paper"]
+        series.setdefault((p["optimizer"], p["activation"], p["scale"]), []).append(r)
+    for j, (key, part) in enumerate(sorted(series.items())):
+        part = sorted(part, key=lambda r: r["paper"]["k"])
+        ks = [r["paper"]["k"] for r in part]
+        ax.plot(ks, [r["paper"]["mean_eigenvalue"] for r in part], "o-", color=f"C{j}",
+                label=f"paper {key[0]} {key[1]} cov {key[2]:g}")
+        ax.plot(ks, [r["mean_eigenvalue"]["median"] for r in part], "o--", mfc="none",
+                color=f"C{j}", label="ours, same row")
+    ks = sorted({r["paper"]["k"] for r in comparison["rows"]})
+    ax.set(xscale="log", yscale="log", xlabel="number of classes k", ylabel="tr(H) / M",
+           title="mean eigenvalue: paper (solid) against ours (dashed)")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xticks([], minor=True)
+    ax.legend(fontsize=8, ncol=2)
+
+
+def _plot_ordered_tops(ax, networks, activation):
+    """The paper's Fig. 2: the ordered top eigenvalues of one network per k (GD, cov 1, the
+    first seed), each divided by its lambda_1, with a mark at rank k - 1."""
+    sel = [n for n in networks if (n["activation"], n["optimizer"], n["scale"])
+           == (activation, "GD", 1.0)]
+    if not sel:
+        sel = [n for n in networks if n["activation"] == activation]
+    if not sel:
+        ax.set_axis_off()
+        return
+    first = min(n["seed"] for n in sel)
+    for j, n in enumerate(sorted((n for n in sel if n["seed"] == first), key=lambda n: n["k"])):
+        top = np.asarray(n["top"])
+        ax.semilogy(np.arange(1, len(top) + 1), top / top[0], "-", color=f"C{j}", lw=1.2,
+                    label=f"k = {n['k']}")
+        if n["k"] > 1:
+            ax.semilogy([n["k"] - 1], [top[n["k"] - 2] / top[0]], "o", color=f"C{j}", ms=6)
+    ax.set(xscale="log", xlabel="rank i", ylabel="lambda_i / lambda_1",
+           title=f"ordered top eigenvalues, {activation} (Fig. 2 of [S18]; dot: rank k - 1)")
+    ax.legend(fontsize=9)
+
+
 def _plot_demo(ax, demo):
     for net in demo["per_seed"]:
         top = np.asarray(net["top"])
@@ -414,10 +590,20 @@ def _plot_scale(ax, rows):
 
 
 def replot(json_path, png_path=None):
-    """Redraw the figure from a written JSON (no recomputation)."""
+    """Redraw the figure and redo the comparison with the paper's Table 1 from a written JSON
+    (no training, no spectra: the stored top eigenvalues suffice); the JSON is rewritten."""
     import json
 
     payload = json.loads(Path(json_path).read_text())
+    payload.pop("paper_cells", None)
+    for row in payload["rows"]:
+        row["paper"] = paper_cells(row["k"], row["optimizer"], row["activation"], row["scale"])
+    payload["paper_table"] = [dict(zip(PAPER_FIELDS, e)) for e in PAPER_TABLE]
+    payload["paper_comparison"] = paper_comparison(payload["networks"])
+    payload["table"] = table_text(payload["rows"])
+    ec.log(payload["table"])
+    ec.log(comparison_text(payload["paper_comparison"]))
+    ec.write_json(json_path, payload)
     png_path = png_path or Path(json_path).with_suffix(".png")
     plot(payload["rows"], payload["networks"], payload["demo_seeds"], png_path,
          payload["quick"])

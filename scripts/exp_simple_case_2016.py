@@ -5,26 +5,31 @@ Networks: 2-h-h-2 MLPs with ReLU (the paper's non-linearity), ``h`` in {2, 6, 10
 which have ``h^2 + 6h + 2`` = 18, 74, 162, 282 and 434 parameters, the paper's counts (a
 2-h-2 MLP has ``5h + 2`` parameters and cannot give 18). Two outputs; cross-entropy (CE) on
 the labels or mean squared error (MSE, mean over samples and both outputs) on one-hot
-targets. Data: ``synthetic.two_blobs`` (centres at ``(+-d/2, 0)``, unit standard deviation),
-``d = 4`` unless varied.
+targets. Data: the paper's two blobs, centres ``(1, 1)`` and ``(-1, -1)`` (distance 2.83),
+isotropic Gaussian with standard deviation ``STD = 1`` (the paper does not print it) unless
+varied; drawn by ``synthetic.two_blobs`` at distance ``2 sqrt(2)`` and rotated by 45 degrees.
 
 Training and stopping rule: full-batch gradient descent at learning rate 0.1 until the norm of
 the full-data gradient ``||grad L(w)||_2 <= GRAD_TOL = 1e-3`` or a step cap, whichever comes
 first; each network stops on its own (its parameters are frozen once it meets the rule). The
-paper's exact threshold could not be retrieved; 1e-3 is our choice, and every table reports
-the gradient norm each network reached and whether it met the rule.
+paper trains GD at a constant step with no stated stopping rule and reports end gradient
+norms of order 1e-4; 1e-3 and the step caps are our choice, and every table reports the
+gradient norm each network reached and whether it met the rule.
 
 Outliers ("the two isolated eigenvalues" of the paper): the three rules of
 :func:`lanczos_hessian.analysis.outliers.count_outliers` (largest gap, largest ratio, elbow) on
 the 10 largest eigenvalues of the exact Hessian, reported as distributions over seeds.
 
-* Fig. 7: exact Hessian spectra (float64) of every size and both losses, ``SEEDS`` seeds each,
-  at initialization and at the stopping point; lambda_max, outlier counts, near-zero and
-  negative fractions, weight norms ``||w||_2``.
+* Figs. 4-5 (the JSON's ``table`` and the HDF5 group ``fig7``): exact Hessian spectra
+  (float64) of every size and both losses, ``seeds`` seeds each, at initialization and at
+  the stopping point; lambda_max, outlier counts, near-zero and negative fractions, weight
+  norms ``||w||_2``.
+* Fig. 7 (``during_training``): the exact spectrum of the 162-parameter CE network during
+  training, at the steps ``CHECKPOINTS``, every seed.
 * Fig. 8: the top eigenvalue over many initializations of the 162-parameter network, at
   initialization and at the stopping point (histograms, log axis).
-* Fig. 9: the top eigenvalues at the stopping point as the blobs move closer (``d`` = 6 down to
-  0.5), the same initializations at every distance, with the gradient norm and the fraction
+* Fig. 9: the top eigenvalues at the stopping point as the blobs' standard deviation grows
+  (the centres stay at (1, 1) and (-1, -1)), the same initializations at every spread, with the gradient norm and the fraction
   of negative eigenvalues reached (so that "less separable -> larger lambda" is read at
   comparable training progress).
 
@@ -60,15 +65,23 @@ LOSSES = ("ce", "mse")
 
 FULL = {"n": 1000, "seeds": 5, "max_steps": 5_000, "fig8_n": 300, "fig8_nets": 200,
         "fig8_max_steps": 3_000, "fig9_nets": 20, "fig9_max_steps": 3_000,
-        "distances": (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)}
+        "stds": (0.25, 0.5, 1.0, 1.5, 2.0, 3.0), "checkpoints": (0, 10, 30, 100, 300, 1000, 3000)}
 QUICK = {"n": 150, "seeds": 5, "max_steps": 800, "fig8_n": 150, "fig8_nets": 16,
          "fig8_max_steps": 800, "fig9_nets": 5, "fig9_max_steps": 800,
-         "distances": (0.5, 6.0)}
+         "stds": (0.5, 3.0), "checkpoints": (0, 30, 300)}
 
 
-def blobs(n, distance, seed):
-    x, y = two_blobs(n, distance=distance, std=1.0, rng=seed)
-    return x.double(), y
+STD = 1.0  # the blobs' standard deviation where it is not varied
+CENTRE_DISTANCE = 2 * 2 ** 0.5  # between (1, 1) and (-1, -1)
+
+
+def blobs(n, std, seed):
+    """The paper's blobs: centres (1, 1) and (-1, -1), isotropic standard deviation ``std``
+    (``two_blobs`` puts them at ``(+-sqrt(2), 0)``; a 45-degree rotation moves them there)."""
+    x, y = two_blobs(n, distance=CENTRE_DISTANCE, std=std, rng=seed)
+    c = 2 ** -0.5
+    rotation = torch.tensor([[c, c], [-c, c]], dtype=x.dtype)
+    return (x @ rotation).double(), y
 
 
 def targets_for(kind, y):
@@ -201,7 +214,7 @@ def spread(values) -> dict:
 # ---- the three figures ------------------------------------------------------------------------
 def sizes_and_losses(cfg, seed, echo):
     """Fig. 7: every size and loss, ``cfg['seeds']`` seeds, exact spectra at init and end."""
-    x, y = blobs(cfg["n"], 4.0, seed)
+    x, y = blobs(cfg["n"], STD, seed)
     seeds = seed * 1000 + np.arange(cfg["seeds"])
     rows = []
     for kind in LOSSES:
@@ -233,7 +246,7 @@ def many_initializations(cfg, seed, echo):
     """Fig. 8: the top eigenvalue over ``fig8_nets`` initializations of the 162-parameter
     network, at initialization and at the stopping point; one network checked against the
     package's dense Hessian."""
-    x, y = blobs(cfg["fig8_n"], 4.0, seed)
+    x, y = blobs(cfg["fig8_n"], STD, seed)
     out = {}
     for kind in LOSSES:
         timer = ec.Timer()
@@ -257,24 +270,48 @@ def many_initializations(cfg, seed, echo):
     return out
 
 
+def during_training(cfg, seed, echo):
+    """The paper's Fig. 7: exact spectra of the 162-parameter CE network (``cfg['seeds']``
+    initializations) at the steps ``cfg['checkpoints']`` of GD (each network frozen once it
+    meets the stopping rule, as everywhere here)."""
+    x, y = blobs(cfg["n"], STD, seed)
+    ens = Ensemble(10, 300_000 + seed * 1000 + np.arange(cfg["seeds"]), "ce")
+    out, done = [], 0
+    for step in cfg["checkpoints"]:
+        if step > done:
+            ens.train(x, y, step - done)
+            done = step
+        values = ens.eigenvalues(x, y)
+        top = values[:, :1]
+        out.append({"step": step, "spectra": values,
+                    "lambda_max": values[:, 0], "loss": ens.losses(x, y).detach().numpy(),
+                    "grad_norm": ens.gradient_norms(x, y),
+                    "fraction_near_zero": np.mean(np.abs(values) <= 1e-3 * top, 1),
+                    "fraction_negative": np.mean(values < -1e-3 * top, 1)})
+        echo(f"  [during] step {step}: lambda_max median {np.median(values[:, 0]):.3g}, near "
+             f"zero {np.median(out[-1]['fraction_near_zero']):.2f}, negative "
+             f"{np.median(out[-1]['fraction_negative']):.3f}")
+    return out
+
+
 def separability(cfg, seed, echo):
-    """Fig. 9: CE networks trained to the stopping rule on blobs at each distance."""
+    """Fig. 9: CE networks trained to the stopping rule on blobs of growing spread."""
     rows = []
     seeds = 200_000 + seed * 10_000 + np.arange(cfg["fig9_nets"])
-    for distance in cfg["distances"]:
-        x, y = blobs(cfg["fig8_n"], distance, seed)
+    for std in cfg["stds"]:
+        x, y = blobs(cfg["fig8_n"], std, seed)
         ens = Ensemble(10, seeds, "ce")
         info = ens.train(x, y, cfg["fig9_max_steps"])
         values = ens.eigenvalues(x, y)
         top = values[:, :5]
-        rows.append({"distance": distance, "top5_median": np.median(top, 0),
+        rows.append({"std": std, "top5_median": np.median(top, 0),
                      "top5_q25": np.percentile(top, 25, 0), "top5_q75": np.percentile(top, 75, 0),
                      "final_loss_median": float(np.median(ens.losses(x, y).detach().numpy())),
                      "grad_norm_median": float(np.median(info["grad_norm"])),
                      "met_rule_fraction": float(info["met_rule"].mean()),
                      "fraction_negative_median": float(np.median(
                          np.mean(values < -1e-3 * values[:, :1], 1)))})
-        echo(f"  [fig9] d = {distance:g}: top-5 median "
+        echo(f"  [fig9] std = {std:g}: top-5 median "
              f"{np.array2string(rows[-1]['top5_median'], precision=3)}, |g| median "
              f"{rows[-1]['grad_norm_median']:.1e}, negative {rows[-1]['fraction_negative_median']:.3f}")
     return rows
@@ -314,10 +351,10 @@ def summarize(table, fig9) -> dict:
                      f"{[round(r['lambda_max']['median'], 3) for r in rows]}; fraction of "
                      f"(size, seed) with exactly 2 outliers: {two[kind]}")
     tops = [float(r["top5_median"][0]) for r in fig9]
-    d = [r["distance"] for r in fig9]
-    lines.append(f"fig9: median lambda_max against distance {d}: {np.round(tops, 4).tolist()}")
+    d = [r["std"] for r in fig9]
+    lines.append(f"fig9: median lambda_max against std {d}: {np.round(tops, 4).tolist()}")
     return {"text": "\n".join(lines), "fraction_two_outliers": two, "fig9_top1": tops,
-            "fig9_distance": d}
+            "fig9_std": d}
 
 
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
@@ -328,11 +365,13 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     attrs = {"experiment": NAME, "quick": quick, "seed": seed, "learning_rate": LR,
              "activation": ACTIVATION, "grad_tol": GRAD_TOL, "top_k": TOP_K,
              "architectures": [f"2-{h}-{h}-2" for h in WIDTHS],
-             "paper": "Sagun, Bottou, LeCun 2016, Sec. 3, Figs. 7-9",
+             "paper": "Sagun, Bottou, LeCun 2016, Sec. 3, Figs. 4-5, 7-9",
+             "centres": [[1.0, 1.0], [-1.0, -1.0]], "std": STD,
              **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
     fig7 = sizes_and_losses(cfg, seed, echo)
     fig8 = many_initializations(cfg, seed, echo)
     fig9 = separability(cfg, seed, echo)
+    during = during_training(cfg, seed, echo)
     with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for r in fig7:
             writer.write_arrays(f"fig7/{r['loss']}_{r['num_params']}",
@@ -341,10 +380,12 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
         for kind, v in fig8.items():
             writer.write_arrays(f"fig8/{kind}", {k: val for k, val in v.items()
                                                  if isinstance(val, np.ndarray)})
+        for r in during:
+            writer.write_arrays(f"during/step{r['step']}", {"spectra": r["spectra"]})
     table = table_rows(fig7)
     summary = summarize(table, fig9)
     echo(summary["text"])
-    plot(fig7, fig8, fig9, paths["png"])
+    plot(fig7, fig8, fig9, paths["png"], during)
     payload = {"experiment": NAME, "quick": quick, "settings": attrs, "table": table,
                "fig8": {kind: {"top_init": spread(v["top_init"]),
                                "top_init_cv": float(v["top_init"].std() / v["top_init"].mean()),
@@ -360,17 +401,20 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                                "check_vs_dense_relative": v["check_vs_dense_relative"],
                                "num_networks": len(v["top_init"]), "seconds": v["seconds"]}
                         for kind, v in fig8.items()},
-               "fig9": fig9, "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
+               "fig9": fig9, "during_training": [
+                   {k: (spread(v) if isinstance(v, np.ndarray) and k != "spectra" else v)
+                    for k, v in r.items() if k != "spectra"} for r in during],
+               "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
     return payload
 
 
-def plot(fig7, fig8, fig9, path):
+def plot(fig7, fig8, fig9, path, during=None):
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    fig, axes = plt.subplots(2, 4 if during else 3, figsize=(20 if during else 15, 8.5))
     for j, kind in enumerate(LOSSES):
         ax = axes[j, 0]
         for i, r in enumerate(x for x in fig7 if x["loss"] == kind):
@@ -381,7 +425,7 @@ def plot(fig7, fig8, fig9, path):
             ax.plot(np.arange(1, len(v0) + 1), v0, ":", color=f"C{i}", lw=1)
         ax.set_xscale("log")
         ax.set_yscale("symlog", linthresh=1e-4)
-        ax.set(title=f"Fig. 7 ({kind.upper()}): ordered eigenvalues, seed 0\n"
+        ax.set(title=f"Figs. 4-5 ({kind.upper()}): ordered eigenvalues, seed 0\n"
                      "solid: stopping point, dotted: initialization",
                xlabel="rank", ylabel="eigenvalue (symlog, linear below 1e-4)")
         ax.legend(ncol=1)
@@ -401,7 +445,7 @@ def plot(fig7, fig8, fig9, path):
                      "initializations (162 params)",
                xlabel="largest Hessian eigenvalue (log scale)", ylabel="networks")
         ax.legend()
-    d = np.array([r["distance"] for r in fig9])
+    d = np.array([r["std"] for r in fig9])
     med = np.stack([r["top5_median"] for r in fig9])
     lo_, hi_ = np.stack([r["top5_q25"] for r in fig9]), np.stack([r["top5_q75"] for r in fig9])
     ax = axes[0, 2]
@@ -409,7 +453,7 @@ def plot(fig7, fig8, fig9, path):
         ax.errorbar(d, med[:, i], yerr=[med[:, i] - lo_[:, i], hi_[:, i] - med[:, i]],
                     fmt="o-", ms=3, capsize=2, label=f"lambda_{i + 1}")
     ax.set(title="Fig. 9: top-5 eigenvalues at the stopping point (CE)",
-           xlabel="distance between the blob centres (std 1)",
+           xlabel="standard deviation of the blobs (centres (1, 1), (-1, -1))",
            ylabel="eigenvalue (median, IQR; log)", yscale="log")
     ax.legend(ncol=2)
     ax = axes[1, 2]
@@ -418,14 +462,40 @@ def plot(fig7, fig8, fig9, path):
     ax.plot(d, [max(r["fraction_negative_median"], 1e-4) for r in fig9], "^-",
             label="fraction < -1e-3 lambda_max (floor 1e-4)")
     ax.axhline(GRAD_TOL, color="k", ls="--", lw=1, label=f"stopping rule |g| = {GRAD_TOL:g}")
-    ax.set(title="Fig. 9: where training stopped (medians)", xlabel="distance between the "
-           "blob centres (std 1)", ylabel="value (log scale)", yscale="log",
-           ylim=(0.5 * GRAD_TOL, 30))  # headroom: the legend above the curves
+    ax.set(title="Fig. 9: where training stopped (medians)", xlabel="standard deviation of "
+           "the blobs", ylabel="value (log scale)", yscale="log",
+           ylim=(1e-4, 30))  # headroom: the legend above the curves
     ax.legend(loc="upper right")
+    if during:
+        _plot_during(axes[0, 3], axes[1, 3], during)
     for a in axes.ravel():
         a.grid(alpha=0.3)
     fig.tight_layout()
     ec.save_figure(fig, path)
+
+
+def _plot_during(ax_spectra, ax_summary, during):
+    """The paper's Fig. 7: ordered spectra of one network (seed 0) at each checkpoint, and the
+    medians over seeds of lambda_max and the near-zero and negative fractions."""
+    for i, r in enumerate(during):
+        v = r["spectra"][0]
+        ax_spectra.plot(np.arange(1, len(v) + 1), v, "-", color=f"C{i}", lw=1.1,
+                        label=f"step {r['step']}")
+    ax_spectra.set_xscale("log")
+    ax_spectra.set_yscale("symlog", linthresh=1e-4)
+    ax_spectra.set(title="Fig. 7: ordered eigenvalues during training\n(162 params, CE, seed 0)",
+                   xlabel="rank", ylabel="eigenvalue (symlog, linear below 1e-4)")
+    ax_spectra.legend(fontsize=9)
+    steps = np.array([max(r["step"], 1) for r in during])
+    ax_summary.plot(steps, [np.median(r["lambda_max"]) for r in during], "o-",
+                    label="lambda_max")
+    ax_summary.plot(steps, [np.median(r["fraction_near_zero"]) for r in during], "s-",
+                    label="fraction abs(lambda) <= 1e-3 lambda_max")
+    ax_summary.plot(steps, [max(np.median(r["fraction_negative"]), 1e-3) for r in during], "^-",
+                    label="fraction < -1e-3 lambda_max (floor 1e-3)")
+    ax_summary.set(xscale="log", yscale="log", xlabel="GD step (step 0 drawn at 1)",
+                   ylabel="median over seeds", title="Fig. 7: during training (medians)")
+    ax_summary.legend(fontsize=9)
 
 
 def replot(out_dir=None, quick=False):
@@ -445,9 +515,13 @@ def replot(out_dir=None, quick=False):
                          "spectra_trained": group["trained"][()]})
         fig8 = {kind: {k: handle[f"fig8/{kind}/{k}"][()] for k in ("top_init", "top_trained")}
                 for kind in LOSSES}
+        during = [{"step": r["step"], "spectra": handle[f"during/step{r['step']}/spectra"][()],
+                   **{k: np.array([r[k]["median"]]) for k in
+                      ("lambda_max", "fraction_near_zero", "fraction_negative")}}
+                  for r in payload.get("during_training", [])]
     fig9 = [{k: np.asarray(v) if isinstance(v, list) else v for k, v in r.items()}
             for r in payload["fig9"]]
-    plot(fig7, fig8, fig9, paths["png"])
+    plot(fig7, fig8, fig9, paths["png"], during)
 
 
 if __name__ == "__main__":

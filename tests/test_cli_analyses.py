@@ -124,6 +124,7 @@ def test_an_existing_output_names_resume(problem, tmp_path, capsys):
     assert "--resume" in err and "--overwrite" in err
 
 
+@pytest.mark.slow
 def test_no_carriage_return_off_a_terminal(problem, tmp_path, capsys):
     """Training bar (demo and track), solvers and summaries write plain lines to a log."""
     assert main(["demo", "--out", str(tmp_path / "d.h5"), "--num-examples", "100",

@@ -64,3 +64,12 @@ def test_logistic_regression_quick(tmp_path, seed):
     assert two["ks_distance"] < 0.1
     # the trained one-blob model stays near w = 0 (random labels): still no outlier
     assert out["cases"]["one_blob"]["trained"]["num_outliers"] == 0
+    # the paper's alpha = M / N values at w = 0: alpha = 0.02 has one outlier at BBP (3%);
+    # our outlier grows less with alpha than the paper's printed ones (ratio to alpha = 1)
+    sweep = out["alpha_sweep"]["per_alpha"]
+    small = sweep["0.02"]
+    assert small["beyond_edge"] == [1, 1]
+    for value in small["lambda_1"]:
+        assert abs(value / small["bbp_prediction"] - 1) < 0.05
+    assert all(r < sweep["2.0"]["paper_ratio_to_alpha_1"] for r in sweep["2.0"]["ratio_to_alpha_1"])
+    assert all(r > small["paper_ratio_to_alpha_1"] for r in small["ratio_to_alpha_1"])

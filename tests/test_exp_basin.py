@@ -68,7 +68,8 @@ def test_fort_ganguli_transient_quick():
 def test_line_interpolation_2016_quick(tmp_path):
     """2016 Fig. 10 quick: from a shared initialization the GD-SGD segment has no barrier
     (below 0.01, every seed), from two random initializations it has one (above 0.1, every
-    seed), and every end point met the convergence rule."""
+    seed), and every end point met the convergence rule. The same along training (the
+    paper's protocol), where the two-start segment's largest loss falls with the steps."""
     from exp_line_interpolation_2016 import main
 
     out = main(quick=True, out_dir=tmp_path, echo=_quiet)
@@ -78,13 +79,20 @@ def test_line_interpolation_2016_quick(tmp_path):
     assert len(shared) == len(separate) == 3
     assert max(shared) < 0.01 and min(separate) > 0.1, (shared, separate)
     assert all(r["min_train_accuracy_on_segment"] == 1.0 for r in out["cases"]["shared"])
+    # as published (interpolation during training): from one start the segment stays flat at
+    # every checkpoint; from two starts its largest loss falls as training goes on
+    paths = out["summary"]["paths"]
+    assert paths["shared"]["barrier_max_after_start"]["max"] < 0.01, paths["shared"]
+    assert all(paths["separate"]["segment_max_decreases"]), paths["separate"]
+    assert paths["separate"]["barrier_last"]["min"] > 0.1, paths["separate"]
     assert (tmp_path / "exp_line_interpolation_2016.png").exists()
 
 
 @pytest.mark.slow
 def test_batch_size_quick(tmp_path):
     """Sec. 3.3 quick (200 digits): both runs meet the convergence rule, the small batch
-    takes fewer epochs, and the large-batch lambda_1 is the larger (ratio >= 1.5)."""
+    takes fewer epochs, and the large-batch lambda_1 is the larger (ratio >= 1.5), also at
+    equal iterations, where it is smaller than at the large batch's own convergence."""
     from exp_batch_size import main
 
     out = main(quick=True, out_dir=tmp_path, echo=_quiet)
@@ -92,20 +100,32 @@ def test_batch_size_quick(tmp_path):
     assert large["train_converged"] and small["train_converged"]
     assert small["epochs"] < large["epochs"]
     assert out["summary"]["top1_ratio_large_over_small"] >= 1.5
+    # continued to the small batch's iterations, the large batch's lambda_1 falls but stays
+    # the larger (quick: 24.8 -> 13.3 against 9.4; full: 25.9 -> 9.4 against 5.7)
+    equal = out["equal_iterations"]
+    assert equal["batch_size"] == 512 and equal["steps"] == small["steps"]
+    assert equal["top"][0] < large["top"][0]
+    assert equal["top1_ratio_large_over_small"] > 1.0
 
 
 @pytest.mark.slow
 def test_same_basin_quick(tmp_path):
-    """Sec. 4.1 quick (500 training digits, batches 250 then 5): both ends meet the (relaxed)
-    convergence rule, the small-batch path climbs above the large-batch end's loss, and the
-    large-batch end is the sharper one (lambda_max more than 3x; 5.5-114x over quick seeds
-    0-3). Whether the small batch generalizes better (+0.0% to +4.4% on those seeds) and
-    whether the segment carries a barrier (0.03 to 0.55) vary with the seed and are reported
-    over seeds in docs/RESULTS.md, not asserted here."""
+    """Sec. 4.1 quick (500 training digits, batches of 250 for 400 steps, then of 5 for 1,000
+    steps; 2 seeds): the curves are recorded every 100 iterations and, on every seed, the
+    small-batch path climbs above the large-batch end's loss. Whether the small batch
+    generalizes better, whether the segment carries a barrier and which end is sharper vary
+    with the seed and are reported over seeds in docs/RESULTS.md, not asserted here (with
+    fixed part lengths the large-batch end is no longer stopped at its first convergence, and
+    its lambda_max ratio to the small-batch end fell from 5.5-114x to about 1)."""
+    import numpy as np
     from exp_same_basin import main
 
     out = main(quick=True, out_dir=tmp_path, echo=_quiet)
-    assert out["ends"]["LB"]["converged"] and out["ends"]["SB"]["converged"]
-    assert out["summary"]["climb_max_train_loss"] > out["ends"]["LB"]["train_loss"]
-    assert out["summary"]["top_ratio_LB_over_SB"] > 3
+    assert out["seeds"] == [0, 1] and len(out["runs"]) == 2
+    for run in out["runs"]:
+        lb = np.asarray(run["curves"]["large_batch"])
+        sb = np.asarray(run["curves"]["small_batch"])
+        assert lb[:, 0].tolist() == [100, 200, 300, 400]
+        assert sb[-1, 0] == 1400
+        assert run["summary"]["climb_max_train_loss"] > run["ends"]["LB"]["train_loss"]
     assert (tmp_path / "exp_same_basin.png").exists()

@@ -59,7 +59,8 @@ def test_simple_case_2016_quick(tmp_path):
     0.1 lambda_max (full mode: 3 for every size from 74 parameters, 5/5 seeds), lambda_1
     alone beyond the largest gap, the elbow of the top 10 at most 3; the fraction of near-zero
     eigenvalues (|lambda| <= 1e-3 lambda_max) grows with the size for both losses; MSE's
-    lambda_max is several times CE's; the batched Hessians equal the package's dense Hessian;
+    lambda_max is more than twice CE's (2.6-4.2x here and in the full mode; the distance-4
+    blobs of an earlier version gave more than 3x and a near-zero rise of more than 0.2); the batched Hessians equal the package's dense Hessian;
     separable blobs end with a much smaller top eigenvalue. (The paper's "two isolated
     eigenvalues" is not asserted: the elbow rule gives 2 in only 16% of full-mode CE cases.)
     """
@@ -79,13 +80,13 @@ def test_simple_case_2016_quick(tmp_path):
     assert np.mean(gap == 1) >= 0.8, gap
     for rows in (ce, mse):
         zeros = [r["fraction_near_zero"]["median"] for r in rows]
-        assert zeros[-1] > zeros[0] + 0.2, zeros
+        assert zeros[-1] > zeros[0] + 0.1, zeros  # the paper's blobs: +0.17 (quick CE)
     for a, b in zip(ce, mse):
-        assert b["lambda_max"]["median"] > 3 * a["lambda_max"]["median"]
+        assert b["lambda_max"]["median"] > 2 * a["lambda_max"]["median"]  # 2.6-4.2x
     for kind in ("ce", "mse"):
         assert out["fig8"][kind]["check_vs_dense_relative"] < 1e-10
         assert out["fig8"][kind]["num_networks"] == 16
-    fig9 = out["fig9"]
-    assert fig9[0]["distance"] < fig9[-1]["distance"]
-    assert fig9[-1]["top5_median"][0] < 0.2 * fig9[0]["top5_median"][0]
+    fig9 = out["fig9"]  # spread of the blobs grows: the least separable last
+    assert fig9[0]["std"] < fig9[-1]["std"]
+    assert fig9[0]["top5_median"][0] < 0.2 * fig9[-1]["top5_median"][0]
     assert (tmp_path / "exp_simple_case_2016.png").exists()

@@ -150,6 +150,7 @@ def test_a_finished_run_with_its_state_kept_resumes_without_stepping(tmp_path):
     assert op.calls == 1  # the measured residuals' one product, no Lanczos step
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_bad_target_before_any_work(capsys, tmp_path):
     from lanczos_hessian.cli import main
 
