@@ -107,3 +107,16 @@ def test_the_objective_and_token_count_are_in_the_operators_provenance():
     assert provenance["objective"] == "sequences" and provenance["loss"] == "TokenLoss"
     assert provenance["num_tokens"] == H.loss_fn.num_tokens > 0
     assert provenance["num_sequences"] == len(LENGTHS) and provenance["shift_labels"] is True
+
+
+def test_a_token_mean_loss_with_ignored_positions_is_refused_naming_token_loss():
+    """The issue's case: a shifted cross-entropy with reduction='mean' over padded batches."""
+    class ShiftedMean:
+        reduction = "mean"
+
+        def __call__(self, logits, labels):
+            return torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+    with pytest.raises(InvalidLossError, match="TokenLoss"):
+        operator(tiny_lm(), ShiftedMean(), pad_batches(sequences(LENGTHS), SIZES))

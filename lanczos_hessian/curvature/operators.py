@@ -150,7 +150,7 @@ class CurvatureOperator(LinearOperator):
         try:  # every rank reaches the agreement check below, also after a local failure
             self.space = ParameterSpace.of(model, params)
             check_trainable_values(self.space.parameters(model))
-            self.loss_fn, unpack = prepare_loss(model, loss_fn, data, unpack, batch_size)
+            self.loss_fn, unpack = prepare_loss(model, loss_fn, data, unpack, batch_size, reduction)
             self.reduction = infer_reduction(self.loss_fn, reduction)
             self.data = DataSource(data, batch_size, self.world.rank, self.world.size,
                                    unpack=unpack)
