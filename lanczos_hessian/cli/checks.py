@@ -39,10 +39,12 @@ def writer_lock(args):
     refused at once, before any model is built (every rank learns of the refusal); the
     command's writers join it (:mod:`lanczos_hessian.storage.lock`)."""
     from ..parallel.distributed import current_world, default_device, gather_rows
-    from ..storage.hdf5 import check_output_location, clear_left_open
+    from ..storage.hdf5 import check_output_location, check_resume_path, clear_left_open
     from ..storage.lock import hold
 
     out, resume = getattr(args, "out", None), getattr(args, "resume", False)
+    if out is not None and resume and current_world().is_main:
+        check_resume_path(out)  # a directory or a device, refused before any model is built
     if args.command == "analyze" or out is None or (resume and not Path(out).exists()):
         yield  # nothing to lock (a resume of a missing file is refused by the run itself)
         return

@@ -30,7 +30,7 @@ from ..errors import ResumeError
 from ..linalg.basis import choose_location
 from ..parallel.distributed import current_world
 from ..parallel.sharding import Shard
-from ..storage.hdf5 import DEFAULT_RESERVE
+from ..storage.hdf5 import DEFAULT_RESERVE, check_resume_path
 
 __all__ = ["Role", "decide_role", "provenance", "identity_settings", "EIGS_IDENTITY",
            "SLQ_IDENTITY", "check_seed", "reserve_bytes"]
@@ -111,6 +111,8 @@ def decide_role(op, out, shard_vectors, basis_vectors, memory_budget, resume) ->
     world = current_world()
     if resume and out is None:
         raise ResumeError("resuming needs the run's file (--out)")
+    if resume:
+        check_resume_path(out)
     n = op.shape[0]
     shard = (Shard(n, offsets=partition_of(op, world.size))
              if shard_vectors and world.size > 1 else None)

@@ -1,0 +1,64 @@
+"""Hostile inputs to the run layer, its files and its command line (issue 24, cases 1, 2, 4,
+5, 6, 8 and 11): each refused or reported by name, before any expensive work where
+possible, instead of a silent change of the numbers, a file that locks the user out, or a
+raw traceback. (Cases 9 and 10, the signals, are tests/test_signals.py.)"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import LinearOperator
+
+from lanczos_hessian import run
+from lanczos_hessian.cli import main
+from lanczos_hessian.storage.lock import lock_path
+
+PROBLEMS = str(Path(__file__).parent / "problems")
+EIGS = ["eigs", "--problem", "slow_mlp:build", "--batch-size", "30", "--no-progress", "--k",
+        "3", "--which", "BE", "--tol", "1e-8", "--strategy", "reverse-over-reverse"]
+
+
+@pytest.fixture
+def problems(monkeypatch):
+    monkeypatch.syspath_prepend(PROBLEMS)
+
+
+@pytest.fixture
+def kept(tmp_path, problems):
+    """A finished run that kept its resume state (so a resume checks its settings)."""
+    path = tmp_path / "kept.h5"
+    assert main(EIGS + ["--out", str(path), "--keep-state"]) == 0
+    return path
+
+
+# ---- cases 8 and 11: the output must be a regular file or absent --------------------------
+@pytest.mark.parametrize("extra", [[], ["--resume"], ["--overwrite"]])
+def test_a_directory_as_output_is_refused_before_the_model_is_built(extra, tmp_path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr("lanczos_hessian.cli.commands.build_operator",
+                        lambda args: pytest.fail("the model was built"))
+    assert main(EIGS + ["--out", str(tmp_path)] + extra) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "Traceback" not in err
+
+
+def test_a_device_as_output_is_refused_before_the_model_is_built(capsys, monkeypatch):
+    monkeypatch.setattr("lanczos_hessian.cli.commands.build_operator",
+                        lambda args: pytest.fail("the model was built"))
+    for extra in (["--overwrite"], ["--resume"]):
+        assert main(EIGS + ["--out", "/dev/null"] + extra) == 2
+        assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_directory_is_refused_by_the_python_entry_points(tmp_path):
+    op = LinearOperator((30, 30), matvec=lambda v: v, dtype=np.float64)
+    for resume in (False, True):
+        with pytest.raises(OSError, match="is a directory"):
+            run.eigs(op, tmp_path, k=2, resume=resume, progress=False)
