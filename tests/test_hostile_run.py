@@ -62,3 +62,50 @@ def test_a_directory_is_refused_by_the_python_entry_points(tmp_path):
     for resume in (False, True):
         with pytest.raises(OSError, match="is a directory"):
             run.eigs(op, tmp_path, k=2, resume=resume, progress=False)
+
+
+# ---- cases 1 and 2: the resume identity ------------------------------------------------------
+def test_a_resume_with_another_batch_size_is_refused_by_name(kept, capsys):
+    assert main(EIGS[:4] + ["7"] + EIGS[5:] + ["--out", str(kept), "--resume"]) == 2
+    assert "batch_size: file has 30, this run has 7" in capsys.readouterr().err
+    assert not lock_path(kept).exists()
+
+
+@pytest.mark.parametrize("key, other", [("batch_size", 7), ("strategy", "forward-over-reverse"),
+                                        ("allow_tf32", True), ("device", "cuda:0")])
+def test_each_setting_of_the_summation_order_is_checked_on_resume(key, other, kept, tmp_path,
+                                                                  capsys):
+    """Each setting as another process would have recorded it (a GPU, TF32, another
+    strategy or batch size): the resume here is refused naming it."""
+    with h5py.File(kept, "r+") as f:
+        assert f["eigs/state"].attrs[f"run_{key}"] is not None  # recorded
+        f["eigs/state"].attrs[f"run_{key}"] = other
+    assert main(EIGS + ["--out", str(kept), "--resume"]) == 2
+    assert f"{key}: file has {other!r}" in capsys.readouterr().err
+
+
+def test_a_file_written_before_the_order_settings_still_resumes(kept, capsys):
+    with h5py.File(kept, "r+") as f:
+        for key in ("batch_size", "device"):
+            del f["eigs/state"].attrs[f"run_{key}"]
+    assert main(EIGS + ["--out", str(kept), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("key", ["num_threads", "torch_version"])
+def test_a_resume_under_other_rounding_is_reported(key, kept, caplog, monkeypatch):
+    """The thread count and the torch version change only the rounding: the resume goes on,
+    and says that it continues the run to rounding, not bit for bit."""
+    if key == "num_threads":
+        monkeypatch.setattr(torch, "get_num_threads", lambda: 97)
+    else:
+        monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    with caplog.at_level(logging.WARNING, logger="lanczos_hessian"):
+        assert main(EIGS + ["--out", str(kept), "--resume"]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert key in said and "to rounding, not bit for bit" in said
+
+
+def test_a_resume_under_the_same_rounding_says_nothing(kept, caplog):
+    with caplog.at_level(logging.WARNING, logger="lanczos_hessian"):
+        assert main(EIGS + ["--out", str(kept), "--resume"]) == 0
+    assert "rounding" not in " ".join(r.getMessage() for r in caplog.records)

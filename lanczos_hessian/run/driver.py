@@ -19,6 +19,7 @@ from ..linalg.hooks import Hooks
 from ..storage.agreement import read_before_main_reopens
 from ..storage.checkpoint import Checkpointer, read_replica
 from ..storage.hdf5 import open_spectrum
+from ..storage.settings import report_rounding, rounding_settings, saved_settings
 from ..contract import data_fingerprint_of, expect_data_fingerprint
 from .files import open_and_agree, record_num_samples, remove_shard_file, scratch_stores
 from .plan import Role
@@ -149,11 +150,15 @@ def _prepare(role: Role, phases: list):
                 if phase.check is not None:
                     store.checkpoint(phase.name, role.rows, phase.num_vectors, phase.capacity,
                                      phase.num_bases).check_same_run(phase.check)
+                if role.main and not complete and phase.name in store.file:
+                    report_rounding(saved_settings(store.file[phase.name]), store.path,
+                                    phase.name)
             else:
                 if role.main:
                     phase.declare(store)
                 store.checkpoint(phase.name, role.rows, phase.num_vectors, phase.capacity,
-                                 phase.num_bases).declare(phase.state_settings)
+                                 phase.num_bases).declare({**phase.state_settings,
+                                                           **rounding_settings()})
             count = 0 if complete else store.checkpoint(
                 phase.name, role.rows, phase.num_vectors, phase.capacity,
                 phase.num_bases).count

@@ -35,10 +35,14 @@ from ..storage.hdf5 import DEFAULT_RESERVE, check_resume_path
 __all__ = ["Role", "decide_role", "provenance", "identity_settings", "EIGS_IDENTITY",
            "SLQ_IDENTITY", "check_seed", "reserve_bytes"]
 
-#: The parts of an operator's identity a run's settings hold (checked on resume), per run.
+#: The parts of an operator's identity a run's settings hold (checked on resume), per run:
+#: what it computes, and what decides the order of its float sums (``batch_size``,
+#: ``strategy``, ``allow_tf32``, ``device``), so that a resume that is accepted continues
+#: the run bit for bit (docs/FORMAT.md, "The resume identity").
 EIGS_IDENTITY = ("operator", "num_params", "reduction", "model_dtype", "model", "strategy",
-                 "allow_tf32")
-SLQ_IDENTITY = ("operator", "num_params", "model", "strategy", "allow_tf32")
+                 "allow_tf32", "batch_size", "device")
+SLQ_IDENTITY = ("operator", "num_params", "model", "strategy", "allow_tf32", "batch_size",
+                "device")
 
 
 def provenance(op, seed=None, identity=None, **extra) -> dict:
