@@ -109,3 +109,31 @@ def test_a_resume_under_the_same_rounding_says_nothing(kept, caplog):
     with caplog.at_level(logging.WARNING, logger="lanczos_hessian"):
         assert main(EIGS + ["--out", str(kept), "--resume"]) == 0
     assert "rounding" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+# ---- case 4: a kill -9 at file creation locks nobody out ------------------------------------
+@pytest.mark.slow
+def test_a_kill_at_file_creation_leaves_no_file_that_locks_the_rerun_out(tmp_path):
+    path = tmp_path / "run.h5"
+    env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    killed = subprocess.run([sys.executable, str(Path(__file__).parent / "_kill_at.py"),
+                             "creation", "1", "--"] + EIGS + ["--out", str(path)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    assert not path.exists()  # only the hidden file being created, if anything
+    rerun = subprocess.run([sys.executable, "-m", "lanczos_hessian"] + EIGS
+                           + ["--out", str(path)], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert sorted(os.listdir(tmp_path)) == ["run.h5"]
+
+
+def test_an_empty_shell_left_by_an_older_release_names_the_way_out(tmp_path, problems, capsys):
+    path = tmp_path / "run.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(40))  # 48 bytes: a header cut off
+    for extra in ([], ["--resume"]):
+        assert main(EIGS + ["--out", str(path)] + extra) == 2
+        assert "holds no run" in capsys.readouterr().err
+    assert main(["analyze", str(path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(EIGS + ["--out", str(path), "--overwrite"]) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import OutputPathError
 
-__all__ = ["check_output_path", "check_output_location", "check_resume_path",
+__all__ = ["EMPTY_SHELL_BYTES", "empty_shell_hint", "check_output_path", "check_output_location", "check_resume_path",
            "check_disk_space", "check_free_space", "format_bytes", "shard_state_path"]
 
 
@@ -17,8 +17,25 @@ def check_output_path(path, overwrite: bool = False) -> Path:
     path = check_output_location(path)  # a directory or a device: refused as such
     if path.exists() and not overwrite:
         raise OutputPathError(f"output file {path} exists; pass overwrite=True (--overwrite) "
-                              "to replace it, or choose another path")
+                              "to replace it, or choose another path" + empty_shell_hint(path))
     return path
+
+
+#: A file this small holds no run (an HDF5 header alone takes more).
+EMPTY_SHELL_BYTES = 1024
+
+
+def empty_shell_hint(path) -> str:
+    """For a file too small to hold a run: the way out (a run killed while creating its file,
+    before files were created under a temporary name, left such a shell)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return ""
+    if size >= EMPTY_SHELL_BYTES:
+        return ""
+    return (f"; at {size} bytes it holds no run (a run killed while creating it leaves such "
+            "a shell): rerun the command with --overwrite (overwrite=True) to replace it")
 
 
 def check_output_location(path) -> Path:
