@@ -138,3 +138,8 @@ class RunInterrupted(LanczosHessianError):
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
+
+
+class BasisSizeError(LanczosHessianError, MemoryError):
+    """The Lanczos bases asked for (``--ncv``, ``--k``, ``--num-steps`` x ``--num-probes``)
+    do not fit in the memory of the operator's device: refused before any allocation."""

@@ -137,3 +137,30 @@ def test_an_empty_shell_left_by_an_older_release_names_the_way_out(tmp_path, pro
     assert main(["analyze", str(path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(EIGS + ["--out", str(path), "--overwrite"]) == 0
+
+
+# ---- case 5: a basis too large for memory is refused before it is allocated -----------------
+@pytest.mark.parametrize("kwargs, named", [({"ncv": 200000}, "--ncv 200000"),
+                                           ({"k": 100000}, "--k 100000")])
+def test_a_basis_larger_than_memory_is_refused_naming_its_option(kwargs, named):
+    n = 3_000_000  # 3M parameters: 4.8 TB for 200000 vectors
+    op = LinearOperator((n, n), matvec=lambda v: v, dtype=np.float64)
+    with pytest.raises(MemoryError, match=named) as caught:
+        run.eigs(op, **{"k": 2, **kwargs}, progress=False)
+    assert "free" in str(caught.value) and "--memory-budget" in str(caught.value)
+
+
+def test_a_basis_larger_than_memory_is_refused_by_the_command_line(tmp_path, monkeypatch,
+                                                                   capsys):
+    (tmp_path / "wide.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    torch.manual_seed(0)\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(1000, 3000), torch.nn.Linear(3000, 2))\n"
+        "    return model, torch.nn.CrossEntropyLoss(), (torch.randn(4, 1000), "
+        "torch.tensor([0, 1, 0, 1]))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for option in (["--ncv", "200000"], ["--k", "100000"]):
+        assert main(["eigs", "--problem", "wide:build", "--no-progress"] + option) == 2
+        err = capsys.readouterr().err
+        assert f"{option[0]} {option[1]}" in err and "Traceback" not in err, err
