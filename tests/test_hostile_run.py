@@ -30,12 +30,22 @@ def problems(monkeypatch):
     monkeypatch.syspath_prepend(PROBLEMS)
 
 
-@pytest.fixture
-def kept(tmp_path, problems):
+@pytest.fixture(scope="module")
+def kept_once(tmp_path_factory):
     """A finished run that kept its resume state (so a resume checks its settings)."""
-    path = tmp_path / "kept.h5"
-    assert main(EIGS + ["--out", str(path), "--keep-state"]) == 0
+    path = tmp_path_factory.mktemp("kept") / "kept.h5"
+    sys.path.insert(0, PROBLEMS)
+    try:
+        assert main(EIGS + ["--out", str(path), "--keep-state"]) == 0
+    finally:
+        sys.path.remove(PROBLEMS)
     return path
+
+
+@pytest.fixture
+def kept(kept_once, tmp_path, problems):
+    """A copy of :func:`kept_once` of the test's own."""
+    return Path(shutil.copy(kept_once, tmp_path / "kept.h5"))
 
 
 # ---- cases 8 and 11: the output must be a regular file or absent --------------------------
