@@ -174,3 +174,68 @@ def test_a_basis_larger_than_memory_is_refused_by_the_command_line(tmp_path, mon
         assert main(["eigs", "--problem", "wide:build", "--no-progress"] + option) == 2
         err = capsys.readouterr().err
         assert f"{option[0]} {option[1]}" in err and "Traceback" not in err, err
+
+
+# ---- case 6: every reader checks shapes against the format, naming the dataset -------------
+class Preempted(Exception):
+    """Stands in for a kill: raised inside a pass, before the run's next commit."""
+
+
+@pytest.fixture
+def cut_off(tmp_path, problems, monkeypatch):
+    """A run stopped after 10 forwards: a state and records to continue."""
+    import slow_mlp
+
+    calls = {"count": 0}
+
+    def forward(self, x):
+        calls["count"] += 1
+        if calls["count"] == 10:
+            raise Preempted
+        return self.net(x)
+
+    monkeypatch.setattr(slow_mlp.SlowMLP, "forward", forward)
+    path = tmp_path / "cut.h5"
+    with pytest.raises(Preempted):
+        main(EIGS + ["--out", str(path)])
+    monkeypatch.undo()
+    monkeypatch.syspath_prepend(PROBLEMS)
+    return path
+
+
+def replace_dataset(path, name, data, **kwargs):
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_dataset(name, data=data, **kwargs)
+
+
+def test_a_resume_on_step_records_shorter_than_the_state_names_the_dataset(cut_off, capsys):
+    replace_dataset(cut_off, "eigs/steps/alpha", np.zeros(1))  # contiguous, 1 row
+    assert main(EIGS + ["--out", str(cut_off), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "/eigs/steps/alpha" in err and "Traceback" not in err, err
+    assert not lock_path(cut_off).exists()
+
+
+def test_a_resume_on_step_records_that_cannot_grow_names_the_dataset(cut_off, capsys):
+    with h5py.File(cut_off, "r") as f:
+        rows = f["eigs/steps/beta"][:]
+    replace_dataset(cut_off, "eigs/steps/beta", rows)  # the rows, not growable
+    assert main(EIGS + ["--out", str(cut_off), "--resume"]) == 2
+    assert "dataset /eigs/steps/beta cannot grow" in capsys.readouterr().err
+
+
+def test_analyze_on_a_two_dimensional_eigenvalues_dataset_names_it(kept, capsys):
+    with h5py.File(kept, "r") as f:
+        values = f["eigs/eigenvalues"][:]
+    replace_dataset(kept, "eigs/eigenvalues", values[:, None])
+    assert main(["analyze", str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset /eigs/eigenvalues has shape (3, 1)" in err and "1 axis" in err, err
+
+
+def test_analyze_on_misaligned_results_names_them(kept, capsys):
+    replace_dataset(kept, "eigs/residual_bounds", np.zeros(5))
+    assert main(["analyze", str(kept)]) == 2
+    assert "/eigs/residual_bounds has shape (5,) but /eigs/eigenvalues" in (
+        capsys.readouterr().err)
