@@ -47,6 +47,7 @@ from .errors import (
     RankFailedError,
     RankMismatchError,
     ResumeError,
+    RunInterrupted,
     SpectrumFileError,
 )
 from .linalg.density import Estimate, spectral_density, wasserstein1
@@ -98,6 +99,7 @@ __all__ = [
     "RankMismatchError",
     "ResidualOperator",
     "ResumeError",
+    "RunInterrupted",
     "SLQResult",
     "Shard",
     "Spectrum",

@@ -113,3 +113,45 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert time.monotonic() - sent < 1.0
     assert "stopped by SIGINT" in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not lock_path(path).exists()
+
+
+def test_a_signal_in_a_python_run_raises_run_interrupted_after_the_commit(tmp_path):
+    """The fast tier's check, in this process: SIGTERM sent from inside a pass stops
+    ``run.eigs`` at the commit that ends it; the file is unlocked and resumes bit for bit."""
+    import torch
+
+    from conftest import make_mlp, mlp_data
+    from lanczos_hessian import HessianOperator, RunInterrupted, run
+
+    calls = {"count": 0, "at": None}
+
+    class Signalling(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = make_mlp()
+
+        def forward(self, x):
+            calls["count"] += 1
+            if calls["count"] == calls["at"]:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return self.net(x)
+
+    def eigs(path, **kwargs):
+        op = HessianOperator(Signalling(), torch.nn.CrossEntropyLoss(), mlp_data())
+        return run.eigs(op, path, k=3, which="BE", seed=0, progress=False, **kwargs)
+
+    reference = eigs(tmp_path / "ref.h5")
+    calls.update(count=0, at=12)
+    path = tmp_path / "run.h5"
+    former = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunInterrupted) as stopped:
+        eigs(path)
+    assert stopped.value.exit_status == 143 and stopped.value.committed
+    assert signal.getsignal(signal.SIGTERM) is former  # the handlers are given back
+    assert not lock_path(path).exists()
+    stopped_at = committed_steps(path)
+    assert 0 < stopped_at < len(read_file(tmp_path / "ref.h5")["eigs"].steps["alpha"])
+    calls.update(count=0, at=None)
+    resumed = eigs(path, resume=True)
+    np.testing.assert_array_equal(resumed.eigenvalues, reference.eigenvalues)
+    assert resumed.num_matvecs == reference.num_matvecs
