@@ -43,8 +43,6 @@ def writer_lock(args):
     from ..storage.lock import hold
 
     out, resume = getattr(args, "out", None), getattr(args, "resume", False)
-    if out is not None and resume and current_world().is_main:
-        check_resume_path(out)  # a directory or a device, refused before any model is built
     if args.command == "analyze" or out is None or (resume and not Path(out).exists()):
         yield  # nothing to lock (a resume of a missing file is refused by the run itself)
         return
@@ -55,6 +53,8 @@ def writer_lock(args):
             try:
                 if not resume:
                     check_output_location(out)
+                else:  # a directory or a device, refused before any model is built
+                    check_resume_path(out)
                 stack.enter_context(hold(out))
                 if resume:
                     clear_left_open(out)  # a killed writer's flags, before replicas read
