@@ -48,6 +48,7 @@ from .errors import (
     RankFailedError,
     RankMismatchError,
     ResumeError,
+    RunInterrupted,
     SpectrumFileError,
 )
 from .linalg.density import Estimate, spectral_density, wasserstein1
@@ -99,6 +100,7 @@ __all__ = [
     "RankMismatchError",
     "ResidualOperator",
     "ResumeError",
+    "RunInterrupted",
     "SLQResult",
     "Shard",
     "Spectrum",

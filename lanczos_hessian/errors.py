@@ -114,3 +114,32 @@ class PrecisionWarning(NumericalWarning):
     """The model and its data differ in floating-point precision (e.g. a float64 model fed
     float32 inputs): the inputs are converted to the model's dtype on every pass and the
     products computed in it, so the data carry only the precision they came in."""
+
+
+class RunInterrupted(LanczosHessianError):
+    """A run stopped on a signal (SIGINT, SIGTERM, SIGUSR1) at a safe point: after its last
+    committed pass, with its file closed and its lock released; ``resume=True``
+    (``--resume``) continues it. ``exit_status`` is the shell's convention, 128 + the
+    signal's number (130 for SIGINT, 143 for SIGTERM).
+
+    Attributes
+    ----------
+    signum : int
+        The signal that stopped the run.
+    committed : bool
+        Whether the run reached a safe point (False: stopped at once, before its first commit
+        or on a second Ctrl-C; what was committed before stays in the file all the same).
+    """
+
+    def __init__(self, message, signum: int, committed: bool = True):
+        super().__init__(message)
+        self.signum, self.committed = int(signum), committed
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+class BasisSizeError(LanczosHessianError, MemoryError):
+    """The Lanczos bases asked for (``--ncv``, ``--k``, ``--num-steps`` x ``--num-probes``)
+    do not fit in the memory of the operator's device: refused before any allocation."""

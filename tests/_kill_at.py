@@ -7,6 +7,8 @@ POINT is where the N-th occurrence kills the process (what a preemption can hit)
 * ``streaming``: the N-th ``SpectrumWriter.start_streaming`` (the file created and declared,
   not yet in SWMR mode: N=1 is right after creation; N=2 in an SLQ run is between the
   deflation's results and the SLQ phase);
+* ``creation``: inside the N-th ``SpectrumWriter.set_attrs`` of the root group, the file
+  just created and flushed, its header not yet written;
 * ``final-write``: inside the N-th ``SpectrumWriter.write_arrays``, after one dataset is
   created and before anything is flushed (the results of a phase being written).
 """
@@ -36,6 +38,18 @@ def patch(point: str, n: int) -> None:
             return original(self)
 
         SpectrumWriter.start_streaming = start_streaming
+    elif point == "creation":
+        original = SpectrumWriter.set_attrs
+
+        def set_attrs(self, group, attrs):
+            if group == "/":
+                calls["count"] += 1
+                if calls["count"] == n:
+                    self.file.flush()
+                    die()
+            return original(self, group, attrs)
+
+        SpectrumWriter.set_attrs = set_attrs
     elif point == "final-write":
         original = SpectrumWriter.write_arrays
 

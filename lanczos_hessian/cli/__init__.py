@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 
-from ..errors import LanczosHessianError
+from ..errors import LanczosHessianError, RunInterrupted
 from .checks import check_args, writer_lock
 from .commands import COMMANDS
 from .options import build_parser
+from ..run.stopping import stop_on_signals
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -50,9 +52,23 @@ def closing_line_only(echo):
     return quiet
 
 
+def stopped_line(exc: RunInterrupted, args, argv) -> str:
+    """The one line a run stopped by a signal prints: what stopped it and how to continue
+    (the same command with ``--resume``, without ``--overwrite``)."""
+    out = getattr(args, "out", None)
+    if out is None or not hasattr(args, "resume"):
+        return f"{exc} (nothing to resume: rerun the command)"
+    if not os.path.exists(out):
+        return f"{exc} before {out} was created: rerun the command"
+    again = [a for a in argv if a != "--overwrite"] + ([] if args.resume else ["--resume"])
+    return (f"{exc}; {out} keeps every committed pass and is unlocked; continue with: "
+            f"{shlex.join(['lanczos-hessian', *again])}")
+
+
 def main(argv=None) -> int:
     from ..parallel.distributed import current_world, group_running, init_from_env, shutdown
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     ours = not group_running()  # a group started here is ended here
@@ -74,9 +90,13 @@ def main(argv=None) -> int:
     orderly = False
     try:
         check_args(args)
-        with writer_lock(args):
+        with stop_on_signals(), writer_lock(args):
             COMMANDS[args.command](args, echo)
         orderly = True
+    except RunInterrupted as exc:
+        print(f"lanczos-hessian {args.command}: {stopped_line(exc, args, argv)}",
+              file=sys.stderr)
+        return exc.exit_status
     except (LanczosHessianError, ValueError, FileNotFoundError, ImportError, MemoryError) as exc:
         print(f"lanczos-hessian {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ def writer_lock(args):
     refused at once, before any model is built (every rank learns of the refusal); the
     command's writers join it (:mod:`lanczos_hessian.storage.lock`)."""
     from ..parallel.distributed import current_world, default_device, gather_rows
-    from ..storage.hdf5 import check_output_location, clear_left_open
+    from ..storage.hdf5 import check_output_location, check_resume_path, clear_left_open
     from ..storage.lock import hold
 
     out, resume = getattr(args, "out", None), getattr(args, "resume", False)
@@ -53,6 +53,8 @@ def writer_lock(args):
             try:
                 if not resume:
                     check_output_location(out)
+                else:  # a directory or a device, refused before any model is built
+                    check_resume_path(out)
                 stack.enter_context(hold(out))
                 if resume:
                     clear_left_open(out)  # a killed writer's flags, before replicas read

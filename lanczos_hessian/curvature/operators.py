@@ -320,6 +320,8 @@ class CurvatureOperator(LinearOperator):
         provenance.update(objective_provenance(self.loss_fn))
         if self.num_samples is not None:
             provenance["num_samples"] = self.num_samples  # over all ranks
+        if self.data.num_samples is not None:  # tensors: the batch size splits the sums
+            provenance["batch_size"] = self.data.batch_size
         flat = self.flat_parameters().cpu().numpy()
         return {"provenance": provenance,
                 "fingerprints": {"model": hashlib.sha256(flat.tobytes()).hexdigest()[:16]}}

@@ -19,9 +19,11 @@ from ..linalg.hooks import Hooks
 from ..storage.agreement import read_before_main_reopens
 from ..storage.checkpoint import Checkpointer, read_replica
 from ..storage.hdf5 import open_spectrum
+from ..storage.settings import report_rounding, rounding_settings, saved_settings
 from ..contract import data_fingerprint_of, expect_data_fingerprint
 from .files import open_and_agree, record_num_samples, remove_shard_file, scratch_stores
 from .plan import Role
+from .stopping import at_safe_point, passes, stop_on_signals
 
 __all__ = ["Phase", "run_phases"]
 
@@ -74,7 +76,8 @@ def _hooks(role: Role, store, phase: Phase, count: int) -> Hooks:
     checkpoint_store.rewind(count)
     op = role.op
     checkpoint = (Checkpointer(checkpoint_store, stamp=lambda: data_fingerprint_of(op),
-                               on_restore=lambda saved: expect_data_fingerprint(op, saved))
+                               on_restore=lambda saved: expect_data_fingerprint(op, saved),
+                               after_commit=at_safe_point)
                   if role.main else Checkpointer(checkpoint_store))
     return Hooks(bases=checkpoint_store.basis_factory(role.location, role.device),
                  checkpoint=checkpoint, shard=role.shard)
@@ -147,11 +150,15 @@ def _prepare(role: Role, phases: list):
                 if phase.check is not None:
                     store.checkpoint(phase.name, role.rows, phase.num_vectors, phase.capacity,
                                      phase.num_bases).check_same_run(phase.check)
+                if role.main and not complete and phase.name in store.file:
+                    report_rounding(saved_settings(store.file[phase.name]), store.path,
+                                    phase.name)
             else:
                 if role.main:
                     phase.declare(store)
                 store.checkpoint(phase.name, role.rows, phase.num_vectors, phase.capacity,
-                                 phase.num_bases).declare(phase.state_settings)
+                                 phase.num_bases).declare({**phase.state_settings,
+                                                           **rounding_settings()})
             count = 0 if complete else store.checkpoint(
                 phase.name, role.rows, phase.num_vectors, phase.capacity,
                 phase.num_bases).count
@@ -172,6 +179,16 @@ def run_phases(role: Role, phases: list, *, seed, overwrite=False, attrs=None,
     one."""
     if not role.has_file:
         return _without_file(role, phases)
+    with stop_on_signals():
+        return _with_file(role, phases, seed=seed, overwrite=overwrite, attrs=attrs,
+                          identity=identity, keep_state=keep_state, disk_vectors=disk_vectors,
+                          append=append)
+
+
+def _with_file(role: Role, phases: list, *, seed, overwrite, attrs, identity, keep_state,
+               disk_vectors, append) -> list:
+    """:func:`run_phases` for a process with a file of its own; a signal stops it after its
+    next commit (:mod:`~lanczos_hessian.run.stopping`)."""
     if role.resume and role.shard is None:
         read_before_main_reopens(lambda: None, role.device)  # the replicas read first
     store, _, counts = open_and_agree(role, _prepare(role, phases), 2 * len(phases),
@@ -193,7 +210,8 @@ def run_phases(role: Role, phases: list, *, seed, overwrite=False, attrs=None,
             hooks = _hooks(role, store, phase, count)
             store.start_streaming()
             callback = phase.recorder(store) if role.records and not written else None
-            result = phase.solve(hooks, callback, results)
+            with passes():
+                result = phase.solve(hooks, callback, results)
             store.finish()
             if not written and (role.records or phase.reuse_finished):
                 phase.write(store, result)

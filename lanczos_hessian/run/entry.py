@@ -59,7 +59,8 @@ def eigs(op, out=None, *, k=20, which="LA", k_bottom=None, tol=1e-6, ncv=None,
     check_arguments(k, n, which, tol, ncv, max_matvecs, k_bottom, block_size)
     check_seed(seed)
     capacity = default_ncv(k, n, block_size, which) if ncv is None else min(ncv, n)
-    role = decide_role(op, out, shard_vectors, capacity, memory_budget, resume)
+    role = decide_role(op, out, shard_vectors, capacity, memory_budget, resume,
+                       named=f"--k {k} (k)" if ncv is None else f"--ncv {ncv} (ncv)")
     identity = identity_of(op)
     settings = {"k": k, "which": which, "k_bottom": k_bottom, "tol": tol, "ncv": ncv,
                 "block_size": block_size, "max_matvecs": max_matvecs, "seed": seed,
@@ -138,7 +139,8 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
         check_arguments(k, n, which, tol, k_bottom=k_b)
     capacity = min(num_steps, n - k)
     eigs_capacity = default_ncv(k, n, 1, which)
-    role = decide_role(op, out, shard_vectors, capacity * num_probes, memory_budget, resume)
+    role = decide_role(op, out, shard_vectors, capacity * num_probes, memory_budget, resume,
+                       named=f"--num-steps {num_steps} x --num-probes {num_probes}")
     if adaptive and role.shard is not None:
         raise ResumeError("an adaptive SLQ run (target_error) keeps whole vectors: run it "
                           "without --shard-vectors")

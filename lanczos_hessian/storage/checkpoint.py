@@ -274,12 +274,15 @@ class Checkpointer:
     nothing. The data check is plain data in and out, never the operator: ``stamp()``, when
     given, returns the data fingerprint (a float array) saved with every commit, and
     ``on_restore(fingerprint)`` receives the resumed run's (to check the data against it).
+    ``after_commit(finished)``, when given, is called after every commit (a safe point: the
+    run may stop there, :mod:`lanczos_hessian.run.stopping`).
     """
 
     def __init__(self, store: RunCheckpoint | None = None, stamp=None,
-                 committed: Committed | None = None, bases=None, on_restore=None):
+                 committed: Committed | None = None, bases=None, on_restore=None,
+                 after_commit=None):
         self.store, self.stamp, self.committed = store, stamp, committed
-        self.on_restore = on_restore
+        self.on_restore, self.after_commit = on_restore, after_commit
         self.replica_bases = bases or []
 
     def basis_factory(self, i, dim=None, capacity=None):
@@ -315,6 +318,8 @@ class Checkpointer:
                                                and np.size(fingerprint) else [],
                                                dtype=np.float64)
         self.store.save(small, vectors, finished)
+        if self.after_commit is not None:
+            self.after_commit(finished)
 
 
 def committed_state(path, group: str) -> Committed | None:

@@ -41,7 +41,7 @@ names are importable from here as before.
 from __future__ import annotations
 
 from .paths import (check_disk_space, check_free_space, check_output_location,
-                    check_output_path, format_bytes, shard_state_path)
+                    check_output_path, check_resume_path, format_bytes, shard_state_path)
 from .reader import COMMITTED, SpectrumRecord, decode_attrs, read_file, read_group
 from .recovery import (FORMAT, FORMAT_VERSION, LEFT_OPEN_WAIT, clear_left_open,
                        drop_resume_state, open_spectrum, recover_left_open)
@@ -50,6 +50,6 @@ from .writer import DEFAULT_RESERVE, SpectrumWriter, attr_items, is_disk_full, t
 __all__ = ["COMMITTED", "DEFAULT_RESERVE", "FORMAT", "FORMAT_VERSION", "LEFT_OPEN_WAIT",
            "SpectrumRecord", "SpectrumWriter", "attr_items", "check_disk_space",
            "check_free_space", "check_output_location", "check_output_path",
-           "clear_left_open", "decode_attrs", "drop_resume_state", "format_bytes",
+           "check_resume_path", "clear_left_open", "decode_attrs", "drop_resume_state", "format_bytes",
            "is_disk_full", "open_spectrum", "read_file", "read_group", "recover_left_open",
            "shard_state_path", "timing_attrs"]

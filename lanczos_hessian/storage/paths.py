@@ -8,17 +8,34 @@ from pathlib import Path
 
 from ..errors import OutputPathError
 
-__all__ = ["check_output_path", "check_output_location", "check_disk_space",
-           "check_free_space", "format_bytes", "shard_state_path"]
+__all__ = ["EMPTY_SHELL_BYTES", "empty_shell_hint", "check_output_path", "check_output_location", "check_resume_path",
+           "check_disk_space", "check_free_space", "format_bytes", "shard_state_path"]
 
 
 def check_output_path(path, overwrite: bool = False) -> Path:
     """Raise :class:`OutputPathError` unless ``path`` can be created (before any work)."""
-    path = Path(path)
+    path = check_output_location(path)  # a directory or a device: refused as such
     if path.exists() and not overwrite:
         raise OutputPathError(f"output file {path} exists; pass overwrite=True (--overwrite) "
-                              "to replace it, or choose another path")
-    return check_output_location(path)
+                              "to replace it, or choose another path" + empty_shell_hint(path))
+    return path
+
+
+#: A file this small holds no run (an HDF5 header alone takes more).
+EMPTY_SHELL_BYTES = 1024
+
+
+def empty_shell_hint(path) -> str:
+    """For a file too small to hold a run: the way out (a run killed while creating its file,
+    before files were created under a temporary name, left such a shell)."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return ""
+    if size >= EMPTY_SHELL_BYTES:
+        return ""
+    return (f"; at {size} bytes it holds no run (a run killed while creating it leaves such "
+            "a shell): rerun the command with --overwrite (overwrite=True) to replace it")
 
 
 def check_output_location(path) -> Path:
@@ -30,7 +47,11 @@ def check_output_location(path) -> Path:
                               f"{os.readlink(path)}); refusing to write through it: pass the "
                               "target's own path, or remove the link")
     if path.is_dir():
-        raise OutputPathError(f"output path {path} is a directory")
+        raise OutputPathError(f"output path {path} is a directory: --out (out) names the "
+                              f"run's file, e.g. {path}/run.h5")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(f"output path {path} is not a regular file (a device, a pipe or "
+                              "a socket): --out (out) must be a regular file or absent")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise OutputPathError(f"cannot write {path}: directory {parent} does not exist")
@@ -44,6 +65,19 @@ def check_output_location(path) -> Path:
         raise OutputPathError(f"cannot write {path}: directory {parent} is on a file system of "
                               "size 0 (a virtual file system such as /proc or /sys holds no "
                               "files); choose another path")
+    return path
+
+
+def check_resume_path(path) -> Path:
+    """The file a resume continues: when it exists, a regular file (links followed), not a
+    directory or a device (checked before any model is built)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"cannot resume {path}: it is a directory, not a run's file "
+                              f"(--out names the file, e.g. {path}/run.h5)")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(f"cannot resume {path}: it is not a regular file (a device, a "
+                              "pipe or a socket)")
     return path
 
 

@@ -8,8 +8,10 @@ import h5py
 
 from ..errors import SpectrumFileError
 from .recovery import decode_value, first_line, open_spectrum
+from .schema import declared_shape
 
-__all__ = ["COMMITTED", "SpectrumRecord", "read_group", "decode_attrs", "read_file"]
+__all__ = ["COMMITTED", "SpectrumRecord", "read_group", "check_shapes", "decode_attrs",
+           "read_file"]
 
 COMMITTED = "committed"
 
@@ -30,15 +32,45 @@ class SpectrumRecord(dict):
 
 
 def read_group(node: h5py.Group) -> SpectrumRecord:
-    """Arrays, attributes and committed step records of one run group."""
+    """Arrays, attributes and committed step records of one run group, their shapes checked
+    against the format (:func:`check_shapes`)."""
     arrays, steps = {}, {}
     for key, item in node.items():
         if key == "steps":
+            check_shapes(item)
             committed = int(item[COMMITTED][0]) if COMMITTED in item else 0
+            short = [k for k, ds in item.items()
+                     if k != COMMITTED and isinstance(ds, h5py.Dataset) and len(ds) < committed]
+            if short:
+                raise SpectrumFileError(
+                    f"{item.file.filename} is damaged: dataset {item.name}/{short[0]} holds "
+                    f"{len(item[short[0]])} rows but {item.name}/{COMMITTED} counts "
+                    f"{committed} (docs/FORMAT.md: one row per commit)")
             steps = {k: ds[:committed] for k, ds in item.items() if k != COMMITTED}
         elif isinstance(item, h5py.Dataset):
             arrays[key] = item[()]
+    check_shapes(node)
     return SpectrumRecord(arrays, decode_attrs(node.attrs), steps)
+
+
+def check_shapes(group: h5py.Group) -> None:
+    """Raise :class:`SpectrumFileError` naming the first dataset of ``group`` whose number
+    of axes, or length beside the dataset it is aligned with, is not the format's
+    (docs/FORMAT.md; :data:`~lanczos_hessian.storage.schema.SHAPES`)."""
+    for key, item in group.items():
+        shape = declared_shape(item.name) if isinstance(item, h5py.Dataset) else None
+        if shape is None:
+            continue
+        axes, aligned = shape
+        where = f"{group.file.filename}: dataset {item.name}"
+        if item.ndim != axes:
+            raise SpectrumFileError(f"{where} has shape {item.shape}, the format "
+                                    f"(docs/FORMAT.md) gives it {axes} "
+                                    f"ax{'is' if axes == 1 else 'es'}: the file is damaged")
+        other = group.get(aligned) if aligned else None
+        if isinstance(other, h5py.Dataset) and other.shape[:1] != item.shape[:1]:
+            raise SpectrumFileError(f"{where} has shape {item.shape} but {other.name}, which it "
+                                    f"is aligned with, has {other.shape}: the file is damaged")
 
 
 def decode_attrs(attrs) -> dict:
@@ -60,6 +92,8 @@ def read_file(path) -> dict:
             for key, item in handle.items():
                 if isinstance(item, h5py.Group):
                     out[key] = read_group(item)
+        except SpectrumFileError:
+            raise
         except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise SpectrumFileError(f"{path} is damaged or truncated: reading it failed "
                                     f"({first_line(exc)})") from exc

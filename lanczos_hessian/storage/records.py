@@ -201,9 +201,11 @@ def finished_eigenpairs(group) -> EigshResult:
 
 
 def rewind_steps(writer, group: str, count: int) -> None:
-    """Drop records appended after the last committed state (a kill between the two)."""
+    """Drop records appended after the last committed state (a kill between the two), after
+    checking that the records can be continued (:func:`check_growable`)."""
     try:
         steps = writer.file[f"{group}/steps"]
+        check_growable(steps, count, writer.path)
         if int(steps["committed"][0]) > count:
             steps["committed"][0] = count
             writer.file.flush()
@@ -212,3 +214,29 @@ def rewind_steps(writer, group: str, count: int) -> None:
 
         raise SpectrumFileError(f"{writer.path} is damaged: its {group} step records cannot "
                                 f"be read ({type(exc).__name__}: {exc})") from exc
+
+
+def check_growable(steps, count: int, path) -> None:
+    """Before a resume appends to the step records ``steps`` (an open group) from state
+    ``count``: every record is a chunked dataset that can grow along its first axis, with
+    the format's number of axes, at least as many rows as ``committed`` counts, which counts
+    at least the state's ``count``; else :class:`SpectrumFileError` naming the dataset."""
+    from ..errors import SpectrumFileError
+    from .reader import check_shapes
+
+    check_shapes(steps)
+    committed = int(steps["committed"][0])
+    if committed < count:
+        raise SpectrumFileError(f"{path} is damaged: {steps.name}/committed counts {committed} "
+                                f"records but the run's state was committed after {count}")
+    for key, ds in steps.items():
+        if key == "committed":
+            continue
+        if ds.chunks is None or ds.maxshape[0] is not None:
+            raise SpectrumFileError(f"{path} is damaged: dataset {ds.name} cannot grow (shape "
+                                    f"{ds.shape}, max {ds.maxshape}, chunks {ds.chunks}); the "
+                                    "format's records are chunked and unlimited along their "
+                                    "first axis (docs/FORMAT.md)")
+        if len(ds) < committed:
+            raise SpectrumFileError(f"{path} is damaged: dataset {ds.name} holds {len(ds)} "
+                                    f"rows but {steps.name}/committed counts {committed}")

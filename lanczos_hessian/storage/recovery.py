@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import OutputPathError, SpectrumFileError
 from .h5flags import clear_write_flags
 from .lock import LockHeldError, describe, no_live_writer
+from .paths import empty_shell_hint
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,11 @@ def open_for_reading(path: Path) -> h5py.File:
         return h5py.File(path, "r", locking=False)  # never block a running writer
     except OSError as exc:
         if "truncated" in str(exc) or "signature" in str(exc):
-            raise SpectrumFileError(f"{path} is truncated or not an HDF5 file ({exc})") from exc
+            raise SpectrumFileError(f"{path} is truncated or not an HDF5 file ({exc})"
+                                    + empty_shell_hint(path)) from exc
         if "already open for write" not in str(exc):  # damaged: SWMR would retry for minutes
-            raise SpectrumFileError(f"{path} is not a readable HDF5 file ({exc})") from exc
+            raise SpectrumFileError(f"{path} is not a readable HDF5 file ({exc})"
+                                    + empty_shell_hint(path)) from exc
         try:  # a file held open by a writer in SWMR mode
             return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
         except OSError:

@@ -217,6 +217,36 @@ def _run_paths(path: str):
     return ["/".join(parts[i:]) for i in range(len(parts))]
 
 
+#: The number of axes of each result and record dataset (docs/FORMAT.md, "dtype, shape"),
+#: checked by every reader; ``(axes, aligned with)``: a dataset whose length must be that
+#: of another of its group.
+SHAPES: dict[str, tuple] = {
+    "eigs/eigenvalues": (1, None),
+    "eigs/residual_bounds": (1, "eigenvalues"), "eigs/error_bounds": (1, "eigenvalues"),
+    "eigs/residuals": (1, "eigenvalues"), "eigs/converged": (1, "eigenvalues"),
+    "eigs/eigenvectors": (2, None), "eigs/alphas": (1, None), "eigs/betas": (1, None),
+    "slq/nodes": (2, None), "slq/weights": (2, "nodes"), "slq/alphas": (2, None),
+    "slq/betas": (2, None), "slq/num_nodes": (1, None), "slq/outliers": (1, None),
+    "slq/outlier_residuals": (1, "outliers"),
+    "eigs/steps/matvec": (1, None), "eigs/steps/alpha": (1, None),
+    "eigs/steps/beta": (1, None), "eigs/steps/ritz_values": (2, None),
+    "eigs/steps/residual_bounds": (2, None), "slq/steps/alpha": (2, None),
+    "slq/steps/beta": (2, None), "slq/steps/num_passes": (1, None),
+    "slq/steps/round": (1, None), "*/steps/committed": (1, None),
+}
+
+
+def declared_shape(path: str) -> tuple | None:
+    """``(axes, aligned with)`` of the dataset at ``path`` (:data:`SHAPES`; a run of another
+    name, ``blocks/fc1/eigs``, has the shapes of ``eigs``), or None when not declared."""
+    path = path.lstrip("/")
+    for key in _run_paths(path):
+        for pattern, entry in SHAPES.items():
+            if fnmatchcase(key, pattern):
+                return entry
+    return None
+
+
 def declared(path: str) -> Declared | None:
     """The declaration of the dataset at ``path`` (e.g. ``"/slq/nodes"``, or
     ``"/blocks/fc1/eigs/eigenvalues"`` in a run of another name), or None."""

@@ -4,11 +4,20 @@ dropped keeps its settings as the group's own attributes."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..errors import ResumeError
 
-__all__ = ["STATE", "state_dropped", "saved_settings", "check_settings", "plain_value"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["STATE", "state_dropped", "saved_settings", "check_settings", "plain_value",
+           "ADDED_LATER", "rounding_settings", "report_rounding"]
+
+#: Settings recorded since the resume identity took in the summation order (files written
+#: before lack them): not checked when the file has none, so that such files still resume.
+ADDED_LATER = frozenset({"batch_size", "device"})
 
 #: The subgroup of a run's group that holds its resume state.
 STATE = "state"
@@ -36,6 +45,7 @@ def check_settings(saved: dict, settings: dict, path, group: str, dropped: bool 
     differences = [
         f"{key}: file has {saved.get(key)!r}, this run has {plain_value(value)!r}"
         for key, value in settings.items() if plain_value(value) != saved.get(key)
+        and not (key in ADDED_LATER and key not in saved)
     ]
     if not differences:
         return
@@ -63,3 +73,28 @@ def plain_value(value):
     if isinstance(value, str) and value == "None":
         return None
     return value
+
+
+def rounding_settings() -> dict:
+    """What changes a run's floating-point rounding but not what it computes: the torch
+    version (its kernels) and the number of CPU threads (how a reduction is split). Recorded
+    with a run's state; a resume under others is reported (:func:`report_rounding`), not
+    refused."""
+    import torch
+
+    return {"torch_version": str(torch.__version__), "num_threads": torch.get_num_threads()}
+
+
+def report_rounding(saved: dict, path, group: str) -> list:
+    """Warn, naming each, when this process's :func:`rounding_settings` differ from the ones
+    the run of ``group`` recorded: the continuation then equals the undisturbed run to
+    rounding, not bit for bit. Returns the differences (empty: bit-identical continuation;
+    a file that recorded none is not compared)."""
+    differences = [f"{key}: file has {saved[key]!r}, this process has {value!r}"
+                   for key, value in rounding_settings().items()
+                   if key in saved and plain_value(saved[key]) != value]
+    if differences:
+        logger.warning("resuming the %s run of %s under other rounding (%s): the continuation "
+                       "equals the undisturbed run to rounding, not bit for bit", group, path,
+                       "; ".join(differences))
+    return differences

@@ -174,10 +174,24 @@ class SpectrumWriter:
             return
         check_output_path(self.path, overwrite)
         self._keep_reserve(reserve, space)
+        partial = creating_path(self.path)
         try:
-            self.file = h5py.File(self.path, "w", libver="latest")
+            self.file = h5py.File(partial, "w", libver="latest")
         except OSError as exc:
             raise OutputPathError(f"cannot create {self.path}: {exc}") from exc
+        try:
+            self._write_root(attrs)
+            self.file.close()
+            os.replace(partial, self.path)  # whole, with its header, or not there at all
+            self.file = h5py.File(self.path, "r+", libver="latest")
+        except BaseException:
+            if self.file is not None and self.file.id.valid:
+                self.file.close()
+            partial.unlink(missing_ok=True)
+            raise
+
+    def _write_root(self, attrs) -> None:
+        """The root group's format, versions, creation and the caller's provenance."""
         root = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -343,6 +357,14 @@ class SpectrumWriter:
         steps[COMMITTED][0] = count + 1
         self.file.flush()
         return count + 1
+
+
+def creating_path(path) -> Path:
+    """Where a new file is written until its header is complete, then renamed to ``path``
+    (``run.h5`` -> ``.run.h5.creating``): a kill at creation leaves no file at ``path`` that
+    would lock the rerun out, only this hidden one, which the rerun overwrites."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.creating")
 
 
 def record_value(value):
