@@ -309,7 +309,6 @@ class CurvatureOperator(LinearOperator):
         ``fingerprints`` (``model``: SHA-256, first 16 hex digits, of the selected
         parameters as float64 bytes; a resume with other parameters is refused)."""
         import hashlib
-
         provenance = {
             "operator": self.kind, "num_params": self.shape[0],
             "param_names": list(self.space.names),
@@ -329,8 +328,7 @@ class CurvatureOperator(LinearOperator):
     def partition(self, world_size: int) -> list:
         """Row offsets of each rank's rows of a sharded vector: an even split of the
         parameter vector (``world_size + 1`` offsets from 0 to ``M``)."""
-        n = self.shape[0]
-        return [n * r // world_size for r in range(world_size + 1)]
+        return [self.shape[0] * r // world_size for r in range(world_size + 1)]
 
 
 class HessianOperator(CurvatureOperator):
