@@ -34,6 +34,7 @@ per-batch products :mod:`lanczos_hessian.curvature.curvatures`, the choice of st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -308,7 +309,6 @@ class CurvatureOperator(LinearOperator):
         operator, loss, dtypes, device, strategy, sample count once known) and
         ``fingerprints`` (``model``: SHA-256, first 16 hex digits, of the selected
         parameters as float64 bytes; a resume with other parameters is refused)."""
-        import hashlib
         provenance = {
             "operator": self.kind, "num_params": self.shape[0],
             "param_names": list(self.space.names),
