@@ -3,7 +3,7 @@
 #
 # A percent-format script: run it whole (`python examples/tutorial.py`), cell by cell in an
 # editor that knows `# %%` cells, or as a notebook (`jupytext --to notebook`). The tests run
-# it (`tests/test_tutorial.py`), so it stays in step with the package. It writes its file and
+# it (`tests/examples/test_tutorial.py`), so it stays in step with the package. It writes its file and
 # figures to `$TUTORIAL_OUT` (default `tutorial_out/`) and takes about half a minute on a CPU.
 #
 # The steps: train a small network; its top and bottom eigenpairs with residual bounds; the

@@ -3,7 +3,7 @@
 Everything else in this repository is tested on the CPU with gloo. This script is what a
 session lent a GPU runs, once, in a few minutes, and what it writes (one JSON file, one
 table on stdout) is what goes into docs/BENCHMARKS.md. Not yet run on a GPU: the session
-that wrote it had none; it was tested on the CPU with ``--device cpu`` (tests/test_device_check.py).
+that wrote it had none; it was tested on the CPU with ``--device cpu`` (tests/scripts/test_device_check.py).
 
     python scripts/device_check.py --json out/device_check.json            # full, < 8 min, one H200
     python scripts/device_check.py --quick --json out/device_check.json    # < 3 min

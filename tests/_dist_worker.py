@@ -1,4 +1,4 @@
-"""One rank of the 2-process gloo runs of ``tests/test_distributed.py``.
+"""One rank of the 2-process gloo runs of ``tests/parallel/test_distributed.py``.
 
 Run as ``python tests/_dist_worker.py <scenario> <outdir>`` with ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; each rank writes what it computed

@@ -1,4 +1,4 @@
-"""Worker for tests/test_sharded.py: one rank of a 2-process gloo group.
+"""Worker for tests/parallel/test_sharded.py: one rank of a 2-process gloo group.
 
 Usage: python _shard_worker.py OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set).
 Computes the same eigenpairs with Lanczos vectors sharded across ranks, on a dense matrix

@@ -1,7 +1,7 @@
 """Hostile inputs to the run layer, its files and its command line (issue 24, cases 1, 2, 4,
 5, 6, 8 and 11): each refused or reported by name, before any expensive work where
 possible, instead of a silent change of the numbers, a file that locks the user out, or a
-raw traceback. (Cases 9 and 10, the signals, are tests/test_signals.py.)"""
+raw traceback. (Cases 9 and 10, the signals, are tests/run/test_signals.py.)"""
 
 import logging
 import os

@@ -51,7 +51,7 @@ def slq(op, num_probes: int = 10, num_steps: int = 80, *, probe: str = "rademach
         about ``sqrt(2 / (n P))`` for a flat spectrum.
     num_steps : int
         Lanczos steps ``m >= 1`` per probe (= block applications); default 80. Measured in
-        ``tests/test_slq.py`` on a uniform spectrum: ``W1 ~ 0.26 * range / m`` between the
+        ``tests/linalg/test_slq.py`` on a uniform spectrum: ``W1 ~ 0.26 * range / m`` between the
         quadrature measure and the true one until probe noise dominates, so 80 steps resolve
         the measure to ~0.3% of its range.
     probe : {"rademacher", "gaussian"}

@@ -16,7 +16,7 @@ from lanczos_hessian import HessianOperator, read_file, run
 from lanczos_hessian.curvature import precision
 from lanczos_hessian.curvature.precision import tf32_flags, tf32_mode
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import device_check  # noqa: E402

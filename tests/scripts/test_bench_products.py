@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import bench_products  # noqa: E402
 
 COLUMNS = {"gradient", "bare double backward", "bare forward-over-reverse", "ours default",

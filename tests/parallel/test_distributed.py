@@ -36,7 +36,7 @@ from lanczos_hessian.parallel.distributed import (
 from lanczos_hessian.curvature.data import DataSource
 from lanczos_hessian.errors import InvalidDataError, LanczosHessianError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 120  # per launch: a hang fails the test after this long
 RTOL = 1e-12
 

@@ -17,8 +17,8 @@ from lanczos_hessian import contract, run
 from lanczos_hessian.errors import ResumeError
 from lanczos_hessian.storage.hdf5 import read_file
 
-SCRIPT = str(Path(__file__).parent / "_linop_run.py")
-PACKAGE = Path(__file__).parent.parent / "lanczos_hessian"
+SCRIPT = str(Path(__file__).parents[1] / "_linop_run.py")
+PACKAGE = Path(__file__).parents[2] / "lanczos_hessian"
 
 
 def launch(kind, out, kill_at, *flags):
@@ -55,7 +55,7 @@ class Preempted(Exception):
 def test_a_plain_linear_operator_stopped_in_process_resumes_bit_identically(tmp_path, kind):
     """The fast tier's check of the above: stopped by an exception at its 9th product, the
     run resumes (a new operator, as a new process would build) to the uninterrupted numbers."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from _linop_run import Killed, matrix
 
     class Stopped(Killed):
@@ -83,7 +83,7 @@ def test_a_plain_linear_operator_stopped_in_process_resumes_bit_identically(tmp_
 def test_an_operator_identity_is_what_a_resume_checks(tmp_path):
     """A fingerprint the operator offers is a setting of the run: another matrix under the
     same fingerprint name is refused."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))
     from _linop_run import Killed, matrix
 
     out = tmp_path / "run.h5"

@@ -23,7 +23,7 @@ from lanczos_hessian.cli import main
 from lanczos_hessian.linalg.slq import split_seed
 from lanczos_hessian.storage.hdf5 import read_file
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "read_plain_h5.py"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "read_plain_h5.py"
 LOSS = torch.nn.CrossEntropyLoss()
 SLQ = dict(num_probes=3, num_steps=12, k_top=2, seed=4, progress=False)
 

@@ -13,7 +13,7 @@ import torch
 from conftest import make_mlp, mlp_data, spectrum_matrix
 from lanczos_hessian import HessianOperator, lanczos_eigsh, slq
 
-WORKER = Path(__file__).parent / "_shard_worker.py"
+WORKER = Path(__file__).parents[1] / "_shard_worker.py"
 
 
 def free_port():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-TUTORIAL = Path(__file__).resolve().parents[1] / "examples" / "tutorial.py"
+TUTORIAL = Path(__file__).resolve().parents[2] / "examples" / "tutorial.py"
 
 
 @pytest.mark.slow

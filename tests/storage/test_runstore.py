@@ -18,9 +18,9 @@ from lanczos_hessian.errors import OutputPathError
 from lanczos_hessian.storage.hdf5 import read_file
 from lanczos_hessian.storage.runstore import RunStore, holds_state
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 from _linop_run import Killed, matrix  # noqa: E402
-from test_resume import PROBLEMS, TIMEOUT, committed_steps, problem_env, run_until  # noqa: E402
+from cli_runs import PROBLEMS, TIMEOUT, committed_steps, problem_env, run_until  # noqa: E402
 
 
 class Preempted(Exception):

@@ -41,7 +41,7 @@ def test_slq_and_deflated_slq_against_the_exact_spectrum(trained):
     deflated = slq(op, num_probes=8, num_steps=30, rng=0, deflate=eig)
     w_deflated = wasserstein1(*quadrature_measure(deflated), *exact_measure(exact))
     # Bounds: the quadrature error of m Gauss nodes is about 0.26 * range / m on a flat
-    # spectrum (tests/test_slq.py): 0.0087 * range for m = 30. Measured here over seeds
+    # spectrum (tests/linalg/test_slq.py): 0.0087 * range for m = 30. Measured here over seeds
     # 0-2: plain 0.0024-0.0035, deflated 0.0010-0.0015 of the range. A wrong scale (a
     # missing 1/N), a wrong sign or unconverged outliers move W1 by tens of percent.
     assert w_plain <= 0.01 * spread, (w_plain, spread)

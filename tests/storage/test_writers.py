@@ -32,7 +32,7 @@ from lanczos_hessian.storage.hdf5 import (
     read_file,
 )
 from lanczos_hessian.storage.lock import WriterLock, hold, holder_of, lock_path
-from test_resume import (
+from cli_runs import (
     COMMAND,
     PROBLEMS,
     SLQ_COMMAND,
@@ -43,7 +43,7 @@ from test_resume import (
     run_until,
 )
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 HOLDER = """
 import fcntl, json, os, sys
 fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)

@@ -14,7 +14,7 @@ import pytest
 
 from lanczos_hessian.storage.hdf5 import read_file
 from lanczos_hessian.storage.lock import lock_path
-from test_resume import COMMAND, TIMEOUT, committed_steps, problem_env
+from cli_runs import COMMAND, TIMEOUT, committed_steps, problem_env
 
 #: Each forward sleeps 20 ms: a pass over the 90 samples (3 batches of 30) takes 60 ms.
 SLEEP = "0.02"

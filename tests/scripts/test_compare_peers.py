@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_peers.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "compare_peers.py"
 pytestmark = pytest.mark.slow  # a benchmark script's run (about 2 s), not the package
 
 
