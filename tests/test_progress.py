@@ -31,8 +31,24 @@ def test_status_lines_name_what_they_count_and_the_time_left():
     assert lines[0].startswith("Lanczos: 1 pass in") and lines[1].startswith("Lanczos: 2 passes")
     timed = io.StringIO()
     bar = Progress("SLQ", "step", total=10, stream=timed, every=0.0)
-    bar.update(4)
+    bar.update(1)  # the first update gives no rate of its own: no time left yet
+    assert "1/10 step in" in timed.getvalue() and "s left" not in timed.getvalue()
+    bar.update(3)
     assert "4/10 steps" in timed.getvalue() and "s left" in timed.getvalue()
+
+
+def test_the_time_left_is_the_rate_after_the_first_update(monkeypatch):
+    """A first pass of 60 s (one-time costs) then passes of 10 s: 8 passes left take 80 s,
+    not the 8 x 35 s that the mean over all passes (the first included) would say."""
+    now = [0.0]
+    monkeypatch.setattr("lanczos_hessian.progress.time.monotonic", lambda: now[0])
+    bar = Progress("SLQ", "step", total=10, stream=io.StringIO(), every=3600)
+    now[0] = 60.0
+    bar.update(1)
+    assert bar.seconds_left() is None
+    now[0] = 70.0
+    bar.update(1)
+    assert bar.seconds_left() == pytest.approx(80.0)
 
 
 def test_solvers_write_no_carriage_returns_into_a_log(capsys):
