@@ -73,3 +73,23 @@ def test_logistic_regression_quick(tmp_path, seed):
         assert abs(value / small["bbp_prediction"] - 1) < 0.05
     assert all(r < sweep["2.0"]["paper_ratio_to_alpha_1"] for r in sweep["2.0"]["ratio_to_alpha_1"])
     assert all(r > small["paper_ratio_to_alpha_1"] for r in small["ratio_to_alpha_1"])
+
+
+def test_fig6_2016_quick(tmp_path):
+    """[S16] Fig. 6 as published: the 18-, 74- and 162-parameter two-blob networks after
+    training, five seeds each. On every network: two eigenvalues stand above the rest
+    (lambda_1 >= 3 abs(lambda_3)), at least half of the eigenvalues are within 1e-3
+    lambda_1 of zero, and the diagonal layer blocks hold less than 60% of norm(H)_F^2."""
+    import numpy as np
+    from exp_fig6_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert [r["num_params"] for r in out["sizes"]] == [18, 74, 162]
+    for row in out["sizes"]:
+        assert len(row["networks"]) == 5
+        for net in row["networks"]:
+            assert net["lambda_1_over_lambda_3"] >= 3
+            assert net["fraction_near_zero"] >= 0.5
+            assert 0 < net["diagonal_block_share"] < 0.6
+        assert np.all(np.asarray(row["grad_norm"]) < 0.05)
+    assert (tmp_path / "exp_fig6_2016.png").stat().st_size > 0
