@@ -93,3 +93,21 @@ def test_fig6_2016_quick(tmp_path):
             assert 0 < net["diagonal_block_share"] < 0.6
         assert np.all(np.asarray(row["grad_norm"]) < 0.05)
     assert (tmp_path / "exp_fig6_2016.png").stat().st_size > 0
+
+
+def test_hidden_sizes_2016_quick(tmp_path):
+    """[S16] Fig. 1 right and Fig. 2 (exact spectra of 784-k-k-10 networks), on both seeds:
+    after training most eigenvalues sit within 1e-3 lambda_max of zero; at a random point the
+    negative side relative to lambda_max is larger on random inputs than on MNIST; training
+    on random inputs shrinks it."""
+    from exp_hidden_sizes_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert [r["num_params"] for r in out["fig1"][:2]] == [807, 1606]
+    for row in out["fig1"]:
+        assert row["near_zero"] >= 0.9
+    for s in out["settings"]["seeds"]:
+        r = {(x["data"], x["point"]): x for x in out["fig2"] if x["seed"] == s}
+        rel = {key: abs(v["lambda_min"]) / v["lambda_max"] for key, v in r.items()}
+        assert rel[("random", "init")] > rel[("MNIST", "init")]
+        assert rel[("random", "trained")] < 0.1 * rel[("random", "init")]
