@@ -21,7 +21,7 @@ outside it. This measures both, on a grid of radii:
   hundreds of radii away, so their end point no longer depends on where they started).
 
 Data and network: 1,000 MNIST digits, MLP 784-32-10 with ReLU (25,450 parameters), cross
-entropy; d in {10, 100}; r in {0.03, 0.1, 0.3, 1, 3, 10}; seeds 0-2 (the seed draws w_0 and
+entropy; d in {10, 100}; r in {0.03, 0.1, 0.3, 1, 3, 10}; seeds 0-4 (the seed draws w_0 and
 P). Quick mode: 300 digits, MLP 784-16-10, d in {10, 50}, r in {0.1, 1, 10}, 200 steps, seeds
 0-1.
 """
@@ -49,7 +49,7 @@ NAME = "goldilocks"
 LR = 0.01
 STEP_RULES = ("fixed", "scaled")  # Adam lr = LR, or LR * r (the same step relative to r)
 FULL = {"n": 1000, "hidden": 32, "dims": (10, 100), "radii": (0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
-        "steps": 500, "seeds": (0, 1, 2)}
+        "steps": 500, "seeds": (0, 1, 2, 3, 4)}
 QUICK = {"n": 300, "hidden": 16, "dims": (10, 50), "radii": (0.1, 1.0, 10.0), "steps": 200,
          "seeds": (0, 1)}
 

@@ -233,6 +233,55 @@ def quantiles(result, probabilities) -> np.ndarray:
     return np.interp(probabilities, cdf, nodes)
 
 
+def bulk_measure(result) -> tuple:
+    """The deflated part of an SLQ estimate as one measure: every probe's Gauss nodes with
+    weights ``w[p, i] (n - k) / (n P)`` (the mass of the ``n - k`` eigenvalues not deflated),
+    sorted; the ``k`` deflated eigenvalues are left out (draw them as exact values)."""
+    nodes, weights = np.asarray(result.nodes), np.asarray(result.weights)
+    keep = (weights > 0) & np.isfinite(nodes)
+    scale = (result.dim - len(result.outliers)) / (result.dim * nodes.shape[0])
+    x, w = nodes[keep], weights[keep] * scale
+    order = np.argsort(x)
+    return x[order], w[order]
+
+
+def bulk_density(result, grid, width: float) -> np.ndarray:
+    """Density (per unit eigenvalue, as a fraction of all ``n`` eigenvalues) of the
+    deflated part of an SLQ estimate, smoothed by a Gaussian kernel of standard deviation
+    ``width``: ``sum_i w_i g_width(t - theta_i)`` over :func:`bulk_measure`."""
+    x, w = bulk_measure(result)
+    z = (np.asarray(grid)[:, None] - x[None, :]) / width
+    return (np.exp(-0.5 * z * z) @ w) / (width * np.sqrt(2 * np.pi))
+
+
+def smoothed_cdf(result, grid, width: float, exact=()) -> np.ndarray:
+    """Fraction of all ``n`` eigenvalues at or below each point of ``grid``: the ``exact``
+    eigenvalues (each of mass ``1/n``, counted as steps) plus the deflated part of the SLQ
+    estimate with its nodes smoothed by a Gaussian kernel of standard deviation ``width``
+    (the integral of :func:`bulk_density`)."""
+    from scipy.special import ndtr
+
+    x, w = bulk_measure(result)
+    t = np.asarray(grid, dtype=float)
+    steps = np.searchsorted(np.sort(np.asarray(exact, dtype=float)), t, side="right")
+    return ndtr((t[:, None] - x[None, :]) / width) @ w + steps / result.dim
+
+
+def smoothed_quantiles(result, probabilities, width: float, exact=()) -> np.ndarray:
+    """Quantiles of :func:`smoothed_cdf` (bisection on the monotone CDF): the eigenvalue
+    below which a fraction ``p`` of all ``n`` lie, without the staircase of the raw nodes."""
+    x, _ = bulk_measure(result)
+    ends = np.concatenate([x, np.asarray(exact, dtype=float)])
+    target = np.asarray(probabilities, dtype=float)
+    lo = np.full(target.shape, ends.min() - 8 * width)
+    hi = np.full(target.shape, ends.max() + 8 * width)
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        below = smoothed_cdf(result, mid, width, exact) < target
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
 def counts_dict(counts) -> dict:
     return {"gap": counts.gap, "ratio": counts.ratio, "elbow": counts.elbow}
 

@@ -73,3 +73,41 @@ def test_logistic_regression_quick(tmp_path, seed):
         assert abs(value / small["bbp_prediction"] - 1) < 0.05
     assert all(r < sweep["2.0"]["paper_ratio_to_alpha_1"] for r in sweep["2.0"]["ratio_to_alpha_1"])
     assert all(r > small["paper_ratio_to_alpha_1"] for r in small["ratio_to_alpha_1"])
+
+
+def test_fig6_2016_quick(tmp_path):
+    """[S16] Fig. 6 as published: the 18-, 74- and 162-parameter two-blob networks after
+    training, five seeds each. On every network: two eigenvalues stand above the rest
+    (lambda_1 >= 3 abs(lambda_3)), at least half of the eigenvalues are within 1e-3
+    lambda_1 of zero, and the diagonal layer blocks hold less than 60% of norm(H)_F^2."""
+    import numpy as np
+    from exp_fig6_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert [r["num_params"] for r in out["sizes"]] == [18, 74, 162]
+    for row in out["sizes"]:
+        assert len(row["networks"]) == 5
+        for net in row["networks"]:
+            assert net["lambda_1_over_lambda_3"] >= 3
+            assert net["fraction_near_zero"] >= 0.5
+            assert 0 < net["diagonal_block_share"] < 0.6
+        assert np.all(np.asarray(row["grad_norm"]) < 0.05)
+    assert (tmp_path / "exp_fig6_2016.png").stat().st_size > 0
+
+
+def test_hidden_sizes_2016_quick(tmp_path):
+    """[S16] Fig. 1 right and Fig. 2 (exact spectra of 784-k-k-10 networks), on both seeds:
+    after training most eigenvalues sit within 1e-3 lambda_max of zero; at a random point the
+    negative side relative to lambda_max is larger on random inputs than on MNIST; training
+    on random inputs shrinks it."""
+    from exp_hidden_sizes_2016 import main
+
+    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    assert [r["num_params"] for r in out["fig1"][:2]] == [807, 1606]
+    for row in out["fig1"]:
+        assert row["near_zero"] >= 0.9
+    for s in out["settings"]["seeds"]:
+        r = {(x["data"], x["point"]): x for x in out["fig2"] if x["seed"] == s}
+        rel = {key: abs(v["lambda_min"]) / v["lambda_max"] for key, v in r.items()}
+        assert rel[("random", "init")] > rel[("MNIST", "init")]
+        assert rel[("random", "trained")] < 0.1 * rel[("random", "init")]

@@ -1,0 +1,126 @@
+"""Sagun, Bottou and LeCun 2016, Fig. 1 right and Fig. 2: exact Hessian spectra of 784-k-k-10
+networks on MNIST as k grows, and of the same architecture on random inputs against MNIST.
+
+[S16] Sec. 2: 1,000 MNIST digits, ReLU, softmax with negative log-likelihood, full-batch
+gradient descent; Fig. 1 right: the eigenvalue histograms after training for growing k (its
+parameter count ``(784+1)k + (k+1)k + (k+1)10`` is two hidden layers of k); Fig. 2: the
+k = 10 network at a random point on MNIST and on random inputs, and after training on random
+inputs. Here: k = 2, 3 and 5 (1,606 to 4,040 parameters; the exact float64 Hessian and all its
+eigenvalues), GD at learning rate 0.1 for 2,000 steps, Fig. 2 at k = 5; random inputs are
+i.i.d. N(0, 1) pixels with random labels. Five seeds (initialization, and the random inputs).
+
+Per spectrum: lambda_max, lambda_min, the fraction of eigenvalues within 1e-3 lambda_max of
+zero ("singular"), the fraction below -1e-3 lambda_max. Quick mode: 150 digits, k = 1 and 2,
+Fig. 2 at k = 2, 300 steps, two seeds.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import expcommon as ec  # noqa: E402
+
+from lanczos_hessian.examples.datasets import load_mnist  # noqa: E402
+from lanczos_hessian.examples.models import mlp, num_parameters  # noqa: E402
+from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
+from lanczos_hessian.storage.runstore import RunStore  # noqa: E402
+
+NAME = "hidden_sizes_2016"
+LR = 0.1
+FULL = {"n": 1000, "ks": (2, 3, 5), "fig2_k": 5, "steps": 2000, "seeds": 5}
+QUICK = {"n": 150, "ks": (1, 2), "fig2_k": 2, "steps": 300, "seeds": 2}
+
+
+def stats(values: np.ndarray) -> dict:
+    """The summary of one exact spectrum (ascending ``values``)."""
+    top = float(values[-1])
+    return {"lambda_max": top, "lambda_min": float(values[0]),
+            "near_zero": float(np.mean(np.abs(values) <= 1e-3 * top)),
+            "below": float(np.mean(values < -1e-3 * top))}
+
+
+def spectrum(k, x, y, seed, steps):
+    """All eigenvalues of the exact Hessian of a seeded 784-k-k-10 ReLU MLP after ``steps``
+    GD steps (none: the random point), with the final loss and accuracy."""
+    torch.manual_seed(seed)
+    model = mlp([784, k, k, 10], "relu")
+    loss_fn = torch.nn.CrossEntropyLoss()
+    if steps:
+        train(model, loss_fn, x, y, steps=steps, lr=LR, rng=seed)
+    loss, acc = evaluate(model, loss_fn, x, y)
+    values = ec.dense_eigenvalues(model, loss_fn, (x, y), batch_size=len(x))
+    return values, {"num_params": num_parameters(model), "loss": loss, "accuracy": acc,
+                    **stats(values)}
+
+
+def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
+    ec.setup()
+    timer = ec.Timer()
+    cfg = QUICK if quick else FULL
+    paths = ec.out_paths(NAME, out_dir, quick)
+    x, y = load_mnist(cfg["n"], flatten=True)
+    seeds = [seed + s for s in range(cfg["seeds"])]
+    attrs = {"experiment": NAME, "quick": quick, "seed": seed, "seeds": seeds,
+             "num_samples": cfg["n"], "hidden": list(cfg["ks"]), "fig2_hidden": cfg["fig2_k"],
+             "steps": cfg["steps"], "learning_rate": LR,
+             "paper": "Sagun, Bottou, LeCun 2016, Fig. 1 right and Fig. 2"}
+    fig1, fig2, drawn = [], [], {}
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
+        for s in seeds:
+            g = torch.Generator().manual_seed(s)
+            xr, yr = torch.randn(x.shape, generator=g), torch.randint(0, 10, (len(y),), generator=g)
+            for k in cfg["ks"]:
+                values, row = spectrum(k, x, y, s, cfg["steps"])
+                writer.write_arrays(f"seed{s}/mnist_k{k}_trained", {"eigenvalues": values})
+                fig1.append({"seed": s, "k": k, **row})
+                if s == seed:
+                    drawn[f"MNIST, k = {k}, trained"] = values
+                echo(f"seed {s} k={k} ({row['num_params']} p): loss {row['loss']:.2g} | lmax "
+                     f"{row['lambda_max']:.3g} | near 0 {row['near_zero']:.3f} | below "
+                     f"{row['below']:.4f} [{timer():.0f} s]")
+            k = cfg["fig2_k"]
+            for data, (xx, yy), steps in (("MNIST", (x, y), 0), ("random", (xr, yr), 0),
+                                         ("random", (xr, yr), cfg["steps"])):
+                point = "trained" if steps else "init"
+                values, row = spectrum(k, xx, yy, s, steps)
+                writer.write_arrays(f"seed{s}/{data}_k{k}_{point}", {"eigenvalues": values})
+                fig2.append({"seed": s, "data": data, "point": point, **row})
+                if s == seed:
+                    drawn[f"{data}, k = {k}, {point}"] = values
+                echo(f"seed {s} {data} {point}: lmax {row['lambda_max']:.3g} lmin "
+                     f"{row['lambda_min']:.3g} | near 0 {row['near_zero']:.3f} [{timer():.0f} s]")
+    plot(drawn, cfg, paths["png"])
+    payload = {"experiment": NAME, "quick": quick, "settings": attrs, "fig1": fig1,
+               "fig2": fig2, "seconds": timer(), "cpu_seconds": timer.cpu()}
+    ec.write_json(paths["json"], payload)
+    echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
+    return payload
+
+
+def plot(drawn: dict, cfg, path):
+    """Histograms (log counts) of the exact spectra of the first seed: Fig. 1 right (trained,
+    growing k) and Fig. 2 (k fixed: MNIST at init, random inputs at init and trained)."""
+    plt = ec.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, keys in ((axes[0], [f"MNIST, k = {k}, trained" for k in cfg["ks"]]),
+                     (axes[1], [f"MNIST, k = {cfg['fig2_k']}, init",
+                                f"random, k = {cfg['fig2_k']}, init",
+                                f"random, k = {cfg['fig2_k']}, trained"])):
+        for i, key in enumerate(keys):
+            values = drawn[key]
+            scaled = values / values[-1]
+            ax.hist(scaled, bins=np.linspace(-1, 1, 201), histtype="step", lw=1,
+                    color=f"C{i}", label=f"{key} ({values.size} p, lmax {values[-1]:.3g})")
+        ax.set(yscale="log", xlabel="lambda / lambda_max (bins of 0.01)", ylabel="count")
+    axes[0].set_title("[S16] Fig. 1 right: trained, growing k (exact)")
+    axes[1].set_title("[S16] Fig. 2: MNIST against random inputs (exact)")
+    ec.finish_figure(fig, axes, path)
+
+
+if __name__ == "__main__":
+    ec.command_line(__doc__, main)
