@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+#: End-to-end language-model runs (Hugging Face import, whole commands): the slow tier.
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

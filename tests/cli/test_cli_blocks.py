@@ -8,6 +8,9 @@ from lanczos_hessian.cli import main
 from lanczos_hessian.cli.blocks import parse_block
 from lanczos_hessian.blocks import Slice
 
+#: End-to-end language-model runs (Hugging Face import, whole commands): the slow tier.
+pytestmark = pytest.mark.slow
+
 
 def test_parse_block():
     block = parse_block("q=attn.in_proj_weight[0,0:4]+attn.in_proj_bias[0,0:4]")

@@ -9,6 +9,9 @@ from lanczos_hessian import HessianOperator, InvalidLossError, InvalidModelError
 
 from lm_problems import VOCAB, dense_lm_hessian, pad_batches, sequences
 
+#: End-to-end language-model runs (Hugging Face import, whole commands): the slow tier.
+pytestmark = pytest.mark.slow
+
 transformers = pytest.importorskip(
     "transformers", reason="the Hugging Face extra is not installed (pip install "
     "'lanczos_hessian[test]' installs transformers)")
