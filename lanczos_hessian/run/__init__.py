@@ -13,18 +13,8 @@ scripts call. The package reads like its plan:
 * :mod:`~lanczos_hessian.run.files`: opening the store and the ranks' agreement.
 
 Each entry point hands every solver the plumbing its role implies
-(:class:`~lanczos_hessian.linalg.hooks.Hooks`):
-
-=================  ======================================  =================================
-this process       bases                                   checkpoint / records
-=================  ======================================  =================================
-no file            its own: memory, or a scratch file      none
-writer             the run's file (on disk, or in memory   commits every step; records the
-                   mirrored to it)                         steps and the results (rank 0)
-replica            its own copy                            on resume, the committed state
-                                                           read before rank 0 reopens
-shard              its rows, in its own file               commits its rows every step
-=================  ======================================  =================================
+(:class:`~lanczos_hessian.linalg.hooks.Hooks`); the four roles (no file, writer, replica,
+shard) and what each keeps are tabled in :mod:`~lanczos_hessian.run.plan`.
 
 Rank 0 of a run with a file is its writer; the other ranks are replicas of it, unless the vectors
 are sharded (``shard_vectors``), in which case every rank keeps its rows of the state in a file of
