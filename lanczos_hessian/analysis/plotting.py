@@ -134,11 +134,17 @@ def plot_spectra(runs, path=None, width=None, num_top: int = 50, labels=None):
             ax.legend(fontsize=9)
     for ax in axes[:3]:
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    return finish_figure(fig, path, dpi=150)
+
+
+def finish_figure(fig, path=None, dpi: int = 150):
+    """Lay ``fig`` out, then return it (``path`` None) or write it to ``path``, close it and
+    return the path: what every figure of the package does last."""
     fig.tight_layout()
     if path is None:
         return fig
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 

@@ -96,7 +96,7 @@ class Tracking(dict):
     def plot(self, path=None, lr: float | None = None, title: str | None = None):
         """Eigenvalues, trace and negative mass against the training step (module docstring);
         save a PNG at ``path`` or return the Figure. ``lr`` adds the line ``2 / lr``."""
-        from .plotting import CURVATURE_UNITS, pyplot
+        from .plotting import CURVATURE_UNITS, finish_figure, pyplot
 
         if not self.num_records:
             raise ValueError("nothing to plot: the tracking holds no measurement yet")
@@ -136,9 +136,4 @@ class Tracking(dict):
         fig.suptitle(title or f"{a.get('operator', 'curvature')} during training "
                               f"(k = {a.get('k', values.shape[1])}, every "
                               f"{a.get('every', '?')} steps)")
-        fig.tight_layout()
-        if path is None:
-            return fig
-        fig.savefig(path, dpi=130)
-        plt.close(fig)
-        return path
+        return finish_figure(fig, path, dpi=130)
