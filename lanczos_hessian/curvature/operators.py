@@ -21,7 +21,9 @@ keeps an exact shard of the data (:class:`~lanczos_hessian.curvature.data.DataSo
 all-reduce per pass sums the shards and checks that every rank applied the same block, and one
 collective at construction that the ranks agree on the operator, the model and the data
 (:mod:`lanczos_hessian.curvature.agreement`). A rank that fails in its local part fails every
-rank instead of leaving them in a collective.
+rank instead of leaving them in a collective. A model whose parameters are sharded across the
+ranks (DTensor, FSDP2's ``fully_shard``) is gathered for each pass, the curvature is that of
+the full parameters (:mod:`lanczos_hessian.parallel.dtensor`).
 
 Products are taken with the model in eval mode (dropout off, batch-norm on its running
 statistics), so the operator is a fixed symmetric matrix; the caller's train/eval flags are
@@ -43,6 +45,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 
 from ..parallel.distributed import common_seed, current_world
+from ..parallel.dtensor import ShardedModel
 from .agreement import agree_across_ranks, operator_identity
 from .checks import (LOW_PRECISION, check_first_loss, check_trainable_values, evaluation_mode,
                      infer_reduction, model_device, refuse_low_precision,
@@ -148,35 +151,35 @@ class CurvatureOperator(LinearOperator):
         self.time_in_products = 0.0
         self.compiled = None  # a CompiledProduct with compile=True
         error = identity = None
-        try:  # every rank reaches the agreement check below, also after a local failure
-            self.space = ParameterSpace.of(model, params)
-            check_trainable_values(self.space.parameters(model))
-            self.loss_fn, unpack = prepare_loss(model, loss_fn, data, unpack, batch_size, reduction)
-            self.reduction = infer_reduction(self.loss_fn, reduction)
-            self.data = DataSource(data, batch_size, self.world.rank, self.world.size,
-                                   unpack=unpack)
-            first = self.space.parameters(model)[self.space.names[0]]
-            self.device, self.model_dtype = first.device, first.dtype
-            if not allow_low_precision:
-                refuse_low_precision(self.space.parameters(model))
-            super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
-            warn_on_train_mode(model)
-            self._check_loss_on_first_batch(strategy, bool(compile))
-            if compile:
-                self.compiled = CompiledProduct(self.curvature, self.device,
-                                                compile if isinstance(compile, dict) else None)
-            self._num_samples = self.data.total_samples
-            if self.world.size > 1:
-                identity = self._identity()
-        except Exception as exc:
-            error = exc
+        self.sharded = ShardedModel.of(model)  # DTensor / FSDP2 parameters (parallel.dtensor)
+        with self.sharded.gathered():  # a collective: every rank enters, before any failure
+            try:  # every rank reaches the agreement check below, also after a local failure
+                self.space = ParameterSpace.of(model, params)
+                check_trainable_values(self.space.parameters(model))
+                self.loss_fn, unpack = prepare_loss(model, loss_fn, data, unpack, batch_size,
+                                                    reduction)
+                self.reduction = infer_reduction(self.loss_fn, reduction)
+                self.data = DataSource(data, batch_size, self.world.rank, self.world.size,
+                                       unpack=unpack)
+                first = self.space.parameters(model)[self.space.names[0]]
+                self.device, self.model_dtype = first.device, first.dtype
+                if not allow_low_precision:
+                    refuse_low_precision(self.space.parameters(model))
+                super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
+                warn_on_train_mode(model)
+                self._check_loss_on_first_batch(strategy, bool(compile))
+                if compile:
+                    self.sharded.refuse("compile=True")
+                    self.compiled = CompiledProduct(self.curvature, self.device,
+                                                    compile if isinstance(compile, dict) else None)
+                self._num_samples = self.data.total_samples
+                if self.world.size > 1:
+                    identity = operator_identity(self)  # what all ranks share
+            except Exception as exc:
+                error = exc
         agree_across_ranks(self.world, self.device, self.kind, identity, error)
 
     # ---- validation ---------------------------------------------------------------------
-    def _identity(self) -> list:
-        """What all ranks must share (:func:`~lanczos_hessian.curvature.agreement.operator_identity`)."""
-        return operator_identity(self)
-
     def _check_loss_on_first_batch(self, strategy, compiled):
         inputs, targets = self.data.first_batch()
         warn_on_precision_mismatch(inputs, self.model_dtype)
@@ -217,7 +220,7 @@ class CurvatureOperator(LinearOperator):
             return torch.complex(parts[:, :half], parts[:, half:]).reshape(V.shape)
         block = V.reshape(self.shape[0], -1).to(self.device, self.model_dtype)
         start, compiling = time.perf_counter(), self.compile_time
-        with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
+        with evaluation_mode(self.model), tf32_mode(self.allow_tf32), self.sharded.gathered():
             total = accumulate(self, block)
         compiling = self.compile_time - compiling  # reported apart from the pass time
         if compiling:
@@ -285,19 +288,14 @@ class CurvatureOperator(LinearOperator):
         V = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
         return self.apply(V).cpu().numpy().astype(self.dtype, copy=False)
 
-    def _rmatvec(self, x):
-        return self._matvec(x)
-
-    def _rmatmat(self, X):
-        return self._matmat(X)
-
-    def _adjoint(self):
-        return self  # symmetric
+    def _adjoint(self):  # symmetric: scipy's rmatvec and rmatmat are matvec and matmat
+        return self
 
     # ---- small conveniences ---------------------------------------------------------------
     def flat_parameters(self) -> torch.Tensor:
-        """The current parameters as one float64 vector (the point the curvature is taken at)."""
-        return self.space.flat_parameters(self.model)
+        """The parameters as one float64 vector (gathered, a collective, when sharded)."""
+        with self.sharded.gathered():
+            return self.space.flat_parameters(self.model)
 
     def __repr__(self):
         return (f"<{type(self).__name__} M={self.shape[0]} reduction={self.reduction} "
@@ -321,9 +319,9 @@ class CurvatureOperator(LinearOperator):
             provenance["num_samples"] = self.num_samples  # over all ranks
         if self.data.num_samples is not None:  # tensors: the batch size splits the sums
             provenance["batch_size"] = self.data.batch_size
-        flat = self.flat_parameters().cpu().numpy()
-        return {"provenance": provenance,
-                "fingerprints": {"model": hashlib.sha256(flat.tobytes()).hexdigest()[:16]}}
+        model = self.sharded.cached("model", lambda: hashlib.sha256(
+            self.flat_parameters().cpu().numpy().tobytes()).hexdigest()[:16])
+        return {"provenance": provenance, "fingerprints": {"model": model}}
 
     def partition(self, world_size: int) -> list:
         """Row offsets of each rank's rows of a sharded vector: an even split of the

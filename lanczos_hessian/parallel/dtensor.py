@@ -1,0 +1,256 @@
+"""Models whose parameters are sharded across ranks: ``DTensor`` parameters and FSDP2.
+
+A model wrapped with ``torch.distributed.fsdp.fully_shard`` (per block and at the root), or
+one whose parameters are ``torch.distributed.tensor.DTensor`` objects, holds on rank ``r``
+only its shard of each parameter (``Shard(0)``: about ``M / W`` numbers). The curvature of
+such a model is still the curvature of the full parameter vector ``w`` (``M`` numbers, in
+``model.named_parameters()`` order, each parameter at its global shape), and the operators
+act on full-length vectors exactly as for a model held whole.
+
+How a product is taken
+----------------------
+For the length of one pass over the data (and once at construction), :meth:`ShardedModel.gathered`
+replaces every sharded parameter by a plain parameter holding its full value
+(``DTensor.full_tensor()``: one all-gather per parameter, in the same order on every rank)
+and suspends FSDP2's forward hooks (which would otherwise gather the parameters again and
+swap their own tensors in). Inside, the model is an ordinary module: every rank computes
+products on its exact shard of the data with either differentiation strategy, and the
+operator's one all-reduce per pass sums the shards, so the product is the full-data product
+``C v`` with ``C`` of the unsharded model, to rounding. On leaving, the very same sharded
+parameter objects are put back and FSDP2's hooks restored, so the model is left as it came:
+sharded, ``~M / W`` numbers per rank, FSDP2 state untouched.
+
+Peak memory per rank during a pass is therefore the full parameters (``M`` numbers in the
+model's dtype) plus the double-backward graph of one batch plus the operator's float64
+working vectors (a gathered block and its product, ``M`` each); between passes only the
+shards remain. What sharding divides by ``W`` is the model at rest and, with sharded Lanczos
+vectors (``shard_vectors``), the basis (``m`` vectors of ``M / W`` rows each), which
+dominates for long runs.
+
+Layouts checked before any pass (:func:`check_layouts`)
+------------------------------------------------------
+One ``all_gather_object`` at construction compares what every rank holds, parameter by
+parameter: the same names in the same order, sharded on all ranks or on none, the same
+global shape, the same dtype of the local shard, the same placements; a mesh that spans the
+whole process group (``mesh.size() == W``; a 2-D mesh, HSDP's replicas x shards, is
+accepted: gathering it is the same ``full_tensor``); no ``Partial`` placement (a pending sum
+is not a parameter value). Plain parameters beside sharded ones are accepted as replicated:
+the operators' agreement check compares the full gathered parameters of every rank
+(:mod:`lanczos_hessian.curvature.agreement`), so a plain parameter that differs between
+ranks is refused there.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import DistributedError, InvalidModelError
+from .distributed import current_world, is_distributed
+
+__all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts"]
+
+
+def is_sharded_parameter(tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter spread over a device mesh)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed tensors
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def describe_parameters(model: torch.nn.Module) -> list:
+    """Per parameter, what every rank must agree on: ``(name, sharded, global shape, dtype
+    of the local values, placements, mesh shape)``; plain parameters have empty
+    placements and mesh. Never raises (it runs before a collective)."""
+    rows = []
+    for name, p in model.named_parameters():
+        if is_sharded_parameter(p):
+            local = p.to_local()
+            rows.append((name, True, tuple(p.shape), str(local.dtype),
+                         tuple(str(x) for x in p.placements), tuple(p.device_mesh.shape)))
+        else:
+            rows.append((name, False, tuple(p.shape), str(p.dtype), (), ()))
+    return rows
+
+
+def check_layouts(layouts: list, world_size: int) -> None:
+    """Refuse, naming the parameter and the ranks, parameter layouts (one
+    :func:`describe_parameters` list per rank) that the ranks do not share or that cannot be
+    gathered into the full model (module docstring)."""
+    first = layouts[0]
+    for rank, rows in enumerate(layouts[1:], start=1):
+        if [r[0] for r in rows] != [r[0] for r in first]:
+            missing = sorted(set(r[0] for r in first) ^ set(r[0] for r in rows))
+            raise InvalidModelError(
+                f"ranks 0 and {rank} hold models with other parameters (differing: "
+                f"{missing[:3] or 'their order'}); build the same model on every rank")
+        for mine, theirs in zip(first, rows):
+            for index, what in ((1, "sharded (a DTensor) on one and not on the other"),
+                                (2, "of other global shapes"), (3, "of other dtypes"),
+                                (4, "placed otherwise"), (5, "on other meshes")):
+                if mine[index] != theirs[index]:
+                    raise InvalidModelError(
+                        f"parameter {mine[0]!r} is {what} on ranks 0 and {rank} "
+                        f"({mine[index]} against {theirs[index]}); shard every parameter "
+                        "alike on every rank (fully_shard or distribute_tensor with one "
+                        "mesh, one dtype)")
+    for name, sharded, _, _, placements, mesh in first:
+        if not sharded:
+            continue
+        size = 1
+        for extent in mesh:
+            size *= extent
+        if size != world_size:
+            raise InvalidModelError(
+                f"parameter {name!r} is sharded over a device mesh of {size} ranks "
+                f"(shape {mesh}) but the process group has {world_size}: the data are split "
+                "over every rank, so the mesh must span them all")
+        if any(p.startswith("Partial") for p in placements):
+            raise InvalidModelError(
+                f"parameter {name!r} has a Partial placement {placements}: its value is a "
+                "pending sum over ranks, not a parameter; redistribute it to Shard or "
+                "Replicate first")
+
+
+class ShardedModel:
+    """The sharded parameters of a model and the context in which they are gathered.
+
+    ``ShardedModel.of(model)`` checks the layouts across ranks (one collective under a
+    process group of more than one rank) and returns the object; for a model without
+    sharded parameters :attr:`is_sharded` is False and :meth:`gathered` does nothing.
+    """
+
+    def __init__(self, model: torch.nn.Module, names: tuple):
+        self.model, self.names = model, names
+        self._depth = 0  # gathered() is re-entrant: nested uses gather once
+        self._cache = {}
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> "ShardedModel":
+        layouts = [describe_parameters(model)]
+        world = current_world()
+        if is_distributed():
+            import torch.distributed as dist
+
+            gathered = [None] * world.size
+            dist.all_gather_object(gathered, layouts[0])
+            layouts = gathered
+        check_layouts(layouts, world.size)
+        names = tuple(row[0] for row in layouts[0] if row[1])
+        if names and not torch.distributed.is_initialized():
+            raise DistributedError(f"parameter {names[0]!r} is a DTensor but no process group "
+                                   "is initialized")
+        return cls(model, names)
+
+    @property
+    def is_sharded(self) -> bool:
+        """Whether the model holds any sharded parameter."""
+        return bool(self.names)
+
+    def refuse(self, option: str) -> None:
+        """Raise :class:`InvalidModelError` when the model is sharded: ``option`` (named in
+        the message) is not available for sharded parameters."""
+        if self.names:
+            raise InvalidModelError(
+                f"{option} is not available for a model with sharded parameters (such as "
+                f"{self.names[0]!r}): its products are taken on parameters gathered anew for "
+                "each pass, which a compiled graph would not follow")
+
+    @contextmanager
+    def gathered(self):
+        """Within: the model's sharded parameters are plain parameters holding their full
+        values and FSDP2's forward hooks are suspended; on exit the sharded parameters and
+        hooks are restored (also after an exception). A collective on entry (one
+        all-gather per sharded parameter): every rank must enter together."""
+        if not self.names or self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        hooks = _suspend_fsdp_hooks(self.model)
+        swapped = []
+        try:
+            with torch.no_grad():
+                for owners, original in _owners(self.model, self.names):
+                    full = torch.nn.Parameter(original.full_tensor(),
+                                              requires_grad=original.requires_grad)
+                    for module, leaf in owners:
+                        setattr(module, leaf, full)
+                    swapped.append((owners, original))
+            self._depth += 1
+            yield
+        finally:
+            self._depth = 0
+            for owners, original in swapped:
+                for module, leaf in owners:
+                    setattr(module, leaf, original)
+            _restore_hooks(hooks)
+
+    def stamp(self) -> tuple:
+        """Identity and version counter of every sharded parameter's local values: changes
+        whenever the model is trained or reloaded."""
+        params = dict(self.model.named_parameters())
+        return tuple((id(params[n]), params[n].to_local()._version) for n in self.names
+                     if n in params)
+
+    def cached(self, key: str, compute):
+        """``compute()``, computed once per :meth:`stamp` of the model (it gathers, so the
+        first call after a change is collective; later calls, e.g. on rank 0 only, are not).
+        Without sharded parameters: ``compute()`` every time."""
+        if not self.names:
+            return compute()
+        stamp = self.stamp()
+        hit = self._cache.get(key)
+        if hit is None or hit[0] != stamp:
+            with self.gathered():
+                hit = (stamp, compute())
+            self._cache[key] = hit
+        return hit[1]
+
+
+def _owners(model, names):
+    """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
+    that hold it (more than one when tied) and the parameter itself."""
+    wanted = set(names)
+    by_id, order = {}, []
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in by_id:
+            by_id[id(p)] = ([], p)
+            order.append((name, id(p)))
+        prefix, _, leaf = name.rpartition(".")
+        by_id[id(p)][0].append((modules[prefix], leaf))
+    return [by_id[key] for name, key in order if name in wanted]
+
+
+def _suspend_fsdp_hooks(model) -> list:
+    """Remove the forward hooks FSDP2 registered on ``model``'s modules; return what
+    :func:`_restore_hooks` needs to put them back in their order."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+    except ImportError:
+        return []
+    saved = []
+    for module in model.modules():
+        if not isinstance(module, FSDPModule):
+            continue
+        state = fully_shard.state(module)
+        for hooks in (module._forward_pre_hooks, module._forward_hooks):
+            owned = [k for k, h in hooks.items() if getattr(h, "__self__", None) is state]
+            if not owned:
+                continue
+            saved.append((hooks, dict(hooks)))
+            for key in owned:
+                del hooks[key]
+    return saved
+
+
+def _restore_hooks(saved) -> None:
+    for hooks, items in saved:
+        hooks.clear()
+        hooks.update(items)
