@@ -107,10 +107,11 @@ class DataSource:
     def identity(self) -> tuple:
         """What every rank must agree on before sharding, as six floats.
 
-        A tensor pair gives ``(0, N, sum, 1-norm of the inputs, sum, 1-norm of the targets)``
-        (float64, one read of the data); an iterable ``(1, number of batches or -1, 0, 0, 0,
-        0)``. Compared across ranks by the operators at construction, so that a rank that
-        loaded a different (e.g. already sharded) data set is an error, not a wrong sum.
+        A tensor pair gives ``(0, N, sum, 1-norm of the inputs, sum, 1-norm of the targets)``,
+        each sample weighted by its position (:func:`_sums`: float64, one read of the data);
+        an iterable ``(1, number of batches or -1, 0, 0, 0, 0)``. Compared across ranks by the
+        operators at construction, so that a rank that loaded a different (e.g. already
+        sharded, or reordered) data set is an error, not a wrong sum.
         """
         if self._tensors is not None:
             inputs, targets = self._tensors
@@ -196,17 +197,24 @@ def _as_tensor_pair(data):
 
 
 def _sums(t: torch.Tensor) -> tuple:
-    """``(sum, sum of absolute values)`` of a tensor in float64, without a float64 copy."""
+    """``(sum_i w_i s_i, sum_i w_i a_i)`` over the samples ``i`` of a tensor, ``s_i`` and
+    ``a_i`` the sum and the sum of absolute values of sample ``i``, with weights
+    ``w_i = 1 + i / n`` in ``[1, 2)``: the position weights make the sum depend on the order
+    of the samples (ranks that hold the same samples in another order shard them otherwise),
+    the second number is its scale. Float64, without a float64 copy of the data."""
     t = t.detach()
     if t.is_complex():
         t = torch.view_as_real(t)
     if t.dtype == torch.bool:
         t = t.to(torch.uint8)
-    if t.is_floating_point():
-        l1 = torch.linalg.vector_norm(t, 1, dtype=torch.float64)
+    rows = t.reshape(len(t), -1) if t.ndim else t.reshape(1, 1)
+    if rows.is_floating_point():
+        l1 = torch.linalg.vector_norm(rows, 1, dim=1, dtype=torch.float64)
     else:
-        l1 = torch.sum(t.abs(), dtype=torch.float64)
-    return float(torch.sum(t, dtype=torch.float64)), float(l1)
+        l1 = torch.sum(rows.abs(), dim=1, dtype=torch.float64)
+    weights = 1.0 + torch.arange(len(rows), dtype=torch.float64, device=rows.device) / len(rows)
+    sums = torch.sum(rows, dim=1, dtype=torch.float64)
+    return float(weights @ sums), float(weights @ l1)
 
 
 def _refuse_unbatched_loader(data) -> None:

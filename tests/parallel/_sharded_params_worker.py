@@ -1,0 +1,159 @@
+"""Worker for tests/parallel/test_sharded_params.py: one rank of a W-process gloo group.
+
+Usage: python _sharded_params_worker.py OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+set). Everything the test checks is computed in this one launch (process start-up and the
+torch import cost seconds per launch): products of models sharded with FSDP2's
+``fully_shard``, with plain DTensor parameters, partly sharded and (W = 4) on a 2-D mesh;
+eigenvalues at both ends and an SLQ run with sharded Lanczos vectors; a run stopped by a
+failing rank and resumed; a resume of a file written with another world size; bad inputs.
+Each rank saves ``rank<r>.npz`` and ``rank<r>.json`` (the error messages).
+"""
+
+import json
+import os
+import shutil
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_sharded_params import BATCH, EIGS, SLQ, make_data, make_model, probe_block  # noqa: E402
+
+from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run  # noqa: E402
+
+LOSS = torch.nn.CrossEntropyLoss()
+
+
+def fsdp_model(mesh):
+    """``fully_shard`` per block and at the root, as training code wraps a model."""
+    model = make_model()
+    for block in model:
+        if any(True for _ in block.parameters()):
+            fully_shard(block, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def dtensor_model(mesh, skip=(), dtype_on_rank=None):
+    """Every parameter (but those in ``skip``) a ``Shard(0)`` DTensor over ``mesh``;
+    ``dtype_on_rank=(rank, name)``: that rank's shard of that parameter in float32."""
+    model = make_model()
+    for module_name, module in model.named_modules():
+        for leaf, p in list(module.named_parameters(recurse=False)):
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            if name in skip:
+                continue
+            shard = distribute_tensor(p.detach(), mesh, [Shard(0)] * mesh.ndim)
+            if dtype_on_rank is not None and dtype_on_rank == (dist.get_rank(), name):
+                shard = DTensor.from_local(shard.to_local().float(), mesh, shard.placements,
+                                           run_check=False, shape=shard.shape,
+                                           stride=shard.stride())
+            setattr(module, leaf, torch.nn.Parameter(shard))
+    return model
+
+
+def local_counts(model):
+    """(numbers this rank holds, whether every parameter is still a DTensor)."""
+    params = list(model.parameters())
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return held, all(isinstance(p, DTensor) for p in params)
+
+
+class FailAt:
+    """A forward pre-hook that raises at the ``at``-th forward call on rank 0."""
+
+    def __init__(self, at):
+        self.calls, self.at = 0, at
+
+    def __call__(self, module, args):
+        self.calls += 1
+        if dist.get_rank() == 0 and self.calls == self.at:
+            raise RuntimeError("simulated failure of rank 0")
+
+
+def message_of(call):
+    try:
+        call()
+    except Exception as exc:  # the message is what the test checks
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def main(out_dir):
+    out = Path(out_dir)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    data, V = make_data(), probe_block()
+    saved, messages = {}, {}
+
+    models = {"fsdp": fsdp_model(mesh), "dtensor": dtensor_model(mesh),
+              "mixed": dtensor_model(mesh, skip=("2.weight", "2.bias"))}
+    if world == 4:  # HSDP: 2 replicas x 2 shards
+        models["hsdp"] = fully_shard(make_model(), mesh=init_device_mesh(
+            "cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
+    for label, model in models.items():
+        op = HessianOperator(model, LOSS, data, batch_size=BATCH)
+        saved[f"{label}_hv"] = op @ V  # a full-length numpy block on every rank (scipy)
+    fsdp = models["fsdp"]
+    saved["ggn_hv"] = GGNOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
+    saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
+
+    op = HessianOperator(fsdp, LOSS, data, batch_size=BATCH)
+    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
+    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
+    _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
+    saved["slq_nodes"], saved["slq_weights"] = density.nodes, density.weights
+
+    # resume: the same W continues bit for bit after a failing rank stopped the run
+    reference = run.eigs(op, out / "ref.h5", shard_vectors=True, progress=False, **EIGS)
+    path = out / "stopped.h5"
+    hook = fsdp.register_forward_pre_hook(FailAt(at=40))
+    messages["stopped"] = message_of(lambda: run.eigs(op, path, shard_vectors=True,
+                                                      progress=False, **EIGS))
+    hook.remove()
+    dist.barrier()  # rank 0 closes its file before any rank resumes (a new launch would)
+    resumed = run.eigs(op, path, shard_vectors=True, resume=True, progress=False, **EIGS)
+    saved["resume_equal"] = bool(np.array_equal(resumed.eigenvalues, reference.eigenvalues)
+                                 and resumed.num_matvecs == reference.num_matvecs)
+    # another world size: the single-process file of the test
+    other = out / "other.h5"
+    if rank == 0:
+        shutil.copy(out / "single.h5", other)
+    dist.barrier()
+    messages["other_world"] = message_of(lambda: run.eigs(op, other, resume=True,
+                                                          progress=False, **EIGS))
+
+    # bad input, refused on every rank before any pass
+    messages["dtype"] = message_of(lambda: HessianOperator(
+        dtensor_model(mesh, dtype_on_rank=(world - 1, "0.weight")), LOSS, data))
+    half = init_device_mesh("cpu", (2, world // 2), mesh_dim_names=("dp", "shard"))["shard"]
+    messages["mesh"] = message_of(lambda: HessianOperator(dtensor_model(half), LOSS, data))
+    shuffled = (data[0].flip(0), data[1].flip(0)) if rank == world - 1 else data
+    messages["data_order"] = message_of(
+        lambda: HessianOperator(fsdp, LOSS, shuffled, batch_size=BATCH) @ V[:, 0])
+    differing = dtensor_model(mesh, skip=("2.bias",))
+    if rank == world - 1:
+        with torch.no_grad():
+            differing[2].bias.add_(1.0)
+    messages["replica"] = message_of(lambda: HessianOperator(differing, LOSS, data))
+
+    for label, model in models.items():  # left sharded: about M / W numbers per rank
+        saved[f"{label}_held"], saved[f"{label}_all_dtensor"] = local_counts(model)
+    np.savez(out / f"rank{rank}.npz", **saved)
+    (out / f"rank{rank}.json").write_text(json.dumps(messages))
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads can abort it (distributed.py)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

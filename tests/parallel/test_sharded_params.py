@@ -1,0 +1,127 @@
+"""Models whose parameters are sharded across gloo ranks (FSDP2's ``fully_shard``, DTensor
+parameters) give the curvature of the unsharded model on the full data.
+
+One launch per world size computes everything (``_sharded_params_worker.py``); this process
+computes the references with the unsharded model, alone: the dense Hessian (its
+``eigvalsh``), the products, an SLQ run, and a finished run file of another world size.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run
+
+WORKER = Path(__file__).parent / "_sharded_params_worker.py"
+BATCH = 6
+EIGS = dict(k=8, which="BE", k_bottom=3, tol=1e-10, seed=0)  # top 5 and bottom 3
+SLQ = dict(num_probes=2, num_steps=10, seed=1)
+
+
+def make_model(seed=0):
+    """Three blocks, 224 parameters; row counts (10, 10, 4) that 2 and 4 ranks split unevenly
+    (FSDP2 pads its shards)."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 10),
+                               torch.nn.Tanh(), torch.nn.Linear(10, 4)).double()
+
+
+def make_data(n=41, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 6, generator=g, dtype=torch.float64),
+            torch.randint(0, 4, (n,), generator=g))
+
+
+def probe_block(b=3, seed=2):
+    dim = sum(p.numel() for p in make_model().parameters())
+    return np.random.default_rng(seed).standard_normal((dim, b))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world_size, out_dir):
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
+                   LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out_dir)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    failed = [f"rank {r}: {err.decode()[-2000:]}" for r, (p, (_, err))
+              in enumerate(zip(procs, outs)) if p.returncode != 0]
+    assert not failed, "\n".join(failed)
+    return [(dict(np.load(out_dir / f"rank{r}.npz")),
+             json.loads((out_dir / f"rank{r}.json").read_text())) for r in range(world_size)]
+
+
+def references(out_dir):
+    """The unsharded model on the full data in this single process."""
+    data, V = make_data(), probe_block()
+    op = HessianOperator(make_model(), torch.nn.CrossEntropyLoss(), data, batch_size=BATCH)
+    H = op @ np.eye(op.shape[0])
+    np.testing.assert_allclose(H, H.T, atol=1e-13)
+    exact = np.linalg.eigvalsh(H)
+    run.eigs(op, out_dir / "single.h5", progress=False, **EIGS)  # a file of world size 1
+    _, density = run.slq(op, progress=False, **SLQ)
+    loss = torch.nn.CrossEntropyLoss()
+    return {"hv": op @ V, "H": H, "top": exact[-5:], "bottom": exact[:3],
+            "ggn_hv": GGNOperator(make_model(), loss, data, batch_size=BATCH) @ V,
+            "residual_hv": ResidualOperator(make_model(), loss, data, batch_size=BATCH) @ V,
+            "slq_nodes": density.nodes, "slq_weights": density.weights}
+
+
+def relative(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.slow  # W gloo processes; one launch checks every property
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size):
+    ref = references(tmp_path)
+    ranks = launch(world_size, tmp_path)
+    M = ref["H"].shape[0]
+    labels = ["fsdp", "dtensor", "mixed"] + (["hsdp"] if world_size == 4 else [])
+    for saved, messages in ranks:
+        for label in labels:  # products: the unsharded full-data product, on every rank
+            assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
+        assert relative(saved["ggn_hv"], ref["ggn_hv"]) < 1e-12
+        assert relative(saved["residual_hv"], ref["residual_hv"]) < 1e-12
+        # eigenvalues at both ends (sharded Lanczos vectors) against eigvalsh of the dense H
+        values = np.sort(saved["eigs_values"])
+        np.testing.assert_allclose(values[-5:], ref["top"], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(values[:3], ref["bottom"], rtol=0, atol=1e-8)
+        assert np.all(saved["eigs_residuals"] < 1e-8)
+        np.testing.assert_allclose(saved["slq_nodes"], ref["slq_nodes"], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(saved["slq_weights"], ref["slq_weights"], rtol=0, atol=1e-10)
+        assert bool(saved["resume_equal"])  # a stopped run resumed with the same W
+        assert "RuntimeError: simulated failure of rank 0" in messages["stopped"] or \
+            "rank 0 raised RuntimeError" in messages["stopped"], messages["stopped"]
+        assert "world_size" in messages["other_world"], messages["other_world"]
+        assert "InvalidModelError" in messages["dtype"] and "'0.weight'" in messages["dtype"]
+        assert f"ranks 0 and {world_size - 1}" in messages["dtype"], messages["dtype"]
+        assert "InvalidModelError" in messages["mesh"] and "mesh" in messages["mesh"]
+        assert f"has {world_size}" in messages["mesh"], messages["mesh"]
+        assert "RankMismatchError" in messages["replica"], messages["replica"]
+        assert messages["data_order"] != "no error", messages["data_order"]
+    for label in labels:  # still sharded after every product and run
+        held = [int(saved[f"{label}_held"]) for saved, _ in ranks]
+        assert all(bool(saved[f"{label}_all_dtensor"]) for saved, _ in ranks) or label == "mixed"
+        if label in ("fsdp", "dtensor"):
+            assert sum(held) == M and max(held) <= -(-M // world_size) + 4 * 3, (label, held)
