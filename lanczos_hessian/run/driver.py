@@ -189,8 +189,8 @@ def _with_file(role: Role, phases: list, *, seed, overwrite, attrs, identity, ke
                disk_vectors, append) -> list:
     """:func:`run_phases` for a process with a file of its own; a signal stops it after its
     next commit (:mod:`~lanczos_hessian.run.stopping`)."""
-    if role.resume and role.shard is None:
-        read_before_main_reopens(lambda: None, role.device)  # the replicas read first
+    if role.resume:  # every rank has read the file (finished_result) before rank 0 reopens it
+        read_before_main_reopens(lambda: None, role.device)
     store, _, counts = open_and_agree(role, _prepare(role, phases), 2 * len(phases),
                                       seed=seed, overwrite=overwrite, attrs=attrs,
                                       disk_vectors=disk_vectors, identity=identity,

@@ -25,7 +25,7 @@ from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from test_sharded_params import BATCH, EIGS, SLQ, make_data, make_model, probe_block  # noqa: E402
+from test_sharded_params import BATCH, EIGS, RESUME, SLQ, make_data, make_model, probe_block  # noqa: E402
 
 from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run  # noqa: E402
 
@@ -88,7 +88,7 @@ def message_of(call):
 
 def main(out_dir):
     out = Path(out_dir)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,))
     data, V = make_data(), probe_block()
@@ -107,20 +107,21 @@ def main(out_dir):
     saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
 
     op = HessianOperator(fsdp, LOSS, data, batch_size=BATCH)
-    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
-    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
     _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
     saved["slq_nodes"], saved["slq_weights"] = density.nodes, density.weights
 
-    # resume: the same W continues bit for bit after a failing rank stopped the run
-    reference = run.eigs(op, out / "ref.h5", shard_vectors=True, progress=False, **EIGS)
+    # eigenvalues; then the same W continues bit for bit after a failing rank stopped a run
+    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
+    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
+    reference = run.eigs(op, out / "ref.h5", shard_vectors=True, progress=False, **RESUME)
     path = out / "stopped.h5"
-    hook = fsdp.register_forward_pre_hook(FailAt(at=40))
+    hook = fsdp.register_forward_pre_hook(FailAt(at=10))
     messages["stopped"] = message_of(lambda: run.eigs(op, path, shard_vectors=True,
-                                                      progress=False, **EIGS))
+                                                      progress=False, **RESUME))
     hook.remove()
     dist.barrier()  # rank 0 closes its file before any rank resumes (a new launch would)
-    resumed = run.eigs(op, path, shard_vectors=True, resume=True, progress=False, **EIGS)
+    resumed = run.eigs(op, path, shard_vectors=True, resume=True, progress=False, **RESUME)
+    saved["resume_matvecs"] = reference.num_matvecs
     saved["resume_equal"] = bool(np.array_equal(resumed.eigenvalues, reference.eigenvalues)
                                  and resumed.num_matvecs == reference.num_matvecs)
     # another world size: the single-process file of the test
