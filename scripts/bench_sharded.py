@@ -1,0 +1,234 @@
+"""Benchmark: Hessian-vector products of a language model sharded with FSDP2 on W ranks.
+
+A byte-level GPT (:class:`lanczos_hessian.examples.small_gpt.SmallGPT`, random weights, the
+full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is wrapped with
+``fully_shard`` per layer and at the root on ``W`` gloo CPU processes (``W = 1``: the plain
+model, no process group), and the same full-data Hessian-vector product
+``HessianOperator(...).apply(v)`` is taken on every ``W``. Per rank it measures:
+
+* ``rest MiB``: the parameters the rank holds between passes (its shards);
+* ``peak MiB``: the peak resident memory of the process (``VmHWM`` of ``/proc/self/status``,
+  measured, including the interpreter and torch, about 300-400 MiB on their own), the
+  largest over ranks;
+* ``device_peak_mib_per_rank`` (JSON, ``--device cuda``): ``torch.cuda.max_memory_allocated``;
+* ``s / HVP``: the median wall time of one product over ``--repeats`` products (after one
+  untimed product);
+* ``rel. diff``: exactness against ``W = 1``: ``max |Hv_W - Hv_1| / max |Hv_1|`` over
+  ``--sample`` entries drawn at fixed positions, with ``v^T H v`` and ``|Hv|`` compared
+  the same way (the data are split over the ranks, so float sums are added in another order).
+
+Prints a markdown table and writes JSON (``--json``). Each ``W`` is one launch of ``W``
+processes of this script (``--worker``), one after the other.
+
+    python scripts/bench_sharded.py --json out/bench_sharded.json           # the full size
+    python scripts/bench_sharded.py --quick --json out/bench_sharded_quick.json  # seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FULL = dict(width=1024, layers=12, heads=16, context=64, sequences=8, batch_size=2)
+QUICK = dict(width=64, layers=2, heads=4, context=16, sequences=8, batch_size=2)
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident set size (``VmHWM``), MiB; NaN where /proc is absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def build_model(config, dtype):
+    from lanczos_hessian.examples.small_gpt import SmallGPT
+
+    torch.manual_seed(0)  # the same random weights on every rank
+    return SmallGPT(width=config["width"], layers=config["layers"], heads=config["heads"],
+                    context=config["context"]).to(dtype).eval()
+
+
+def token_data(config):
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (config["sequences"], config["context"] + 1), generator=g)
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def next_token_loss(logits, targets):
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             targets.reshape(-1))
+
+
+def shard(model, world_size, device_type):
+    """``fully_shard`` per layer and at the root over all ranks (nothing for one rank)."""
+    if world_size == 1:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device_type, (world_size,))
+    for layer in model.layers:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(model, mesh=mesh)
+
+
+def held_mib(model) -> float:
+    """MiB of parameter values this rank holds (its shards)."""
+    total = 0
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        total += local.numel() * local.element_size()
+    return total / 2**20
+
+
+def worker(args) -> None:
+    """One rank: build, shard, take ``1 + repeats`` products, save times and a sample."""
+    import torch.distributed as dist
+
+    from lanczos_hessian import HessianOperator
+    from lanczos_hessian.parallel.distributed import default_device, init_from_env
+
+    torch.set_num_threads(args.threads)
+    world = init_from_env(timeout_s=3600)  # NCCL for CUDA tensors when CUDA is there
+    device = torch.device("cpu") if args.device == "cpu" else default_device(world)
+    config = QUICK if args.quick else FULL
+    dtype = getattr(torch, args.dtype)
+    model = shard(build_model(config, dtype).to(device), world.size, device.type)
+    op = HessianOperator(model, next_token_loss, token_data(config), reduction="mean",
+                         batch_size=config["batch_size"], check_data=False)
+    dim = op.shape[0]
+    v = torch.randn(dim, generator=torch.Generator().manual_seed(2), dtype=dtype).to(device)
+    op.apply(v)  # untimed
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        hv = op.apply(v)
+        times.append(time.perf_counter() - start)
+    positions = torch.randint(0, dim, (min(args.sample, dim),),
+                              generator=torch.Generator().manual_seed(3))
+    row = {"world_size": world.size, "rank": world.rank, "num_params": dim,
+           "rest_mib": held_mib(model), "peak_mib": peak_rss_mib(), "times": times,
+           "device_peak_mib": (torch.cuda.max_memory_allocated(device) / 2**20
+                               if device.type == "cuda" else None),
+           "sample": hv[positions.to(device)].tolist(), "vHv": float(v.double() @ hv),
+           "norm": float(torch.linalg.vector_norm(hv)),
+           "still_sharded": world.size == 1 or all(hasattr(p, "to_local")
+                                                   for p in model.parameters())}
+    Path(args.worker, f"rank{world.rank}.json").write_text(json.dumps(row))
+    if world.size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # no interpreter finalization: gloo's threads can abort it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world_size, args) -> list:
+    """Run ``world_size`` worker processes; their rows."""
+    with tempfile.TemporaryDirectory() as out:
+        port, procs = free_port(), []
+        for rank in range(world_size):
+            env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
+                       LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       OMP_NUM_THREADS=str(args.threads))
+            command = [sys.executable, __file__, "--worker", out, "--device", args.device,
+                       "--repeats",
+                       str(args.repeats), "--dtype", args.dtype, "--sample", str(args.sample),
+                       "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
+        errors = [p.communicate()[1].decode() for p in procs]
+        for rank, (p, err) in enumerate(zip(procs, errors)):
+            if p.returncode:
+                raise SystemExit(f"W={world_size}, rank {rank} failed:\n{err[-3000:]}")
+        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+def relative(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def summarize(world_size, rows, base) -> dict:
+    """One table row from every rank's numbers, compared with ``base`` (W = 1's rank 0)."""
+    first = rows[0]
+    return {"world_size": world_size, "num_params": first["num_params"],
+            "rest_mib_per_rank": max(r["rest_mib"] for r in rows),
+            "peak_mib_per_rank": max(r["peak_mib"] for r in rows),
+            "device_peak_mib_per_rank": first["device_peak_mib"] and max(
+                r["device_peak_mib"] for r in rows),
+            "seconds_per_hvp": statistics.median(first["times"]),
+            "rel_diff_sample": relative(first["sample"], base["sample"]),
+            "rel_diff_vHv": relative([first["vHv"]], [base["vHv"]]),
+            "rel_diff_norm": relative([first["norm"]], [base["norm"]]),
+            "ranks_agree": all(r["sample"] == first["sample"] for r in rows),
+            "still_sharded": all(r["still_sharded"] for r in rows)}
+
+
+def format_table(results) -> str:
+    lines = ["| W | params | rest MiB / rank | peak MiB / rank | s / HVP | rel. diff Hv | "
+             "rel. diff v^T H v | ranks agree | still sharded |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['world_size']} | {r['num_params'] / 1e6:.1f}M | "
+                     f"{r['rest_mib_per_rank']:.1f} | {r['peak_mib_per_rank']:.0f} | "
+                     f"{r['seconds_per_hvp']:.2f} | {r['rel_diff_sample']:.1e} | "
+                     f"{r['rel_diff_vHv']:.1e} | {r['ranks_agree']} | {r['still_sharded']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world-sizes", default="1,2,4", help="comma-separated W (first: 1)")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, seconds")
+    parser.add_argument("--repeats", type=int, default=3, help="timed products per W")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--sample", type=int, default=20000, help="entries of Hv compared")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: one GPU per rank (LOCAL_RANK), NCCL")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a rank's output folder
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+    sizes = [int(w) for w in args.world_sizes.split(",")]
+    if sizes[0] != 1:
+        parser.error("--world-sizes must start with 1 (the reference)")
+    results, base = [], None
+    for world_size in sizes:
+        rows = launch(world_size, args)
+        base = base or rows[0]
+        results.append(summarize(world_size, rows, base))
+        print(f"W={world_size} done", file=sys.stderr)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        info = {"config": QUICK if args.quick else FULL, "dtype": args.dtype,
+                "device": args.device,
+                "threads_per_rank": args.threads, "torch": torch.__version__,
+                "results": results}
+        Path(args.json).write_text(json.dumps(info, indent=1))
+
+
+if __name__ == "__main__":
+    main()
