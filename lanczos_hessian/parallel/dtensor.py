@@ -88,15 +88,14 @@ def check_layouts(layouts: list, world_size: int) -> None:
                 f"ranks 0 and {rank} hold models with other parameters (differing: "
                 f"{missing[:3] or 'their order'}); build the same model on every rank")
         for mine, theirs in zip(first, rows):
-            for index, what in ((1, "sharded (a DTensor) on one and not on the other"),
-                                (2, "of other global shapes"), (3, "of other dtypes"),
-                                (4, "placed otherwise"), (5, "on other meshes")):
+            for index, what in ((1, "sharded (a DTensor) or not"), (2, "global shape"),
+                                (3, "dtype"), (4, "placements"), (5, "device mesh")):
                 if mine[index] != theirs[index]:
                     raise InvalidModelError(
-                        f"parameter {mine[0]!r} is {what} on ranks 0 and {rank} "
-                        f"({mine[index]} against {theirs[index]}); shard every parameter "
-                        "alike on every rank (fully_shard or distribute_tensor with one "
-                        "mesh, one dtype)")
+                        f"parameter {mine[0]!r} differs between ranks 0 and {rank} in its "
+                        f"{what} ({mine[index]} against {theirs[index]}); shard every "
+                        "parameter alike on every rank (fully_shard or distribute_tensor "
+                        "with one mesh, one dtype)")
     for name, sharded, _, _, placements, mesh in first:
         if not sharded:
             continue
@@ -195,8 +194,9 @@ class ShardedModel:
         """Identity and version counter of every sharded parameter's local values: changes
         whenever the model is trained or reloaded."""
         params = dict(self.model.named_parameters())
-        return tuple((id(params[n]), params[n].to_local()._version) for n in self.names
-                     if n in params)
+        local = {n: params[n].to_local() if is_sharded_parameter(params[n]) else params[n]
+                 for n in self.names if n in params}  # plain while gathered
+        return tuple((id(params[n]), t._version) for n, t in local.items())
 
     def cached(self, key: str, compute):
         """``compute()``, computed once per :meth:`stamp` of the model (it gathers, so the

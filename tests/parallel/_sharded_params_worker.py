@@ -3,7 +3,7 @@
 Usage: python _sharded_params_worker.py OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 set). Everything the test checks is computed in this one launch (process start-up and the
 torch import cost seconds per launch): products of models sharded with FSDP2's
-``fully_shard``, with plain DTensor parameters, partly sharded and (W = 4) on a 2-D mesh;
+``fully_shard``, with plain DTensor parameters, partly sharded, with checkpointed blocks and (W = 4) on a 2-D mesh;
 eigenvalues at both ends and an SLQ run with sharded Lanczos vectors; a run stopped by a
 failing rank and resumed; a resume of a file written with another world size; bad inputs.
 Each rank saves ``rank<r>.npz`` and ``rank<r>.json`` (the error messages).
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -39,6 +40,27 @@ def fsdp_model(mesh):
         if any(True for _ in block.parameters()):
             fully_shard(block, mesh=mesh)
     return fully_shard(model, mesh=mesh)
+
+
+class Checkpointed(torch.nn.Module):
+    """A block whose activations are recomputed in the backward (activation checkpointing)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return checkpoint(self.inner, x, use_reentrant=False)
+
+
+def checkpointed_model(mesh):
+    """``fully_shard`` blocks under activation checkpointing, and at the root."""
+    model = make_model()
+    blocks = [Checkpointed(torch.nn.Sequential(model[0], model[1])),
+              Checkpointed(torch.nn.Sequential(model[2], model[3])), Checkpointed(model[4])]
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    return fully_shard(torch.nn.Sequential(*blocks), mesh=mesh)
 
 
 def dtensor_model(mesh, skip=(), dtype_on_rank=None):
@@ -86,33 +108,11 @@ def message_of(call):
     return "no error"
 
 
-def main(out_dir):
-    out = Path(out_dir)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+def resume_and_bad_input(op, fsdp, mesh, data, V, out, saved) -> dict:
+    """A stopped run resumed with the same W (bit for bit), a file of another W, and bad
+    input refused on every rank before any pass: the messages."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    mesh = init_device_mesh("cpu", (world,))
-    data, V = make_data(), probe_block()
-    saved, messages = {}, {}
-
-    models = {"fsdp": fsdp_model(mesh), "dtensor": dtensor_model(mesh),
-              "mixed": dtensor_model(mesh, skip=("2.weight", "2.bias"))}
-    if world == 4:  # HSDP: 2 replicas x 2 shards
-        models["hsdp"] = fully_shard(make_model(), mesh=init_device_mesh(
-            "cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
-    for label, model in models.items():
-        op = HessianOperator(model, LOSS, data, batch_size=BATCH)
-        saved[f"{label}_hv"] = op @ V  # a full-length numpy block on every rank (scipy)
-    fsdp = models["fsdp"]
-    saved["ggn_hv"] = GGNOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
-    saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
-
-    op = HessianOperator(fsdp, LOSS, data, batch_size=BATCH)
-    _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
-    saved["slq_nodes"], saved["slq_weights"] = density.nodes, density.weights
-
-    # eigenvalues; then the same W continues bit for bit after a failing rank stopped a run
-    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
-    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
+    messages = {}
     reference = run.eigs(op, out / "ref.h5", shard_vectors=True, progress=False, **RESUME)
     path = out / "stopped.h5"
     hook = fsdp.register_forward_pre_hook(FailAt(at=10))
@@ -130,7 +130,7 @@ def main(out_dir):
         shutil.copy(out / "single.h5", other)
     dist.barrier()
     messages["other_world"] = message_of(lambda: run.eigs(op, other, resume=True,
-                                                          progress=False, **EIGS))
+                                                          progress=False, **RESUME))
 
     # bad input, refused on every rank before any pass
     messages["dtype"] = message_of(lambda: HessianOperator(
@@ -146,6 +146,39 @@ def main(out_dir):
             differing[2].bias.add_(1.0)
     messages["replica"] = message_of(lambda: HessianOperator(differing, LOSS, data))
 
+    return messages
+
+
+
+def main(out_dir):
+    out = Path(out_dir)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,))
+    data, V = make_data(), probe_block()
+    saved, messages = {}, {}
+
+    models = {"fsdp": fsdp_model(mesh), "dtensor": dtensor_model(mesh),
+              "checkpointed": checkpointed_model(mesh),
+              "mixed": dtensor_model(mesh, skip=("2.weight", "2.bias"))}
+    if world == 4:  # HSDP: 2 replicas x 2 shards
+        models["hsdp"] = fully_shard(make_model(), mesh=init_device_mesh(
+            "cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
+    for label, model in models.items():
+        op = HessianOperator(model, LOSS, data, batch_size=BATCH)
+        saved[f"{label}_hv"] = op @ V  # a full-length numpy block on every rank (scipy)
+    fsdp = models["fsdp"]
+    saved["ggn_hv"] = GGNOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
+    saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
+
+    op = HessianOperator(fsdp, LOSS, data, batch_size=BATCH)
+    _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
+    saved["slq_nodes"], saved["slq_weights"] = density.nodes, density.weights
+
+    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
+    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
+    if world == 2:  # resume and bad input: once
+        messages.update(resume_and_bad_input(op, fsdp, mesh, data, V, out, saved))
     for label, model in models.items():  # left sharded: about M / W numbers per rank
         saved[f"{label}_held"], saved[f"{label}_all_dtensor"] = local_counts(model)
     np.savez(out / f"rank{rank}.npz", **saved)
@@ -154,7 +187,6 @@ def main(out_dir):
     dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(0)  # no interpreter finalization: gloo's threads can abort it (distributed.py)
-
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -22,9 +22,9 @@ from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run
 
 WORKER = Path(__file__).parent / "_sharded_params_worker.py"
 BATCH = 14
-EIGS = dict(k=8, which="BE", k_bottom=3, tol=1e-10, ncv=40, seed=0)  # top 5, bottom 3
+EIGS = dict(k=8, which="BE", k_bottom=3, tol=1e-8, ncv=50, seed=0)  # top 5, bottom 3
 RESUME = dict(k=2, which="LA", tol=1e-8, ncv=10, seed=3)  # a short run, stopped and resumed
-SLQ = dict(num_probes=2, num_steps=10, seed=1)
+SLQ = dict(num_probes=2, num_steps=6, seed=1)
 
 
 def make_model(seed=0):
@@ -98,10 +98,11 @@ def ref(tmp_path_factory):
     op = HessianOperator(make_model(), torch.nn.CrossEntropyLoss(), data, batch_size=BATCH)
     H = dense_hessian(make_model(), data)
     exact = np.linalg.eigvalsh(H)
-    run.eigs(op, out_dir / "single.h5", progress=False, **EIGS)  # a file of world size 1
+    run.eigs(op, out_dir / "single.h5", progress=False, **RESUME)  # a file of world size 1
     _, density = run.slq(op, progress=False, **SLQ)
     loss = torch.nn.CrossEntropyLoss()
-    return {"hv": H @ V, "H": H, "single": out_dir / "single.h5", "top": exact[-5:], "bottom": exact[:3],
+    return {"hv": H @ V, "H": H, "single": out_dir / "single.h5",
+            "top": exact[-5:], "bottom": exact[:3],
             "ggn_hv": GGNOperator(make_model(), loss, data, batch_size=BATCH) @ V,
             "residual_hv": ResidualOperator(make_model(), loss, data, batch_size=BATCH) @ V,
             "slq_nodes": density.nodes, "slq_weights": density.weights}
@@ -117,7 +118,7 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     shutil.copy(ref["single"], tmp_path / "single.h5")
     ranks = launch(world_size, tmp_path)
     M = ref["H"].shape[0]
-    labels = ["fsdp", "dtensor", "mixed"] + (["hsdp"] if world_size == 4 else [])
+    labels = ["fsdp", "dtensor", "mixed", "checkpointed"] + (["hsdp"] if world_size == 4 else [])
     for saved, messages in ranks:
         for label in labels:  # products: the unsharded full-data product, on every rank
             assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
@@ -130,18 +131,25 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         assert np.all(saved["eigs_residuals"] < 1e-8)
         np.testing.assert_allclose(saved["slq_nodes"], ref["slq_nodes"], rtol=0, atol=1e-10)
         np.testing.assert_allclose(saved["slq_weights"], ref["slq_weights"], rtol=0, atol=1e-10)
+        if world_size != 2:
+            continue  # the 2-rank launch alone checks resume and bad input
         assert bool(saved["resume_equal"])  # a stopped run resumed with the same W
         assert "RuntimeError: simulated failure of rank 0" in messages["stopped"] or \
             "rank 0 raised RuntimeError" in messages["stopped"], messages["stopped"]
-        assert "world_size" in messages["other_world"], messages["other_world"]
+        assert "(world_size: file has 1, this run has 2)" in messages["other_world"], \
+            messages["other_world"]
         assert "InvalidModelError" in messages["dtype"] and "'0.weight'" in messages["dtype"]
         assert f"ranks 0 and {world_size - 1}" in messages["dtype"], messages["dtype"]
         assert "InvalidModelError" in messages["mesh"] and "mesh" in messages["mesh"]
         assert f"has {world_size}" in messages["mesh"], messages["mesh"]
         assert "RankMismatchError" in messages["replica"], messages["replica"]
-        assert messages["data_order"] != "no error", messages["data_order"]
-    for label in labels:  # still sharded after every product and run
+        assert messages["data_order"].startswith("RankMismatchError: the 2 ranks disagree on "
+                                                 "the sum of the inputs"), messages["data_order"]
+    # still sharded after every product and run: each rank holds at most its Shard(0) rows,
+    # ceil(rows / W) of each parameter
+    most = sum(-(-p.shape[0] // world_size) * p[0].numel() for p in make_model().parameters())
+    for label in set(labels) - {"mixed"}:
         held = [int(saved[f"{label}_held"]) for saved, _ in ranks]
-        assert all(bool(saved[f"{label}_all_dtensor"]) for saved, _ in ranks) or label == "mixed"
-        if label in ("fsdp", "dtensor"):
-            assert sum(held) == M and max(held) <= -(-M // world_size) + 4 * 3, (label, held)
+        assert all(bool(saved[f"{label}_all_dtensor"]) for saved, _ in ranks), label
+        if label != "hsdp":  # HSDP: each shard held by 2 replicas
+            assert sum(held) == M and max(held) <= most, (label, held)
