@@ -236,17 +236,24 @@ def _suspend_fsdp_hooks(model) -> list:
     except ImportError:
         return []
     saved = []
-    for module in model.modules():
+    for name, module in model.named_modules():
         if not isinstance(module, FSDPModule):
             continue
-        state = fully_shard.state(module)
+        state, found = fully_shard.state(module), False
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             owned = [k for k, h in hooks.items() if getattr(h, "__self__", None) is state]
             if not owned:
                 continue
+            found = True
             saved.append((hooks, dict(hooks)))
             for key in owned:
                 del hooks[key]
+        if not found:  # e.g. fully_shard([a, b]) on a group: hooks of another form
+            _restore_hooks(saved)
+            raise InvalidModelError(
+                f"module {name or type(module).__name__!r} is an FSDP2 module whose forward "
+                "hooks are not its own (fully_shard on a group of modules?); wrap each "
+                "module with its own fully_shard call")
     return saved
 
 
