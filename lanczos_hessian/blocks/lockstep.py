@@ -30,6 +30,7 @@ class Lockstep:
         self.num_passes = 0
         self._cond = threading.Condition()
         self._members = set()
+        self._order = {}  # member -> when it joined
         self._pending = {}  # member -> (block index, V)
         self._results = {}
         self._error = None
@@ -37,6 +38,7 @@ class Lockstep:
     def join(self, member) -> None:
         with self._cond:
             self._members.add(member)
+            self._order.setdefault(member, len(self._order))
 
     def leave(self, member) -> None:
         with self._cond:
@@ -61,7 +63,10 @@ class Lockstep:
         lock: the other threads wait for its result anyway)."""
         if not self._pending or set(self._pending) != self._members:
             return
-        pending, self._pending = self._pending, {}
+        # in the order the members joined, not the threads' order of arrival: under
+        # torch.distributed every rank must apply the same block
+        pending = {m: self._pending[m] for m in sorted(self._pending, key=self._order.get)}
+        self._pending = {}
         try:
             self._results.update(self._apply(pending))
         except BaseException as exc:  # every waiting solver fails with it

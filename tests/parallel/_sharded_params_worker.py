@@ -3,9 +3,10 @@
 Usage: python _sharded_params_worker.py OUT_DIR  (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 set). Everything the test checks is computed in this one launch (process start-up and the
 torch import cost seconds per launch): products of models sharded with FSDP2's
-``fully_shard``, with plain DTensor parameters, partly sharded, with checkpointed blocks and (W = 4) on a 2-D mesh;
-eigenvalues at both ends and an SLQ run with sharded Lanczos vectors; a run stopped by a
-failing rank and resumed; a resume of a file written with another world size; bad inputs.
+``fully_shard``, with plain DTensor parameters, partly sharded, with checkpointed blocks and
+(W = 4) on a 2-D mesh; eigenvalues at both ends and an SLQ run with sharded Lanczos vectors;
+and (W = 2) blockwise spectra, a run stopped by a failing rank and resumed, a resume of a file
+written with another world size, bad inputs.
 Each rank saves ``rank<r>.npz`` and ``rank<r>.json`` (the error messages).
 """
 
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_sharded_params import BATCH, EIGS, RESUME, SLQ, make_data, make_model, probe_block  # noqa: E402
 
 from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run  # noqa: E402
+from lanczos_hessian.blocks import block_spectra  # noqa: E402
 
 LOSS = torch.nn.CrossEntropyLoss()
 
@@ -181,7 +183,11 @@ def main(out_dir):
 
     top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
     saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
-    if world == 2:  # resume and bad input: once
+    if world == 2:  # blockwise spectra, resume and bad input: once
+        blocks = block_spectra(op, {"first": "0", "last": "4"}, k=2, tol=1e-10,
+                               num_probes=0, seed=0)
+        for block in blocks.blocks:
+            saved[f"block_{block.name}"] = block.eigs.eigenvalues
         messages.update(resume_and_bad_input(op, fsdp, mesh, data, V, out, saved))
     for label, model in models.items():  # left sharded: about M / W numbers per rank
         saved[f"{label}_held"], saved[f"{label}_all_dtensor"] = local_counts(model)

@@ -132,7 +132,11 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         np.testing.assert_allclose(saved["slq_nodes"], ref["slq_nodes"], rtol=0, atol=1e-10)
         np.testing.assert_allclose(saved["slq_weights"], ref["slq_weights"], rtol=0, atol=1e-10)
         if world_size != 2:
-            continue  # the 2-rank launch alone checks resume and bad input
+            continue  # the 2-rank launch alone checks blocks, resume and bad input
+        # blockwise spectra: the top 2 of the diagonal blocks of the first and last layers
+        for name, rows in (("first", slice(0, 70)), ("last", slice(M - 44, M))):
+            exact = np.linalg.eigvalsh(ref["H"][rows, rows])[-2:]
+            np.testing.assert_allclose(np.sort(saved[f"block_{name}"]), exact, atol=1e-8)
         assert bool(saved["resume_equal"])  # a stopped run resumed with the same W
         assert "RuntimeError: simulated failure of rank 0" in messages["stopped"] or \
             "rank 0 raised RuntimeError" in messages["stopped"], messages["stopped"]
