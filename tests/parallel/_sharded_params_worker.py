@@ -174,6 +174,8 @@ def main(out_dir):
         op = HessianOperator(model, LOSS, data, batch_size=BATCH)
         saved[f"{label}_hv"] = op @ V  # a full-length numpy block on every rank (scipy)
     fsdp = models["fsdp"]
+    saved["forward_hv"] = HessianOperator(fsdp, LOSS, data, batch_size=BATCH,
+                                          strategy="forward-over-reverse") @ V
     saved["ggn_hv"] = GGNOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
     saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
 

@@ -122,6 +122,7 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     for saved, messages in ranks:
         for label in labels:  # products: the unsharded full-data product, on every rank
             assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
+        assert relative(saved["forward_hv"], ref["hv"]) < 1e-12  # the other strategy
         assert relative(saved["ggn_hv"], ref["ggn_hv"]) < 1e-12
         assert relative(saved["residual_hv"], ref["residual_hv"]) < 1e-12
         # eigenvalues at both ends (sharded Lanczos vectors) against eigvalsh of the dense H
