@@ -169,7 +169,7 @@ class CurvatureOperator(LinearOperator):
                 warn_on_train_mode(model)
                 self._check_loss_on_first_batch(strategy, bool(compile))
                 if compile:
-                    self.sharded.refuse("compile=True")
+                    self.sharded.refuse_compile()
                     self.compiled = CompiledProduct(self.curvature, self.device,
                                                     compile if isinstance(compile, dict) else None)
                 self._num_samples = self.data.total_samples

@@ -149,14 +149,15 @@ class ShardedModel:
         """Whether the model holds any sharded parameter."""
         return bool(self.names)
 
-    def refuse(self, option: str) -> None:
-        """Raise :class:`InvalidModelError` when the model is sharded: ``option`` (named in
-        the message) is not available for sharded parameters."""
+    def refuse_compile(self) -> None:
+        """Raise :class:`InvalidModelError` when the model is sharded: compiled products
+        (``compile=True``) are not available for sharded parameters."""
         if self.names:
             raise InvalidModelError(
-                f"{option} is not available for a model with sharded parameters (such as "
+                f"compile=True is not available for a model with sharded parameters (such as "
                 f"{self.names[0]!r}): its products are taken on parameters gathered anew for "
-                "each pass, which a compiled graph would not follow")
+                "each pass, which a compiled graph would not follow; build the operator "
+                "without compile")
 
     @contextmanager
     def gathered(self):

@@ -142,6 +142,7 @@ def resume_and_bad_input(op, fsdp, mesh, data, V, out, saved) -> dict:
     shuffled = (data[0].flip(0), data[1].flip(0)) if rank == world - 1 else data
     messages["data_order"] = message_of(
         lambda: HessianOperator(fsdp, LOSS, shuffled, batch_size=BATCH) @ V[:, 0])
+    messages["compile"] = message_of(lambda: HessianOperator(fsdp, LOSS, data, compile=True))
     grouped = make_model()
     fully_shard([grouped[0], grouped[2]], mesh=mesh)  # one FSDP2 state for two modules
     messages["grouped"] = message_of(lambda: HessianOperator(

@@ -148,6 +148,8 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         assert "InvalidModelError" in messages["mesh"] and "mesh" in messages["mesh"]
         assert f"has {world_size}" in messages["mesh"], messages["mesh"]
         assert "RankMismatchError" in messages["replica"], messages["replica"]
+        assert messages["compile"].startswith("InvalidModelError: compile=True is not "
+                                              "available"), messages["compile"]
         assert messages["grouped"].startswith("InvalidModelError: module '0' is an FSDP2 "
                                               "module whose forward hooks"), messages["grouped"]
         assert messages["data_order"].startswith("RankMismatchError: the 2 ranks disagree on "

@@ -61,5 +61,5 @@ def test_a_plain_model_is_described_and_left_alone():
     assert not sharded.is_sharded
     with sharded.gathered():
         assert isinstance(model.weight, torch.nn.Parameter)
-    sharded.refuse("compile=True")  # nothing to refuse
+    sharded.refuse_compile()  # nothing to refuse
     assert sharded.cached("key", lambda: 3) == 3
