@@ -228,6 +228,7 @@ def main(argv=None):
                 "threads_per_rank": args.threads, "torch": torch.__version__,
                 "results": results}
         Path(args.json).write_text(json.dumps(info, indent=1))
+    return results
 
 
 if __name__ == "__main__":
