@@ -157,7 +157,7 @@ def test_the_command_line_refuses_a_bad_target_before_any_work(capsys, tmp_path)
     out = tmp_path / "never.h5"
     for flag, value, name in (("--target-error", "-1", "target_error"),
                               ("--confidence", "1.5", "confidence")):
-        code = main(["slq", "--num-steps", "4", "--target-error", "0.1", flag, value,
+        code = main(["slq", "--problem", "clusters-mlp", "--num-steps", "4", "--target-error", "0.1", flag, value,
                      "--out", str(out), "--no-progress"])
         assert code == 2 and f"{name} must be" in capsys.readouterr().err
         assert not out.exists()
