@@ -69,7 +69,7 @@ def test_a_plain_linear_operator_stopped_in_process_resumes_bit_identically(tmp_
             return run.eigs(op, out, k=4, ncv=10, tol=1e-10, seed=3, progress=False,
                             **kw).eigenvalues
         return run.slq(op, out, num_probes=3, num_steps=12, k_top=2, seed=3,
-                       progress=False, **kw)[1].nodes
+                       progress=False, **kw).slq.nodes
 
     whole = Stopped(matrix(), 0)
     reference = call(whole, tmp_path / "ref.h5")
