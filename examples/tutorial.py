@@ -71,10 +71,13 @@ print(f"density on {grid.size} points, band width at the peak "
 # %% [markdown]
 # ## 4. Summaries and one verdict
 # A `Spectrum` gathers eigenpairs and rules; its `statistics()` are the numbers usually
-# computed by hand, each with its error bar, and its outlier verdict names its rule.
+# computed by hand, each with its error bar, and its outlier verdict names its rule. Its
+# `attrs` (what a file records) name the operator and model in the figure's title.
 
 # %%
-spectrum = Spectrum.from_results(eigs, bulk, label="tutorial")
+spectrum = Spectrum.from_results(eigs, bulk, label="tutorial",
+                                 attrs={**problem.attrs, "label": "tutorial",
+                                        "operator": op.kind, "num_params": op.shape[0]})
 print(spectrum.outlier_verdict())
 for row in spectrum.statistics():
     print(f"{row.name:<26} {row}")
