@@ -155,6 +155,16 @@ def test_an_eigs_file_and_an_slq_file_of_one_operator_are_read_as_one_run(tmp_pa
     text = one.summary()
     assert "(eigensolver)" in text and "unknown" not in text and "e.h5 + " in text
     assert text.count("outliers among the top") == 1
+    # a deflated SLQ file holds its deflation's pairs: the eigensolver's file gives the run's
+    run_slq(op, tmp_path / "d.h5", num_probes=4, num_steps=15, k_top=3, progress=False,
+            attrs=attrs)
+    for order in (["e.h5", "d.h5"], ["d.h5", "e.h5"]):
+        (one,) = merge_runs([read_spectrum(tmp_path / name) for name in order])
+        text = one.summary()
+        assert "(eigensolver)" in text and "unknown" not in text, order
+        assert text.count("outliers among the top") == 1 and "3 deflated outliers" in text
+        assert len(one.eigenvalues) == 6 and one.eigs_attrs["which"] == "BE"
+        assert one.eigs.which == "BE" and one.slq.num_probes == 4
     other = {"problem": "another"}
     run_slq(op, tmp_path / "t.h5", num_probes=2, num_steps=5, progress=False, attrs=other)
     assert len(merge_runs([read_spectrum(tmp_path / "e.h5"),

@@ -61,6 +61,11 @@ def test_a_threshold_at_the_atom_is_unresolved_and_one_in_a_gap_is_resolved():
     t = result.nearest_resolved_threshold(2.0, "above")
     assert 1 <= t <= 5 and result.fraction_below(t).resolved
     assert "Fraction(" in repr(at_zero) and len(repr(at_zero)) < 120
+    from lanczos_hessian.analysis.summary import describe  # the printed text: no value
+
+    assert describe(at_zero) == f"unresolved [{at_zero.lower:.4f}, {at_zero.upper:.4f}]"
+    assert describe(between) == (f"{between.value:.4f} [{between.lower:.4f}, "
+                                 f"{between.upper:.4f}]")
 
 
 def test_deflated_brackets_count_the_outliers_exactly():
