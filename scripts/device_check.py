@@ -991,7 +991,7 @@ def _alexnet_runs(ctx, sec, state):
     def slq_run():
         def go():
             return run.slq(op, None, num_probes=P, num_steps=S, reorthogonalize=False, seed=0,
-                           progress=False)[1]
+                           progress=False).slq
 
         memory = {"operator_peak_bytes": _operator_peak(ctx, state, P) if ctx.cuda else None,
                   "rule_bytes": None, "location": "none (no basis)", "budget": None,
@@ -1013,7 +1013,7 @@ def _cnn_slq(ctx, sec, state):
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         def go():
             return run.slq(state["op"], Path(tmp) / "cnn-slq.h5", num_probes=P, num_steps=S,
-                           seed=0, progress=False)[1]
+                           seed=0, progress=False).slq
 
         memory = {"operator_peak_bytes": _operator_peak(ctx, state, P) if ctx.cuda else None,
                   "rule_bytes": rule, "location": "device", "budget": None, "kind": "slq"}

@@ -25,10 +25,12 @@ import numpy as np
 
 #: The runs: file name -> command-line arguments (after ``lanczos-hessian``).
 RUNS = {
-    "eigs.h5": ["eigs", "--k", "8", "--which", "BE", "--k-bottom", "3", "--save-vectors",
-                "--strategy", "forward-over-reverse", "--seed", "3"],
-    "slq.h5": ["slq", "--deflate-top", "4", "--deflate-bottom", "2", "--num-probes", "4",
-               "--num-steps", "20", "--strategy", "forward-over-reverse", "--seed", "5"],
+    "eigs.h5": ["eigs", "--problem", "clusters-mlp", "--k", "8", "--which", "BE",
+                "--k-bottom", "3", "--save-vectors", "--strategy", "forward-over-reverse",
+                "--seed", "3"],
+    "slq.h5": ["slq", "--problem", "clusters-mlp", "--deflate-top", "4", "--deflate-bottom",
+               "2", "--num-probes", "4", "--num-steps", "20", "--strategy",
+               "forward-over-reverse", "--seed", "5"],
     "demo.h5": ["demo", "--num-examples", "200", "--steps", "300", "--seed", "1"],
 }
 

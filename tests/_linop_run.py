@@ -49,8 +49,9 @@ class Killed(LinearOperator):
         raise AttributeError(name)
 
 
-if __name__ == "__main__":
-    kind, out, kill_at, *flags = sys.argv[1:]
+def run_once(kind, out, kill_at, *flags):
+    """The run this script makes (also called in-process, for an uninterrupted reference)."""
+    out = str(out)
     op = Killed(matrix(), int(kill_at), "--identity" in flags)
     if kind == "eigs":
         result = run.eigs(op, out, k=4, ncv=10, tol=1e-10, seed=3, progress=False,
@@ -61,3 +62,7 @@ if __name__ == "__main__":
                             progress=False, resume="--resume" in flags)
         values = result.nodes
     np.save(out + ".npy", values)
+
+
+if __name__ == "__main__":
+    run_once(*sys.argv[1:])

@@ -25,6 +25,16 @@ def run_cli(args, **kwargs):
                           timeout=TIMEOUT, **kwargs)
 
 
+def run_in_process(command, args):
+    """``command`` (one of the lists above) with ``args`` run by the CLI's ``main`` in this
+    process: an uninterrupted reference run without an interpreter to start. Its exit code."""
+    from lanczos_hessian.cli import main
+
+    if PROBLEMS not in sys.path:
+        sys.path.insert(0, PROBLEMS)
+    return main(command[3:] + args)
+
+
 SLQ_COMMAND = [sys.executable, "-m", "lanczos_hessian", "slq", "--problem", "slow_mlp:build",
                "--num-probes", "3", "--num-steps", "20", "--deflate-top", "3", "--tol", "1e-10",
                "--batch-size", "30", "--strategy", "reverse-over-reverse", "--no-progress"]

@@ -79,5 +79,6 @@ def test_quiet_and_log_every_on_the_command_line(tmp_path, capsys, monkeypatch):
     assert closing.startswith(f"written to {out}: top eigenvalue ") and "\n" not in closing
     assert "pairs converged" in closing
     assert "\r" not in captured.err
-    assert main(["eigs", "--k", "3", "--log-every", "0", "--out", str(tmp_path / "x.h5")]) == 2
+    assert main(["eigs", "--problem", "clusters-mlp", "--k", "3", "--log-every", "0", "--out",
+                 str(tmp_path / "x.h5")]) == 2
     assert "--log-every must be a positive number" in capsys.readouterr().err

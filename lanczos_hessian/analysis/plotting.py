@@ -41,11 +41,15 @@ CURVATURE_UNITS = "loss / param^2"
 
 
 def figure_title(spectrum) -> str:
-    """``label: hessian of clusters-mlp (4270 parameters)``: the run's model and operator."""
+    """``label: hessian of clusters-mlp (4270 parameters)``: the run's operator, model and
+    size, each as far as its attributes say (results in memory without provenance: the
+    label alone)."""
     a = spectrum.attrs
-    model = a.get("problem") or a.get("model") or "model"
-    size = f" ({a['num_params']} parameters)" if a.get("num_params") else ""
-    return f"{spectrum.label}: {a.get('operator', 'curvature')} of {model}{size}"
+    model = a.get("problem") or a.get("model")
+    what = " of ".join(str(part) for part in (a.get("operator"), model) if part)
+    size = f"{a['num_params']} parameters" if a.get("num_params") else ""
+    detail = f"{what} ({size})" if what and size else what or size
+    return f"{spectrum.label}: {detail}" if detail else str(spectrum.label)
 
 
 def pyplot():

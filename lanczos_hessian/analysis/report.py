@@ -25,6 +25,8 @@ import textwrap
 
 import numpy as np
 
+from ..linalg.eigsh_result import bound_floor, bound_text
+
 #: The legend printed under every eigenpair table.
 RESIDUAL_LEGEND = (
     "i: index into result.eigenvalues (ascending, as scipy's eigsh); Ritz bound: "
@@ -44,8 +46,7 @@ def eigen_table(eigenvalues, residual_bounds, error_bounds=None, residuals=None,
     """
     eigenvalues = np.asarray(eigenvalues)
     order = np.argsort(eigenvalues, kind="stable")  # the arrays' own order when sorted
-    finite = np.abs(eigenvalues[np.isfinite(eigenvalues)])
-    floor = np.finfo(np.float64).eps * (float(finite.max()) if finite.size else 1.0)
+    floor = bound_floor(eigenvalues)
     keep = set(range(len(order)) if rows is None else (int(i) for i in rows))
     header = f"{'i':>4}  {'eigenvalue':>14}  {'Ritz bound':>10}"
     if residuals is not None:
@@ -87,9 +88,7 @@ def _number(values, i, width, floor=0.0) -> str:
     below the floor)."""
     if values is None:
         return f"{'-':>{width}}"
-    if 0 <= values[i] < floor:
-        return f"{'< ' + format(floor, '.0e'):>{width}}"
-    return f"{values[i]:>{width}.2e}"
+    return bound_text(values[i], floor, width)
 
 
 def closest(values, reference) -> np.ndarray:

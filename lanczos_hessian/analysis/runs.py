@@ -28,9 +28,11 @@ def merge_runs(spectra: list) -> list:
     """Files of one run analysed together: an ``eigs`` file and an ``slq`` (or demo) file of
     the same operator become one :class:`Spectrum` (eigenpairs from the one that has them,
     quadrature and exact spectrum from the other), so that a density section knows the
-    bottom eigenvalue the other file holds and the run has one outlier verdict. Files that
-    overlap (both with eigenpairs, or both with SLQ rules) or describe different operators
-    stay apart."""
+    bottom eigenvalue the other file holds and the run has one outlier verdict. A deflated
+    SLQ file's eigenpairs are its deflation's: beside an eigensolver's file, the
+    eigensolver's pairs are the run's (the deflated outliers stay in the quadrature). Files
+    that overlap otherwise (both with SLQ rules, both with an exact spectrum, or both with
+    eigenpairs of their own) or describe different operators stay apart."""
     merged: list = []
     for spectrum in spectra:
         partner = next((m for m in merged if same_operator(m, spectrum)
@@ -43,19 +45,25 @@ def merge_runs(spectra: list) -> list:
 
 
 def _complementary(a: Spectrum, b: Spectrum) -> bool:
-    both = [(getattr(a, f) is not None) and (getattr(b, f) is not None)
-            for f in ("eigenvalues", "quadrature", "dense_eigenvalues")]
-    return not any(both)
+    """No part in both, except eigenpairs of which one file's are its SLQ's deflation."""
+    def both(name):
+        return getattr(a, name) is not None and getattr(b, name) is not None
+
+    if both("quadrature") or both("dense_eigenvalues"):
+        return False
+    return not both("eigenvalues") or (a.quadrature is None) != (b.quadrature is None)
 
 
 def _absorb(into: Spectrum, other: Spectrum) -> None:
-    """Fill ``into``'s missing parts from ``other``; its label names both files."""
-    if into.eigenvalues is None and other.eigenvalues is not None:
+    """Fill ``into``'s missing parts from ``other`` (and take an eigensolver's pairs over a
+    deflation's); its label names both files."""
+    deflation_only = into.quadrature is not None and other.quadrature is None
+    if other.eigenvalues is not None and (into.eigenvalues is None or deflation_only):
         for name in ("eigenvalues", "residual_bounds", "residuals", "converged",
-                     "eigs_complete", "eigs_attrs"):
+                     "eigs_complete", "eigs_attrs", "eigs"):
             setattr(into, name, getattr(other, name))
     if into.quadrature is None:
-        into.quadrature = other.quadrature
+        into.quadrature, into.slq = other.quadrature, other.slq
     if into.dense_eigenvalues is None:
         into.dense_eigenvalues = other.dense_eigenvalues
     into.progress += [f"{other.path.name}: {line}" for line in other.progress]

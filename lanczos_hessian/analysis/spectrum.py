@@ -18,44 +18,12 @@ import numpy as np
 from ..linalg import density
 from ..linalg.density import DEFAULT_NUM_POINTS
 from ..errors import SpectrumFileError
-from ..storage.hdf5 import read_file
+from ..storage.hdf5 import decode_attrs, open_spectrum, read_file
+from ..storage.records import read_eigs_result, read_slq_result
 from .outliers import count_outliers, outlier_verdict
+from .quadrature import Quadrature, quadrature_of_record
 from .statistics import spectral_statistics
 from .summary import MASS_THRESHOLDS, summarize  # noqa: F401 (their home before summary.py)
-
-
-@dataclass(repr=False)
-class Quadrature(density.QuadratureStatistics):
-    """SLQ quadrature rules as saved: nodes/weights ``(P, m)``, outliers, ``dim``; the
-    statistics of :class:`~lanczos_hessian.linalg.density.QuadratureStatistics`."""
-
-    nodes: np.ndarray
-    weights: np.ndarray
-    dim: int
-    outliers: np.ndarray
-    num_steps_done: int = 0
-    complete: bool = True
-    attrs: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_group(cls, group) -> "Quadrature":
-        """The rules of a complete ``slq`` group of an open HDF5 file."""
-        outliers = group["outliers"][()] if "outliers" in group else np.zeros(0)
-        return cls(group["nodes"][()], group["weights"][()], int(group.attrs["dim"]),
-                   outliers, int(group["nodes"].shape[1]), True, dict(group.attrs))
-
-    @classmethod
-    def exact(cls, eigenvalues) -> "Quadrature":
-        """The exact spectrum as one rule of ``n`` nodes of weight ``1/n`` (its fractions'
-        brackets are then one eigenvalue wide)."""
-        values = np.sort(np.asarray(eigenvalues, dtype=np.float64).reshape(-1))
-        return cls(values[None, :], np.full((1, values.size), 1.0 / values.size), values.size,
-                   np.zeros(0), values.size, True, {"exact": True})
-
-    def __repr__(self) -> str:
-        state = "" if self.complete else f", CUT OFF after {self.num_steps_done} steps"
-        return (f"Quadrature({self.nodes.shape[0]} probes x {self.nodes.shape[1]} nodes, "
-                f"dim {self.dim}, {len(self.outliers)} deflated outliers{state})")
 
 
 @dataclass(repr=False)
@@ -80,6 +48,13 @@ class Spectrum:
     progress : list of str
         One line per computation of the file that is not complete: what it has committed
         (a run killed in any phase, or still running).
+    eigs, slq : EigshResult, SLQResult or None
+        The solvers' results: what :func:`lanczos_hessian.run.slq` computed, or the same read
+        back from a complete group (None for a cut-off run, or a file without them). The
+        spectrum unpacks as this pair: ``eigs, bulk = run.slq(op, out, ...)``.
+
+    :func:`lanczos_hessian.run.slq` returns the spectrum :func:`read_spectrum` reads back
+    from its file: the same path, attributes, summary, dataframes and repr.
     """
 
     path: Path
@@ -93,6 +68,13 @@ class Spectrum:
     quadrature: Quadrature | None = None
     dense_eigenvalues: np.ndarray | None = None
     progress: list = field(default_factory=list)
+    eigs: object = None
+    slq: object = None
+
+    def __iter__(self):
+        """``eigs, bulk = spectrum``: the solvers' results (the pair ``run.slq`` returned
+        before it returned the spectrum, so that such code keeps working)."""
+        return iter((self.eigs, self.slq))
 
     @property
     def label(self) -> str:
@@ -203,21 +185,26 @@ class Spectrum:
         return np.zeros(0)
 
     @classmethod
-    def from_results(cls, eigs=None, slq=None, label: str = "run") -> "Spectrum":
+    def from_results(cls, eigs=None, slq=None, label: str = "run", *, path=None, attrs=None,
+                     eigs_attrs=None, slq_attrs=None) -> "Spectrum":
         """A spectrum of results in memory (an ``EigshResult`` and/or an ``SLQResult``), so that
         :func:`~lanczos_hessian.analysis.plotting.plot_spectra` and :func:`summarize` need no
-        file."""
-        spectrum = cls(Path(label), {"label": label})
+        file. ``path`` and the root, ``eigs`` and ``slq`` attributes are those of the file the
+        results were written to, if any (:func:`spectrum_of_run`); by default ``label``
+        names it and the groups' attributes are the results' own."""
+        spectrum = cls(Path(label) if path is None else Path(path),
+                       {"label": label} if attrs is None else dict(attrs), eigs=eigs, slq=slq)
         if eigs is not None:
             spectrum.eigenvalues = np.asarray(eigs.eigenvalues)
             spectrum.residual_bounds = np.asarray(eigs.residual_bounds)
             spectrum.residuals = eigs.residuals
             spectrum.converged = np.asarray(eigs.converged)
             spectrum.eigs_complete = True
-            spectrum.eigs_attrs = {"which": eigs.which, "k_bottom": eigs.k_bottom}
+            spectrum.eigs_attrs = ({"which": eigs.which, "k_bottom": eigs.k_bottom}
+                                   if eigs_attrs is None else dict(eigs_attrs))
         if slq is not None:
             spectrum.quadrature = Quadrature(slq.nodes, slq.weights, slq.dim, slq.outliers,
-                                             slq.num_steps, True, {})
+                                             slq.num_steps, True, dict(slq_attrs or {}))
         return spectrum
 
     def to_dataframe(self, what: str = "eigs", per: str = "node"):
@@ -267,8 +254,26 @@ class Spectrum:
         return outlier_verdict(counts, self.eigs_attrs.get("outliers_rule") or None)
 
 
+def spectrum_of_run(eigs, slq, out=None, attrs=None, read_file_attrs=True) -> Spectrum:
+    """The :class:`Spectrum` of a run's results in memory (what :func:`lanczos_hessian.run.slq`
+    returns). With the file ``out`` the run wrote (and ``read_file_attrs``: the rank that
+    wrote it), its path and the attributes of its root and groups, read back, so that it
+    equals :func:`read_spectrum` of ``out``; else ``attrs``, the provenance a file would
+    hold."""
+    root, groups = dict(attrs or {}), {}
+    if out is not None and read_file_attrs and Path(out).is_file():
+        with open_spectrum(out) as handle:
+            root = decode_attrs(handle.attrs)
+            groups = {name: decode_attrs(handle[name].attrs) for name in ("eigs", "slq")
+                      if name in handle}
+    return Spectrum.from_results(eigs, slq, label=root.get("label") or "run", path=out,
+                                 attrs=root, eigs_attrs=groups.get("eigs"),
+                                 slq_attrs=groups.get("slq"))
+
+
 def read_spectrum(path) -> Spectrum:
-    """Load a spectrum file (see :mod:`lanczos_hessian.storage.hdf5`), complete or cut off."""
+    """Load a spectrum file (see :mod:`lanczos_hessian.storage.hdf5`), complete or cut off;
+    the solvers' results of its complete groups as ``.eigs`` and ``.slq``."""
     path = Path(path)
     content = read_file(path)
     spectrum = Spectrum(path=path, attrs=content["attrs"])
@@ -276,7 +281,7 @@ def read_spectrum(path) -> Spectrum:
         if "eigs" in content:
             _load_eigs(spectrum, content["eigs"], deflation="slq" in content)
         if "slq" in content:
-            spectrum.quadrature = _load_quadrature(content["slq"], content["attrs"], path,
+            spectrum.quadrature = quadrature_of_record(content["slq"], content["attrs"], path,
                                                    spectrum)
         if "dense" in content and "eigenvalues" in content["dense"]:
             spectrum.dense_eigenvalues = content["dense"]["eigenvalues"]
@@ -287,7 +292,27 @@ def read_spectrum(path) -> Spectrum:
                                 f"({type(exc).__name__}: {exc})") from exc
     if set(content) == {"attrs"}:  # killed between creating the file and declaring a run
         spectrum.progress.append("no computation recorded yet (the file was just created)")
+    spectrum.eigs, spectrum.slq = solver_results(path, content)
     return spectrum
+
+
+def solver_results(path, content) -> tuple:
+    """``(EigshResult or None, SLQResult or None)`` of the complete ``eigs`` and ``slq``
+    groups of the file at ``path`` (``content``: what :func:`read_file` read of it); None for a
+    group that is cut off, or holds less than a finished run writes (a file of an older
+    version, a tracking file)."""
+    wanted = [name for name in ("eigs", "slq")
+              if name in content and content[name].attrs.get("complete") is True]
+    found = {}
+    if wanted:
+        with open_spectrum(path) as handle:
+            for name in wanted:
+                read = read_eigs_result if name == "eigs" else read_slq_result
+                try:
+                    found[name] = read(handle[name])
+                except (KeyError, TypeError, ValueError):
+                    found[name] = None
+    return found.get("eigs"), found.get("slq")
 
 
 def _committed(record) -> int:
@@ -315,58 +340,3 @@ def _load_eigs(spectrum, record, deflation=False):
         keep = np.isfinite(last)
         spectrum.eigenvalues = last[keep]
         spectrum.residual_bounds = record.steps["residual_bounds"][-1][keep]
-
-
-def _load_quadrature(record, root_attrs, path, spectrum) -> Quadrature:
-    attrs = dict(record.attrs)
-    dim = int(attrs.get("dim") or root_attrs.get("num_params") or 0)
-    if "nodes" in record and attrs.get("complete", True):
-        missing = [key for key in ("weights",) if key not in record]
-        if missing:
-            raise SpectrumFileError(f"{path} is damaged or incomplete: its slq group has nodes "
-                                    f"but no {', '.join(missing)}")
-        return Quadrature(record["nodes"], record["weights"], dim,
-                          np.asarray(record.get("outliers", np.zeros(0))),
-                          int(attrs.get("num_steps", record["nodes"].shape[1])), True, attrs)
-    # a cut-off run: rebuild the rules from the committed per-step coefficients
-    steps = record.steps
-    if not steps or len(steps.get("alpha", ())) == 0:
-        waiting = ""
-        if (attrs.get("k_top") or attrs.get("k_bottom")) and not spectrum.eigs_complete:
-            waiting = " (its deflation phase is running: see the eigs line)"
-        elif attrs.get("k_top") or attrs.get("k_bottom"):
-            waiting = " (its deflation phase is complete)"
-        spectrum.progress.append(f"slq: no step committed yet{waiting}")
-        return None
-    spectrum.progress.append(f"slq: CUT OFF, {len(steps['alpha'])} lockstep steps committed")
-    from ..linalg.slq import quadrature_rules
-
-    alphas, betas = steps["alpha"].T, steps["beta"].T  # (P, steps), NaN once a probe stopped
-    if "round" in steps:  # adaptive SLQ: every round's probes are probes of their own
-        alphas, betas = _rounds_as_probes(steps)
-    num_nodes = np.isfinite(alphas).sum(axis=1)
-    nodes, weights = quadrature_rules(np.nan_to_num(alphas), np.nan_to_num(betas), num_nodes)
-    outliers = np.zeros(0)
-    if attrs.get("k_top") or attrs.get("k_bottom"):
-        if not spectrum.eigs_complete:
-            raise SpectrumFileError(f"{path}: deflated SLQ without its complete outliers")
-        outliers = spectrum.eigenvalues  # the deflation run finished before SLQ started
-    return Quadrature(nodes, weights, dim, outliers, int(alphas.shape[1]), False, attrs)
-
-
-def _rounds_as_probes(steps) -> tuple:
-    """``(alphas, betas)`` ``(probes, steps)`` of an adaptive run's records: the rows of each
-    round (``steps/round``) are its probes' steps; columns past a round's width (NaN
-    padding) are no probe."""
-    rounds = np.asarray(steps["round"])
-    blocks = [(steps["alpha"][rounds == r].T, steps["beta"][rounds == r].T)
-              for r in np.unique(rounds)]
-    width = max(a.shape[1] for a, _ in blocks)
-
-    def stacked(index):
-        return np.concatenate([np.pad(block[index], ((0, 0), (0, width - block[index].shape[1])),
-                                      constant_values=np.nan) for block in blocks])
-
-    alphas, betas = stacked(0), stacked(1)
-    probes = np.isfinite(alphas).any(axis=1)
-    return alphas[probes], betas[probes]

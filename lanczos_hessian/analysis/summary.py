@@ -94,10 +94,11 @@ def verdict_line(spectrum, num_top) -> str:
 
 
 def describe(fraction) -> str:
-    """``0.0123 [0.0050, 0.0300]``, with ``unresolved`` when the quadrature cannot place the
-    threshold (:attr:`~lanczos_hessian.linalg.resolution.Fraction.resolved`)."""
-    text = f"{fraction.value:.4f} [{fraction.lower:.4f}, {fraction.upper:.4f}]"
-    return text + ("" if fraction.resolved else " unresolved")
+    """``0.0123 [0.0050, 0.0300]``; ``unresolved [0.0929, 0.8545]`` when the quadrature
+    cannot place the threshold (:attr:`~lanczos_hessian.linalg.resolution.Fraction.resolved`):
+    the bracket alone, since the rules' own value there is not a measurement."""
+    bracket = f"[{fraction.lower:.4f}, {fraction.upper:.4f}]"
+    return f"{fraction.value:.4f} {bracket}" if fraction.resolved else f"unresolved {bracket}"
 
 
 def slq_lines(spectrum, q):
@@ -108,7 +109,7 @@ def slq_lines(spectrum, q):
     of zero, where a Gauss rule's nodes carry the atom at zero on either side of a
     threshold: the table gives the mass below ``-t lambda_max`` and within ``t lambda_max``
     of zero for each ``t`` in :data:`MASS_THRESHOLDS`, each with its bracket, so that an
-    unresolved threshold shows as a wide bracket marked ``unresolved``. The mass below 0 is
+    unresolved threshold shows as its bracket alone, marked ``unresolved``. The mass below 0 is
     printed as a bracket when unresolved, with the nearest threshold below 0 the rules do
     resolve. ``lambda_max`` is the largest eigenvalue known (eigensolver, outliers, nodes,
     dense); for a spectrum with no positive part the spectral radius stands in.

@@ -54,17 +54,20 @@ class Tracking(dict):
 
     def slq_series(self) -> dict:
         """Per measurement: ``trace`` (with ``trace_stderr``) and ``negative_mass`` (the
-        fraction below 0, with its bracket ``negative_lower``/``negative_upper``), from the
-        tracked SLQ rules; empty without them. The trace needs ``dim`` in the attributes."""
+        fraction below 0, with its bracket ``negative_lower``/``negative_upper``, and
+        ``negative_resolved``: False where the rules cannot place 0, so that only the bracket
+        is a measurement), from the tracked SLQ rules; empty without them. The trace needs ``dim`` in the attributes."""
         if "slq_nodes" not in self:
             return {}
         out = {key: np.full(self.num_records, np.nan) for key in
                ("trace", "trace_stderr", "negative_mass", "negative_lower", "negative_upper")}
+        out["negative_resolved"] = np.zeros(self.num_records, dtype=bool)
         dim = self.dim()
         for r, (nodes, weights) in enumerate(zip(self["slq_nodes"], self["slq_weights"])):
             negative = fraction_below(nodes, weights, 0.0)
             out["negative_mass"][r] = negative.value
             out["negative_lower"][r], out["negative_upper"][r] = negative.lower, negative.upper
+            out["negative_resolved"][r] = negative.resolved
             if dim:
                 trace = trace_estimate(nodes, weights, dim=dim)
                 out["trace"][r], out["trace_stderr"][r] = trace.value, trace.stderr
@@ -107,12 +110,19 @@ class Tracking(dict):
         axes = axes[0]
         steps, values = self["step"], self["eigenvalues"]
         ax = axes[0]
-        ax.plot(steps, np.nanmax(values, axis=1), "o-", ms=3, label="top eigenvalue")
+        top = np.nanmax(values, axis=1)
+        ax.plot(steps, top, "o-", ms=3, label="top eigenvalue")
         ax.plot(steps, np.nanmin(values, axis=1), "s-", ms=3,
                 label=f"smallest of the {values.shape[1]} tracked")
         if lr:
-            ax.axhline(2.0 / lr, ls="--", color="k", lw=1,
-                       label=f"edge of stability 2/lr = {2.0 / lr:.3g}")
+            edge, highest = 2.0 / lr, float(np.nanmax(top))
+            if highest > 0 and edge > 3 * highest:  # drawn, it would flatten the curves
+                ax.plot([], [], ls="--", color="k", lw=1,
+                        label=f"edge of stability 2/lr = {edge:.3g} (off the axis: "
+                              f"{edge / highest:.0f}x the top)")
+            else:
+                ax.axhline(edge, ls="--", color="k", lw=1,
+                           label=f"edge of stability 2/lr = {edge:.3g}")
         ax.set(xlabel="training step", ylabel=f"eigenvalue ({CURVATURE_UNITS})",
                title=f"tracked eigenvalues ({self.attrs.get('which', 'LA')})")
         if series:
@@ -123,7 +133,13 @@ class Tracking(dict):
                                  capsize=2, label="trace (SLQ, 3 s.e.)")
             axes[1].set(xlabel="training step", ylabel=f"trace ({CURVATURE_UNITS})",
                         title="trace")
-            axes[2].plot(steps, series["negative_mass"], "o-", ms=3, label="Gauss value")
+            resolved = series["negative_resolved"]
+            line, = axes[2].plot(steps, series["negative_mass"], "-", lw=1, label="Gauss value")
+            axes[2].plot(steps[resolved], series["negative_mass"][resolved], "o", ms=4,
+                         color=line.get_color(), label="resolved: a measurement")
+            axes[2].plot(steps[~resolved], series["negative_mass"][~resolved], "o", ms=4,
+                         mfc="none", color=line.get_color(),
+                         label="unresolved: the bracket only")
             axes[2].fill_between(steps, series["negative_lower"], series["negative_upper"],
                                  alpha=0.25, lw=0, label="bracket (resolution + probes)")
             axes[2].set(xlabel="training step", ylabel="fraction of eigenvalues below 0",
@@ -133,7 +149,8 @@ class Tracking(dict):
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)
         a = self.attrs
-        fig.suptitle(title or f"{a.get('operator', 'curvature')} during training "
+        model = f" of {a['problem']}" if a.get("problem") else ""
+        fig.suptitle(title or f"{a.get('operator', 'curvature')}{model} during training "
                               f"(k = {a.get('k', values.shape[1])}, every "
                               f"{a.get('every', '?')} steps)")
         return finish_figure(fig, path, dpi=130)

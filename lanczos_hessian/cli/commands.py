@@ -10,7 +10,7 @@ from .analyses import (
     run_track_command,
 )
 from .blocks import run_blocks_command
-from .checks import check_new_output, is_main, keep_state
+from .checks import check_new_output, keep_state
 from .operator import build_operator
 
 
@@ -55,12 +55,11 @@ def run_eigs_command(args, echo):
 
 def run_slq_command(args, echo):
     """``slq``: the spectral density by SLQ, printed and written."""
-    from ..analysis.spectrum import read_spectrum, summarize
     from ..run import slq as run_slq
 
     check_new_output(args)
     problem, op = build_operator(args)
-    eigs, result = run_slq(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
+    spectrum = run_slq(op, args.out, num_probes=args.num_probes, num_steps=args.num_steps,
                            probe=args.probe, k_top=args.deflate_top,
                            k_bottom=args.deflate_bottom, tol=args.tol,
                            reorthogonalize=not args.no_reorthogonalize, seed=args.seed,
@@ -69,11 +68,12 @@ def run_slq_command(args, echo):
                            shard_vectors=args.shard_vectors, progress=not args.no_progress,
                            attrs=problem.attrs, keep_state=keep_state(args),
                            target_error=args.target_error, confidence=args.confidence)
+    result = spectrum.slq
     echo(f"SLQ: {result.num_probes} probes x {result.num_steps} steps, "
          f"{result.num_passes} data passes ({result.deflation_passes} for "
          f"{len(result.outliers)} outliers), {result.timings['total']:.1f} s")
-    if args.out and is_main():  # only the writing rank reads its file back
-        echo(summarize(read_spectrum(args.out)))
+    if args.out:  # the spectrum read_spectrum(args.out) gives (analyze's summary)
+        echo(spectrum.summary())
     trace, negative = result.trace(), result.fraction_below(0.0)
     closing(echo, args.out, f"trace {trace.value:.6g} +- {trace.stderr:.2g}; fraction below 0 "
                             f"in [{negative.lower:.4f}, {negative.upper:.4f}]")

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger("lanczos_hessian")
-
 
 def build_operator(args):
     """``(problem, op)``: the problem of ``--problem`` (with ``--checkpoint``), its model and
@@ -19,7 +15,7 @@ def build_operator(args):
     from ..examples.problems import load_problem
 
     device = device_named(args.device) if args.device else default_device()
-    problem = load_problem(problem_name(args), args.checkpoint, **problem_kwargs(args))
+    problem = load_problem(args.problem, args.checkpoint, **problem_kwargs(args))
     model, data = problem.model, problem.data
     if args.model_dtype:
         dtype = getattr(torch, args.model_dtype)
@@ -67,25 +63,6 @@ def device_named(name: str):
             raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
                              "device(s) are visible")
     return device
-
-
-#: The problem analysed when ``--problem`` is not given (with a warning).
-DEMO_PROBLEM = "clusters-mlp"
-
-
-def problem_name(args) -> str:
-    """``--problem``; without it the demo network, said on stderr so that a forgotten
-    ``--problem`` is not silent (and refused beside ``--checkpoint``, whose model it is)."""
-    if args.problem is not None:
-        return args.problem
-    if args.checkpoint is not None:
-        raise ValueError(f"--checkpoint {args.checkpoint} needs --problem, the "
-                         "'package.module:function' that builds its model")
-    logger.warning("no --problem given: analysing the built-in demo network %s (pass "
-                   "--problem %s to say so, or --problem package.module:function for "
-                   "your model)", DEMO_PROBLEM, DEMO_PROBLEM)
-    args.problem = DEMO_PROBLEM
-    return DEMO_PROBLEM
 
 
 def problem_kwargs(args):

@@ -35,11 +35,26 @@ def add_common_options(parser, writes: bool = True):
                              "fails (default $LANCZOS_HESSIAN_TIMEOUT or 1800)")
 
 
+#: What a missing ``--problem`` is told (the error's second half).
+PROBLEM_HINT = ("pass --problem package.module:function (returning model, loss_fn, data) for "
+                "your model, or --problem clusters-mlp for the built-in demo network")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose error for a missing ``--problem`` says how to give one (every
+    command that analyses a problem requires it: no network is analysed by default)."""
+
+    def error(self, message):
+        if "--problem" in message and "required" in message:
+            message = f"{message}: {PROBLEM_HINT}"
+        super().error(message)
+
+
 def add_operator_options(parser):
-    parser.add_argument("--problem", default=None,
-                        help="what to analyse: 'package.module:function' returning (model, "
-                             "loss_fn, data), or the built-in demo network 'clusters-mlp'; "
-                             "name it (default: the demo network, with a warning)")
+    parser.add_argument("--problem", required=True,
+                        help="what to analyse (required, no default): "
+                             "'package.module:function' returning (model, loss_fn, data), or "
+                             "the built-in demo network 'clusters-mlp'")
     parser.add_argument("--checkpoint", default=None,
                         help="state_dict to load into --problem's model (default: none)")
     parser.add_argument("--operator", choices=tuple(OPERATORS), default="hessian",
@@ -79,7 +94,7 @@ def add_state_options(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lanczos-hessian",
         description="Spectra of full-dataset neural-network Hessians (Lanczos, SLQ, HDF5).")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -9,7 +9,23 @@ import numpy as np
 
 from .density import pandas_module
 
-__all__ = ["EigshResult"]
+__all__ = ["EigshResult", "bound_floor", "bound_text"]
+
+
+def bound_floor(eigenvalues) -> float:
+    """``eps * max |theta|``, the float64 rounding of the eigenvalues themselves: a residual
+    or error bound below it says only "at the floor"."""
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    finite = np.abs(values[np.isfinite(values)])
+    return float(np.finfo(np.float64).eps * (finite.max() if finite.size else 1.0))
+
+
+def bound_text(value, floor: float, width: int) -> str:
+    """A bound in a column of ``width``: ``< 4e-17`` below ``floor`` (not ``5.92e-101``),
+    else ``1.23e-05``."""
+    if 0 <= value < floor:
+        return f"{'< ' + format(floor, '.0e'):>{width}}"
+    return f"{value:>{width}.2e}"
 
 
 @dataclass(frozen=True)
@@ -116,22 +132,25 @@ class EigshResult:
         head = (f"{'i':>4}  {'eigenvalue':>14}  {'Ritz bound':>10}  {'measured':>10}  "
                 f"{'error bound':>11}  conv")
         lines = [repr(self), head]
+        floor = bound_floor(self.eigenvalues)
         for i in range(len(self.eigenvalues)):
-            measured = (f"{self.residuals[i]:>10.2e}" if self.residuals is not None
+            measured = (bound_text(self.residuals[i], floor, 10) if self.residuals is not None
                         else f"{'-':>10}")
             lines.append(f"{i:>4}  {self.eigenvalues[i]:>14.7e}  "
-                         f"{self.residual_bounds[i]:>10.2e}  {measured}  "
-                         f"{self.error_bounds[i]:>11.2e}  "
+                         f"{bound_text(self.residual_bounds[i], floor, 10)}  {measured}  "
+                         f"{bound_text(self.error_bounds[i], floor, 11)}  "
                          f"{'yes' if self.converged[i] else 'NO'}")
         lines.append(self.LEGEND)
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         shown = range(max(0, len(self.eigenvalues) - 50), len(self.eigenvalues))
+        floor = bound_floor(self.eigenvalues)
         rows = "".join(
             f"<tr><td>{i}</td><td>{self.eigenvalues[i]:.7e}</td>"
-            f"<td>{self.residual_bounds[i]:.2e}</td>"
-            f"<td>{'-' if self.residuals is None else f'{self.residuals[i]:.2e}'}</td>"
+            f"<td>{bound_text(self.residual_bounds[i], floor, 0)}</td>"
+            f"<td>{'-' if self.residuals is None else bound_text(self.residuals[i], floor, 0)}"
+            "</td>"
             f"<td>{'yes' if self.converged[i] else 'NO'}</td></tr>" for i in shown)
         return (f"<p>{repr(self)}</p><table><tr><th>i</th><th>eigenvalue</th>"
                 f"<th>Ritz bound</th><th>measured residual</th><th>converged</th></tr>{rows}"

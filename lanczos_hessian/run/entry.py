@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import validate
+from ..analysis.spectrum import spectrum_of_run
 from ..contract import identity_of
 from ..errors import OutputPathError, ResumeError
 from ..linalg.deflated import DeflatedPlan, with_deflation_cost
@@ -19,7 +20,8 @@ from ..storage.records import (adaptive_recorder, declare_eigs, declare_slq,
                                write_slq)
 from .driver import Phase, run_phases
 from .files import finished_result
-from .plan import EIGS_IDENTITY, SLQ_IDENTITY, check_seed, decide_role, identity_settings
+from .plan import (EIGS_IDENTITY, SLQ_IDENTITY, check_seed, decide_role, identity_settings,
+                   provenance)
 
 __all__ = ["eigs", "slq"]
 
@@ -96,7 +98,12 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
         memory_budget=None, shard_vectors=False, progress=True, attrs=None, keep_state=False,
         target_error=None, confidence=0.95, max_probes=200):
     """SLQ of ``op`` deflated by its ``k_top`` largest and ``k_bottom`` smallest eigenpairs,
-    streamed to ``out``; returns ``(eigenpairs or None, SLQ result)``.
+    streamed to ``out``; returns the :class:`~lanczos_hessian.analysis.spectrum.Spectrum`
+    that :func:`~lanczos_hessian.analysis.spectrum.read_spectrum` reads back from ``out``
+    (the same path, attributes, ``summary()``, ``to_dataframe()`` and repr; without a file,
+    the provenance a file would hold), the solvers' results as its ``.eigs`` (the deflation
+    eigenpairs, None without deflation) and ``.slq``. It unpacks as that pair:
+    ``eigs, bulk = slq(op, out, ...)``.
 
     The deflation eigenpairs come from one eigensolver run
     (:class:`~lanczos_hessian.linalg.deflated.DeflatedPlan`) stored with their eigenvectors in
@@ -119,10 +126,13 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     >>> from scipy.sparse.linalg import aslinearoperator
     >>> A = aslinearoperator(np.diag([1.0] * 38 + [5.0, 7.0]))
     >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     pairs, result = slq(A, f"{tmp}/run.h5", num_probes=3, num_steps=4, k_top=2,
-    ...                         progress=False)
-    >>> np.round(pairs.eigenvalues, 8).tolist(), round(result.trace().value, 8)
+    ...     spectrum = slq(A, f"{tmp}/run.h5", num_probes=3, num_steps=4, k_top=2,
+    ...                    progress=False)
+    >>> pairs, bulk = spectrum  # the solvers' results: spectrum.eigs, spectrum.slq
+    >>> np.round(pairs.eigenvalues, 8).tolist(), round(spectrum.trace().value, 8)
     ([5.0, 7.0], 50.0)
+    >>> spectrum.path.name, spectrum.attrs["num_params"], bulk.num_probes
+    ('run.h5', 40, 3)
     """
     check_seed(seed)
     plan = DeflatedPlan.make(k_top, k_bottom, seed)
@@ -152,11 +162,17 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
                 "k_bottom": k_bottom, "tol": tol, "seed": seed,
                 "reorthogonalize": reorthogonalize, **identity_settings(identity, SLQ_IDENTITY)}
     show = progress and role.main
+
+    def spectrum(eigenpairs, bulk):
+        return spectrum_of_run(eigenpairs, bulk, out, provenance(op, seed, identity,
+                                                                  **(attrs or {})),
+                               read_file_attrs=role.main)
+
     if resume:
         stored = finished_result(out, "slq", settings, lambda f: (
             read_eigs_result(f["eigs"]) if k else None, read_slq_result(f["slq"])))
         if stored is not None:
-            return stored
+            return spectrum(*stored)
     extra = {"sharded": True} if role.shard is not None else {}
     phases = [_deflation_phase(op, plan, tol, eigs_capacity, show, extra)] if k else []
 
@@ -182,7 +198,7 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     results = run_phases(role, phases, seed=seed, overwrite=overwrite, attrs=attrs,
                          identity=identity, keep_state=keep_state,
                          disk_vectors=capacity * num_probes + (eigs_capacity if k else 0))
-    return (results[0] if k else None), results[-1]
+    return spectrum(results[0] if k else None, results[-1])
 
 
 def _deflation_phase(op, plan: DeflatedPlan, tol, capacity, show, extra) -> Phase:

@@ -23,9 +23,44 @@ def run(tmp_path_factory):
             torch.randint(0, 4, (80,), generator=g))
     op = HessianOperator(model, torch.nn.CrossEntropyLoss(), data)
     path = tmp_path_factory.mktemp("reader") / "run.h5"
-    eigs, bulk = run_slq(op, path, num_probes=6, num_steps=25, k_top=5, k_bottom=2, seed=3,
-                         progress=False)
-    return path, eigs, bulk
+    returned = run_slq(op, path, num_probes=6, num_steps=25, k_top=5, k_bottom=2, seed=3,
+                       progress=False)
+    eigs, bulk = returned  # the pair it unpacks as
+    return path, eigs, bulk, returned
+
+
+def test_what_a_run_returns_is_what_its_file_reads_back(run):
+    """``run.slq`` returns the Spectrum that ``read_spectrum`` reads from its file: the same
+    summary text (path and provenance included), dataframes, repr and solver results."""
+    pytest.importorskip("pandas")
+    path, eigs, bulk, returned = run
+    from_file = read_spectrum(path)
+    assert type(returned) is type(from_file) is Spectrum
+    assert returned.summary() == from_file.summary()
+    assert returned.summary().splitlines()[0] == f"== {path}"
+    for what in ("eigs", "slq", "summary"):
+        assert returned.to_dataframe(what).equals(from_file.to_dataframe(what)), what
+    assert repr(returned) == repr(from_file)
+    assert repr(returned).startswith(f"Spectrum({str(path)!r}: hessian of 136 parameters; "
+                                     "7 eigenpairs (BE, complete); SLQ 6 probes x 25 nodes")
+    assert len(repr(returned)) < 200
+    assert returned.eigs is eigs and returned.slq is bulk
+    assert repr(from_file.eigs) == repr(eigs) and repr(from_file.slq) == repr(bulk)
+    assert from_file.eigs.to_dataframe().equals(eigs.to_dataframe())
+    assert from_file.eigs.summary() == eigs.summary()
+    assert from_file.slq.summary() == bulk.summary()
+    assert returned.attrs == from_file.attrs and returned.path == from_file.path
+
+
+def test_a_run_without_a_file_returns_the_same_kind_of_spectrum(tmp_path):
+    op = HessianOperator(torch.nn.Linear(3, 2).double(), torch.nn.CrossEntropyLoss(),
+                         (torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))))
+    spectrum = run_slq(op, num_probes=2, num_steps=4, progress=False)
+    assert type(spectrum) is Spectrum and spectrum.eigs is None
+    assert spectrum.attrs["num_params"] == 8 and spectrum.attrs["operator"] == "hessian"
+    assert "hessian of 8 parameters; SLQ 2 probes x 4 nodes" in repr(spectrum)
+    assert spectrum.summary().splitlines()[1].startswith("   hessian of 8 parameters, 10 "
+                                                         "samples")
 
 
 def body(text):
@@ -35,7 +70,7 @@ def body(text):
 
 def test_memory_and_file_give_equal_summaries_and_dataframes(run):
     pytest.importorskip("pandas")
-    path, eigs, bulk = run
+    path, eigs, bulk, _ = run
     from_file = read_spectrum(path)
     in_memory = Spectrum.from_results(eigs, bulk, label="run")
     assert type(from_file) is type(in_memory)
@@ -53,7 +88,7 @@ def test_memory_and_file_give_equal_summaries_and_dataframes(run):
 
 
 def test_reprs_are_short_and_say_what_is_inside(run):
-    path, _, _ = run
+    path, _, _, _ = run
     spectrum = read_spectrum(path)
     text = repr(spectrum)
     assert len(text) < 200 and "7 eigenpairs" in text and "SLQ 6 probes" in text
@@ -120,6 +155,16 @@ def test_an_eigs_file_and_an_slq_file_of_one_operator_are_read_as_one_run(tmp_pa
     text = one.summary()
     assert "(eigensolver)" in text and "unknown" not in text and "e.h5 + " in text
     assert text.count("outliers among the top") == 1
+    # a deflated SLQ file holds its deflation's pairs: the eigensolver's file gives the run's
+    run_slq(op, tmp_path / "d.h5", num_probes=4, num_steps=15, k_top=3, progress=False,
+            attrs=attrs)
+    for order in (["e.h5", "d.h5"], ["d.h5", "e.h5"]):
+        (one,) = merge_runs([read_spectrum(tmp_path / name) for name in order])
+        text = one.summary()
+        assert "(eigensolver)" in text and "unknown" not in text, order
+        assert text.count("outliers among the top") == 1 and "3 deflated outliers" in text
+        assert len(one.eigenvalues) == 6 and one.eigs_attrs["which"] == "BE"
+        assert one.eigs.which == "BE" and one.slq.num_probes == 4
     other = {"problem": "another"}
     run_slq(op, tmp_path / "t.h5", num_probes=2, num_steps=5, progress=False, attrs=other)
     assert len(merge_runs([read_spectrum(tmp_path / "e.h5"),

@@ -53,6 +53,31 @@ def test_tables_list_pairs_in_array_order_with_their_index(results):
     assert rows[-1][1] == pytest.approx(10.0, rel=1e-8)
 
 
+def test_bounds_below_the_float64_floor_print_as_the_floor():
+    """A converged pair's Ritz bound (e.g. 1e-30) says only "at the floor": ``< 4e-17`` in
+    EigshResult.summary(), its HTML table and analyze's table alike, never 1.15e-31."""
+    import re
+
+    from lanczos_hessian.linalg.eigsh_result import EigshResult, bound_floor
+
+    values = np.array([0.05, 0.16])
+    floor = bound_floor(values)
+    assert floor == pytest.approx(np.finfo(np.float64).eps * 0.16)
+    result = EigshResult(eigenvalues=values, eigenvectors=None,
+                         residual_bounds=np.array([1e-31, 3e-9]),
+                         error_bounds=np.array([5e-101, 2e-12]),
+                         residuals=np.array([2e-17, 3e-9]), converged=np.array([True, True]),
+                         num_matvecs=10, num_passes=10, num_restarts=0,
+                         alphas=np.zeros(0), betas=np.zeros(0), which="LA", tol=1e-8)
+    shown = f"< {floor:.0e}"
+    for text in (result.summary(), result._repr_html_(),
+                 eigen_table(values, result.residual_bounds, result.error_bounds,
+                             result.residuals)):
+        assert shown in text and "3.00e-09" in text
+        assert not re.search(r"e-(1[7-9]|[2-9]\d|\d{3})", text.replace(shown, "")), text
+    assert result.summary().count(shown) == 3  # pair 0's Ritz, measured and error bounds
+
+
 def test_residual_names_and_aliases(results):
     eigs, _ = results
     assert eigs.ritz_bounds is eigs.residual_bounds

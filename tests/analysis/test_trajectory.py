@@ -69,3 +69,15 @@ def test_the_plot_has_the_edge_of_stability_line_and_reprs_are_short(tracked, tm
     assert tracker.plot(tmp_path / "t.png").stat().st_size > 10_000
     assert repr(tracker).startswith("SpectrumTracker(hessian, k=3") and len(repr(tracker)) < 200
     assert "3 measurements" in repr(tracker) and "3 measurements" in repr(read_tracking(path))
+    top = float(np.max(tracker.records[0]["eigenvalues"]))
+    far = read_tracking(path).plot(lr=2.0 / (50 * top))  # 2/lr far above: said, not drawn
+    far_lines = {line.get_label(): line for line in far.axes[0].lines}
+    off = next(v for k, v in far_lines.items() if k.startswith("edge of stability"))
+    assert "off the axis" in off.get_label() and len(off.get_ydata()) == 0
+    assert far.axes[0].get_ylim()[1] < 10 * top
+    series = read_tracking(path).slq_series()
+    markers = {line.get_label(): line for line in negative_ax.lines}
+    assert len(markers["resolved: a measurement"].get_xdata()) == series[
+        "negative_resolved"].sum()
+    assert len(markers["unresolved: the bracket only"].get_xdata()) == (
+        ~series["negative_resolved"]).sum()

@@ -111,9 +111,33 @@ def test_every_option_has_help_and_its_default(capsys):
     assert not missing, missing
 
 
+OPERATOR_COMMANDS = ("eigs", "slq", "trace", "layers", "overlap", "track", "blocks")
+
+
+@pytest.mark.parametrize("command", OPERATOR_COMMANDS)
+def test_a_forgotten_problem_is_refused_naming_both_forms(command, tmp_path, capsys):
+    """No command analyses the demo network unless told to: argparse's refusal (exit 2,
+    nothing built, no file) names --problem clusters-mlp and package.module:function."""
+    writes = command in ("eigs", "slq", "track", "blocks")
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--seed", "0"] + (["--out", str(tmp_path / "run.h5")] if writes else []))
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"lanczos-hessian {command}: error: the following arguments are "
+                          "required: --problem")
+    assert "--problem clusters-mlp" in err and "--problem package.module:function" in err
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_a_forgotten_problem_is_said_and_a_checkpoint_needs_one(problem, tmp_path, capsys):
-    assert main(["eigs", "--checkpoint", str(tmp_path / "w.pt"), "--k", "2"]) == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["eigs", "--checkpoint", str(tmp_path / "w.pt"), "--k", "2"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "--checkpoint" in err
+    assert "required: --problem" in err and "package.module:function" in err
+    parser = build_parser()  # the demo keeps its network: no --problem there
+    assert parser.parse_args(["demo"]).command == "demo"
 
 
 def test_an_existing_output_names_resume(problem, tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_a_finished_file_is_no_larger_than_its_results_and_provenance(files):
 
 @pytest.mark.slow
 def test_a_kept_state_still_resumes_and_a_dropped_one_returns_the_stored_result(files):
-    again = run.slq(make_op(), files["kept"], resume=True, keep_state=True, **SLQ)[1]
+    again = run.slq(make_op(), files["kept"], resume=True, keep_state=True, **SLQ).slq
     np.testing.assert_array_equal(again.nodes, files["slq"].nodes)
     with h5py.File(files["kept"], "r") as f:
         assert "state" in f["slq"] and "basis_0" in f["slq/state"]

@@ -89,9 +89,9 @@ def test_a_finished_file_can_drop_its_resume_state(tmp_path):
 
     op = HessianOperator(make_mlp(), torch.nn.CrossEntropyLoss(), mlp_data(n=40), batch_size=8)
     lean, kept = tmp_path / "lean.h5", tmp_path / "kept.h5"
-    a = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False)[1]
+    a = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False).slq
     b = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
-                keep_state=True)[1]
+                keep_state=True).slq
     np.testing.assert_array_equal(a.nodes, b.nodes)
     with h5py.File(lean, "r") as f:
         assert "state" not in f["slq"] and "state" not in f["eigs"]
@@ -100,10 +100,10 @@ def test_a_finished_file_can_drop_its_resume_state(tmp_path):
     saved = read_file(lean)
     assert saved["slq"].attrs["complete"] and len(saved["slq"].steps["alpha"]) == 12
     again = run.slq(op, kept, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
-                    resume=True, keep_state=True)[1]  # a kept state still resumes
+                    resume=True, keep_state=True).slq  # a kept state still resumes
     np.testing.assert_array_equal(again.nodes, a.nodes)
     stored = run.slq(op, lean, num_probes=4, num_steps=12, k_top=2, seed=1, progress=False,
-                     resume=True)[1]  # finished, state dropped: the stored result
+                     resume=True).slq  # finished, state dropped: the stored result
     np.testing.assert_array_equal(stored.nodes, a.nodes)
     assert stored.num_passes == a.num_passes and stored.seed == a.seed
     with pytest.raises(ResumeError, match=r"num_steps: file has 12, this run has 16.*"

@@ -39,6 +39,7 @@ from cli_runs import (  # noqa: F401 (the names other tests import from here too
     committed_steps,
     problem_env,
     run_cli,
+    run_in_process,
     run_until,
 )
 
@@ -46,8 +47,7 @@ from cli_runs import (  # noqa: F401 (the names other tests import from here too
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("ref") / "ref.h5"
-    done = run_cli(["--out", str(path)])
-    assert done.returncode == 0, done.stderr
+    assert run_in_process(COMMAND, ["--out", str(path)]) == 0  # uninterrupted, in-process
     return read_file(path)
 
 
@@ -79,9 +79,7 @@ def test_killed_block_run_resumes_to_the_uninterrupted_result(tmp_path):
     """Block Lanczos (3 vectors per pass) killed twice, before and after restarts, resumes to
     the uninterrupted result bit for bit."""
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
-    done = subprocess.run(BLOCK_COMMAND + ["--out", str(ref_path)], env=problem_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    assert run_in_process(BLOCK_COMMAND, ["--out", str(ref_path)]) == 0  # in-process
     reference = read_file(ref_path)["eigs"]
     total = len(reference.steps["alpha"])
     assert reference.attrs["num_restarts"] >= 2 and reference.attrs["block_size"] == 3
@@ -105,9 +103,7 @@ def test_killed_block_run_resumes_to_the_uninterrupted_result(tmp_path):
 def test_killed_slq_run_resumes_in_both_phases(tmp_path):
     env = dict(os.environ, PYTHONPATH=PROBLEMS + os.pathsep + os.environ.get("PYTHONPATH", ""))
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
-    done = subprocess.run(SLQ_COMMAND + ["--out", str(ref_path)], env=env, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    assert run_in_process(SLQ_COMMAND, ["--out", str(ref_path)]) == 0  # in-process
     args = ["--out", str(path)]
     _, code = run_until(path, args, 6, SLQ_COMMAND, "eigs")  # in the deflation phase
     assert code == -signal.SIGKILL

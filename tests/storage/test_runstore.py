@@ -20,7 +20,8 @@ from lanczos_hessian.storage.runstore import RunStore, holds_state
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _linop_run import Killed, matrix  # noqa: E402
-from cli_runs import PROBLEMS, TIMEOUT, committed_steps, problem_env, run_until  # noqa: E402
+from cli_runs import (PROBLEMS, TIMEOUT, committed_steps, problem_env,  # noqa: E402
+                      run_in_process, run_until)
 
 
 class Preempted(Exception):
@@ -122,9 +123,7 @@ SLQ_ADAPTIVE = [sys.executable, "-m", "lanczos_hessian", "slq", "--problem", "sl
 @pytest.mark.slow
 def test_adaptive_slq_from_the_command_line_is_killed_and_resumes_bit_identically(tmp_path):
     ref_path, path = tmp_path / "ref.h5", tmp_path / "run.h5"
-    done = subprocess.run(SLQ_ADAPTIVE + ["--out", str(ref_path)], env=problem_env(),
-                          capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
+    assert run_in_process(SLQ_ADAPTIVE, ["--out", str(ref_path)]) == 0  # in-process
     total = committed_steps(ref_path, "slq")
     assert total >= 16, total  # at least two rounds: the kill falls in the second
     _, code = run_until(path, ["--out", str(path)], 11, SLQ_ADAPTIVE, "slq")
@@ -157,7 +156,7 @@ def test_the_command_line_refuses_a_bad_target_before_any_work(capsys, tmp_path)
     out = tmp_path / "never.h5"
     for flag, value, name in (("--target-error", "-1", "target_error"),
                               ("--confidence", "1.5", "confidence")):
-        code = main(["slq", "--num-steps", "4", "--target-error", "0.1", flag, value,
+        code = main(["slq", "--problem", "clusters-mlp", "--num-steps", "4", "--target-error", "0.1", flag, value,
                      "--out", str(out), "--no-progress"])
         assert code == 2 and f"{name} must be" in capsys.readouterr().err
         assert not out.exists()

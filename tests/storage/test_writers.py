@@ -223,7 +223,8 @@ def test_symbolic_links_and_virtual_file_systems_as_outputs(tmp_path, capsys):
     link.symlink_to(target)
     with pytest.raises(OutputPathError, match="is a symbolic link .* refusing to write through"):
         SpectrumWriter(link, {}, overwrite=True)
-    assert main(["eigs", "--out", str(link), "--overwrite", "--no-progress"]) == 2
+    assert main(["eigs", "--problem", "clusters-mlp", "--out", str(link), "--overwrite",
+                 "--no-progress"]) == 2
     assert "symbolic link" in capsys.readouterr().err
     assert target.read_bytes() == before
     dangling = tmp_path / "dangling.h5"
