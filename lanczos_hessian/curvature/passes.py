@@ -105,6 +105,8 @@ def _pass(op, block, sums) -> int:
     before = model_state(op.model)
     op.curvature.begin_pass()
     product = op.batch_product()
+    if product is op.compiled:
+        product.start_pass()  # its first call checks every guard
     move = None if op.data.placed(op.device, op.model_dtype) else op.to_device
     with twice_differentiable():
         for inputs, targets in _batches(op):
