@@ -72,15 +72,24 @@ class BatchFunctions:
         return self.loss_on(self.outputs(params))
 
 
+def _grad(outputs, inputs, grad_outputs=None, retain=None, create_graph=False):
+    """``torch.autograd.grad`` with zeros for the inputs the outputs do not depend on (what
+    ``materialize_grads=True`` does, without its per-input generator steps on every call)."""
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain,
+                                create_graph=create_graph, allow_unused=True)
+    if [g for g in grads if g is None]:
+        grads = [torch.zeros_like(x, requires_grad=create_graph) if g is None else g
+                 for g, x in zip(grads, inputs)]
+    return grads
+
+
 def _backward(outputs, inputs, grad_outputs, retain):
     """``sum_k grad_outputs[k]^T d outputs[k] / d inputs``, zeros where independent."""
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in inputs]
     outs, gouts = zip(*pairs)
-    return torch.autograd.grad(
-        outs, inputs, gouts, retain_graph=retain, allow_unused=True, materialize_grads=True
-    )
+    return _grad(outs, inputs, gouts, retain=retain)
 
 
 class _Strategy:
@@ -119,8 +128,7 @@ class ReverseOverReverse(_Strategy):
         params, space = fns.live(), fns.space
         with torch.enable_grad():
             value = fns.loss()
-            grads = torch.autograd.grad(value, params, create_graph=True, allow_unused=True,
-                                        materialize_grads=True)
+            grads = _grad(value, params, create_graph=True)
             tangents, b = self.tangents(space, V), V.shape[1]
             columns = [space.join(_backward(grads, params, tangents[j], retain=j < b - 1))
                        for j in range(b)]
@@ -132,8 +140,7 @@ class ReverseOverReverse(_Strategy):
             z = fns.outputs()
             # J v by the double-vjp trick: J^T u is linear in u, so d(J^T u)/du v = J v.
             u = torch.zeros_like(z, requires_grad=True)
-            JTu = torch.autograd.grad(z, params, u, create_graph=True, allow_unused=True,
-                                      materialize_grads=True)
+            JTu = _grad(z, params, u, create_graph=True)
             zd = z.detach().requires_grad_(True)
             value = fns.loss_on(zd)
             loss_grad = torch.autograd.grad(value, zd, create_graph=True)[0]
