@@ -109,9 +109,13 @@ class _Strategy:
         if torch.compiler.is_compiling():  # traced: no Python-side state in the graph
             return self.split(space, V)
         if V is not self._block or V._version != self._version:
-            self._split = self.split(space, V)
+            self._split = self.refresh(space, V)
             self._block, self._version = V, V._version
         return self._split
+
+    def refresh(self, space: ParameterSpace, V: torch.Tensor):
+        """The split of a new block (:meth:`split`; a strategy may reuse its buffers)."""
+        return self.split(space, V)
 
 
 class ReverseOverReverse(_Strategy):
@@ -119,10 +123,27 @@ class ReverseOverReverse(_Strategy):
 
     name = "reverse-over-reverse"
 
+    def __init__(self):
+        super().__init__()
+        self._rows = self._row_split = self._space = None
+
     @staticmethod
     def split(space, V):
         rows = _rows(V)
         return [list(space.split(rows[j]).values()) for j in range(len(rows))]
+
+    def refresh(self, space, V):
+        """A new block's rows copied into the rows of the last one, whose per-parameter views
+        stay valid: one copy per pass instead of cutting ``M``-long rows into views anew (a
+        dozen small ops, measured 20-50 us a pass on a CPU). Values are copied exactly."""
+        rows = self._rows
+        if (rows is None or space is not self._space or rows.shape != V.T.shape
+                or rows.dtype != V.dtype or rows.device != V.device):
+            rows = torch.empty(V.T.shape, dtype=V.dtype, device=V.device)
+            self._rows, self._space = rows, space
+            self._row_split = [list(space.split(rows[j]).values()) for j in range(len(rows))]
+        rows.copy_(V.T)
+        return self._row_split
 
     def hessian(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
         params, space = fns.live(), fns.space

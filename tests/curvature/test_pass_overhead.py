@@ -134,3 +134,18 @@ def test_finite_products_whose_float64_sum_overflows_say_so():
     op = HessianOperator(Huge(), huge_loss(1e308), (x, t), batch_size=2, reduction="sum")
     with pytest.raises(NonFiniteError, match="overflows float64.*finite batch by batch"):
         op.matvec(np.ones(2))
+
+
+def test_successive_vectors_reuse_the_staged_rows_exactly():
+    """Reverse-over-reverse copies each pass's block into the rows of the last one (its
+    per-parameter views kept): vector after vector, the columns of one block product."""
+    x, y = mlp_data()
+    op = HessianOperator(make_mlp(), LOSS, (x, y), batch_size=7,
+                         strategy="reverse-over-reverse")
+    eye = np.eye(op.shape[0])
+    H = op.matmat(eye[:, :5])
+    for i in (0, 3, 1, 4, 2):
+        np.testing.assert_allclose(op.matvec(eye[:, i]), H[:, i], rtol=0,
+                                   atol=1e-14 * np.abs(H).max())
+    np.testing.assert_allclose(op.matmat(eye[:, 2:4]), H[:, 2:4], rtol=0,
+                               atol=1e-14 * np.abs(H).max())
