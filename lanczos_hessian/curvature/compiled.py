@@ -28,9 +28,13 @@ compiled and eager to 1e-6 relative in float32 and 1e-12 in float64).
   model trained or rebuilt, the torch state), and the first call's full check sees it: a
   graph compiled there forgets every layout (the next calls check everything again).
 
-When it pays (docs/BENCHMARKS.md, *Products*): on small models, whose batches are dominated
-by per-op launch and Python overhead, and on launch-bound accelerators; not on large CPU
-models, whose time is in the matrix products themselves.
+When it pays (docs/BENCHMARKS.md, *Products*, "When to use ``--compile``"): on small
+models, whose batches are dominated by per-op launch and Python overhead (the more batches a
+pass has, the more: per batch the compiled graph replaces the autograd engine's and
+Python's work, per pass the operator's own checks remain), and on launch-bound
+accelerators, for runs long enough to recover the compile time (the break-even pass count
+of ``scripts/bench_products.py``); not on large CPU models, whose time is in the matrix
+products themselves.
 """
 
 from __future__ import annotations
