@@ -21,9 +21,11 @@ the same data (the last batch ragged) is timed as:
   and model checks, the all-reduce buffer, the mode and kernel switches), measured directly
   by timing the product calls inside the pass, absolute and as a share of the pass.
 
-Times are medians of interleaved calls (each repeat runs every column once, in turn), so
-that a change of machine load hits every column alike; the ratios, taken in the same run,
-are the result. ``--clock thread`` times with the thread's CPU time instead of the wall
+Times are medians of interleaved calls (each repeat runs every column in turn, twice in a
+row and timing the second, as a run's passes follow one another: no column is timed
+straight after another column's different code, which cost the package's pass 5-10% on the
+4k MLP; ``--no-back-to-back`` for single calls), so that a change of machine load hits
+every column alike; the ratios, taken in the same run, are the result. ``--clock thread`` times with the thread's CPU time instead of the wall
 clock (one torch thread on a CPU: the same figures on a quiet machine, far steadier on a
 shared one, where the wall clock counts the time other processes hold the core). Prints
 the targets of the products row by row (default <= 1.10x the faster bare loop, overhead
@@ -140,13 +142,17 @@ CLOCKS = {"wall": time.perf_counter, "thread": time.thread_time}
 clock = CLOCKS["wall"]  # set by --clock
 
 
-def median_times(columns: dict, repeats: int) -> dict:
-    """Median seconds of each callable, interleaved: every repeat calls every column once."""
+def median_times(columns: dict, repeats: int, back_to_back: bool = False) -> dict:
+    """Median seconds of each callable, interleaved: every repeat calls every column once
+    (``back_to_back``: twice in a row, timing the second, as a run's passes follow one
+    another: no column is timed straight after another column's different code)."""
     times = {name: [] for name in columns}
     for name, fn in columns.items():
         fn()  # warm-up
     for _ in range(repeats):
         for name, fn in columns.items():
+            if back_to_back:
+                fn()
             start = clock()
             fn()
             times[name].append(clock() - start)
@@ -186,7 +192,7 @@ def outside_products(op, v, repeats: int) -> tuple:
     return statistics.median(passes), statistics.median(outside)
 
 
-def bench_row(name, n, batch_size, dtype, repeats, compile_products):
+def bench_row(name, n, batch_size, dtype, repeats, compile_products, back_to_back=True):
     model, loss_fn, reduction, x, y = build(name, n, dtype)
     batches = batches_of(x, y, batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -217,7 +223,7 @@ def bench_row(name, n, batch_size, dtype, repeats, compile_products):
         compiled["compiled"] = compiled_op.compiled.usable
         columns["ours compiled"] = lambda: compiled_op.apply(v)
     with evaluation_mode(model), sdpa_kernel([SDPBackend.MATH]):  # bare loops need it too
-        t = median_times(columns, repeats)
+        t = median_times(columns, repeats, back_to_back)
         pass_s, outside_s = outside_products(op, v, repeats)
     bare = {"reverse-over-reverse": t["bare double backward"],
             "forward-over-reverse": t["bare forward-over-reverse"]}
@@ -324,6 +330,10 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", help="only these models of the grid")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled column")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--back-to-back", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the second of two calls in a row of each column (the "
+                             "default: passes follow one another in a run; interleaved "
+                             "single calls put each column straight after another's code)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                         help="wall clock, or the thread's CPU time (steadier on a shared "
                              "machine; one thread only)")
@@ -341,7 +351,7 @@ def main(argv=None):
         for batch_size in batch_sizes:
             for dtype in dtypes:
                 rows.append(bench_row(name, n, batch_size, dtype, repeats,
-                                      not args.no_compile))
+                                      not args.no_compile, args.back_to_back))
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print("\n".join(targets(rows)))
@@ -349,7 +359,7 @@ def main(argv=None):
     print(format_table(rows))
     if args.json:
         info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
-                "clock": args.clock, "machine": platform.processor() or platform.machine(),
+                "clock": args.clock, "back to back": args.back_to_back, "machine": platform.processor() or platform.machine(),
                 "rows": rows}
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
