@@ -22,14 +22,17 @@ from .inputs import call_model, input_tensors
 
 @contextlib.contextmanager
 def evaluation_mode(model: torch.nn.Module):
-    """Put every submodule in eval mode for the block; restore each one's flag after."""
+    """Put every submodule in eval mode for the block; restore each one's flag after (a
+    model already in eval mode throughout is left alone: nothing to put or restore)."""
     flags = [(m, m.training) for m in model.modules()]
-    model.eval()
+    if any(training for _, training in flags):
+        model.eval()
     try:
         yield model
     finally:
         for module, training in flags:
-            module.training = training
+            if module.training != training:
+                module.training = training
 
 
 def infer_reduction(loss_fn, reduction: str | None) -> str:

@@ -16,15 +16,31 @@ compiled and eager to 1e-6 relative in float32 and 1e-12 in float64).
   (a :class:`CompileWarning` naming the reason) and takes the eager product from then on.
 * **CUDA**: ``mode="reduce-overhead"`` (CUDA graphs) on CUDA devices, where the fixed shapes
   of the full batches allow replaying one graph; the default mode elsewhere.
+* **Guards checked once per pass and batch layout**: before running a graph, Dynamo checks
+  its guards (the model's structure and parameters' metadata, the global torch state, the
+  tensors' shapes, dtypes and strides; several hundred checks, 50-80 us a call on a CPU,
+  measured: as much as the whole product of a small model's batch). The first call of every
+  pass runs every guard, and so does the first call with a batch layout (shapes, dtypes,
+  strides and devices of the inputs, targets and block) not met since; the other calls of a
+  pass evaluate only the guards that tell the compiled graphs apart
+  (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``). Within a pass only the
+  layout can change, and the layouts are tracked here; between passes anything can (the
+  model trained or rebuilt, the torch state), and the first call's full check sees it: a
+  graph compiled there forgets every layout (the next calls check everything again).
 
-When it pays (docs/BENCHMARKS.md, *Products*): on small models, whose batches are dominated
-by per-op launch and Python overhead, and on launch-bound accelerators; not on large CPU
-models, whose time is in the matrix products themselves.
+When it pays (docs/BENCHMARKS.md, *Products*, "When to use ``--compile``"): on small
+models, whose batches are dominated by per-op launch and Python overhead (the more batches a
+pass has, the more: per batch the compiled graph replaces the autograd engine's and
+Python's work, per pass the operator's own checks remain), and on launch-bound
+accelerators, for runs long enough to recover the compile time (the break-even pass count
+of ``scripts/bench_products.py``); not on large CPU models, whose time is in the matrix
+products themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 import types
 import warnings
@@ -59,15 +75,24 @@ class CompiledProduct:
         self.compile_time = 0.0
         self.usable, self.reason = True, None
         self.num_graphs = 0
+        self.num_full_checks = 0  # calls that ran every guard (the rest: distinguishing ones)
         self._fn = torch.compile(_own_code(_product_of(curvature)), **self.options)
+        self._checked = set()  # batch layouts whose calls passed every guard, no recompile since
+        self._pass_checked = False  # whether this pass's first call ran every guard
+
+    def start_pass(self) -> None:
+        """A new pass begins: its first call runs every guard (module docstring)."""
+        self._pass_checked = False
 
     def __call__(self, inputs, targets, V):
         if self.usable:
             _mark_batch_dynamic(inputs, targets)
+            layout = _layout(inputs, targets, V)
+            full = not self._pass_checked or layout not in self._checked
             graphs = _graph_count()
             start = time.perf_counter()
             try:
-                with _no_donated_buffers():  # a double backward keeps its buffers
+                with _checks(full, self.curvature.strategy):
                     out = self._call(inputs, targets, V)
             except Exception as exc:  # compiling or running the compiled graph failed
                 self._give_up(exc)
@@ -76,8 +101,19 @@ class CompiledProduct:
                 if new:  # this call compiled: its time is compile time, not product time
                     self.num_graphs += new
                     self.compile_time += time.perf_counter() - start
+                if full:
+                    self._record_check(layout, recompiled=bool(new))
                 return out
         return self.curvature.products(inputs, targets, V)
+
+    def _record_check(self, layout, recompiled: bool) -> None:
+        """After a call that ran every guard: a graph compiled on a pass's first call means
+        the state changed since the layouts were checked, so they are all checked again."""
+        self.num_full_checks += 1
+        if recompiled and not self._pass_checked:
+            self._checked.clear()
+        self._checked.add(layout)
+        self._pass_checked = True
 
     def _call(self, inputs, targets, V):
         if self.options.get("mode") != "reduce-overhead":
@@ -122,6 +158,31 @@ def _no_donated_buffers():
     if config is None or not hasattr(config, "donated_buffer"):
         return contextlib.nullcontext()
     return config.patch(donated_buffer=False)
+
+
+def _layout(inputs, targets, V) -> tuple:
+    """What the guards check of a call's tensors and may differ between the batches of one
+    pass: each tensor's shape, strides, dtype and device (and a dict's keys)."""
+    keys = tuple(sorted(inputs)) if isinstance(inputs, dict) else None
+    return keys, tuple((tuple(t.shape), t.stride(), t.dtype, t.device)
+                       for t in (*input_tensors(inputs), targets, V))
+
+
+def _checks(full: bool, strategy: str):
+    """Every guard, and compiling allowed under the settings a double backward needs
+    (``full``); else only the guards that tell the compiled graphs apart, where this torch
+    can (``skip_guard_eval_unsafe``, torch >= 2.6): a call whose layout every guard passed
+    before, in a state that has not changed, runs a graph that exists."""
+    if full:
+        double_backward = strategy == "reverse-over-reverse"
+        return _no_donated_buffers() if double_backward else contextlib.nullcontext()
+    if "skip_guard_eval_unsafe" not in _STANCE_OPTIONS:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+
+
+_STANCE_OPTIONS = set(inspect.signature(torch.compiler.set_stance).parameters) \
+    if hasattr(torch.compiler, "set_stance") else set()
 
 
 def _mark_batch_dynamic(inputs, targets) -> None:

@@ -68,6 +68,7 @@ class DataSource:
         self.rank, self.world_size = rank, world_size
         self.unpack = unpack
         self._tensors = _as_tensor_pair(data)
+        self._views = None  # (layout, batches) of a tensor pair, see _tensor_batches
         if self._tensors is not None and unpack is not None:
             raise ValueError("unpack applies to the batches of a DataLoader or an iterable; "
                              "an (inputs, targets) pair of tensors needs none")
@@ -133,16 +134,37 @@ class DataSource:
         return tuple((t.data_ptr(), tuple(t.shape), t.stride(), t._version, str(t.device))
                      for t in self._tensors)
 
+    def placed(self, device, dtype) -> bool:
+        """True when a tensor pair is already where the products need it: every tensor on
+        ``device`` and the floating inputs in ``dtype`` (the batches then go to the model as
+        they are, with no conversion per batch); False for an iterable."""
+        if self._tensors is None:
+            return False
+        inputs, targets = self._tensors
+        device = torch.device(device)
+        return (inputs.device == device and targets.device == device
+                and (not inputs.is_floating_point() or inputs.dtype == dtype))
+
     def _shard_range(self, n: int) -> tuple:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
+    def _tensor_batches(self) -> list:
+        """This rank's batches of a tensor pair as views, cut once and kept while the tensors'
+        storage, shape and strides (and the batch size and shard) are unchanged: a view sees
+        every in-place change, a rebinding or resize cuts them anew."""
+        inputs, targets = self._tensors
+        layout = (self.batch_size, self.rank, self.world_size,
+                  *(stamp[:3] for stamp in self.stamp()))
+        if self._views is None or self._views[0] != layout:
+            lo, hi = self._shard_range(len(inputs))
+            self._views = (layout, [(inputs[start:min(start + self.batch_size, hi)],
+                                     targets[start:min(start + self.batch_size, hi)])
+                                    for start in range(lo, hi, self.batch_size)])
+        return self._views[1]
+
     def __iter__(self) -> Iterator[tuple]:
         if self._tensors is not None:
-            inputs, targets = self._tensors
-            lo, hi = self._shard_range(len(inputs))
-            for start in range(lo, hi, self.batch_size):
-                stop = min(start + self.batch_size, hi)
-                yield inputs[start:stop], targets[start:stop]
+            yield from self._tensor_batches()
             return
         for index, batch in enumerate(self._iterable):
             if index % self.world_size == self.rank:

@@ -44,9 +44,15 @@ class BatchFunctions:
 
     @staticmethod
     def read_parameters(model, space: ParameterSpace) -> dict:
-        """The model's own selected parameters by name, in the space's order."""
-        params = dict(model.named_parameters())
-        return {name: params[name] for name in space.names}
+        """The model's own selected parameters by name, in the space's order: each read from
+        its module's own table, found in one walk over the modules (a third of the calls of
+        ``named_parameters()``, which the space's names come from)."""
+        tables = {prefix: module._parameters for prefix, module in model.named_modules()}
+        found = {}
+        for name in space.names:
+            prefix, _, leaf = name.rpartition(".")
+            found[name] = tables[prefix][leaf]
+        return found
 
     def detached(self) -> dict:
         """The selected parameters, detached (the point of a ``torch.func`` transform)."""
@@ -72,15 +78,24 @@ class BatchFunctions:
         return self.loss_on(self.outputs(params))
 
 
+def _grad(outputs, inputs, grad_outputs=None, retain=None, create_graph=False):
+    """``torch.autograd.grad`` with zeros for the inputs the outputs do not depend on (what
+    ``materialize_grads=True`` does, without its per-input generator steps on every call)."""
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain,
+                                create_graph=create_graph, allow_unused=True)
+    if [g for g in grads if g is None]:
+        grads = [torch.zeros_like(x, requires_grad=create_graph) if g is None else g
+                 for g, x in zip(grads, inputs)]
+    return grads
+
+
 def _backward(outputs, inputs, grad_outputs, retain):
     """``sum_k grad_outputs[k]^T d outputs[k] / d inputs``, zeros where independent."""
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
     if not pairs:
         return [torch.zeros_like(x) for x in inputs]
     outs, gouts = zip(*pairs)
-    return torch.autograd.grad(
-        outs, inputs, gouts, retain_graph=retain, allow_unused=True, materialize_grads=True
-    )
+    return _grad(outs, inputs, gouts, retain=retain)
 
 
 class _Strategy:
@@ -100,9 +115,13 @@ class _Strategy:
         if torch.compiler.is_compiling():  # traced: no Python-side state in the graph
             return self.split(space, V)
         if V is not self._block or V._version != self._version:
-            self._split = self.split(space, V)
+            self._split = self.refresh(space, V)
             self._block, self._version = V, V._version
         return self._split
+
+    def refresh(self, space: ParameterSpace, V: torch.Tensor):
+        """The split of a new block (:meth:`split`; a strategy may reuse its buffers)."""
+        return self.split(space, V)
 
 
 class ReverseOverReverse(_Strategy):
@@ -110,17 +129,33 @@ class ReverseOverReverse(_Strategy):
 
     name = "reverse-over-reverse"
 
+    def __init__(self):
+        super().__init__()
+        self._rows = self._row_split = self._space = None
+
     @staticmethod
     def split(space, V):
         rows = _rows(V)
         return [list(space.split(rows[j]).values()) for j in range(len(rows))]
 
+    def refresh(self, space, V):
+        """A new block's rows copied into the rows of the last one, whose per-parameter views
+        stay valid: one copy per pass instead of cutting ``M``-long rows into views anew (a
+        dozen small ops, measured 20-50 us a pass on a CPU). Values are copied exactly."""
+        rows = self._rows
+        if (rows is None or space is not self._space or rows.shape != V.T.shape
+                or rows.dtype != V.dtype or rows.device != V.device):
+            rows = torch.empty(V.T.shape, dtype=V.dtype, device=V.device)
+            self._rows, self._space = rows, space
+            self._row_split = [list(space.split(rows[j]).values()) for j in range(len(rows))]
+        rows.copy_(V.T)
+        return self._row_split
+
     def hessian(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
         params, space = fns.live(), fns.space
         with torch.enable_grad():
             value = fns.loss()
-            grads = torch.autograd.grad(value, params, create_graph=True, allow_unused=True,
-                                        materialize_grads=True)
+            grads = _grad(value, params, create_graph=True)
             tangents, b = self.tangents(space, V), V.shape[1]
             columns = [space.join(_backward(grads, params, tangents[j], retain=j < b - 1))
                        for j in range(b)]
@@ -132,8 +167,7 @@ class ReverseOverReverse(_Strategy):
             z = fns.outputs()
             # J v by the double-vjp trick: J^T u is linear in u, so d(J^T u)/du v = J v.
             u = torch.zeros_like(z, requires_grad=True)
-            JTu = torch.autograd.grad(z, params, u, create_graph=True, allow_unused=True,
-                                      materialize_grads=True)
+            JTu = _grad(z, params, u, create_graph=True)
             zd = z.detach().requires_grad_(True)
             value = fns.loss_on(zd)
             loss_grad = torch.autograd.grad(value, zd, create_graph=True)[0]

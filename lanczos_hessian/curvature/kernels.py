@@ -36,6 +36,19 @@ def _switches(name):
                                                                  None)
 
 
+_AVAILABLE: list = []  # (name, is enabled, enable) of this torch's switches, found once
+
+
+def _available_switches() -> list:
+    """The switches of :data:`_FUSED` and the math backend that this torch has."""
+    if not _AVAILABLE:
+        for name in (*_FUSED, "math"):
+            enabled, enable = _switches(name)
+            if enabled is not None and enable is not None:
+                _AVAILABLE.append((name, enabled, enable))
+    return _AVAILABLE
+
+
 @contextlib.contextmanager
 def twice_differentiable():
     """Run the block with scaled-dot-product attention on its math backend (CPU and CUDA
@@ -44,11 +57,9 @@ def twice_differentiable():
     set directly: a few attribute calls per pass); the caller's settings are restored on
     exit, also after an exception."""
     saved = []
-    for name in (*_FUSED, "math"):
-        enabled, enable = _switches(name)
-        if enabled is not None and enable is not None:
-            saved.append((enable, enabled()))
-            enable(name == "math")
+    for name, enabled, enable in _available_switches():
+        saved.append((enable, enabled()))
+        enable(name == "math")
     try:
         yield
     finally:

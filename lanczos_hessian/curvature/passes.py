@@ -9,15 +9,30 @@ of ``b`` vectors of length ``M``::
 
     [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
 
-What the pass adds around the products is kept to a few operations per batch: the losses and
-the sums of the products are stacked and checked for NaN/Inf once per pass (one device sync);
-a tensor pair's data fingerprint is computed on the first pass and reused while the tensors
-are unchanged (their version counters, :meth:`DataSource.stamp`); the model's parameters and
-buffers are compared before and after each pass by identity and version counter, so a model
-that changes itself in ``forward`` is refused instead of giving a matrix that is not one.
+What the pass adds around the products is a few operations per batch (the weighted
+accumulation; the batch's loss kept for the health check) and a few per pass:
+
+* **health**: one sum of every batch loss and every accumulated entry, checked for NaN/Inf
+  once per pass (one device sync). NaN and Inf survive a float64 sum (``Inf - Inf`` is
+  NaN), so a finite sum proves every loss and every batch's product finite; only when it is
+  not, the losses are checked one by one and a second look at the batches
+  (:func:`locate_non_finite`) names the first batch whose product is not finite, or says
+  the products are finite and only their sum overflows;
+* **data**: a tensor pair's batches are views cut once and kept while the tensors are the
+  same (:meth:`DataSource.stamp`), and moved to the model's device and dtype only where they
+  are not there already; its data fingerprint is computed on the first pass and reused while
+  the stamp is unchanged: every in-place change of a data tensor bumps its version counter
+  (through any view), every rebinding its storage address, so an unchanged stamp means the
+  same bytes and the cached fingerprint is the one a fresh hash would give. Iterables are
+  hashed on every pass;
+* **model**: its parameters and buffers are compared before and after each pass by identity
+  and version counter, so a model that changes itself in ``forward`` is refused instead of
+  giving a matrix that is not one.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,20 +44,29 @@ from .inputs import batch_length
 from .kernels import twice_differentiable
 
 
-def model_state(model) -> dict:
-    """Each parameter's and buffer's identity and version counter, by name: any in-place
-    change (``self.count += 1``) or rebinding (``self.count = self.count + 1``) shows."""
-    state = {f"parameter {n!r}": (id(t), t._version) for n, t in model.named_parameters()}
-    state.update({f"buffer {n!r}": (id(t), t._version) for n, t in model.named_buffers()})
-    return state
+def model_state(model) -> list:
+    """Each parameter's and buffer's place (module, kind, name), identity and version counter:
+    any in-place change (``self.count += 1``) or rebinding (``self.count = self.count + 1``)
+    shows. One walk over the modules, reading their own parameter and buffer tables (a third
+    of the calls of ``named_parameters()`` and ``named_buffers()``, which walk twice)."""
+    return [(prefix, kind, name, id(t), t._version)
+            for prefix, module in model.named_modules()
+            for kind, table in (("parameter", module._parameters), ("buffer", module._buffers))
+            for name, t in table.items() if t is not None]
 
 
-def check_model_unchanged(before: dict, after: dict, kind: str) -> None:
+def _place(prefix: str, kind: str, name: str) -> str:
+    return f"{kind} {(prefix + '.' if prefix else '') + name!r}"
+
+
+def check_model_unchanged(before: list, after: list, kind: str) -> None:
     """Raise :class:`InvalidModelError` naming what the model changed during a pass."""
     if before == after:
         return
-    changed = [name for name in after if before.get(name) != after[name]]
-    changed += [name for name in before if name not in after]
+    then = {_place(*entry[:3]): entry[3:] for entry in before}
+    now = {_place(*entry[:3]): entry[3:] for entry in after}
+    changed = [place for place, rest in now.items() if then.get(place) != rest]
+    changed += [place for place in then if place not in now]
     raise InvalidModelError(
         f"the model changed its own {', '.join(changed[:3])}"
         f"{' and more' if len(changed) > 3 else ''} during a {kind} pass over the data: its "
@@ -83,43 +107,70 @@ def _pass(op, block, sums) -> int:
     stamp = op.data.stamp() if op.check_data else None
     known = op.fingerprints.known(stamp)
     fingerprint = PassFingerprint() if known is None else known
-    values, totals, count = [], [], 0
+    values, count = [], 0
+    weighted = op.reduction == "mean"
     before = model_state(op.model)
     op.curvature.begin_pass()
     product = op.batch_product()
+    if product is op.compiled:
+        product.start_pass()  # its first call checks every guard
+    move = None if op.data.placed(op.device, op.model_dtype) else op.to_device
     with twice_differentiable():
         for inputs, targets in _batches(op):
-            x, y = op.to_device(inputs, targets)
+            x, y = (inputs, targets) if move is None else move(inputs, targets)
             value, result = product(x, y, block)
             values.append(value)
-            totals.append(result.sum())  # in the model's dtype: no float64 copy per batch
             samples = batch_length(x)
             # vector-major accumulator: the products come as the transpose of a contiguous
             # (b, M) block, so this adds in place with no copy or transpose
-            sums.add_(result.T, alpha=samples if op.reduction == "mean" else 1.0)
+            sums.add_(result.T, alpha=samples if weighted else 1.0)
             count += samples
             if known is None and op.check_data:
                 fingerprint.add(inputs, targets)
-    check_model_unchanged(before, model_state(op.model), op.kind)
-    if values:
-        _check_health(values, totals, sums, op)
+        check_model_unchanged(before, model_state(op.model), op.kind)
+        if values and not _healthy(values, sums):
+            _raise_non_finite(op, values, sums, block, move, product)
     if op.check_data:
         op.fingerprints.check(fingerprint, stamp)
     return count
 
 
-def _check_health(values, totals, sums, op) -> None:
-    """NaN or Inf in a loss or a product, named by batch: one device sync per pass. A
-    product's sum in its own dtype may overflow where the float64 accumulator does not, so the
-    products count as finite whenever the accumulated ``sums`` are."""
-    losses = torch.stack(values).detach().to(torch.float64).reshape(-1)
-    totals = torch.stack(totals).to(torch.float64)
-    finite = torch.isfinite(sums.sum())
-    totals = torch.where(finite, torch.zeros_like(totals), totals)
-    check_finite(torch.stack([losses, totals], dim=1), op.kind, op.world)
-    if not bool(finite):  # non-finite only after accumulation: say so without a batch
+def _healthy(values, sums) -> bool:
+    """The cheap test of a healthy pass: the sum of every batch loss and every accumulated
+    product is finite (a NaN or Inf anywhere makes it so; one reduction and one device sync
+    per pass). False may also mean that only the sum of finite values overflowed:
+    :func:`_raise_non_finite` decides."""
+    return math.isfinite(float(sums.sum() + torch.stack(values).sum()))
+
+
+def _raise_non_finite(op, values, sums, block, move, product) -> None:
+    """After a failed :func:`_healthy`: name the first batch whose loss or product is NaN or
+    Inf (:func:`check_finite`), say that the products are finite and only their float64 sum
+    overflows, or return when every loss and accumulated entry is finite after all."""
+    losses = torch.stack(values).detach().to(torch.float64).reshape(-1, 1)
+    check_finite(torch.cat([losses, torch.zeros_like(losses)], dim=1), op.kind, op.world)
+    if bool(torch.isfinite(sums).all()):
+        return
+    index = locate_non_finite(op, block, move, product)
+    if index is None:
         raise NonFiniteError(f"the accumulated {op.kind}-vector product overflows float64 "
                              "(the products are finite batch by batch)")
+    health = torch.zeros(index + 1, 2, dtype=torch.float64)  # batch `index`: a bad product
+    health[index, 1] = float("nan")
+    check_finite(health, op.kind, op.world)
+
+
+def locate_non_finite(op, block, move=None, product=None) -> int | None:
+    """The index of the first batch whose product with ``block`` has a NaN or Inf entry,
+    else None: a second look at the batches, taken only after a pass whose accumulated
+    products were not finite (the data are the same on every pass, which the fingerprints
+    check)."""
+    product = product or op.batch_product()
+    for index, (inputs, targets) in enumerate(_batches(op)):
+        x, y = (inputs, targets) if move is None else move(inputs, targets)
+        if not bool(torch.isfinite(product(x, y, block)[1]).all()):
+            return index
+    return None
 
 
 def _batches(op):

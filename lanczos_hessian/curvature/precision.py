@@ -37,8 +37,18 @@ _NEW_API = (("cuda.matmul", lambda: torch.backends.cuda.matmul),
             ("cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn", None)))
 
 
+_OWNERS: dict = {}  # the per-operation settings' owners, found once (module singletons)
+
+
 def _new_api_owners() -> dict:
-    """``{name: object with fp32_precision}`` where this torch has the per-operation API."""
+    """``{name: object with fp32_precision}`` where this torch has the per-operation API
+    (looked up on the first call: torch's backend modules do not change in a process)."""
+    if "owners" not in _OWNERS:
+        _OWNERS["owners"] = _find_owners()
+    return _OWNERS["owners"]
+
+
+def _find_owners() -> dict:
     owners = {}
     for name, get in _NEW_API:
         try:
