@@ -33,6 +33,7 @@ second backward, as in the package's present path).
 
     python scripts/bench_native_shards.py --quick --check          # seconds, exactness
     python scripts/bench_native_shards.py --json out/native.json   # 12.9M GPT, W = 1, 2, 4
+    python scripts/bench_native_shards.py --large --dtype float32 --modes native  # 101.4M
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_sharded import free_port, peak_rss_mib  # noqa: E402
 
 FULL = dict(width=512, layers=6, heads=4, context=16, sequences=8)
+LARGE = dict(width=1024, layers=12, heads=16, context=64, sequences=8)  # bench_sharded.py's
 QUICK = dict(width=16, layers=2, heads=4, context=8, sequences=8)
 
 
@@ -152,6 +154,7 @@ class NativeShards:
                 for acc, h in zip(products, torch.autograd.grad(inner, leaves)):
                     acc.add_(h)
                 total += loss.detach()
+                self._storages = {k: e for k, e in self._storages.items() if e[1]() is not None}
         return dict(zip(self.names, products)), total
 
 
@@ -192,7 +195,8 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
-    config = QUICK if args.quick else FULL
+    config = dict(QUICK if args.quick else LARGE if args.large else FULL)
+    config["sequences"] = args.sequences or config["sequences"]
     model, x, y, loss_fn, v = build(config, getattr(torch, args.dtype))
     num_params = sum(p.numel() for p in model.parameters())
     with twice_differentiable():
@@ -239,8 +243,9 @@ def launch(world_size, mode, args) -> list:
                        OMP_NUM_THREADS=str(args.threads), MALLOC_MMAP_THRESHOLD_="65536")
             command = [sys.executable, __file__, "--worker", out, "--mode", mode,
                        "--dtype", args.dtype, "--threads", str(args.threads),
-                       "--batch-size", str(args.batch_size)]
-            command += (["--quick"] if args.quick else []) + (["--check"] if args.check else [])
+                       "--batch-size", str(args.batch_size),
+                       "--sequences", str(args.sequences or 0)]
+            command += (["--quick"] if args.quick else []) + (["--large"] if args.large else []) + (["--check"] if args.check else [])
             procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
         errors = [p.communicate()[1].decode() for p in procs]
         for rank, (p, err) in enumerate(zip(procs, errors)):
@@ -277,10 +282,14 @@ def main(argv=None):
     parser.add_argument("--world-sizes", default="1,2,4")
     parser.add_argument("--modes", default="native,kept")
     parser.add_argument("--quick", action="store_true", help="a tiny model, seconds")
+    parser.add_argument("--large", action="store_true",
+                        help="the 101.4M-parameter GPT of bench_sharded.py (use --dtype float32)")
     parser.add_argument("--check", action="store_true",
                         help="compare with the unsharded product (memory then not comparable)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--sequences", type=int, help="sequences in the data (default 8); "
+                        "every rank must get the same number of batches")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--mode", help=argparse.SUPPRESS)
