@@ -245,7 +245,8 @@ def launch(world_size, mode, args) -> list:
                        "--dtype", args.dtype, "--threads", str(args.threads),
                        "--batch-size", str(args.batch_size),
                        "--sequences", str(args.sequences or 0)]
-            command += (["--quick"] if args.quick else []) + (["--large"] if args.large else []) + (["--check"] if args.check else [])
+            command += [flag for flag, on in (("--quick", args.quick), ("--large", args.large),
+                                              ("--check", args.check)) if on]
             procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
         errors = [p.communicate()[1].decode() for p in procs]
         for rank, (p, err) in enumerate(zip(procs, errors)):
