@@ -25,7 +25,9 @@ model's dtype) plus the double-backward graph of one batch plus the operator's f
 working vectors (a gathered block and its product, ``M`` each); between passes only the
 shards remain. What sharding divides by ``W`` is the model at rest and, with sharded Lanczos
 vectors (``shard_vectors``), the basis (``m`` vectors of ``M / W`` rows each), which
-dominates for long runs.
+dominates for long runs. ``scripts/bench_native_shards.py`` prototypes products whose peak
+falls with ``W`` (per-block gathers with the shards as leaves, saved-tensor hooks that gather
+again in the backward): exact, but they need vectors laid out as the parameters' shards.
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------
