@@ -32,6 +32,7 @@ gathers without saved-tensor hooks: every gathered parameter stays in the graph 
 second backward, as in the package's present path).
 
     python scripts/bench_native_shards.py --quick --check          # seconds, exactness
+    python scripts/bench_native_shards.py --quick --check --fsdp   # the same under FSDP2
     python scripts/bench_native_shards.py --json out/native.json   # 12.9M GPT, W = 1, 2, 4
     python scripts/bench_native_shards.py --large --dtype float32 --modes native  # 101.4M
 """
@@ -64,7 +65,10 @@ class NativeShards:
     """A model's parameters as local ``Shard(0)`` leaves, gathered block by block.
 
     ``units``: the modules whose forward gathers the parameters they hold (directly or in
-    submodules that are not units themselves); the first one should be the root.
+    submodules that are not units themselves); the first one should be the root. Plain
+    parameters are sharded here; a model wrapped with ``fully_shard`` (its forward hooks
+    suspended by the caller) gives its own local shards. The model's parameters are taken
+    out of its modules for good (a prototype: it is not given back).
     """
 
     def __init__(self, model, units, mesh, keep_gathered=False):
@@ -79,8 +83,11 @@ class NativeShards:
                 name = f"{module_name}.{leaf}".lstrip(".")
                 self.names.append(name)
                 self.shape[name] = (p.shape, p.stride())
-                shard = distribute_tensor(p.detach(), mesh, [Shard(0)]).to_local()
-                self.local[name] = shard.clone().requires_grad_()
+                if hasattr(p, "to_local"):  # already sharded (FSDP2): its own shard
+                    self.local[name] = p.to_local().detach().requires_grad_()
+                else:
+                    shard = distribute_tensor(p.detach(), mesh, [Shard(0)]).to_local()
+                    self.local[name] = shard.clone().requires_grad_()
                 self.owner[(module, leaf)] = name
                 module._parameters[leaf] = None  # the full value is dropped
         self._storages = {}  # id(storage) -> (name, weak reference to the storage)
@@ -202,6 +209,14 @@ def worker(args) -> None:
     with twice_differentiable():
         ref = reference(model, x, y, loss_fn, v) if args.check else None
         mesh = init_device_mesh("cpu", (size,))
+        if args.fsdp:  # fully_shard per layer and at the root, its hooks suspended
+            from torch.distributed.fsdp import fully_shard
+
+            from lanczos_hessian.parallel.dtensor import suspend_fsdp_hooks
+
+            for layer in model.layers:
+                fully_shard(layer, mesh=mesh)
+            suspend_fsdp_hooks(fully_shard(model, mesh=mesh))
         shards = NativeShards(model, [model, *model.layers], mesh, args.mode == "kept")
         v_local = {n: distribute_tensor(v[n], mesh, [Shard(0)]).to_local().clone() for n in v}
         if ref is not None:
@@ -246,7 +261,8 @@ def launch(world_size, mode, args) -> list:
                        "--batch-size", str(args.batch_size),
                        "--sequences", str(args.sequences or 0)]
             command += [flag for flag, on in (("--quick", args.quick), ("--large", args.large),
-                                              ("--check", args.check)) if on]
+                                              ("--check", args.check), ("--fsdp", args.fsdp))
+                        if on]
             procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
         errors = [p.communicate()[1].decode() for p in procs]
         for rank, (p, err) in enumerate(zip(procs, errors)):
@@ -285,6 +301,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a tiny model, seconds")
     parser.add_argument("--large", action="store_true",
                         help="the 101.4M-parameter GPT of bench_sharded.py (use --dtype float32)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="the model wrapped with fully_shard (per layer, root) first")
     parser.add_argument("--check", action="store_true",
                         help="compare with the unsharded product (memory then not comparable)")
     parser.add_argument("--dtype", default="float64", choices=["float32", "float64"])

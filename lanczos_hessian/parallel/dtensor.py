@@ -51,7 +51,8 @@ import torch
 from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
 
-__all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts"]
+__all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
+           "suspend_fsdp_hooks", "restore_fsdp_hooks"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -174,7 +175,7 @@ class ShardedModel:
             finally:
                 self._depth -= 1
             return
-        hooks = _suspend_fsdp_hooks(self.model)
+        hooks = suspend_fsdp_hooks(self.model)
         swapped = []
         try:
             with torch.no_grad():
@@ -191,7 +192,7 @@ class ShardedModel:
             for owners, original in swapped:
                 for module, leaf in owners:
                     setattr(module, leaf, original)
-            _restore_hooks(hooks)
+            restore_fsdp_hooks(hooks)
 
     def stamp(self) -> tuple:
         """Identity and version counter of every sharded parameter's local values: changes
@@ -231,9 +232,9 @@ def _owners(model, names):
     return [by_id[key] for name, key in order if name in wanted]
 
 
-def _suspend_fsdp_hooks(model) -> list:
+def suspend_fsdp_hooks(model) -> list:
     """Remove the forward hooks FSDP2 registered on ``model``'s modules; return what
-    :func:`_restore_hooks` needs to put them back in their order."""
+    :func:`restore_fsdp_hooks` needs to put them back in their order."""
     try:
         from torch.distributed.fsdp import FSDPModule, fully_shard
     except ImportError:
@@ -252,7 +253,7 @@ def _suspend_fsdp_hooks(model) -> list:
             for key in owned:
                 del hooks[key]
         if not found:  # e.g. fully_shard([a, b]) on a group: hooks of another form
-            _restore_hooks(saved)
+            restore_fsdp_hooks(saved)
             raise InvalidModelError(
                 f"module {name or type(module).__name__!r} is an FSDP2 module whose forward "
                 "hooks are not its own (fully_shard on a group of modules?); wrap each "
@@ -260,7 +261,8 @@ def _suspend_fsdp_hooks(model) -> list:
     return saved
 
 
-def _restore_hooks(saved) -> None:
+def restore_fsdp_hooks(saved) -> None:
+    """Put back the hooks :func:`suspend_fsdp_hooks` removed."""
     for hooks, items in saved:
         hooks.clear()
         hooks.update(items)

@@ -14,10 +14,14 @@ import bench_native_shards  # noqa: E402
 
 
 @pytest.mark.slow  # W gloo processes per launch
-@pytest.mark.parametrize("world_size, sequences", [(2, 8), (3, 6)])  # 3: uneven shards
-def test_shard_native_products_equal_the_unsharded_product(world_size, sequences):
+@pytest.mark.parametrize("world_size, sequences, wrap", [
+    (2, 8, []), (3, 6, []),  # 3: uneven shards
+    (2, 6, ["--fsdp"]),  # fully_shard's own shards as leaves, 2 batches per rank
+])
+def test_shard_native_products_equal_the_unsharded_product(world_size, sequences, wrap):
     rows = bench_native_shards.main(["--quick", "--check", "--world-sizes", str(world_size),
-                                     "--sequences", str(sequences), "--modes", "native,kept"])
+                                     "--sequences", str(sequences), "--modes", "native,kept",
+                                     *wrap])
     assert [r["mode"] for r in rows] == ["native", "kept"]
     for row in rows:
         assert row["world_size"] == world_size
