@@ -25,7 +25,9 @@ model's dtype) plus the double-backward graph of one batch plus the operator's f
 working vectors (a gathered block and its product, ``M`` each); between passes only the
 shards remain. What sharding divides by ``W`` is the model at rest and, with sharded Lanczos
 vectors (``shard_vectors``), the basis (``m`` vectors of ``M / W`` rows each), which
-dominates for long runs.
+dominates for long runs. ``scripts/bench_native_shards.py`` prototypes products whose peak
+falls with ``W`` (per-block gathers with the shards as leaves, saved-tensor hooks that gather
+again in the backward): exact, but they need vectors laid out as the parameters' shards.
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------
@@ -49,7 +51,8 @@ import torch
 from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
 
-__all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts"]
+__all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
+           "suspend_fsdp_hooks", "restore_fsdp_hooks"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -172,7 +175,7 @@ class ShardedModel:
             finally:
                 self._depth -= 1
             return
-        hooks = _suspend_fsdp_hooks(self.model)
+        hooks = suspend_fsdp_hooks(self.model)
         swapped = []
         try:
             with torch.no_grad():
@@ -189,7 +192,7 @@ class ShardedModel:
             for owners, original in swapped:
                 for module, leaf in owners:
                     setattr(module, leaf, original)
-            _restore_hooks(hooks)
+            restore_fsdp_hooks(hooks)
 
     def stamp(self) -> tuple:
         """Identity and version counter of every sharded parameter's local values: changes
@@ -229,9 +232,9 @@ def _owners(model, names):
     return [by_id[key] for name, key in order if name in wanted]
 
 
-def _suspend_fsdp_hooks(model) -> list:
+def suspend_fsdp_hooks(model) -> list:
     """Remove the forward hooks FSDP2 registered on ``model``'s modules; return what
-    :func:`_restore_hooks` needs to put them back in their order."""
+    :func:`restore_fsdp_hooks` needs to put them back in their order."""
     try:
         from torch.distributed.fsdp import FSDPModule, fully_shard
     except ImportError:
@@ -250,7 +253,7 @@ def _suspend_fsdp_hooks(model) -> list:
             for key in owned:
                 del hooks[key]
         if not found:  # e.g. fully_shard([a, b]) on a group: hooks of another form
-            _restore_hooks(saved)
+            restore_fsdp_hooks(saved)
             raise InvalidModelError(
                 f"module {name or type(module).__name__!r} is an FSDP2 module whose forward "
                 "hooks are not its own (fully_shard on a group of modules?); wrap each "
@@ -258,7 +261,8 @@ def _suspend_fsdp_hooks(model) -> list:
     return saved
 
 
-def _restore_hooks(saved) -> None:
+def restore_fsdp_hooks(saved) -> None:
+    """Put back the hooks :func:`suspend_fsdp_hooks` removed."""
     for hooks, items in saved:
         hooks.clear()
         hooks.update(items)
