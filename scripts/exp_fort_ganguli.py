@@ -363,13 +363,17 @@ def plot(a, b, c, d, path):
     axes[1].set(title="A. top Hessian eigenvalues", xlabel="step", ylabel="eigenvalue")
     window = d["settings"]["window"]
     for i, label in enumerate(("SGD", "GD")):
-        for j, r in enumerate(d["runs"][label]):
+        rows = d["runs"][label]
+        others = ", ".join(str(r["seed"]) for r in rows[1:])
+        for j, r in enumerate(rows):  # the first seed bold, the others thin
             early = np.asarray(r["step"]) <= window
-            kw = dict(color=f"C{i}", alpha=0.9, lw=1.2, ls="-" if j == 0 else ("--", ":")[j % 2])
+            kw = dict(color=f"C{i}", alpha=0.95 if j == 0 else 0.5, lw=1.8 if j == 0 else 0.8)
+            name = (f"{label}, seed {r['seed']}" if j == 0
+                    else f"{label}, seeds {others}" if j == 1 else None)
             axes[2].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, 0],
-                         label=f"{label} seed {r['seed']}: lambda_1", **kw)
+                         label=name, **kw)
             axes[5].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, -1],
-                         label=f"{label} seed {r['seed']}: lambda_10", **kw)
+                         label=name, **kw)
     axes[2].set(title=f"D. transient: lambda_1, first {window} steps (lr {LR:g})",
                 xlabel="step", ylabel="lambda_1")
     axes[5].set(title=f"D. transient: lambda_10 (= lambda_C), first {window} steps",
