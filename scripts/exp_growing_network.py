@@ -165,7 +165,8 @@ def replot(out_dir=None, quick=False):
     plot(runs, PERCENT, paths["png"])
 
 
-def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
+def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
+                 widths=None) -> dict:
     """The bottom 20 eigenvalues solved below the eigenvalue spacing, against the tol-1e-4 run.
 
     For each width (trained as in :func:`main`): the 20 smallest eigenpairs at tol 1e-4
@@ -174,6 +175,7 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) 
     the 20th accurate eigenvalue, the number of eigenvalues the quadrature still sees beyond
     the deflated ones (0 when the 20 are the 20 most negative and fully deflated; the
     deflated pairs themselves, atoms of mass 1/M in the estimate, are not counted).
+    ``widths`` (default: all of the mode's) selects some of them.
     Written to ``exp_growing_network_bottom.json`` (``runs.slq`` file per width in the HDF5
     beside it)."""
     from lanczos_hessian import run as runs_api
@@ -182,7 +184,8 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) 
     ec.setup()
     timer = ec.Timer()
     paths = ec.out_paths(NAME, out_dir, quick)
-    n, widths, steps = (300, (10, 30), 300) if quick else (1000, (10, 30, 50, 70), 1000)
+    n, all_widths, steps = (300, (10, 30), 300) if quick else (1000, (10, 30, 50, 70), 1000)
+    widths = all_widths if not widths else widths
     probes, lsteps = (4, 30) if quick else (10, 60)
     x, y = load_mnist(n, flatten=True)
     rows = []
@@ -236,7 +239,8 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) 
 
 
 if __name__ == "__main__":
-    if "--bottom" in sys.argv:  # the bottom-end check only: --bottom [--quick]
-        bottom_check(quick="--quick" in sys.argv)
+    if "--bottom" in sys.argv:  # the bottom-end check only: --bottom [--quick] [WIDTH ...]
+        bottom_check(quick="--quick" in sys.argv,
+                     widths=[int(v) for v in sys.argv[1:] if v.isdigit()])
     else:
         ec.command_line(__doc__, main, replot)
