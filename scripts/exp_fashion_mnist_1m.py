@@ -193,7 +193,8 @@ def plot(d: dict, spectrum, path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.6))
     ax = axes[0]
     ranks = np.arange(1, len(top) + 1)
-    ax.semilogy(ranks, top, "o-", label="top eigenvalues (Lanczos)")
+    ax.plot(ranks, top, "o-", label="top eigenvalues (Lanczos)")
+    ax.set_ylim(0, None)
     ax.axvline(NUM_CLASSES + 0.5, color="k", ls="--", lw=1,
                label=f"C = {NUM_CLASSES} classes")
     ax.axvline(s["outliers"]["ratio"] + 0.5, color="C3", ls=":", lw=1.5,
@@ -219,12 +220,18 @@ def plot(d: dict, spectrum, path) -> None:
            title="the bulk (deflated Gauss nodes' range)")
     ax = axes[3]
     lam = top[0]
-    z = np.linspace(-0.01 * lam, 0.01 * lam, 401)
+    z = np.linspace(min(1.1 * lo, -0.05 * lam), 0.02 * lam, 601)
     below = [q.fraction_below(t) for t in z]
     ax.fill_between(z / lam, [f.lower for f in below], [f.upper for f in below], alpha=0.3,
                     color="C2", lw=0, label="bracket (resolution + probes)")
     ax.plot(z / lam, [f.value for f in below], color="C2", label="SLQ estimate")
     ax.axvline(0, color="k", lw=0.8)
+    t = s["nearest_resolved_threshold"]
+    if t == t:
+        ax.axvline(t / lam, color="C3", ls=":", lw=1.2,
+                   label=f"nearest resolved threshold ({t / lam:.2g} lambda_max)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(0, 1.2)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     neg = s["negative_mass"]
     ax.set(xlabel="t / lambda_max", ylabel="fraction of eigenvalues below t",
