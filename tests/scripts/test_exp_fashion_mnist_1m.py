@@ -42,7 +42,7 @@ def test_fashion_mnist_1m_quick(tmp_path):
     assert not neg["resolved"] and neg["lower"] <= neg["value"] <= neg["upper"]
     assert neg["upper"] - neg["lower"] > 0.5  # the atom at zero sits on both sides of 0
     # the nearest threshold below 0 that the rules resolve: within 3% of lambda_max (seeds
-    # 0-4: 0.9-2.6%), and under 5% of the eigenvalues lie below it, bracket included
+    # 0-4: 0.8-2.6%), and under 5% of the eigenvalues lie below it, bracket included
     t = s["nearest_resolved_threshold"]
     assert -0.03 * top[0] < t < 0
     beyond = s["mass_below_nearest_resolved"]
