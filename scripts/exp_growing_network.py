@@ -213,7 +213,6 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
                "fine": fine_values, "fine_matvecs": fine.num_matvecs,
                "fine_converged": bool(np.all(fine.converged)),
                "fine_max_bound": float(np.max(fine.residual_bounds)),
-               "norm_estimate": float(np.max(np.abs(bulk.nodes[np.isfinite(bulk.nodes)]))),
                "coarse_minus_fine": coarse_values - fine_values,
                "coarse_above_fine_20th": int(np.sum(coarse_values > twentieth + 1e-6)),
                "slq_below_20th": {"count": below.value * op.shape[0] - deflated_below,
@@ -231,9 +230,17 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
              f"{row['slq_below_20th']['count']:.1f} [{row['slq_below_20th']['lower']:.1f}, "
              f"{row['slq_below_20th']['upper']:.1f}] [{timer():.0f} s]")
     out = paths["json"].with_name(f"exp_{NAME}_bottom.json")
+    if out.exists():  # keep the widths of earlier invocations (same mode and seed)
+        import json
+
+        earlier = json.loads(out.read_text())
+        if (earlier["quick"], earlier["seed"]) == (quick, seed):
+            rows = [r for r in earlier["runs"] if r["hidden"] not in widths] + rows
+            rows.sort(key=lambda r: r["hidden"])
     payload = {"experiment": NAME, "part": "bottom", "quick": quick, "seed": seed,
-               "num_samples": n, "steps": steps, "runs": rows, "seconds": timer(),
-               "cpu_seconds": timer.cpu()}
+               "num_samples": n, "steps": steps, "runs": rows,
+               "seconds": sum(r["seconds"] + r["coarse_seconds"] for r in rows),
+               "cpu_seconds_last_invocation": timer.cpu()}
     ec.write_json(out, payload)
     return payload
 
