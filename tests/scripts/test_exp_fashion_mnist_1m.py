@@ -58,3 +58,4 @@ def test_fashion_mnist_1m_quick(tmp_path):
     assert again["cost"]["resumed"] and again["cost"]["passes_this_process"] == 0
     assert again["training"]["train_loss"] == out["training"]["train_loss"]
     np.testing.assert_array_equal(again["spectrum"]["top"], top)
+
