@@ -227,6 +227,15 @@ def part_d(writer, quick, seeds, echo) -> dict:
                  f"{row['lambda_1']['final']:.3g} (step {final}); lambda_10 "
                  f"{row['lambda_C']['initial']:.3g} -> {row['lambda_C']['peak']:.3g} at step "
                  f"{row['lambda_C']['peak_step']} -> {row['lambda_C']['final']:.3g}")
+    return {"settings": {"num_samples": n, "window": window, "final_step": final,
+                         "every": every, "k": k, "seeds": list(seeds), "learning_rate": LR,
+                         "sgd_batch": 32},
+            "runs": runs, "summary": transient_summary(runs, seeds, echo)}
+
+
+def transient_summary(runs: dict, seeds, echo) -> dict:
+    """Median and range over seeds of the peak step, rise and fall of lambda_1 and lambda_C,
+    for SGD and GD (``runs`` as part D returns them)."""
     summary = {}
     for label, rows in runs.items():
         summary[label] = {
@@ -239,10 +248,31 @@ def part_d(writer, quick, seeds, echo) -> dict:
              f"rise x{s1['lambda_1_rise']['median']:.2f} ({s1['lambda_1_rise']['min']:.2f}-"
              f"{s1['lambda_1_rise']['max']:.2f}), fall x{s1['lambda_1_fall']['median']:.2f} "
              f"({s1['lambda_1_fall']['min']:.2f}-{s1['lambda_1_fall']['max']:.2f})")
-    return {"settings": {"num_samples": n, "window": window, "final_step": final,
-                         "every": every, "k": k, "seeds": list(seeds), "learning_rate": LR,
-                         "sgd_batch": 32},
-            "runs": runs, "summary": summary}
+    return summary
+
+
+def extend_transient(seeds, out_dir=None, quick: bool = False, echo=ec.log) -> dict:
+    """Part D for more ``seeds``, added to the written JSON (the other parts untouched):
+    their tracking goes to ``exp_fort_ganguli_transient.h5`` beside it, the summary is taken
+    again over all seeds and the figure redrawn."""
+    import json
+
+    ec.setup()
+    paths = ec.out_paths(NAME, out_dir, quick)
+    payload = json.loads(paths["json"].read_text())
+    d = payload["transient"]
+    seeds = [s for s in seeds if s not in d["settings"]["seeds"]]
+    extra_path = paths["h5"].with_name(f"exp_{NAME}_transient.h5")
+    attrs = {"experiment": NAME, "quick": quick, "parts": "D", "seeds": seeds}
+    with RunStore.create(extra_path, attrs, overwrite=True) as writer:
+        more = part_d(writer, quick, seeds, echo)
+    for label in d["runs"]:
+        d["runs"][label] += more["runs"][label]
+    d["settings"]["seeds"] = d["settings"]["seeds"] + seeds
+    d["summary"] = transient_summary(d["runs"], d["settings"]["seeds"], echo)
+    ec.write_json(paths["json"], payload)
+    replot(out_dir, quick)
+    return payload
 
 
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
@@ -333,13 +363,17 @@ def plot(a, b, c, d, path):
     axes[1].set(title="A. top Hessian eigenvalues", xlabel="step", ylabel="eigenvalue")
     window = d["settings"]["window"]
     for i, label in enumerate(("SGD", "GD")):
-        for j, r in enumerate(d["runs"][label]):
+        rows = d["runs"][label]
+        others = ", ".join(str(r["seed"]) for r in rows[1:])
+        for j, r in enumerate(rows):  # the first seed bold, the others thin
             early = np.asarray(r["step"]) <= window
-            kw = dict(color=f"C{i}", alpha=0.9, lw=1.2, ls="-" if j == 0 else ("--", ":")[j % 2])
+            kw = dict(color=f"C{i}", alpha=0.95 if j == 0 else 0.5, lw=1.8 if j == 0 else 0.8)
+            name = (f"{label}, seed {r['seed']}" if j == 0
+                    else f"{label}, seeds {others}" if j == 1 else None)
             axes[2].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, 0],
-                         label=f"{label} seed {r['seed']}: lambda_1", **kw)
+                         label=name, **kw)
             axes[5].plot(np.asarray(r["step"])[early], np.asarray(r["top"])[early, -1],
-                         label=f"{label} seed {r['seed']}: lambda_10", **kw)
+                         label=name, **kw)
     axes[2].set(title=f"D. transient: lambda_1, first {window} steps (lr {LR:g})",
                 xlabel="step", ylabel="lambda_1")
     axes[5].set(title=f"D. transient: lambda_10 (= lambda_C), first {window} steps",
@@ -388,4 +422,8 @@ def replot(out_dir=None, quick=False):
 
 
 if __name__ == "__main__":
-    ec.command_line(__doc__, main, replot)
+    if "--transient-seeds" in sys.argv:  # part D only, for more seeds: --transient-seeds 3 4
+        at = sys.argv.index("--transient-seeds")
+        extend_transient([int(v) for v in sys.argv[at + 1:]], quick="--quick" in sys.argv[:at])
+    else:
+        ec.command_line(__doc__, main, replot)

@@ -165,5 +165,89 @@ def replot(out_dir=None, quick=False):
     plot(runs, PERCENT, paths["png"])
 
 
+def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
+                 widths=None) -> dict:
+    """The bottom 20 eigenvalues solved below the eigenvalue spacing, against the tol-1e-4 run.
+
+    For each width (trained as in :func:`main`): the 20 smallest eigenpairs at tol 1e-4
+    relative to ||H|| (the main run's accuracy) and at tol 1e-6, and the SLQ deflated by the
+    tol-1e-6 pairs (10 probes x 60 steps); ``slq_below_20th`` is ``M`` times the SLQ mass below
+    the 20th accurate eigenvalue, the number of eigenvalues the quadrature still sees beyond
+    the deflated ones (0 when the 20 are the 20 most negative and fully deflated; the
+    deflated pairs themselves, atoms of mass 1/M in the estimate, are not counted).
+    ``widths`` (default: all of the mode's) selects some of them.
+    Written to ``exp_growing_network_bottom.json`` (``runs.slq`` file per width in the HDF5
+    beside it)."""
+    from lanczos_hessian import run as runs_api
+    from lanczos_hessian.curvature.operators import HessianOperator
+
+    ec.setup()
+    timer = ec.Timer()
+    paths = ec.out_paths(NAME, out_dir, quick)
+    n, all_widths, steps = (300, (10, 30), 300) if quick else (1000, (10, 30, 50, 70), 1000)
+    widths = all_widths if not widths else widths
+    probes, lsteps = (4, 30) if quick else (10, 60)
+    x, y = load_mnist(n, flatten=True)
+    rows = []
+    for h in widths:
+        torch.manual_seed(seed)
+        model = mlp([784, h, 10], "relu")
+        loss_fn = torch.nn.CrossEntropyLoss()
+        train(model, loss_fn, x, y, steps=steps, lr=LR, rng=seed)
+        op = HessianOperator(ec.float64_copy(model), loss_fn, (x.double(), y), batch_size=n)
+        t = ec.Timer()
+        coarse = runs_api.eigs(op, k=20, which="SA", tol=1e-4, seed=seed, progress=False)
+        coarse_seconds = t()
+        h5 = paths["h5"].with_name(f"exp_{NAME}_bottom_h{h}.h5")
+        t = ec.Timer()
+        fine, bulk = runs_api.slq(op, h5, num_probes=probes, num_steps=lsteps, k_bottom=20,
+                                  tol=1e-6, seed=seed, overwrite=True, progress=False)
+        fine_values = np.sort(fine.eigenvalues)
+        coarse_values = np.sort(coarse.eigenvalues)
+        twentieth = float(fine_values[-1])
+        below = bulk.fraction_below(twentieth)  # the deflated pairs are atoms of 1/M in it
+        deflated_below = int(np.sum(fine_values < twentieth))
+        row = {"hidden": h, "num_params": op.shape[0], "coarse": coarse_values,
+               "coarse_matvecs": coarse.num_matvecs, "coarse_seconds": coarse_seconds,
+               "coarse_max_bound": float(np.max(coarse.residual_bounds)),
+               "fine": fine_values, "fine_matvecs": fine.num_matvecs,
+               "fine_converged": bool(np.all(fine.converged)),
+               "fine_max_bound": float(np.max(fine.residual_bounds)),
+               "coarse_minus_fine": coarse_values - fine_values,
+               "coarse_above_fine_20th": int(np.sum(coarse_values > twentieth + 1e-6)),
+               "slq_below_20th": {"count": below.value * op.shape[0] - deflated_below,
+                                  "lower": below.lower * op.shape[0] - deflated_below,
+                                  "upper": below.upper * op.shape[0] - deflated_below,
+                                  "resolved": bool(below.resolved)},
+               "slq_lowest_node": float(np.nanmin(bulk.nodes)),
+               "seconds": t(), "passes": bulk.num_passes}
+        rows.append(row)
+        echo(f"h={h}: tol 1e-4 bottom {coarse_values[0]:.5f} .. {coarse_values[-1]:.5f} "
+             f"({coarse.num_matvecs} products); tol 1e-6 {fine_values[0]:.5f} .. "
+             f"{twentieth:.5f} ({fine.num_matvecs} products, converged "
+             f"{row['fine_converged']}); max |coarse - fine| "
+             f"{np.max(np.abs(row['coarse_minus_fine'])):.2e}; SLQ below the 20th: "
+             f"{row['slq_below_20th']['count']:.1f} [{row['slq_below_20th']['lower']:.1f}, "
+             f"{row['slq_below_20th']['upper']:.1f}] [{timer():.0f} s]")
+    out = paths["json"].with_name(f"exp_{NAME}_bottom.json")
+    if out.exists():  # keep the widths of earlier invocations (same mode and seed)
+        import json
+
+        earlier = json.loads(out.read_text())
+        if (earlier["quick"], earlier["seed"]) == (quick, seed):
+            rows = [r for r in earlier["runs"] if r["hidden"] not in widths] + rows
+            rows.sort(key=lambda r: r["hidden"])
+    payload = {"experiment": NAME, "part": "bottom", "quick": quick, "seed": seed,
+               "num_samples": n, "steps": steps, "runs": rows,
+               "seconds": sum(r["seconds"] + r["coarse_seconds"] for r in rows),
+               "cpu_seconds_last_invocation": timer.cpu()}
+    ec.write_json(out, payload)
+    return payload
+
+
 if __name__ == "__main__":
-    ec.command_line(__doc__, main, replot)
+    if "--bottom" in sys.argv:  # the bottom-end check only: --bottom [--quick] [WIDTH ...]
+        bottom_check(quick="--quick" in sys.argv,
+                     widths=[int(v) for v in sys.argv[1:] if v.isdigit()])
+    else:
+        ec.command_line(__doc__, main, replot)

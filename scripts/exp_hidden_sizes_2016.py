@@ -117,10 +117,30 @@ def plot(drawn: dict, cfg, path):
             ax.hist(scaled, bins=np.linspace(-1, 1, 201), histtype="step", lw=1,
                     color=f"C{i}", label=f"{key} ({values.size} p, lmax {values[-1]:.3g})")
         ax.set(yscale="log", xlabel="lambda / lambda_max (bins of 0.01)", ylabel="count")
+    axes[0].set_xlim(-0.1, 1.02)  # after training nothing lies below -0.1 lambda_max
     axes[0].set_title("[S16] Fig. 1 right: trained, growing k (exact)")
     axes[1].set_title("[S16] Fig. 2: MNIST against random inputs (exact)")
     ec.finish_figure(fig, axes, path)
 
 
+def replot(out_dir=None, quick: bool = False) -> None:
+    """Redraw the PNG from the HDF5 file (the first seed's spectra)."""
+    import json
+
+    import h5py
+
+    paths = ec.out_paths(NAME, out_dir, quick)
+    settings = json.loads(paths["json"].read_text())["settings"]
+    cfg = {"ks": settings["hidden"], "fig2_k": settings["fig2_hidden"]}
+    k, drawn = cfg["fig2_k"], {}
+    with h5py.File(paths["h5"], "r") as f:
+        group = f[f"seed{settings['seed']}"]
+        for h in cfg["ks"]:
+            drawn[f"MNIST, k = {h}, trained"] = group[f"mnist_k{h}_trained/eigenvalues"][()]
+        for data, point in (("MNIST", "init"), ("random", "init"), ("random", "trained")):
+            drawn[f"{data}, k = {k}, {point}"] = group[f"{data}_k{k}_{point}/eigenvalues"][()]
+    plot(drawn, cfg, paths["png"])
+
+
 if __name__ == "__main__":
-    ec.command_line(__doc__, main)
+    ec.command_line(__doc__, main, replot)
