@@ -33,11 +33,17 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(out, point, n, resume):
+def problem():
+    """The tiny causal LM (float64) and the Hessian of its token-mean loss."""
     torch.manual_seed(0)
     model = TinyCausalLM(width=4).double().eval()
-    H = HessianOperator(model, TokenLoss(), pad_batches(sequences([7, 3, 5, 2, 6, 4]), [2, 1, 3]),
-                        unpack=dict_batch("labels"))
+    return model, HessianOperator(model, TokenLoss(),
+                                  pad_batches(sequences([7, 3, 5, 2, 6, 4]), [2, 1, 3]),
+                                  unpack=dict_batch("labels"))
+
+
+def main(out, point, n, resume):
+    model, H = problem()
     calls = {"passes": 0, "commits": 0}
     if point == "pass":
         apply = H.apply

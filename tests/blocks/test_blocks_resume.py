@@ -12,13 +12,16 @@ import h5py
 import numpy as np
 import pytest
 
-from lanczos_hessian.blocks import read_block_spectra
+from lanczos_hessian import ResumeError
+from lanczos_hessian.blocks import block_spectra, preset_blocks, read_block_spectra
 from lanczos_hessian.storage.hdf5 import open_spectrum
 
 #: Subprocesses that import torch, killed and resumed: the slow tier.
 pytestmark = pytest.mark.slow
 
 WORKER = str(Path(__file__).with_name("_kill_blocks.py"))
+sys.path.insert(0, str(Path(__file__).parent))
+from _kill_blocks import SETTINGS, problem  # noqa: E402
 
 
 def run_worker(out, point="none", n=0, resume=False):
@@ -65,6 +68,11 @@ def test_a_killed_blockwise_run_resumes_bit_for_bit(tmp_path, reference, point, 
     # a kill between passes leaves every solver at the same pass (the probes at their last,
     # 8, after it); a kill within pass 4 leaves some solvers one commit ahead
     assert counts == {"pass": {5: {5}, 10: {8, 10}}, "commit": {27: {3, 4}}}[point][n]
+    if point == "pass" and n == 5:  # another setting is refused, naming it, file untouched
+        model, H = problem()
+        with pytest.raises(ResumeError, match="num_steps=8, not 9"):
+            block_spectra(H, preset_blocks(model, "mha"), out=path, resume=True,
+                          **{**SETTINGS, "num_steps": 9})
     code, resumed = run_worker(path, resume=True)
     assert code == 0
     assert_same_blocks(path, reference_path)
