@@ -234,6 +234,7 @@ def plot(rows: list, path) -> None:
     for r, model in enumerate(("gpt", "cnn")):
         het = first[model]["trained"]["_scaled"]
         ax = fig.add_subplot(grid[r, 0])
+        ax.set_prop_cycle(color=[plt.cm.tab20(i) for i in range(20)])  # 12 blocks, distinct
         for name, phi in zip(het.names, het.densities):
             ax.semilogy(het.grid, np.maximum(phi, 1e-8), lw=1, label=_short(name))
         ax.set(ylim=(1e-5, None), xlabel="eigenvalue of H_bb / spectral radius of H_bb",
