@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 
 import torch
 
-from lanczos_hessian import HessianOperator, TokenLoss, dict_batch
+from lanczos_hessian import HessianOperator, NumericalWarning, TokenLoss, dict_batch
 from lanczos_hessian.blocks import block_spectra
 from lanczos_hessian.examples.small_gpt import (SmallGPT, corpus, gpt_blocks, padded_batches,
                                                 paragraphs, train)
@@ -48,6 +49,18 @@ def measure(H, blocks, settings) -> dict:
             "seconds": time.perf_counter() - start}
 
 
+def machine() -> dict:
+    """Where the timings were taken (they are only comparable on one machine)."""
+    import os
+    import platform
+
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default=None, help="write the results here (default: none)")
@@ -55,6 +68,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="Lanczos steps (default 20)")
     parser.add_argument("--probes", type=int, default=2, help="SLQ probes (default 2)")
     args = parser.parse_args(argv)
+    # the eigensolves stop at --steps applications by design: their warnings say so
+    warnings.filterwarnings("ignore", category=NumericalWarning)
     model, H = problem(args.quick)
     blocks = gpt_blocks(model)
     settings = {"k": 3, "max_matvecs": args.steps, "num_probes": args.probes,
@@ -73,7 +88,8 @@ def main(argv=None) -> int:
           f"{separate['seconds'] / lockstep['seconds']:.1f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"blocks": [b.name for b in blocks], "settings": settings,
+            json.dump({"machine": machine(), "quick": args.quick,
+                       "blocks": [b.name for b in blocks], "settings": settings,
                        "num_params": H.shape[0], "lockstep": lockstep,
                        "one_after_another": separate,
                        "per_block": dict(zip([b.name for b in blocks], one_by_one))}, f,

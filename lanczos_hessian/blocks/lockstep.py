@@ -74,6 +74,9 @@ class Lockstep:
         self._cond.notify_all()
 
     def _apply(self, pending: dict) -> dict:
+        # columns in the order of the solvers, not of their threads' arrival: the same
+        # block product in every run, resumed or not
+        pending = dict(sorted(pending.items(), key=lambda item: item[0].order))
         M, device = self.op.shape[0], self.op.device
         widths = [V.shape[1] for _, V in pending.values()]
         full = torch.zeros(M, sum(widths), dtype=torch.float64, device=device)
@@ -94,10 +97,11 @@ class Lockstep:
 
 class BlockView(LinearOperator):
     """``H_bb`` of one block as a torch-native operator (``apply``, ``shape``, ``device``),
-    its products taken through a :class:`Lockstep`; one view per solver."""
+    its products taken through a :class:`Lockstep`; one view per solver, ``order`` its
+    columns' place in the shared block product."""
 
-    def __init__(self, lockstep: Lockstep, block: int, seed_source=None):
-        self.lockstep, self.block = lockstep, block
+    def __init__(self, lockstep: Lockstep, block: int, order: int = 0):
+        self.lockstep, self.block, self.order = lockstep, block, order
         self.device = lockstep.op.device
         self.model_dtype = getattr(lockstep.op, "model_dtype", torch.float64)
         dim = lockstep.blocks[block].dim
@@ -123,7 +127,7 @@ def run_in_lockstep(op, blocks, tasks) -> list:
     thread on its own :class:`BlockView`, their products sharing passes; results in order.
     The first exception of any task is raised after every thread has stopped."""
     lockstep = Lockstep(op, blocks)
-    views = [BlockView(lockstep, b) for b, _ in tasks]
+    views = [BlockView(lockstep, b, order) for order, (b, _) in enumerate(tasks)]
     for view in views:
         lockstep.join(view)
     results, errors = [None] * len(tasks), [None] * len(tasks)

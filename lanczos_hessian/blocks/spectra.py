@@ -19,7 +19,8 @@ import numpy as np
 from ..linalg.density import spectral_density
 from ..linalg.eigsh import lanczos_eigsh
 from ..linalg.slq import slq
-from .files import BlockFile, stored_blocks
+from ..linalg.hooks import Hooks
+from .files import BlockFile, SolverRun, stored_blocks
 from .lockstep import run_in_lockstep
 from .presets import PRESETS, preset_blocks
 from .spec import resolve_blocks
@@ -38,11 +39,14 @@ class BlockSpectrum:
 
 @dataclass
 class BlockSpectra:
-    """The spectra of every block, in the order given, and the passes over the data taken."""
+    """The spectra of every block, in the order given, and the passes over the data taken:
+    ``num_passes`` by this call, after the ``resumed_from`` passes that a resumed run had
+    committed (the run's total is their sum)."""
 
     blocks: list
     num_passes: int
     seed: int = 0
+    resumed_from: int = 0
     names: list = field(init=False)
 
     def __post_init__(self):
@@ -92,7 +96,9 @@ class BlockSpectra:
             top = "" if b.eigs is None else "  ".join(
                 f"{v:.6g}" for v in b.eigs.eigenvalues[::-1])
             lines.append(f"{b.name:<32}{b.dim:>8}  {top}")
-        lines.append(f"passes over the data: {self.num_passes}")
+        resumed = (f" (after {self.resumed_from} committed before the resume)"
+                   if self.resumed_from else "")
+        lines.append(f"passes over the data: {self.num_passes}{resumed}")
         return "\n".join(lines)
 
 
@@ -120,8 +126,10 @@ def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None
         Seed of every block's random vectors (default: drawn by ``op.common_seed()``; give
         one to resume).
     out, resume, overwrite
-        A spectrum file with one group per block (:mod:`lanczos_hessian.blocks.files`);
-        ``resume=True`` keeps the blocks it holds and computes the others.
+        A spectrum file with one group per block (:mod:`lanczos_hessian.blocks.files`),
+        every solver's state committed after every pass; ``resume=True`` keeps the blocks
+        it holds complete and continues the others from the last pass all of them
+        committed, bit for bit.
 
     Every step of every solver of every block shares one pass over the data, so the run
     takes ``max(num_steps, matvecs of the slowest eigensolver)`` passes.
@@ -142,35 +150,45 @@ def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None
                                               overwrite=overwrite)
     wants = tuple(kind for kind, n in (("eigs", k), ("density", num_probes)) if n)
     spectra = [BlockSpectrum(b.name, b.dim) for b in resolved]
-    tasks, slots = [], []
+    runs = []
     for i, block in enumerate(resolved):
         stored = {} if file is None else file.finished(block, wants)
         for kind, result in stored.items():
             setattr(spectra[i], kind, result)
-        for kind in wants:
-            if kind not in stored:
-                tasks.append((i, _solver(kind, block, k, tol, max_matvecs, num_probes,
-                                         num_steps, _seed(seed, i, kind == "density"), file)))
-                slots.append((i, kind))
-    results, passes = run_in_lockstep(op, resolved, tasks) if tasks else ([], 0)
-    for (i, kind), result in zip(slots, results):
-        setattr(spectra[i], kind, result)
-    return BlockSpectra(spectra, passes, seed)
-
-
-def _solver(kind, block, k, tol, max_matvecs, num_probes, num_steps, rng, file):
-    """The task of one block's solver: ``view -> result``, written to ``file`` when done."""
-    def run(view):
-        if kind == "eigs":
-            result = lanczos_eigsh(view, min(k, block.dim), "LA", tol,
-                                   max_matvecs=max_matvecs, rng=rng)
-        else:
-            result = slq(view, num_probes, min(num_steps, block.dim), rng=rng)
+        runs += [(i, SolverRun.of(block, kind, k, num_probes, num_steps))
+                 for kind in wants if kind not in stored]
+    if not runs:
+        return BlockSpectra(spectra, 0, seed)
+    hooks = [Hooks()] * len(runs) if file is None else file.start([r for _, r in runs])
+    tasks = [(i, _solver(run, k, tol, max_matvecs, num_probes, num_steps,
+                         _seed(seed, i, run.kind == "density"), hook))
+             for (i, run), hook in zip(runs, hooks)]
+    try:
+        results, passes = run_in_lockstep(op, resolved, tasks)
+    except BaseException:
         if file is not None:
-            file.write(block, kind, result)
-        return result
+            file.close()  # every committed state stays: resume=True continues from it
+        raise
+    if file is not None:
+        file.finish([r for _, r in runs], results)
+    for (i, run), result in zip(runs, results):
+        setattr(spectra[i], run.kind, result)
+    return BlockSpectra(spectra, passes, seed,
+                        resumed_from=0 if file is None else file.resumed_from)
 
-    return run
+
+def _solver(run, k, tol, max_matvecs, num_probes, num_steps, rng, hooks):
+    """The task of one block's solver: ``view -> result``, committing after every step
+    through ``hooks``."""
+    dim = run.block.dim
+
+    def solve(view):
+        if run.kind == "eigs":
+            return lanczos_eigsh(view, min(k, dim), "LA", tol, max_matvecs=max_matvecs,
+                                 rng=rng, hooks=hooks)
+        return slq(view, num_probes, min(num_steps, dim), rng=rng, hooks=hooks)
+
+    return solve
 
 
 def _seed(seed: int, block: int, role: int) -> int:

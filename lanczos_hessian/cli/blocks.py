@@ -56,7 +56,8 @@ def add_blocks_command(sub, add_common_options, add_operator_options) -> None:
     blocks.add_argument("--num-steps", type=int, default=40,
                         help="Lanczos steps per SLQ probe (default 40)")
     blocks.add_argument("--resume", action="store_true",
-                        help="keep the blocks --out holds, compute the others")
+                        help="continue --out: its complete blocks kept, the others from "
+                             "the last pass all of them committed (bit for bit)")
     blocks.add_argument("--figure", default=None, help="PNG of the per-block densities (default: none)")
 
 

@@ -163,6 +163,11 @@ class RunCheckpoint:
         """Number of committed states (0: nothing to resume)."""
         return int(self._commit_record()[0])
 
+    @property
+    def finished(self) -> bool:
+        """Whether the committed state is the run's last (its solver had finished)."""
+        return bool(self._commit_record()[2])
+
     def save(self, small: dict, vectors: list, finished: bool = False) -> int:
         """Write the free slot, flush, then the commit record; returns the new count."""
         f = self.writer.file
