@@ -176,8 +176,9 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
     the deflated ones (0 when the 20 are the 20 most negative and fully deflated; the
     deflated pairs themselves, atoms of mass 1/M in the estimate, are not counted).
     ``widths`` (default: all of the mode's) selects some of them.
-    Written to ``exp_growing_network_bottom.json`` (``runs.slq`` file per width in the HDF5
-    beside it)."""
+    Written to ``exp_growing_network_bottom.json`` for seed 0 and to
+    ``exp_growing_network_bottom_seed<N>.json`` for another seed (one SLQ HDF5 file per width
+    and seed beside it)."""
     from lanczos_hessian import run as runs_api
     from lanczos_hessian.curvature.operators import HessianOperator
 
@@ -188,6 +189,7 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
     widths = all_widths if not widths else widths
     probes, lsteps = (4, 30) if quick else (10, 60)
     x, y = load_mnist(n, flatten=True)
+    suffix = f"_seed{seed}" if seed else ""
     rows = []
     for h in widths:
         torch.manual_seed(seed)
@@ -198,7 +200,7 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
         t = ec.Timer()
         coarse = runs_api.eigs(op, k=20, which="SA", tol=1e-4, seed=seed, progress=False)
         coarse_seconds = t()
-        h5 = paths["h5"].with_name(f"exp_{NAME}_bottom_h{h}.h5")
+        h5 = paths["h5"].with_name(f"exp_{NAME}_bottom_h{h}{suffix}.h5")
         t = ec.Timer()
         fine, bulk = runs_api.slq(op, h5, num_probes=probes, num_steps=lsteps, k_bottom=20,
                                   tol=1e-6, seed=seed, overwrite=True, progress=False)
@@ -229,7 +231,7 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
              f"{np.max(np.abs(row['coarse_minus_fine'])):.2e}; SLQ below the 20th: "
              f"{row['slq_below_20th']['count']:.1f} [{row['slq_below_20th']['lower']:.1f}, "
              f"{row['slq_below_20th']['upper']:.1f}] [{timer():.0f} s]")
-    out = paths["json"].with_name(f"exp_{NAME}_bottom.json")
+    out = paths["json"].with_name(f"exp_{NAME}_bottom{suffix}.json")
     if out.exists():  # keep the widths of earlier invocations (same mode and seed)
         import json
 
@@ -246,8 +248,12 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
 
 
 if __name__ == "__main__":
-    if "--bottom" in sys.argv:  # the bottom-end check only: --bottom [--quick] [WIDTH ...]
-        bottom_check(quick="--quick" in sys.argv,
-                     widths=[int(v) for v in sys.argv[1:] if v.isdigit()])
+    if "--bottom" in sys.argv:  # the bottom-end check: --bottom [--quick] [--seed N] [WIDTH ...]
+        args = sys.argv[1:]
+        seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0
+        if "--seed" in args:
+            del args[args.index("--seed"):args.index("--seed") + 2]
+        bottom_check(quick="--quick" in args, seed=seed,
+                     widths=[int(v) for v in args if v.isdigit()])
     else:
         ec.command_line(__doc__, main, replot)

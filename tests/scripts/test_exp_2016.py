@@ -111,3 +111,16 @@ def test_hidden_sizes_2016_quick(tmp_path):
         rel = {key: abs(v["lambda_min"]) / v["lambda_max"] for key, v in r.items()}
         assert rel[("random", "init")] > rel[("MNIST", "init")]
         assert rel[("random", "trained")] < 0.1 * rel[("random", "init")]
+
+
+def test_hidden_sizes_2016_trained_only(tmp_path):
+    """One more width alone (``--trained-k K``): the trained exact spectrum per seed with the
+    same summary as the full run, in its own JSON."""
+    from exp_hidden_sizes_2016 import trained_only
+
+    out = trained_only(1, [0, 1], n=150, steps=300, out_dir=tmp_path, echo=_quiet)
+    assert [r["seed"] for r in out["fig1"]] == [0, 1]
+    for row in out["fig1"]:
+        assert row["num_params"] == 807 and row["k"] == 1
+        assert row["lambda_max"] > 0 and row["near_zero"] >= 0.9
+    assert (tmp_path / "exp_hidden_sizes_2016_k1.json").exists()

@@ -34,3 +34,17 @@ def test_growing_network_bottom_check_quick(tmp_path):
     assert row["slq_lowest_node"] > fine[-1]
     assert abs(row["coarse"][0] - fine[0]) < 1e-4 * 3  # tol 1e-4 norm(H), norm(H) ~ 2-3
     assert (tmp_path / "exp_growing_network_bottom.json").exists()
+
+
+def test_growing_network_bottom_check_other_seed(tmp_path):
+    """Another seed (``--bottom --seed 1``) writes its own JSON and HDF5 files beside seed 0's
+    and holds the same: converged, nothing below the accurate 20th in the deflated SLQ."""
+    from exp_growing_network import bottom_check
+
+    out = bottom_check(quick=True, out_dir=tmp_path, seed=1, widths=[10], echo=_quiet)
+    (row,) = out["runs"]
+    assert out["seed"] == 1 and row["fine_converged"]
+    assert row["slq_below_20th"]["resolved"] and abs(row["slq_below_20th"]["count"]) < 0.5
+    assert (tmp_path / "exp_growing_network_bottom_seed1.json").exists()
+    assert (tmp_path / "exp_growing_network_bottom_h10_seed1.h5").exists()
+    assert not (tmp_path / "exp_growing_network_bottom.json").exists()
