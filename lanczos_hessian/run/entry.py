@@ -164,8 +164,8 @@ def slq(op, out=None, *, num_probes=10, num_steps=80, probe="rademacher", k_top=
     show = progress and role.main
 
     def spectrum(eigenpairs, bulk):
-        return spectrum_of_run(eigenpairs, bulk, out, provenance(op, seed, identity,
-                                                                  **(attrs or {})),
+        return spectrum_of_run(eigenpairs, bulk, out,
+                               {**provenance(op, seed=seed, identity=identity), **(attrs or {})},
                                read_file_attrs=role.main)
 
     if resume:

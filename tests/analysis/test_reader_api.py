@@ -182,3 +182,18 @@ def test_a_cut_off_file_says_the_command_that_continues_it():
         spectrum.summary()
     spectrum.attrs["command"] = "train.py --epochs 3"
     assert "resume=True" in resume_hint(spectrum)
+
+
+def test_attributes_given_by_the_caller_override_the_provenance_in_memory_and_on_file(tmp_path):
+    """``attrs`` may name a key the provenance also has (a script records its own ``seed``):
+    the caller's value wins, in the returned spectrum as in the file."""
+    op = HessianOperator(torch.nn.Linear(3, 2).double(), torch.nn.CrossEntropyLoss(),
+                         (torch.randn(10, 3, dtype=torch.float64), torch.randint(0, 2, (10,))))
+    path = tmp_path / "attrs.h5"
+    returned = run_slq(op, path, num_probes=2, num_steps=4, seed=3, progress=False,
+                       attrs={"seed": 7, "label": "mine"})
+    assert returned.attrs["seed"] == 7 and returned.attrs["label"] == "mine"
+    assert read_spectrum(path).attrs["seed"] == 7
+    in_memory = run_slq(op, num_probes=2, num_steps=4, seed=3, progress=False,
+                        attrs={"seed": 7})
+    assert in_memory.attrs["seed"] == 7
