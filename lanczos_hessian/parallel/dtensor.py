@@ -52,7 +52,7 @@ from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
-           "suspend_fsdp_hooks", "restore_fsdp_hooks"]
+           "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -217,19 +217,25 @@ class ShardedModel:
         return hit[1]
 
 
-def _owners(model, names):
-    """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
-    that hold it (more than one when tied) and the parameter itself."""
-    wanted = set(names)
-    by_id, order = {}, []
+def parameter_owners(model) -> dict:
+    """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
+    ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""
+    by_id, first = {}, {}
     modules = dict(model.named_modules(remove_duplicate=False))
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) not in by_id:
             by_id[id(p)] = ([], p)
-            order.append((name, id(p)))
+            first[name] = id(p)
         prefix, _, leaf = name.rpartition(".")
         by_id[id(p)][0].append((modules[prefix], leaf))
-    return [by_id[key] for name, key in order if name in wanted]
+    return {name: by_id[key] for name, key in first.items()}
+
+
+def _owners(model, names):
+    """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
+    that hold it (more than one when tied) and the parameter itself."""
+    wanted = set(names)
+    return [entry for name, entry in parameter_owners(model).items() if name in wanted]
 
 
 def suspend_fsdp_hooks(model) -> list:
