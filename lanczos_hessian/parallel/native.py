@@ -43,6 +43,7 @@ one-dimensional mesh of the whole world; a model that recomputes activations in 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import weakref
 
@@ -176,6 +177,11 @@ class NativeShards:
         self.held = held
         self.selected = list(op.space.names)
         self._storages, self._local, self._trial = {}, {}, None
+        self._cache = (None, {})  # the last unit gathered again in a backward
+        self.plans = {key: self._pieces(key) for key in held}
+        dtypes = {key: {self.owners[n][1].dtype for n in names} for key, names in held.items()}
+        if any(len(d) > 1 for d in dtypes.values()):
+            raise ValueError("a gathered block holds parameters of several dtypes")
         self.num_passes = 0  # passes taken on the shards
         for name, shape in zip(self.selected, layout.local_shapes(self.rank)):
             if tuple(self.local_shard(name).shape) != shape:
@@ -208,24 +214,54 @@ class NativeShards:
         """Rows ``[a, b)`` of plain parameter ``p`` that are this rank's shard."""
         return shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
 
-    def gather(self, name: str, local: torch.Tensor) -> torch.Tensor:
-        """The full value of ``name`` from the shards (a collective); its backward is a
-        reduce-scatter (``grad_placements=[Partial()]``)."""
+    def _pieces(self, unit_id) -> tuple:
+        """Of a unit's flat buffer: the padded length ``L`` per rank and, per rank, each
+        held parameter's ``(start, numel)`` in it (from the layout: no collective)."""
+        world, names = self.layout.world_size, self.held[unit_id]
+        pieces = []
+        for rank in range(world):
+            start, row = 0, []
+            for name in names:
+                shape = tuple(self.owners[name][1].shape)
+                a, b = shard_rows(shape[0] if shape else 1, world, rank)
+                numel = (b - a) * (math.prod(shape[1:]) if shape else 1)
+                row.append((start, numel))
+                start += numel
+            pieces.append(row)
+        return max((sum(n for _, n in row) for row in pieces), default=0), pieces
+
+    def gather(self, unit_id, differentiable: bool = True) -> dict:
+        """The full values of a unit's parameters from the shards, by name: one all-gather
+        of the ranks' flat buffers (each padded to ``L``), cut into the parameters. With
+        ``differentiable`` the all-gather's backward is a reduce-scatter
+        (``grad_placements=[Partial()]``): rank ``r``'s leaves receive their rows of the
+        gradient summed over the ranks."""
         from torch.distributed.tensor import DTensor, Partial, Shard
 
-        p = self.owners[name][1]
-        full = DTensor.from_local(local, self.mesh, [Shard(0)], run_check=False,
-                                  shape=p.shape, stride=p.stride()
+        names, (width, pieces) = self.held[unit_id], self.plans[unit_id]
+        world = self.layout.world_size
+        local = [self._local[n] if differentiable else self._local[n].detach() for n in names]
+        mine = sum(t.numel() for t in local)
+        flat = torch.cat([t.reshape(-1) for t in local]
+                         + [local[0].new_zeros(width - mine)])
+        full = DTensor.from_local(flat, self.mesh, [Shard(0)], run_check=False,
+                                  shape=(world * width,), stride=(1,)
                                   ).full_tensor(grad_placements=[Partial()])
-        storage = full.untyped_storage()
-        self._storages[id(storage)] = (name, weakref.ref(storage))
-        return full
+        values = {}
+        for i, name in enumerate(names):
+            parts = [full[r * width + pieces[r][i][0]: r * width + sum(pieces[r][i])]
+                     for r in range(world)]
+            value = torch.cat(parts).view(self.owners[name][1].shape)
+            storage = value.untyped_storage()
+            self._storages[id(storage)] = (unit_id, name, weakref.ref(storage))
+            values[name] = value
+        return values
 
     def _gather_unit(self, unit, args):
-        if self.held[id(unit)]:  # a rank that failed before this gather joins here instead
-            sync(None)
-        for name in self.held[id(unit)]:
-            full = self.gather(name, self._local[name])
+        if not self.held[id(unit)]:
+            return
+        sync(None)  # a rank that failed before this gather joins here instead
+        for name, full in self.gather(id(unit)).items():
             for module, leaf in self.owners[name][0]:
                 module._parameters[leaf] = full
 
@@ -236,17 +272,22 @@ class NativeShards:
 
     def _pack(self, tensor):
         entry = self._storages.get(id(tensor.untyped_storage()))
-        if entry is None or entry[1]() is not tensor.untyped_storage():
+        if entry is None or entry[2]() is not tensor.untyped_storage():
             return tensor
-        return (entry[0], tuple(tensor.shape), tensor.stride(), tensor.storage_offset())
+        return (entry[0], entry[1], tuple(tensor.shape), tensor.stride(),
+                tensor.storage_offset())
 
     def _unpack(self, packed):
+        """A saved gathered parameter, gathered again: one all-gather per unit, the last
+        unit's values kept (the backward visits a unit's saved tensors together)."""
         if not isinstance(packed, tuple):
             return packed
-        name, size, stride, offset = packed
-        with torch.no_grad():
-            full = self.gather(name, self._local[name].detach())
-        return full.as_strided(size, stride, offset)
+        unit_id, name, size, stride, offset = packed
+        if self._cache[0] != unit_id:
+            self._cache = (None, {})  # free the previous unit first
+            with torch.no_grad():
+                self._cache = (unit_id, self.gather(unit_id, differentiable=False))
+        return self._cache[1][name].as_strided(size, stride, offset)
 
     # ---- the pass ----------------------------------------------------------------------
     def _leaves(self):
@@ -278,8 +319,9 @@ class NativeShards:
                     except Exception as exc:  # the others wait at their next gather
                         sync(exc)
                     losses += loss
+                    self._cache = (None, {})
                     self._storages = {k: e for k, e in self._storages.items()
-                                      if e[1]() is not None}
+                                      if e[2]() is not None}
         finally:
             for h in handles:
                 h.remove()
@@ -287,7 +329,7 @@ class NativeShards:
                 for module, leaf in places:
                     module._parameters[leaf] = original
             restore_fsdp_hooks(fsdp)
-            self._local, self._storages = {}, {}
+            self._local, self._storages, self._cache = {}, {}, (None, {})
         return sums, losses
 
     def _step(self, x, y, weight, leaves, columns, sums):
@@ -295,9 +337,11 @@ class NativeShards:
         one more backward per column of the block, added into ``sums``; the loss."""
         loss = self.op.loss_fn(call_model(self.op.model, None, x), y)
         grads = torch.autograd.grad(loss * weight, leaves, create_graph=True)
+        self._cache = (None, {})
         for j, v in enumerate(columns):
             inner = sum((g * u.reshape(g.shape)).sum() for g, u in zip(grads, v))
             hv = torch.autograd.grad(inner, leaves, retain_graph=j + 1 < len(columns))
+            self._cache = (None, {})
             sums[j] += torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
         return loss.detach().to(torch.float64)
 

@@ -200,7 +200,7 @@ def main(out_dir):
         _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
         saved[f"{label}_slq_nodes"], saved[f"{label}_slq_weights"] = (density.nodes,
                                                                       density.weights)
-        if label == "fsdp" or world == 2:  # (plain DTensor at W = 4: products and SLQ)
+        if label == "fsdp":  # (plain DTensor parameters: the same products, SLQ)
             top = run.eigs(op, out / f"{label}_eigs.h5", shard_vectors=True, progress=False,
                            overwrite=True, **EIGS)
             saved[f"{label}_eigs_values"] = top.eigenvalues

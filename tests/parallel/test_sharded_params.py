@@ -158,8 +158,8 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
             # every pass of the runs on the shards (the trial step is not a pass)
             assert int(saved[f"{label}_native_passes"]) == int(saved[f"{label}_all_passes"])
             assert int(saved[f"{label}_native_passes"]) >= SLQ["num_steps"]
-            if label == "dtensor" and world_size == 4:
-                continue  # its eigenvalues: at W = 2 (the passes take time)
+            if label == "dtensor":
+                continue  # eigenvalues: the fully_shard model's run (the same products)
             values = np.sort(saved[f"{label}_eigs_values"])
             np.testing.assert_allclose(values[-5:], ref["top"], rtol=0, atol=1e-8)
             np.testing.assert_allclose(values[:3], ref["bottom"], rtol=0, atol=1e-8)
