@@ -22,8 +22,11 @@ all-reduce per pass sums the shards and checks that every rank applied the same 
 collective at construction that the ranks agree on the operator, the model and the data
 (:mod:`lanczos_hessian.curvature.agreement`). A rank that fails in its local part fails every
 rank instead of leaving them in a collective. A model whose parameters are sharded across the
-ranks (DTensor, FSDP2's ``fully_shard``) is gathered for each pass, the curvature is that of
-the full parameters (:mod:`lanczos_hessian.parallel.dtensor`).
+ranks (DTensor, FSDP2's ``fully_shard``) has the curvature of the full parameters, in the
+shard-major coordinates of :attr:`CurvatureOperator.layout`
+(:mod:`lanczos_hessian.parallel.layout`); its products are taken on the shards for sharded
+vectors (:meth:`CurvatureOperator.rows_product`, :mod:`lanczos_hessian.parallel.native`),
+else with the parameters gathered for each pass (:mod:`lanczos_hessian.parallel.dtensor`).
 
 Products are taken with the model in eval mode (dropout off, batch-norm on its running
 statistics), so the operator is a fixed symmetric matrix; the caller's train/eval flags are

@@ -23,11 +23,11 @@ sharded, ``~M / W`` numbers per rank, FSDP2 state untouched.
 Peak memory per rank during a pass is therefore the full parameters (``M`` numbers in the
 model's dtype) plus the double-backward graph of one batch plus the operator's float64
 working vectors (a gathered block and its product, ``M`` each); between passes only the
-shards remain. What sharding divides by ``W`` is the model at rest and, with sharded Lanczos
-vectors (``shard_vectors``), the basis (``m`` vectors of ``M / W`` rows each), which
-dominates for long runs. ``scripts/bench_native_shards.py`` prototypes products whose peak
-falls with ``W`` (per-block gathers with the shards as leaves, saved-tensor hooks that gather
-again in the backward): exact, but they need vectors laid out as the parameters' shards.
+shards remain. This path serves full-length vectors (``op @ v``, scipy), the GGN and the
+residual, 2-D meshes and models that recompute activations in the backward. The Hessian
+with vectors laid out as the parameters' shards (a run with ``shard_vectors=True``) takes
+its products on the shards instead, with a peak that falls with ``W``
+(:mod:`lanczos_hessian.parallel.native`, the coordinates :mod:`lanczos_hessian.parallel.layout`).
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------

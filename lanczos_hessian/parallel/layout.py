@@ -30,6 +30,8 @@ eigenvectors do (run files say which: the ``vector_order`` attribute).
 [0, 1, 2, 3, 6, 7, 4, 5, 8]
 >>> layout.from_parameters(layout.to_parameters(np.arange(9))).tolist()
 [0, 1, 2, 3, 4, 5, 6, 7, 8]
+>>> layout.locate([4, 6]).tolist()                      # where parameter entries sit
+[6, 4]
 """
 
 from __future__ import annotations
@@ -101,6 +103,20 @@ class ShardLayout:
         """The shape of rank ``rank``'s shard of each parameter."""
         return [((b - a),) + shape[1:] if shape else (b - a,)
                 for shape, (a, b) in zip(self.shapes, self.rows[rank])]
+
+    def locate(self, indices):
+        """The shard-major positions of parameter-order ``indices`` (an int numpy array):
+        where entry ``i`` of a parameter-order vector sits in the operator's order."""
+        import numpy as np
+
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.is_identity or not self.segments:
+            return indices
+        order = sorted(self.segments, key=lambda s: s[1])
+        starts = np.array([s[1] for s in order], dtype=np.int64)
+        mine = np.array([s[0] for s in order], dtype=np.int64)
+        where = np.searchsorted(starts, indices, side="right") - 1
+        return mine[where] + indices - starts[where]
 
     def to_parameters(self, x):
         """``x`` (``(M,)`` or ``(M, b)``, numpy or torch) from shard-major to parameter order."""

@@ -103,7 +103,7 @@ def shard_plan(op) -> tuple:
     coordinates); else parameter order and None. A collective (one all-reduce) when sharded:
     every rank takes the same decision."""
     world = op.world
-    if not op.sharded.is_sharded or world.size == 1:
+    if not op.sharded.is_sharded:  # (sharded: a process group, maybe of one rank)
         return ShardLayout(op.space.shapes, 1), None
     mesh, reason = common_mesh(op.model)
     if mesh is not None and any(len(s) == 0 for s in op.space.shapes):
