@@ -342,7 +342,11 @@ class NativeShards:
             inner = sum((g * u.reshape(g.shape)).sum() for g, u in zip(grads, v))
             hv = torch.autograd.grad(inner, leaves, retain_graph=j + 1 < len(columns))
             self._cache = (None, {})
-            sums[j] += torch.cat([h.reshape(-1) for h in hv]).to(torch.float64)
+            start = 0
+            for h in hv:  # into the float64 sum in place: no full-length temporary
+                sums[j, start:start + h.numel()].add_(h.reshape(-1))
+                start += h.numel()
+            del hv
         return loss.detach().to(torch.float64)
 
     def _steps(self, state):
@@ -423,5 +427,6 @@ class NativeShards:
         count = int(sync(error, float(state["count"])))
         if op.num_samples is None:
             op.record_num_samples(count)
-        rows = sums.T.contiguous()
-        return rows / count if op.reduction == "mean" else rows
+        if op.reduction == "mean":
+            sums.div_(count)
+        return sums.T if sums.shape[0] == 1 else sums.T.contiguous()  # (rows, b)
