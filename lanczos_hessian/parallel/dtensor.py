@@ -52,7 +52,8 @@ from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
-           "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners"]
+           "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners", "common_mesh",
+           "gather_units"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -272,3 +273,38 @@ def restore_fsdp_hooks(saved) -> None:
     for hooks, items in saved:
         hooks.clear()
         hooks.update(items)
+
+
+def common_mesh(model):
+    """The one-dimensional device mesh every sharded parameter of ``model`` is ``Shard(0)``
+    on, or None with the reason (a string) when there is no such mesh."""
+    from torch.distributed.tensor import Shard
+
+    mesh = None
+    for name, p in model.named_parameters():
+        if not is_sharded_parameter(p):
+            continue
+        if p.device_mesh.ndim != 1 or not (isinstance(p.placements[0], Shard)
+                                           and p.placements[0].dim == 0):
+            return None, f"parameter {name!r} is placed {tuple(p.placements)} on a mesh of " \
+                         f"shape {tuple(p.device_mesh.shape)}, not Shard(0) on one dimension"
+        if mesh is None:
+            mesh = p.device_mesh
+        elif p.device_mesh != mesh:
+            return None, f"parameter {name!r} is on another device mesh than the others"
+    return mesh, ""
+
+
+def gather_units(model) -> list:
+    """The modules that gather their parameters in products taken on the shards
+    (:mod:`lanczos_hessian.parallel.native`), the root first: the modules wrapped with
+    ``fully_shard``, else every element of an ``nn.ModuleList`` (a model's blocks)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without FSDP2
+        FSDPModule = ()
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                 for item in m]
+    return [model] + [u for u in units if u is not model]

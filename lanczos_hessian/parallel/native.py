@@ -23,9 +23,13 @@ rank has a batch left, or failed: then every rank raises, naming the failing one
 
 Memory. A block's gathered parameters are dropped after its forward; a saved-tensor hook
 replaces every tensor the autograd graph would keep that is a gathered parameter by a token
-and gathers it again when the backward needs it. The peak per rank is therefore about
+and gathers it again when the backward needs it (one all-gather per block, the last block's
+values kept while the backward visits it). With ``M`` parameters of ``s`` bytes, the peak
+per rank is therefore about
 
-    (model + vector + gradient + product) / W + one block's full parameters
+    (4 s + 16) M / W      the shards, v (float64 and in the model's dtype), the gradient
+                          and a product in the model's dtype, the float64 sum
+    + 2-3 x one block's full parameters (the gathered buffer and the parameters cut from it)
     + one micro-batch's activations and double-backward graph,
 
 against the full model plus that graph on the gather-everything path
@@ -56,13 +60,13 @@ from ..curvature.kernels import twice_differentiable
 from ..curvature.fingerprint import PassFingerprint
 from ..errors import DistributedError, NonFiniteError
 from .distributed import all_reduce_or_raise
-from .dtensor import (is_sharded_parameter, parameter_owners, restore_fsdp_hooks,
-                      suspend_fsdp_hooks)
+from .dtensor import (common_mesh, gather_units, is_sharded_parameter, parameter_owners,
+                      restore_fsdp_hooks, suspend_fsdp_hooks)
 from .layout import ShardLayout, shard_rows
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NativeShards", "gather_units", "common_mesh", "shard_plan"]
+__all__ = ["NativeShards", "shard_plan"]
 
 
 def sync(error, value: float = 0.0) -> float:
@@ -73,26 +77,6 @@ def sync(error, value: float = 0.0) -> float:
     flags = torch.tensor([value, 0.0], dtype=torch.float64)
     all_reduce_or_raise(flags, error, flag_index=1, what="a sharded Hessian pass")
     return float(flags[0])
-
-
-def common_mesh(model):
-    """The one-dimensional device mesh every sharded parameter of ``model`` is ``Shard(0)``
-    on, or None with the reason (a string) when there is no such mesh."""
-    from torch.distributed.tensor import Shard
-
-    mesh = None
-    for name, p in model.named_parameters():
-        if not is_sharded_parameter(p):
-            continue
-        if p.device_mesh.ndim != 1 or not (isinstance(p.placements[0], Shard)
-                                           and p.placements[0].dim == 0):
-            return None, f"parameter {name!r} is placed {tuple(p.placements)} on a mesh of " \
-                         f"shape {tuple(p.device_mesh.shape)}, not Shard(0) on one dimension"
-        if mesh is None:
-            mesh = p.device_mesh
-        elif p.device_mesh != mesh:
-            return None, f"parameter {name!r} is on another device mesh than the others"
-    return mesh, ""
 
 
 def shard_plan(op) -> tuple:
@@ -125,19 +109,6 @@ def shard_plan(op) -> tuple:
         logger.info("%s products of the sharded model gather every parameter%s", op.kind,
                     f": {reason}" if reason else "")
     return layout, native
-
-
-def gather_units(model) -> list:
-    """The modules that gather their parameters (module docstring), the root first."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - a torch without FSDP2
-        FSDPModule = ()
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    if not units:
-        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
-                 for item in m]
-    return [model] + [u for u in units if u is not model]
 
 
 class NativeShards:
@@ -207,12 +178,8 @@ class NativeShards:
         p = self.owners[name][1]
         if is_sharded_parameter(p):
             return p.to_local().detach()
-        a, b = self.layout_rows(p)
-        return p.detach()[a:b]
-
-    def layout_rows(self, p) -> tuple:
-        """Rows ``[a, b)`` of plain parameter ``p`` that are this rank's shard."""
-        return shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
+        a, b = shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
+        return p.detach()[a:b]  # a plain parameter: cut as DTensor would
 
     def _pieces(self, unit_id) -> tuple:
         """Of a unit's flat buffer: the padded length ``L`` per rank and, per rank, each
