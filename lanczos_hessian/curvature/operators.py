@@ -183,6 +183,8 @@ class CurvatureOperator(LinearOperator):
                 error = exc
         agree_across_ranks(self.world, self.device, self.kind, identity, error)
         self.layout, self.native = shard_plan(self)  # coordinates and products on shards
+        if self.sharded.is_sharded:
+            self.curvature.end_pass()  # no gathered parameter kept past construction
 
     # ---- validation ---------------------------------------------------------------------
     def _check_loss_on_first_batch(self, strategy, compiled):
@@ -228,6 +230,8 @@ class CurvatureOperator(LinearOperator):
         start, compiling = time.perf_counter(), self.compile_time
         with evaluation_mode(self.model), tf32_mode(self.allow_tf32), self.sharded.gathered():
             total = self.layout.from_parameters(accumulate(self, block))
+            if self.sharded.is_sharded:
+                self.curvature.end_pass()  # the gathered parameters go with the pass
         compiling = self.compile_time - compiling  # reported apart from the pass time
         if compiling:
             logger.info("compiled the %s product in %.1f s", self.kind, compiling)
