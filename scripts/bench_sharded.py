@@ -2,31 +2,46 @@
 
 A byte-level GPT (:class:`lanczos_hessian.examples.small_gpt.SmallGPT`, random weights, the
 full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is wrapped with
-``fully_shard`` per layer and at the root on ``W`` gloo CPU processes (``W = 1``: the plain
-model, no process group), and the same full-data Hessian-vector product
-``HessianOperator(...).apply(v)`` is taken on every ``W``. Per rank it measures:
+``fully_shard`` per layer and at the root on ``W`` gloo CPU processes (a process group of
+one rank for ``W = 1``), and the same full-data Hessian-vector product is taken on every
+``W`` in one of two modes:
+
+* ``native`` (default): the products on the shards
+  (:mod:`lanczos_hessian.parallel.native`): rank ``r`` gives its rows ``v_r`` of ``v`` (the
+  operator's shard-major coordinates) and gets its rows of ``H v``
+  (``op.rows_product(op.partition(W))``, what a run with ``shard_vectors=True`` uses);
+* ``gather``: ``op.apply(v)`` with the full-length ``v`` on every rank (scipy's way:
+  every parameter gathered for the pass, :mod:`lanczos_hessian.parallel.dtensor`).
+
+Per rank it measures:
 
 * ``rest MiB``: the parameters the rank holds between passes (its shards);
-* ``peak MiB``: the peak resident memory of the process (``VmHWM`` of ``/proc/self/status``,
-  measured, including the interpreter and torch, about 300-400 MiB on their own), the
-  largest over ranks;
+* ``build peak MiB``: the peak resident memory (``VmHWM``) up to the first product:
+  building the full model on every rank before sharding it and the operator's construction
+  (which gathers the parameters once for its checks) set it;
+* ``product peak MiB``: the peak resident memory of the products alone (``VmHWM`` reset
+  through ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back
+  at once: ``MALLOC_MMAP_THRESHOLD_``), including the interpreter and torch (about
+  300-400 MiB on their own) and the shards; the largest over ranks;
 * ``device_peak_mib_per_rank`` (JSON, ``--device cuda``): ``torch.cuda.max_memory_allocated``;
 * ``s / HVP``: the median wall time of one product over ``--repeats`` products (after one
   untimed product);
-* ``rel. diff``: exactness against ``W = 1``: ``max |Hv_W - Hv_1| / max |Hv_1|`` over
-  ``--sample`` entries drawn at fixed positions, with ``v^T H v`` and ``|Hv|`` compared
-  the same way (the data are split over the ranks, so float sums are added in another order).
+* ``rel. diff``: exactness against the first row (``W = 1``):
+  ``max |Hv_W - Hv_1| / max |Hv_1|`` over ``--sample`` entries at fixed parameter
+  positions, and ``v^T H v`` compared the same way (the data are split over the ranks, so
+  float sums are added in another order).
 
-Prints a markdown table and writes JSON (``--json``). Each ``W`` is one launch of ``W``
-processes of this script (``--worker``), one after the other.
+Prints a markdown table and writes JSON (``--json``). Each ``W`` and mode is one launch of
+``W`` processes of this script (``--worker``), one after the other.
 
     python scripts/bench_sharded.py --json out/bench_sharded.json           # the full size
-    python scripts/bench_sharded.py --quick --json out/bench_sharded_quick.json  # seconds
+    python scripts/bench_sharded.py --quick --modes native,gather           # seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import socket
@@ -75,9 +90,7 @@ def next_token_loss(logits, targets):
 
 
 def shard(model, world_size, device_type):
-    """``fully_shard`` per layer and at the root over all ranks (nothing for one rank)."""
-    if world_size == 1:
-        return model
+    """``fully_shard`` per layer and at the root over all ranks (a one-rank mesh for W = 1)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -96,6 +109,11 @@ def held_mib(model) -> float:
     return total / 2**20
 
 
+def parameter_vector(op, dtype):
+    """A fixed random ``v`` in parameter order (the same numbers on every ``W``)."""
+    return torch.randn(op.shape[0], generator=torch.Generator().manual_seed(2), dtype=dtype)
+
+
 def worker(args) -> None:
     """One rank: build, shard, take ``1 + repeats`` products, save times and a sample."""
     import torch.distributed as dist
@@ -105,34 +123,53 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     world = init_from_env(timeout_s=3600)  # NCCL for CUDA tensors when CUDA is there
+    if not dist.is_initialized():  # W = 1: a group of one rank, so that FSDP2 shards
+        dist.init_process_group("gloo")
+    rank, size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu") if args.device == "cpu" else default_device(world)
     config = QUICK if args.quick else FULL
     dtype = getattr(torch, args.dtype)
-    model = shard(build_model(config, dtype).to(device), world.size, device.type)
+    model = shard(build_model(config, dtype).to(device), size, device.type)
     op = HessianOperator(model, next_token_loss, token_data(config), reduction="mean",
                          batch_size=config["batch_size"], check_data=False)
-    dim = op.shape[0]
-    v = torch.randn(dim, generator=torch.Generator().manual_seed(2), dtype=dtype).to(device)
-    op.apply(v)  # untimed
+    dim, layout = op.shape[0], op.layout
+    positions = np.sort(np.random.default_rng(3).choice(dim, min(args.sample, dim),
+                                                        replace=False))
+    v = parameter_vector(op, dtype)
+    if args.mode == "native":
+        offsets = op.partition(size)
+        lo, hi = offsets[rank], offsets[rank + 1]
+        product = op.rows_product(offsets)
+        if product is None:
+            raise SystemExit("the operator offers no products on its shards")
+        v = layout.from_parameters(v)[lo:hi].clone().to(device)  # this rank's rows only
+    else:
+        lo, hi, product = 0, dim, op.apply
+        v = layout.from_parameters(v).to(device)
+    build_peak = peak_rss_mib()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    product(v[:, None])  # untimed
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        hv = op.apply(v)
+        hv = product(v[:, None])[:, 0]
         times.append(time.perf_counter() - start)
-    positions = torch.randint(0, dim, (min(args.sample, dim),),
-                              generator=torch.Generator().manual_seed(3))
-    row = {"world_size": world.size, "rank": world.rank, "num_params": dim,
-           "rest_mib": held_mib(model), "peak_mib": peak_rss_mib(), "times": times,
+    peak = peak_rss_mib()
+    where = layout.locate(positions)  # the sample's places in the operator's order
+    mine = (where >= lo) & (where < hi)
+    row = {"world_size": size, "rank": rank, "mode": args.mode, "num_params": dim,
+           "rest_mib": held_mib(model), "build_peak_mib": build_peak, "peak_mib": peak,
+           "times": times,
            "device_peak_mib": (torch.cuda.max_memory_allocated(device) / 2**20
                                if device.type == "cuda" else None),
-           "sample": hv[positions.to(device)].tolist(), "vHv": float(v.double() @ hv),
-           "norm": float(torch.linalg.vector_norm(hv)),
-           "still_sharded": world.size == 1 or all(hasattr(p, "to_local")
-                                                   for p in model.parameters())}
-    Path(args.worker, f"rank{world.rank}.json").write_text(json.dumps(row))
-    if world.size > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+           "sample": dict(zip(positions[mine].tolist(),
+                              hv[torch.from_numpy(where[mine] - lo)].tolist())),
+           "vHv": float(v.double() @ hv.double()) if args.mode == "native" or rank == 0 else 0.0,
+           "still_sharded": all(hasattr(p, "to_local") for p in model.parameters())}
+    Path(args.worker, f"rank{rank}.json").write_text(json.dumps(row))
+    dist.barrier()
+    dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(0)  # no interpreter finalization: gloo's threads can abort it
 
@@ -143,15 +180,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world_size, args) -> list:
+def launch(world_size, mode, args) -> list:
     """Run ``world_size`` worker processes; their rows."""
     with tempfile.TemporaryDirectory() as out:
         port, procs = free_port(), []
         for rank in range(world_size):
             env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world_size),
                        LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       OMP_NUM_THREADS=str(args.threads))
+                       OMP_NUM_THREADS=str(args.threads), MALLOC_MMAP_THRESHOLD_="65536")
             command = [sys.executable, __file__, "--worker", out, "--device", args.device,
+                       "--mode", mode,
                        "--repeats",
                        str(args.repeats), "--dtype", args.dtype, "--sample", str(args.sample),
                        "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
@@ -159,7 +197,7 @@ def launch(world_size, args) -> list:
         errors = [p.communicate()[1].decode() for p in procs]
         for rank, (p, err) in enumerate(zip(procs, errors)):
             if p.returncode:
-                raise SystemExit(f"W={world_size}, rank {rank} failed:\n{err[-3000:]}")
+                raise SystemExit(f"W={world_size} {mode}, rank {rank} failed:\n{err[-3000:]}")
         return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world_size)]
 
 
@@ -169,36 +207,54 @@ def relative(a, b) -> float:
 
 
 def summarize(world_size, rows, base) -> dict:
-    """One table row from every rank's numbers, compared with ``base`` (W = 1's rank 0)."""
+    """One table row from every rank's numbers, compared with ``base`` (the first row's
+    merged sample and ``v^T H v``)."""
     first = rows[0]
-    return {"world_size": world_size, "num_params": first["num_params"],
+    sample = merged(rows)
+    keys = sorted(base["sample"], key=int)
+    return {"world_size": world_size, "mode": first["mode"], "num_params": first["num_params"],
             "rest_mib_per_rank": max(r["rest_mib"] for r in rows),
+            "build_peak_mib_per_rank": max(r["build_peak_mib"] for r in rows),
             "peak_mib_per_rank": max(r["peak_mib"] for r in rows),
             "device_peak_mib_per_rank": first["device_peak_mib"] and max(
                 r["device_peak_mib"] for r in rows),
-            "seconds_per_hvp": statistics.median(first["times"]),
-            "rel_diff_sample": relative(first["sample"], base["sample"]),
-            "rel_diff_vHv": relative([first["vHv"]], [base["vHv"]]),
-            "rel_diff_norm": relative([first["norm"]], [base["norm"]]),
-            "ranks_agree": all(r["sample"] == first["sample"] for r in rows),
-            "still_sharded": all(r["still_sharded"] for r in rows)}
+            "seconds_per_hvp": max(statistics.median(r["times"]) for r in rows),
+            "rel_diff_sample": relative([sample[k] for k in keys],
+                                        [base["sample"][k] for k in keys]),
+            "rel_diff_vHv": relative([sum(r["vHv"] for r in rows)], [base["vHv"]]),
+            "still_sharded": all(r["still_sharded"] for r in rows),
+            "sample": sample, "vHv": sum(r["vHv"] for r in rows)}
+
+
+def merged(rows) -> dict:
+    """The sampled entries of ``H v`` by parameter position, from every rank's rows
+    (``native``) or from rank 0 (``gather``: every rank has them all)."""
+    if rows[0]["mode"] == "gather":
+        return rows[0]["sample"]
+    sample = {}
+    for r in rows:
+        sample.update(r["sample"])
+    return sample
 
 
 def format_table(results) -> str:
-    lines = ["| W | params | rest MiB / rank | peak MiB / rank | s / HVP | rel. diff Hv | "
-             "rel. diff v^T H v | ranks agree | still sharded |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| W | mode | params | rest MiB / rank | build peak MiB / rank | product peak "
+             "MiB / rank | s / HVP | rel. diff Hv | rel. diff v^T H v | still sharded |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['world_size']} | {r['num_params'] / 1e6:.1f}M | "
-                     f"{r['rest_mib_per_rank']:.1f} | {r['peak_mib_per_rank']:.0f} | "
-                     f"{r['seconds_per_hvp']:.2f} | {r['rel_diff_sample']:.1e} | "
-                     f"{r['rel_diff_vHv']:.1e} | {r['ranks_agree']} | {r['still_sharded']} |")
+        lines.append(f"| {r['world_size']} | {r['mode']} | {r['num_params'] / 1e6:.1f}M | "
+                     f"{r['rest_mib_per_rank']:.1f} | {r['build_peak_mib_per_rank']:.0f} | "
+                     f"{r['peak_mib_per_rank']:.0f} | {r['seconds_per_hvp']:.2f} | "
+                     f"{r['rel_diff_sample']:.1e} | {r['rel_diff_vHv']:.1e} | "
+                     f"{r['still_sharded']} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world-sizes", default="1,2,4", help="comma-separated W (first: 1)")
+    parser.add_argument("--modes", default="native",
+                        help="comma-separated: native (products on the shards), gather")
     parser.add_argument("--quick", action="store_true", help="a tiny model, seconds")
     parser.add_argument("--repeats", type=int, default=3, help="timed products per W")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -208,6 +264,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # a rank's output folder
+    parser.add_argument("--mode", default="native", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -216,11 +273,16 @@ def main(argv=None):
         parser.error("--world-sizes must start with 1 (the reference)")
     results, base = [], None
     for world_size in sizes:
-        rows = launch(world_size, args)
-        base = base or rows[0]
-        results.append(summarize(world_size, rows, base))
-        print(f"W={world_size} done", file=sys.stderr)
+        for mode in args.modes.split(","):
+            rows = launch(world_size, mode, args)
+            row = summarize(world_size, rows, base or {"sample": merged(rows),
+                                                       "vHv": sum(r["vHv"] for r in rows)})
+            base = base or row
+            results.append(row)
+            print(format_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print(format_table(results))
+    for row in results:
+        row.pop("sample")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         info = {"config": QUICK if args.quick else FULL, "dtype": args.dtype,

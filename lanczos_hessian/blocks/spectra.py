@@ -12,13 +12,14 @@ densities across the blocks of a transformer and of a CNN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..linalg.density import spectral_density
 from ..linalg.eigsh import lanczos_eigsh
 from ..linalg.slq import slq
+from ..parallel.layout import operator_indices
 from ..linalg.hooks import Hooks
 from .files import BlockFile, SolverRun, stored_blocks
 from .lockstep import run_in_lockstep
@@ -139,6 +140,7 @@ def block_spectra(op, blocks, *, k: int = 5, tol: float = 1e-6, max_matvecs=None
             raise ValueError(f"unknown block preset {blocks!r}; presets: {sorted(PRESETS)}")
         blocks = preset_blocks(op.model, blocks, per_head)
     resolved = resolve_blocks(op.space, blocks)  # refused here, before any pass
+    resolved = [replace(b, indices=operator_indices(op, b.indices)) for b in resolved]
     if k < 0 or num_probes < 0 or (k == 0 and num_probes == 0):
         raise ValueError("ask for eigenvalues (k >= 1), a density (num_probes >= 1) or both")
     if resume and seed is None:

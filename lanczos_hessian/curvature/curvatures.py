@@ -63,6 +63,12 @@ class BatchCurvature:
         self._params = BatchFunctions.read_parameters(self.model, self.space)
         self.differentiate.forget()
 
+    def end_pass(self) -> None:
+        """Drop what :meth:`begin_pass` read: for a sharded model, its gathered parameters,
+        which must not outlive the pass."""
+        self._params = None
+        self.differentiate.forget()
+
     def functions(self, inputs, targets) -> BatchFunctions:
         if self._params is None:
             self.begin_pass()

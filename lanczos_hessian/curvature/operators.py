@@ -22,8 +22,11 @@ all-reduce per pass sums the shards and checks that every rank applied the same 
 collective at construction that the ranks agree on the operator, the model and the data
 (:mod:`lanczos_hessian.curvature.agreement`). A rank that fails in its local part fails every
 rank instead of leaving them in a collective. A model whose parameters are sharded across the
-ranks (DTensor, FSDP2's ``fully_shard``) is gathered for each pass, the curvature is that of
-the full parameters (:mod:`lanczos_hessian.parallel.dtensor`).
+ranks (DTensor, FSDP2's ``fully_shard``) has the curvature of the full parameters, in the
+shard-major coordinates of :attr:`CurvatureOperator.layout`
+(:mod:`lanczos_hessian.parallel.layout`); its products are taken on the shards for sharded
+vectors (:meth:`CurvatureOperator.rows_product`, :mod:`lanczos_hessian.parallel.native`),
+else with the parameters gathered for each pass (:mod:`lanczos_hessian.parallel.dtensor`).
 
 Products are taken with the model in eval mode (dropout off, batch-norm on its running
 statistics), so the operator is a fixed symmetric matrix; the caller's train/eval flags are
@@ -46,6 +49,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..parallel.distributed import common_seed, current_world
 from ..parallel.dtensor import ShardedModel
+from ..parallel.native import shard_plan
 from .agreement import agree_across_ranks, operator_identity
 from .checks import (LOW_PRECISION, check_first_loss, check_trainable_values, evaluation_mode,
                      infer_reduction, model_device, refuse_low_precision,
@@ -178,6 +182,9 @@ class CurvatureOperator(LinearOperator):
             except Exception as exc:
                 error = exc
         agree_across_ranks(self.world, self.device, self.kind, identity, error)
+        self.layout, self.native = shard_plan(self)  # coordinates and products on shards
+        if self.sharded.is_sharded:
+            self.curvature.end_pass()  # no gathered parameter kept past construction
 
     # ---- validation ---------------------------------------------------------------------
     def _check_loss_on_first_batch(self, strategy, compiled):
@@ -219,9 +226,12 @@ class CurvatureOperator(LinearOperator):
             half = parts.shape[1] // 2
             return torch.complex(parts[:, :half], parts[:, half:]).reshape(V.shape)
         block = V.reshape(self.shape[0], -1).to(self.device, self.model_dtype)
+        block = self.layout.to_parameters(block)  # the identity unless shard-major
         start, compiling = time.perf_counter(), self.compile_time
         with evaluation_mode(self.model), tf32_mode(self.allow_tf32), self.sharded.gathered():
-            total = accumulate(self, block)
+            total = self.layout.from_parameters(accumulate(self, block))
+            if self.sharded.is_sharded:
+                self.curvature.end_pass()  # the gathered parameters go with the pass
         compiling = self.compile_time - compiling  # reported apart from the pass time
         if compiling:
             logger.info("compiled the %s product in %.1f s", self.kind, compiling)
@@ -314,6 +324,8 @@ class CurvatureOperator(LinearOperator):
             "reduction": self.reduction, "dtype": str(self.dtype),
             "model_dtype": str(self.model_dtype), "device": str(self.device),
             "strategy": self.strategy, "allow_tf32": bool(self.allow_tf32)}
+        if hasattr(self, "layout"):  # set once constructed: the eigenvectors' coordinates
+            provenance["vector_order"] = self.layout.order
         provenance.update(objective_provenance(self.loss_fn))
         if self.num_samples is not None:
             provenance["num_samples"] = self.num_samples  # over all ranks
@@ -324,9 +336,22 @@ class CurvatureOperator(LinearOperator):
         return {"provenance": provenance, "fingerprints": {"model": model}}
 
     def partition(self, world_size: int) -> list:
-        """Row offsets of each rank's rows of a sharded vector: an even split of the
-        parameter vector (``world_size + 1`` offsets from 0 to ``M``)."""
+        """Row offsets of each rank's rows of a sharded vector (``world_size + 1`` offsets
+        from 0 to ``M``): for a model sharded as ``Shard(0)``, each rank's own shards in
+        the shard-major order of :attr:`layout` (:mod:`lanczos_hessian.parallel.layout`);
+        else an even split of the parameter vector."""
+        if not self.layout.is_identity:
+            if world_size != self.layout.world_size:
+                raise ValueError(f"the model's parameters are sharded over "
+                                 f"{self.layout.world_size} ranks, not {world_size}")
+            return list(self.layout.offsets)
         return [self.shape[0] * r // world_size for r in range(world_size + 1)]
+
+    def rows_product(self, offsets):
+        """Products taken on the parameters' shards (:mod:`lanczos_hessian.parallel.native`)
+        for vectors split at ``offsets``: ``apply_rows(V_r) -> (C V)_r`` on this rank's rows,
+        or None when they gather (not the Hessian, not sharded, another split)."""
+        return None if self.native is None else self.native.rows_product(offsets)
 
 
 class HessianOperator(CurvatureOperator):

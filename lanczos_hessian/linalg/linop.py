@@ -34,6 +34,7 @@ class BlockMatvec:
     num_vectors: int = 0
     draw_seed: object = field(default=None, repr=False)
     precision: object = torch.float64  # the dtype the products are computed in
+    rows_product: object = field(default=None, repr=False)  # ShardedMatvec's, if offered
 
     def __post_init__(self):
         if self.draw_seed is None:
@@ -53,7 +54,8 @@ def as_block_matvec(op, dim: int | None = None) -> BlockMatvec:
     if _is_torch_native(op):
         return BlockMatvec(lambda V: op.apply(V), op.shape[0], op.device,
                            draw_seed=getattr(op, "common_seed", None),
-                           precision=getattr(op, "model_dtype", torch.float64))
+                           precision=getattr(op, "model_dtype", torch.float64),
+                           rows_product=getattr(op, "rows_product", None))
     if isinstance(op, torch.Tensor):
         _check_square(tuple(op.shape))
         A = op.to(torch.float64)

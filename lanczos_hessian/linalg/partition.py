@@ -79,11 +79,18 @@ def whole_or(partition, n: int) -> Whole:
 
 
 class ShardedMatvec:
-    """``A V`` on row slices: gather the rows, apply ``A`` (one pass), keep this process's rows."""
+    """``A V`` on row slices: gather the rows, apply ``A`` (one pass), keep this process's rows.
+
+    An operator that takes products on its rows alone offers ``rows_product(offsets)``
+    (returning ``apply_rows(V_rows) -> (A V)_rows``, or None for another split); then
+    nothing is gathered.
+    """
 
     def __init__(self, matvec, partition: Whole):
         self.inner, self.partition = matvec, partition
         self.dim, self.device = matvec.dim, matvec.device
+        offer = getattr(matvec, "rows_product", None)
+        self.rows = offer(partition.offsets) if callable(offer) else None
 
     @property
     def num_passes(self):
@@ -102,5 +109,8 @@ class ShardedMatvec:
         self.inner.num_vectors = value
 
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            self.num_passes, self.num_vectors = self.num_passes + 1, self.num_vectors + V.shape[1]
+            return self.rows(V.to(self.device))
         full = self.partition.gather(V.to(self.device))
         return self.partition.local(self.inner(full))

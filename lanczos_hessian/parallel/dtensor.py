@@ -23,11 +23,11 @@ sharded, ``~M / W`` numbers per rank, FSDP2 state untouched.
 Peak memory per rank during a pass is therefore the full parameters (``M`` numbers in the
 model's dtype) plus the double-backward graph of one batch plus the operator's float64
 working vectors (a gathered block and its product, ``M`` each); between passes only the
-shards remain. What sharding divides by ``W`` is the model at rest and, with sharded Lanczos
-vectors (``shard_vectors``), the basis (``m`` vectors of ``M / W`` rows each), which
-dominates for long runs. ``scripts/bench_native_shards.py`` prototypes products whose peak
-falls with ``W`` (per-block gathers with the shards as leaves, saved-tensor hooks that gather
-again in the backward): exact, but they need vectors laid out as the parameters' shards.
+shards remain. This path serves full-length vectors (``op @ v``, scipy), the GGN and the
+residual, 2-D meshes and models that recompute activations in the backward. The Hessian
+with vectors laid out as the parameters' shards (a run with ``shard_vectors=True``) takes
+its products on the shards instead, with a peak that falls with ``W``
+(:mod:`lanczos_hessian.parallel.native`, the coordinates :mod:`lanczos_hessian.parallel.layout`).
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------
@@ -52,7 +52,8 @@ from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
-           "suspend_fsdp_hooks", "restore_fsdp_hooks"]
+           "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners", "common_mesh",
+           "gather_units"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -217,19 +218,25 @@ class ShardedModel:
         return hit[1]
 
 
-def _owners(model, names):
-    """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
-    that hold it (more than one when tied) and the parameter itself."""
-    wanted = set(names)
-    by_id, order = {}, []
+def parameter_owners(model) -> dict:
+    """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
+    ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""
+    by_id, first = {}, {}
     modules = dict(model.named_modules(remove_duplicate=False))
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) not in by_id:
             by_id[id(p)] = ([], p)
-            order.append((name, id(p)))
+            first[name] = id(p)
         prefix, _, leaf = name.rpartition(".")
         by_id[id(p)][0].append((modules[prefix], leaf))
-    return [by_id[key] for name, key in order if name in wanted]
+    return {name: by_id[key] for name, key in first.items()}
+
+
+def _owners(model, names):
+    """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
+    that hold it (more than one when tied) and the parameter itself."""
+    wanted = set(names)
+    return [entry for name, entry in parameter_owners(model).items() if name in wanted]
 
 
 def suspend_fsdp_hooks(model) -> list:
@@ -266,3 +273,38 @@ def restore_fsdp_hooks(saved) -> None:
     for hooks, items in saved:
         hooks.clear()
         hooks.update(items)
+
+
+def common_mesh(model):
+    """The one-dimensional device mesh every sharded parameter of ``model`` is ``Shard(0)``
+    on, or None with the reason (a string) when there is no such mesh."""
+    from torch.distributed.tensor import Shard
+
+    mesh = None
+    for name, p in model.named_parameters():
+        if not is_sharded_parameter(p):
+            continue
+        if p.device_mesh.ndim != 1 or not (isinstance(p.placements[0], Shard)
+                                           and p.placements[0].dim == 0):
+            return None, f"parameter {name!r} is placed {tuple(p.placements)} on a mesh of " \
+                         f"shape {tuple(p.device_mesh.shape)}, not Shard(0) on one dimension"
+        if mesh is None:
+            mesh = p.device_mesh
+        elif p.device_mesh != mesh:
+            return None, f"parameter {name!r} is on another device mesh than the others"
+    return mesh, ""
+
+
+def gather_units(model) -> list:
+    """The modules that gather their parameters in products taken on the shards
+    (:mod:`lanczos_hessian.parallel.native`), the root first: the modules wrapped with
+    ``fully_shard``, else every element of an ``nn.ModuleList`` (a model's blocks)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without FSDP2
+        FSDPModule = ()
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                 for item in m]
+    return [model] + [u for u in units if u is not model]

@@ -1,10 +1,12 @@
 """Lanczos vectors split across ranks: each rank owns a slice, dot products by all-reduce.
 
-With ``W`` ranks, rank ``r`` owns rows ``[n r / W, n (r + 1) / W)`` of every Lanczos vector and
-of the basis, so the basis memory per rank is divided by ``W``. The operator still needs whole
-vectors: :class:`~lanczos_hessian.linalg.partition.ShardedMatvec` all-gathers the slices (one
-collective), applies the data-parallel operator (its own one all-reduce), and keeps this rank's
-slice of the product. Inner products are local partial sums followed by an all-reduce.
+With ``W`` ranks, rank ``r`` owns rows ``[o_r, o_{r+1})`` of every Lanczos vector and of the
+basis (an even split ``o_r = n r / W`` unless the operator declares another in its
+``partition``), so the basis memory per rank is divided by ``W``. An operator that takes
+products on its rows alone (a sharded model's Hessian, :mod:`lanczos_hessian.parallel.native`)
+is handed this rank's rows; any other needs whole vectors: :class:`~lanczos_hessian.linalg.partition.ShardedMatvec` all-gathers the slices
+(one collective), applies the data-parallel operator (its own one all-reduce), and keeps this
+rank's slice of the product. Inner products are local partial sums followed by an all-reduce.
 
 :class:`Shard` is the process-group side of :class:`~lanczos_hessian.linalg.partition.Whole`:
 the numerical layer calls its ``sum`` and ``gather`` without knowing of ``torch.distributed``.

@@ -17,6 +17,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -81,6 +82,11 @@ def dtensor_model(mesh, skip=(), dtype_on_rank=None):
                                            stride=shard.stride())
             setattr(module, leaf, torch.nn.Parameter(shard))
     return model
+
+
+def parameter_product(op, V):
+    """``op @ V`` for ``V`` in parameter order, the product in parameter order."""
+    return op.layout.to_parameters(op @ op.layout.from_parameters(V))
 
 
 def local_counts(model):
@@ -173,19 +179,41 @@ def main(out_dir):
             "cpu", (2, 2), mesh_dim_names=("replicate", "shard")))
     for label, model in models.items():
         op = HessianOperator(model, LOSS, data, batch_size=BATCH)
-        saved[f"{label}_hv"] = op @ V  # a full-length numpy block on every rank (scipy)
+        # a full-length numpy block on every rank (scipy), in the operator's (shard-major)
+        # coordinates: mapped from and back to parameter order
+        saved[f"{label}_hv"] = parameter_product(op, V)
+        product = op.rows_product(op.partition(world))  # None: products gather
+        saved[f"{label}_native"] = product is not None
+        if product is not None:  # each rank's rows of H V from its rows of V alone
+            lo, hi = op.partition(world)[rank:rank + 2]
+            saved[f"{label}_rows"] = product(
+                torch.from_numpy(op.layout.from_parameters(V)[lo:hi])).numpy()
     fsdp = models["fsdp"]
-    saved["forward_hv"] = HessianOperator(fsdp, LOSS, data, batch_size=BATCH,
-                                          strategy="forward-over-reverse") @ V
-    saved["ggn_hv"] = GGNOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
-    saved["residual_hv"] = ResidualOperator(fsdp, LOSS, data, batch_size=BATCH) @ V
+    saved["forward_hv"] = parameter_product(HessianOperator(
+        fsdp, LOSS, data, batch_size=BATCH, strategy="forward-over-reverse"), V)
+    saved["ggn_hv"] = parameter_product(GGNOperator(fsdp, LOSS, data, batch_size=BATCH), V)
+    saved["residual_hv"] = parameter_product(
+        ResidualOperator(fsdp, LOSS, data, batch_size=BATCH), V)
 
+    for label in ("fsdp", "dtensor"):  # products on the shards inside the runs
+        op = HessianOperator(models[label], LOSS, data, batch_size=BATCH)
+        _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
+        saved[f"{label}_slq_nodes"], saved[f"{label}_slq_weights"] = (density.nodes,
+                                                                      density.weights)
+        if label == "fsdp":  # (plain DTensor parameters: the same products, SLQ)
+            top = run.eigs(op, out / f"{label}_eigs.h5", shard_vectors=True, progress=False,
+                           overwrite=True, **EIGS)
+            saved[f"{label}_eigs_values"] = top.eigenvalues
+            saved[f"{label}_eigs_residuals"] = top.residuals
+            if rank == 0:
+                with h5py.File(out / f"{label}_eigs.h5", "r") as f:
+                    messages[f"{label}_order"] = str(f.attrs["vector_order"])
+        saved[f"{label}_native_passes"] = op.native.num_passes
+        saved[f"{label}_all_passes"] = op.num_applications
+    saved["slq_nodes"], saved["slq_weights"] = saved["fsdp_slq_nodes"], saved["fsdp_slq_weights"]
+    saved["eigs_values"] = saved["fsdp_eigs_values"]
+    saved["eigs_residuals"] = saved["fsdp_eigs_residuals"]
     op = HessianOperator(fsdp, LOSS, data, batch_size=BATCH)
-    _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
-    saved["slq_nodes"], saved["slq_weights"] = density.nodes, density.weights
-
-    top = run.eigs(op, shard_vectors=True, progress=False, **EIGS)
-    saved["eigs_values"], saved["eigs_residuals"] = top.eigenvalues, top.residuals
     if world == 2:  # blockwise spectra, resume and bad input: once
         blocks = block_spectra(op, {"first": "0", "last": "4"}, k=2, tol=1e-10,
                                num_probes=0, seed=0)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from lanczos_hessian import GGNOperator, HessianOperator, ResidualOperator, run
+from lanczos_hessian.parallel.layout import ShardLayout
 
 WORKER = Path(__file__).parent / "_sharded_params_worker.py"
 BATCH = 14
@@ -108,6 +109,13 @@ def ref(tmp_path_factory):
             "slq_nodes": density.nodes, "slq_weights": density.weights}
 
 
+def shard_major(H, world_size):
+    """The dense ``H`` in the operators' shard-major coordinates over ``world_size`` ranks
+    (:mod:`lanczos_hessian.parallel.layout`): ``P^T H P``."""
+    layout = ShardLayout([p.shape for p in make_model().parameters()], world_size)
+    return layout.from_parameters(layout.from_parameters(H).T).T
+
+
 def relative(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
 
@@ -118,8 +126,14 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     shutil.copy(ref["single"], tmp_path / "single.h5")
     ranks = launch(world_size, tmp_path)
     M = ref["H"].shape[0]
+    # SLQ in the operators' coordinates: the same probes (seed) as the sharded runs
+    H_sm = shard_major(ref["H"], world_size)
+    _, density = run.slq(H_sm, progress=False, **SLQ)
+    hv_sm = H_sm @ ShardLayout([p.shape for p in make_model().parameters()],
+                               world_size).from_parameters(probe_block())
+    offsets = ShardLayout([p.shape for p in make_model().parameters()], world_size).offsets
     labels = ["fsdp", "dtensor", "mixed", "checkpointed"] + (["hsdp"] if world_size == 4 else [])
-    for saved, messages in ranks:
+    for rank, (saved, messages) in enumerate(ranks):
         for label in labels:  # products: the unsharded full-data product, on every rank
             assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
         assert relative(saved["forward_hv"], ref["hv"]) < 1e-12  # the other strategy
@@ -130,8 +144,35 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         np.testing.assert_allclose(values[-5:], ref["top"], rtol=0, atol=1e-8)
         np.testing.assert_allclose(values[:3], ref["bottom"], rtol=0, atol=1e-8)
         assert np.all(saved["eigs_residuals"] < 1e-8)
-        np.testing.assert_allclose(saved["slq_nodes"], ref["slq_nodes"], rtol=0, atol=1e-10)
-        np.testing.assert_allclose(saved["slq_weights"], ref["slq_weights"], rtol=0, atol=1e-10)
+        np.testing.assert_allclose(saved["slq_nodes"], density.nodes, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(saved["slq_weights"], density.weights, rtol=0, atol=1e-10)
+        # products on the shards: fully_shard and plain DTensor parameters
+        for label in ("fsdp", "dtensor"):
+            assert bool(saved[f"{label}_native"]), label
+            lo, hi = offsets[rank:rank + 2]
+            difference = np.abs(saved[f"{label}_rows"] - hv_sm[lo:hi]).max()
+            assert difference < 1e-12 * np.abs(hv_sm).max(), (label, difference)
+            np.testing.assert_allclose(saved[f"{label}_slq_nodes"], density.nodes, atol=1e-10)
+            np.testing.assert_allclose(saved[f"{label}_slq_weights"], density.weights,
+                                       atol=1e-10)
+            # every pass of the runs on the shards (the trial step is not a pass)
+            assert int(saved[f"{label}_native_passes"]) == int(saved[f"{label}_all_passes"])
+            assert int(saved[f"{label}_native_passes"]) >= SLQ["num_steps"]
+            if label == "dtensor":
+                continue  # eigenvalues: the fully_shard model's run (the same products)
+            values = np.sort(saved[f"{label}_eigs_values"])
+            np.testing.assert_allclose(values[-5:], ref["top"], rtol=0, atol=1e-8)
+            np.testing.assert_allclose(values[:3], ref["bottom"], rtol=0, atol=1e-8)
+            assert np.all(saved[f"{label}_eigs_residuals"] < 1e-8)
+            assert int(saved[f"{label}_native_passes"]) > SLQ["num_steps"] + 20
+            if rank == 0:  # the run file says in which order its vectors are
+                assert messages[f"{label}_order"] == "shard-major"
+        # partly sharded: its plain parameters cut as Shard(0) too; checkpointed blocks
+        # recompute in the backward and a 2-D mesh (HSDP) is not one shard per rank: gathered
+        assert bool(saved["mixed_native"])
+        assert not bool(saved["checkpointed_native"])
+        if "hsdp" in labels:
+            assert not bool(saved["hsdp_native"])
         if world_size != 2:
             continue  # the 2-rank launch alone checks blocks, resume and bad input
         # blockwise spectra: the top 2 of the diagonal blocks of the first and last layers
