@@ -338,7 +338,8 @@ def targets(rows) -> list:
                 f"{outside}")
         if "compiled speed-up" in r and r["parameters"] < COMPILED_BELOW:
             up = r["compiled speed-up"]
-            line += (f"; compiled {up:.2f}x faster than the bare double backward "
+            line += (f"; compiled {up:.2f}x {'faster than' if up >= 1 else 'the speed of'} "
+                     "the bare double backward "
                      f"({'met' if up >= COMPILED_TARGET else 'MISSED'}: >= {COMPILED_TARGET}x)")
         elif "compiled speed-up" in r:
             up = r["compiled speed-up"]
