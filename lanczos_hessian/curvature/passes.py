@@ -126,6 +126,7 @@ def _pass(op, block, sums) -> int:
             values.append(value)
             samples = batch_length(x)
             total.add(result, samples if weighted else 1)
+            del result  # freed before the next batch's product allocates its own
             count += samples
             if known is None and op.check_data:
                 fingerprint.add(inputs, targets)
