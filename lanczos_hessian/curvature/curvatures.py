@@ -81,7 +81,8 @@ class BatchCurvature:
             return self.loss_fn(call_model(self.model, None, inputs), targets)
 
     def products(self, inputs, targets, V: torch.Tensor) -> tuple:
-        """``(batch loss, C_B V)``, ``V`` ``(M, b)``; the product has the same layout. Runs
+        """``(batch loss, C_B V)``, ``V`` ``(M, b)``; the product a :class:`BlockProduct`
+        (per-parameter pieces; ``.joined(space)`` is the ``(M, b)`` block). Runs
         :meth:`matmat_batch` and names a missing derivative (:func:`missing_derivative`).
         Callers run it under :func:`twice_differentiable` (once per pass: the operators)."""
         try:

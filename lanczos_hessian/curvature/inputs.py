@@ -34,6 +34,8 @@ def map_inputs(inputs, fn):
 
 def batch_length(inputs) -> int:
     """Samples in a batch: the first dimension of its (first) input tensor."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0]
     return len(input_tensors(inputs)[0])
 
 

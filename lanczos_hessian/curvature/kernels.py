@@ -51,18 +51,23 @@ def _available_switches() -> list:
 
 @contextlib.contextmanager
 def twice_differentiable():
-    """Run the block with scaled-dot-product attention on its math backend (CPU and CUDA
-    alike), the one with double-backward and forward-mode rules: the fused backends are
-    switched off and the math one on (the switches ``torch.nn.attention.sdpa_kernel`` sets,
-    set directly: a few attribute calls per pass); the caller's settings are restored on
-    exit, also after an exception."""
+    """Run the block in grad mode with scaled-dot-product attention on its math backend (CPU
+    and CUDA alike), the one with double-backward and forward-mode rules: the fused backends
+    are switched off and the math one on (the switches ``torch.nn.attention.sdpa_kernel``
+    sets, set directly: a few attribute calls per pass). Grad mode is on for the products'
+    derivatives (also under a caller's ``torch.no_grad()``), set here once per pass rather
+    than by each batch's product. The caller's settings are restored on exit, also after an
+    exception."""
     saved = []
     for name, enabled, enable in _available_switches():
         saved.append((enable, enabled()))
         enable(name == "math")
+    grad_mode = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)
     try:
         yield
     finally:
+        torch.set_grad_enabled(grad_mode)
         for enable, value in saved:
             enable(value)
 

@@ -3,14 +3,16 @@
 Batch ``B`` with batch loss ``l_B`` contributes ``|B| * C_B V`` (``mean`` reduction) or
 ``C_B V`` (``sum``) to a float64 accumulator, which is divided by the total sample count
 ``N`` at the end of the pass, so ragged batches are weighted exactly:
-``C V = (1/N) sum_B |B| C_B V`` for ``mean``. The accumulator is one flat buffer,
+``C V = (1/N) sum_B |B| C_B V`` for ``mean`` (the products are added parameter by parameter,
+the batches of one weight summed before the weight is applied:
+:mod:`lanczos_hessian.curvature.accumulation`). The accumulator is one flat buffer,
 all-reduced once per pass under ``torch.distributed``, laid out, with ``W`` ranks and a block
 of ``b`` vectors of length ``M``::
 
     [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
 
-What the pass adds around the products is a few operations per batch (the weighted
-accumulation; the batch's loss kept for the health check) and a few per pass:
+What the pass adds around the products is a few operations per batch (the accumulation, one
+add per parameter; the batch's loss kept for the health check) and a few per pass:
 
 * **health**: one sum of every batch loss and every accumulated entry, checked for NaN/Inf
   once per pass (one device sync). NaN and Inf survive a float64 sum (``Inf - Inf`` is
@@ -38,6 +40,7 @@ import torch
 
 from ..errors import InvalidModelError, NonFiniteError
 from ..parallel.distributed import all_reduce_or_raise
+from .accumulation import Accumulator
 from .checks import check_finite, check_same_block
 from .fingerprint import PassFingerprint
 from .inputs import batch_length
@@ -99,7 +102,7 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     if op.num_samples is None:
         op.record_num_samples(int(buffer[n]))
     total = buffer[:n].view(b, dim).T
-    return total / buffer[n] if op.reduction == "mean" else total
+    return total.div_(buffer[n]) if op.reduction == "mean" else total  # in place: no copy
 
 
 def _pass(op, block, sums) -> int:
@@ -109,6 +112,7 @@ def _pass(op, block, sums) -> int:
     fingerprint = PassFingerprint() if known is None else known
     values, count = [], 0
     weighted = op.reduction == "mean"
+    total = Accumulator(sums, op.space)
     before = model_state(op.model)
     op.curvature.begin_pass()
     product = op.batch_product()
@@ -121,12 +125,12 @@ def _pass(op, block, sums) -> int:
             value, result = product(x, y, block)
             values.append(value)
             samples = batch_length(x)
-            # vector-major accumulator: the products come as the transpose of a contiguous
-            # (b, M) block, so this adds in place with no copy or transpose
-            sums.add_(result.T, alpha=samples if weighted else 1.0)
+            total.add(result, samples if weighted else 1)
+            del result  # freed before the next batch's product allocates its own
             count += samples
             if known is None and op.check_data:
                 fingerprint.add(inputs, targets)
+        total.finish()
         check_model_unchanged(before, model_state(op.model), op.kind)
         if values and not _healthy(values, sums):
             _raise_non_finite(op, values, sums, block, move, product)
@@ -168,7 +172,7 @@ def locate_non_finite(op, block, move=None, product=None) -> int | None:
     product = product or op.batch_product()
     for index, (inputs, targets) in enumerate(_batches(op)):
         x, y = (inputs, targets) if move is None else move(inputs, targets)
-        if not bool(torch.isfinite(product(x, y, block)[1]).all()):
+        if not product(x, y, block)[1].all_finite():
             return index
     return None
 

@@ -19,7 +19,9 @@ resumed run continues with the products it started with:
    backward``). Compiled forward-over-reverse was 1.2-1.75x faster than the eager bare
    double backward on the 4k MLP and 1.2x on the 30k CNN, after 4-100 s of compiling; with
    Dynamo's guards checked once per pass (:mod:`lanczos_hessian.curvature.compiled`),
-   1.8-1.9x on the 4k MLP with batches of 32 and 0.9-1.3x with batches of 256 (preliminary,
+   1.8-1.9x on the 4k MLP with batches of 32 and 0.9-1.3x with batches of 256, 2.5x on the
+   21k-parameter language model after 122 s, and 0.49x on the 67k transformer encoder,
+   where forward-over-reverse is itself 1.9x slower than the double backward (preliminary,
    shared machine: ``scripts/bench_products.py`` prints the figures to quote).
 
 Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare

@@ -1,0 +1,125 @@
+"""The float64 sum of one pass, ``S = sum_B w_B C_B V``, from the batches' product pieces.
+
+Each batch's product arrives as the per-parameter tensors of a
+:class:`~lanczos_hessian.curvature.differentiation.BlockProduct`, in the model's dtype, and is
+added into the pass's flat float64 accumulator ``(b, M)`` (vector-major: row ``j`` is
+column ``j``); ``w_B = |B|`` for a ``mean`` loss, 1 for ``sum``.
+
+**Precision** (the operators' contract: products in the model's dtype, accumulation in
+float64): every entry of a product is a float32 (or float64) number, which float64 holds
+exactly, and the pass adds them in float64, batch after batch. Where the weight is applied
+changed: the batches of one weight (every full batch of a tensor pair) are summed unweighted
+and their sum multiplied by the weight once, ``w (P_1 + P_2 + ...)`` instead of
+``w P_1 + w P_2 + ...``: the same sum in exact arithmetic, with one float64 rounding
+(relative ``2^-53``) more per entry and pass, far below a float32 product's own rounding. A
+batch of another weight (the ragged last one) is added with its weight, after the sum so
+far has been scaled by its own.
+
+**Speed** (why it is done this way; preliminary, one CPU thread, shared machine):
+
+* *Large parameter tensors* are added one by one, with no flattened copy of the product
+  (the copy was a third of the time outside the product on a 1M-parameter MLP with batches
+  of 32). On the CPU numpy adds them: torch adds a float32 tensor into a float64 one
+  through a float64 temporary copy of it (1.2 ms for 784k entries with a weight, 0.8 ms
+  without), numpy casts in cache-sized chunks as it adds (0.4 ms, as fast as a
+  float64-into-float64 add). numpy has no fused multiply-add, so a weight per batch would
+  be one more pass: hence the unweighted sums. On other devices ``torch._foreach_add_``,
+  whose device kernels cast as they add.
+* *Small parameter tensors* (under :data:`FLAT_BELOW` entries on average) are flattened into
+  one tensor and added by one call (about 6 us a batch for the 4k MLP's six tensors,
+  against 15-18 us for six numpy calls): there, each call costs more than the copy.
+
+Either way the float64 add reads and writes 16 bytes per entry and batch (plus the
+product's 4 in float32), whatever the code: for models of millions of parameters with small
+batches it is the floor of the time a pass spends outside the products (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .params import ParameterSpace
+
+#: Mean entries per parameter tensor under which a product is flattened and added in one
+#: call: a call per tensor (a few microseconds) then costs more than copying the tensor.
+FLAT_BELOW = 10_000
+
+
+class Accumulator:
+    """Adds weighted :class:`BlockProduct` s into ``sums`` ``(b, M)`` (float64 zeros).
+
+    :meth:`add` each batch's product with its weight, then :meth:`finish` once: ``sums``
+    holds ``sum_B w_B C_B V``. Until then it holds that sum divided by :attr:`scale`, the
+    weight of the batches added unweighted so far (module docstring).
+    """
+
+    def __init__(self, sums: torch.Tensor, space: ParameterSpace):
+        self.sums, self.space = sums, space
+        self.scale = None  # the weight of the batches summed unweighted (None: none yet)
+        self._flat = space.dim < FLAT_BELOW * len(space.names)
+        self._numpy = sums.device.type == "cpu"
+        self._targets = {}  # layout (by_column) -> per-parameter float64 views of sums
+
+    def add(self, product, weight: float) -> None:
+        """``sums += weight * product`` (in units of :attr:`scale`)."""
+        if self.scale is None:
+            self.scale = weight
+        if weight == self.scale:
+            self._add(product, None)
+            return
+        if self.scale != 1:  # from here on, sums in plain units
+            self.sums.mul_(self.scale)
+            self.scale = 1
+        self._add(product, None if weight == 1 else weight)
+
+    def finish(self) -> torch.Tensor:
+        """``sums``, in place, with the last scaling applied: ``sum_B w_B C_B V``."""
+        if self.scale not in (None, 1):
+            self.sums.mul_(self.scale)
+        self.scale = 1
+        return self.sums
+
+    def _add(self, product, weight) -> None:
+        """``sums += product`` (``weight`` None) or ``sums += weight * product``."""
+        pieces = product.tensors()
+        if self._flat and product.by_column:  # column after column: the layout of sums
+            flat = torch._C._nn.flatten_dense_tensors(pieces)
+            if weight is None:
+                self.sums.view(-1).add_(flat)
+            else:
+                self.sums.view(-1).add_(flat, alpha=weight)
+            return
+        views, arrays = self._views(product.by_column)
+        if weight is None and arrays is not None:
+            _numpy_add(views, arrays, pieces)
+        elif weight is None:
+            torch._foreach_add_(views, pieces)
+        else:
+            torch._foreach_add_(views, pieces, alpha=weight)
+
+    def _views(self, by_column: bool) -> tuple:
+        """Per-parameter float64 views of ``sums`` in the order of
+        :meth:`BlockProduct.tensors` (torch, and numpy on the CPU), made once per layout."""
+        if by_column not in self._targets:
+            if by_column:
+                views = [t for row in self.sums for t in self.space.split(row).values()]
+            else:
+                views = list(self.space.split(self.sums.T).values())
+            arrays = [t.numpy() for t in views] if self._numpy else None
+            self._targets[by_column] = views, arrays
+        return self._targets[by_column]
+
+
+def _numpy_add(views, arrays, pieces) -> None:
+    """``arrays[k] += pieces[k]`` by numpy (the float64 ``views`` by torch where a piece has
+    no numpy view: a dtype numpy lacks, such as bfloat16). Overflow is left to the pass's
+    health check, which sees the Inf or NaN."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        for view, array, piece in zip(views, arrays, pieces):
+            try:
+                source = piece.numpy()
+            except (RuntimeError, TypeError):
+                view.add_(piece.detach())
+            else:
+                np.add(array, source, out=array)
