@@ -124,7 +124,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     world = init_from_env(timeout_s=3600)  # NCCL for CUDA tensors when CUDA is there
     if not dist.is_initialized():  # W = 1: a group of one rank, so that FSDP2 shards
-        dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu") if args.device == "cpu" else default_device(world)
     config = QUICK if args.quick else FULL

@@ -46,6 +46,10 @@ Sections (each one's failure is recorded, in the JSON and the table, and the nex
 5. ``memory``: the peak GPU memory of those runs beyond one operator application, against
    the budget rule of the basis placement (``choose_location``: basis plus 4 working
    vectors).
+7. ``sharded``: Hessian-vector products of a GPT wrapped with FSDP2's ``fully_shard``,
+   taken on the parameters' shards (``scripts/bench_sharded.py --device cuda``: NCCL, W = 1,
+   and W = 2 with two GPUs; the 101.4M-parameter model in full mode, float32): exactness
+   against W = 1 and the gather path, peak device memory and seconds per product.
 
 ``--time-limit`` (default 170 s quick, 470 s full) bounds the whole run: each section gets
 a share of what is left, optional steps are skipped when their share is spent, and every
@@ -162,7 +166,7 @@ CONFIGS = {
 
 #: (section, share of the time left when it starts)
 SHARES = {"correctness": 0.22, "tf32": 0.06, "distributed": 0.22, "speed": 0.42, "memory": 0.08,
-          "compiled": 0.1}
+          "compiled": 0.1, "sharded": 0.12}
 
 
 # ---- the problems (the benchmark scripts' builders) -----------------------------------------------
@@ -1108,9 +1112,55 @@ def section_compiled(ctx: Context, sec: Section):
         sec.step(f"compiled products, {_dtype_name(dtype)}", check, estimate_s=10)
 
 
+def section_sharded(ctx: Context, sec: Section):
+    """Products of an FSDP2-sharded language model taken on its shards
+    (:mod:`lanczos_hessian.parallel.native`) on the device: ``scripts/bench_sharded.py``
+    launched with ``--device cuda`` (NCCL, one GPU per rank), W = 1 and, with two GPUs or on
+    the CPU, W = 2; both paths (products on the shards, every parameter gathered) at W = 1.
+    Rows: exactness against W = 1 (the data split over the ranks changes only the order of
+    float sums), the product's peak memory per rank (``torch.cuda.max_memory_allocated`` on
+    CUDA, resident memory on the CPU) and the seconds per product."""
+    cfg = ctx.cfg
+    gpus = torch.cuda.device_count() if ctx.cuda else 0
+    sizes = "1,2" if (not ctx.cuda or gpus >= 2) else "1"
+    modes = "native" if cfg.tiny else "native,gather"
+    dtype, tol = ("float64", 1e-12) if cfg.tiny else ("float32", 1e-5)
+    out = Path(ctx.scratch) / "device_check_sharded.json"
+    command = [sys.executable, str(REPO / "scripts" / "bench_sharded.py"), "--device",
+               "cuda" if ctx.cuda else "cpu", "--world-sizes", sizes, "--modes", modes,
+               "--repeats", "1", "--dtype", dtype, "--json", str(out)]
+    if cfg.tiny or cfg.name == "quick":
+        command.append("--quick")
+    sec.data.update(command=" ".join(command[1:]), gpus=gpus)
+
+    def launch():
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        done = subprocess.run(command, env=env, capture_output=True, text=True,
+                              timeout=max(sec.left(), 1.0))
+        if done.returncode:
+            raise RuntimeError(f"bench_sharded.py exited {done.returncode}: "
+                               f"{done.stderr.strip()[-400:]}")
+        results = json.loads(out.read_text())["results"]
+        sec.data["results"] = results
+        for r in results:
+            label = f"W={r['world_size']} {r['mode']}"
+            peak = r.get("device_peak_mib_per_rank") or r["peak_mib_per_rank"]
+            if r["world_size"] > 1 or r["mode"] != "native":
+                sec.row(f"{label}: H v vs W=1 native, rel. diff", r["rel_diff_sample"],
+                        limit=tol, note=f"v^T H v {r['rel_diff_vHv']:.1e}")
+                sec.row(f"{label}: parameters still sharded", float(not r["still_sharded"]),
+                        limit=0.0)
+            sec.row(f"{label}: product peak per rank", peak / 1024, unit="GiB",
+                    note=f"{r['num_params'] / 1e6:.1f}M parameters, "
+                         f"{r['seconds_per_hvp']:.3g} s per product")
+
+    sec.step("sharded products (bench_sharded.py)", launch, estimate_s=20 if cfg.tiny else 60)
+
+
 SECTIONS = {"correctness": section_correctness, "tf32": section_tf32,
             "distributed": section_distributed, "speed": section_speed,
-            "memory": section_memory, "compiled": section_compiled}
+            "memory": section_memory, "compiled": section_compiled,
+            "sharded": section_sharded}
 
 
 # ---- the driver ---------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_cpu_mode_runs_every_section_and_writes_one_json_and_one_table(tmp_path,
     assert sum("per-vector cost" in c for c in speed) == 3  # CNN 4 and 16, AlexNet 4
     assert sum("time outside the operator" in c for c in speed) == 4
     assert len(_rows(report, "memory")) == 4  # one per run, read from CUDA's allocator only
+    assert checks["W=2 native: H v vs W=1 native, rel. diff"]["status"] == "ok"  # FSDP2 shards
+    assert checks["W=2 native: parameters still sharded"]["status"] == "ok"
     # one table: a title, the header, a rule, one line per row, the sections' summary
     lines = printed.strip().splitlines()
     assert lines[0].startswith("device check (cpu) on CPU")
