@@ -5,7 +5,7 @@ networks on MNIST as k grows, and of the same architecture on random inputs agai
 gradient descent; Fig. 1 right: the eigenvalue histograms after training for growing k (its
 parameter count ``(784+1)k + (k+1)k + (k+1)10`` is two hidden layers of k); Fig. 2: the
 k = 10 network at a random point on MNIST and on random inputs, and after training on random
-inputs. Here: k = 2, 3 and 5 (1,606 to 4,040 parameters; the exact float64 Hessian and all its
+inputs. Here: k = 2, 3 and 5 (1,606 to 4,015 parameters; the exact float64 Hessian and all its
 eigenvalues), GD at learning rate 0.1 for 2,000 steps, Fig. 2 at k = 5; random inputs are
 i.i.d. N(0, 1) pixels with random labels. Five seeds (initialization, and the random inputs).
 
