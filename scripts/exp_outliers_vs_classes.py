@@ -30,8 +30,8 @@ redoes it from the JSON's stored top eigenvalues.
 Also in the full mode: the demo's own settings (k = 10, ReLU, GD, covariance 1, lr 0.1, 2,000
 steps, ``problems.clusters_mlp``) over seeds 0-9, and the training length at fixed seeds (the
 spectrum's shape against its scale; ``--length SEED ...`` runs that check alone on other
-seeds, its own JSON ``exp_outliers_vs_classes_length.json``). Quick mode (<= 30 s): ReLU, GD, covariance 10,
-k in {5, 10}, 3 seeds, 300 steps, tol 1e-6.
+seeds, its own JSON ``exp_outliers_vs_classes_length.json``). Quick mode (<= 30 s): ReLU, GD,
+covariance 10, k in {5, 10}, 3 seeds, 300 steps, tol 1e-6.
 """
 
 from __future__ import annotations
