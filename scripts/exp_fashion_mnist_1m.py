@@ -21,6 +21,10 @@ the trained weights are kept in ``out/checkpoints/`` and the spectrum file resum
 last committed pass (``--resume``), so a killed run loses at most one pass.
 
 Quick mode: 2,000 images, an MLP 784-64-10, 3 epochs, top 12, SLQ 3 x 20 (about 10 s).
+Other seeds: ``--seed N --out-dir DIR`` (so that seed 0's documented files are kept); their
+JSON copied to ``docs/exp_fashion_mnist_1m_seed<N>.json``, ``--summary`` tabulates every
+documented seed (mean, standard deviation, range) in ``exp_fashion_mnist_1m_seeds.json`` and
+draws their top eigenvalues.
 """
 
 from __future__ import annotations
@@ -248,6 +252,91 @@ def replot(out_dir=None, quick: bool = False) -> None:
     plot(payload, read_spectrum(paths["h5"]), paths["png"])
 
 
+def seed_row(d: dict) -> dict:
+    """One seed's numbers for the table over seeds (from its written JSON)."""
+    s, c, t = d["spectrum"], d["cost"], d["training"]
+    top = np.asarray(s["top"], dtype=float)
+    below = s["mass_below_nearest_resolved"] or {}
+    neg = s["negative_mass"]
+    return {"seed": d["seed"], "train_accuracy": t["train_accuracy"],
+            "test_accuracy": t["test_accuracy"], "train_loss": t["train_loss"],
+            "lambda_1": float(top[0]), "lambda_10": float(top[NUM_CLASSES - 1]),
+            "top_over_lambda_1": (top / top[0]).tolist(),
+            "gap": s["outliers"]["gap"], "ratio": s["outliers"]["ratio"],
+            "elbow": s["outliers"]["elbow"],
+            "lambda_9 / lambda_10": s["ratio_C_minus_1_over_C"],
+            "lambda_10 / lambda_11": s["ratio_C_over_C_plus_1"],
+            "largest consecutive ratio": float(np.max(top[:-1] / top[1:])),
+            "top-10 share of the trace": s["top_C_trace_share"],
+            "mass within 1e-3 lambda_1": s["mass_within_1e-3_lambda_max"]["value"],
+            "mass below 0": neg["value"], "mass below 0 bracket": [neg["lower"], neg["upper"]],
+            "mass below 0 resolved": neg["resolved"],
+            "nearest resolved threshold / lambda_1": s["nearest_resolved_threshold"] / top[0],
+            "mass below it": below.get("value", float("nan")),
+            "mass below it bracket": [below.get("lower", float("nan")),
+                                      below.get("upper", float("nan"))],
+            "passes": c["passes_total"], "seconds": c["seconds_this_process"],
+            "cpu_seconds": c["cpu_seconds"], "training_seconds": t["seconds"]}
+
+
+SUMMARY_KEYS = ("train_accuracy", "test_accuracy", "lambda_1", "lambda_10", "gap", "ratio",
+                "elbow", "lambda_9 / lambda_10", "lambda_10 / lambda_11",
+                "largest consecutive ratio", "top-10 share of the trace",
+                "mass within 1e-3 lambda_1", "nearest resolved threshold / lambda_1",
+                "mass below it", "passes", "seconds", "cpu_seconds")
+
+
+def seed_summary(payloads, out_json=None, out_png=None, echo=ec.log) -> dict:
+    """The full runs of several seeds side by side: each seed's :func:`seed_row`, and per
+    number its mean, standard deviation (n - 1; 0 for one seed), min and max over the seeds;
+    optionally written to ``out_json`` with a figure of every seed's top eigenvalues."""
+    rows = sorted((seed_row(d) for d in payloads), key=lambda r: r["seed"])
+    stats = {}
+    for key in SUMMARY_KEYS:
+        v = np.asarray([r[key] for r in rows], dtype=float)
+        stats[key] = {"mean": float(np.mean(v)),
+                      "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                      "min": float(np.min(v)), "max": float(np.max(v))}
+    out = {"experiment": NAME, "part": "seeds", "seeds": [r["seed"] for r in rows],
+           "num_seeds": len(rows), "rows": rows, "stats": stats}
+    for key in SUMMARY_KEYS:
+        st = stats[key]
+        echo(f"{key}: {st['mean']:.4g} +- {st['std']:.2g} [{st['min']:.4g}, {st['max']:.4g}] "
+             f"({', '.join(f'{r[key]:.4g}' for r in rows)})")
+    if out_json is not None:
+        ec.write_json(out_json, out)
+    if out_png is not None:
+        plot_seeds(rows, out_png)
+    return out
+
+
+def plot_seeds(rows, path) -> None:
+    """Every seed: the top eigenvalues over lambda_1 by rank, and the consecutive ratios
+    lambda_i / lambda_(i+1) (a C-group would show as a peak at i = C)."""
+    plt = ec.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, r in enumerate(rows):
+        top = np.asarray(r["top_over_lambda_1"], dtype=float)
+        ranks = np.arange(1, len(top) + 1)
+        label = f"seed {r['seed']} (ratio rule {r['ratio']})"
+        axes[0].plot(ranks, top, "o-", ms=3, color=f"C{i}", label=label)
+        axes[1].plot(ranks[:-1], top[:-1] / top[1:], "o-", ms=3, color=f"C{i}", label=label)
+    for ax in axes:
+        ax.axvline(NUM_CLASSES + (0.5 if ax is axes[0] else 0), color="k", ls="--", lw=1)
+    axes[0].set(xlabel="rank", ylabel="lambda_i / lambda_1",
+                title=f"top eigenvalues, {len(rows)} seeds (dashed: C = {NUM_CLASSES})")
+    axes[1].set(xlabel="rank i", ylabel="lambda_i / lambda_(i+1)",
+                title="consecutive ratios (a C-group: a peak at i = C)")
+    ec.finish_figure(fig, axes, path)
+
+
+def summary_paths(directory=ec.DOCS) -> list:
+    """The documented full runs: seed 0's JSON and every ``exp_<name>_seed<N>.json``."""
+    directory = Path(directory)
+    return [directory / f"exp_{NAME}.json",
+            *sorted(directory.glob(f"exp_{NAME}_seed[0-9]*.json"))]
+
+
 def headline(d: dict) -> dict:
     """The numbers the claims rest on: the outlier counts, lambda_10 / lambda_11, the mass
     below 0 and below -1e-3 lambda_max."""
@@ -266,9 +355,19 @@ if __name__ == "__main__":
                                  "(the trained weights are reused from their checkpoint)")
         parser.add_argument("--replot", action="store_true",
                             help="only redraw the PNG from the written files")
+        parser.add_argument("--summary", action="store_true",
+                            help="the table over seeds from the documented full runs "
+                                 "(docs/exp_fashion_mnist_1m.json and _seed<N>.json), "
+                                 "written to _seeds.json and _seeds.png")
 
     args = ec.parse_args(__doc__.splitlines()[0], extra=options)
-    if args.replot:
+    if args.summary:
+        import json
+
+        found = [json.loads(path.read_text()) for path in summary_paths()]
+        seed_summary(found, ec.DOCS / f"exp_{NAME}_seeds.json",
+                     ec.DOCS / f"exp_{NAME}_seeds.png")
+    elif args.replot:
         replot(args.out_dir, args.quick)
     else:
         main(quick=args.quick, out_dir=args.out_dir, seed=args.seed, resume=args.resume)

@@ -5,7 +5,7 @@ networks on MNIST as k grows, and of the same architecture on random inputs agai
 gradient descent; Fig. 1 right: the eigenvalue histograms after training for growing k (its
 parameter count ``(784+1)k + (k+1)k + (k+1)10`` is two hidden layers of k); Fig. 2: the
 k = 10 network at a random point on MNIST and on random inputs, and after training on random
-inputs. Here: k = 2, 3 and 5 (1,606 to 4,040 parameters; the exact float64 Hessian and all its
+inputs. Here: k = 2, 3 and 5 (1,606 to 4,015 parameters; the exact float64 Hessian and all its
 eigenvalues), GD at learning rate 0.1 for 2,000 steps, Fig. 2 at k = 5; random inputs are
 i.i.d. N(0, 1) pixels with random labels. Five seeds (initialization, and the random inputs).
 
@@ -13,6 +13,9 @@ Per spectrum: lambda_max, lambda_min, the fraction of eigenvalues within 1e-3 la
 zero ("singular"), the fraction below -1e-3 lambda_max. Quick mode: 150 digits, k = 1 and 2,
 Fig. 2 at k = 2, 300 steps, two seeds. ``--trained-k K [SEED ...]``: Fig. 1 right at width K
 alone (trained spectra only, seeds 0-4 by default), e.g. the paper's k = 10.
+``--fig2-k K [SEED ...]``: Fig. 2 at width K alone (MNIST and random inputs at the random
+point, random inputs trained; seeds 0-4 by default), its own JSON and a figure of the first
+seed, e.g. the paper's k = 10.
 """
 
 from __future__ import annotations
@@ -59,6 +62,28 @@ def spectrum(k, x, y, seed, steps):
                     **stats(values)}
 
 
+def random_inputs(x, y, seed: int) -> tuple:
+    """The random-input set of a seed: i.i.d. N(0, 1) pixels of ``x``'s shape and uniformly
+    random labels in 0-9."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(x.shape, generator=g), torch.randint(0, 10, (len(y),), generator=g)
+
+
+def fig2_spectra(k, x, y, seed, steps, echo, timer):
+    """[S16] Fig. 2 for one seed at width ``k``: the exact spectra of the 784-k-k-10 network at
+    its random point on MNIST, at the same point on random inputs, and after ``steps`` GD
+    steps on the random inputs; yields ``(key, eigenvalues, row)`` for each."""
+    xr, yr = random_inputs(x, y, seed)
+    for data, (xx, yy), n_steps in (("MNIST", (x, y), 0), ("random", (xr, yr), 0),
+                                    ("random", (xr, yr), steps)):
+        point = "trained" if n_steps else "init"
+        values, row = spectrum(k, xx, yy, seed, n_steps)
+        echo(f"seed {seed} {data} {point} k={k}: lmax {row['lambda_max']:.3g} lmin "
+             f"{row['lambda_min']:.3g} | near 0 {row['near_zero']:.3f} [{timer():.0f} s]")
+        yield (f"{data}_k{k}_{point}", values,
+               {"seed": seed, "k": k, "data": data, "point": point, **row})
+
+
 def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     ec.setup()
     timer = ec.Timer()
@@ -73,8 +98,6 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     fig1, fig2, drawn = [], [], {}
     with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for s in seeds:
-            g = torch.Generator().manual_seed(s)
-            xr, yr = torch.randn(x.shape, generator=g), torch.randint(0, 10, (len(y),), generator=g)
             for k in cfg["ks"]:
                 values, row = spectrum(k, x, y, s, cfg["steps"])
                 writer.write_arrays(f"seed{s}/mnist_k{k}_trained", {"eigenvalues": values})
@@ -84,17 +107,12 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                 echo(f"seed {s} k={k} ({row['num_params']} p): loss {row['loss']:.2g} | lmax "
                      f"{row['lambda_max']:.3g} | near 0 {row['near_zero']:.3f} | below "
                      f"{row['below']:.4f} [{timer():.0f} s]")
-            k = cfg["fig2_k"]
-            for data, (xx, yy), steps in (("MNIST", (x, y), 0), ("random", (xr, yr), 0),
-                                         ("random", (xr, yr), cfg["steps"])):
-                point = "trained" if steps else "init"
-                values, row = spectrum(k, xx, yy, s, steps)
-                writer.write_arrays(f"seed{s}/{data}_k{k}_{point}", {"eigenvalues": values})
-                fig2.append({"seed": s, "data": data, "point": point, **row})
+            for key, values, row in fig2_spectra(cfg["fig2_k"], x, y, s, cfg["steps"], echo,
+                                                 timer):
+                writer.write_arrays(f"seed{s}/{key}", {"eigenvalues": values})
+                fig2.append(row)
                 if s == seed:
-                    drawn[f"{data}, k = {k}, {point}"] = values
-                echo(f"seed {s} {data} {point}: lmax {row['lambda_max']:.3g} lmin "
-                     f"{row['lambda_min']:.3g} | near 0 {row['near_zero']:.3f} [{timer():.0f} s]")
+                    drawn[f"{row['data']}, k = {cfg['fig2_k']}, {row['point']}"] = values
     plot(drawn, cfg, paths["png"])
     payload = {"experiment": NAME, "quick": quick, "settings": attrs, "fig1": fig1,
                "fig2": fig2, "seconds": timer(), "cpu_seconds": timer.cpu()}
@@ -166,8 +184,53 @@ def trained_only(k: int, seeds, n: int = 1000, steps: int = 2000, out_dir=None,
     return payload
 
 
+def fig2_only(k: int, seeds, n: int = 1000, steps: int = 2000, out_dir=None,
+              echo=ec.log) -> dict:
+    """[S16] Fig. 2 at width ``k`` alone (:func:`fig2_spectra` for each seed): written to
+    ``exp_hidden_sizes_2016_fig2_k<k>.{json,h5,png}``, the figure drawing the first seed."""
+    ec.setup()
+    timer = ec.Timer()
+    paths = {ext: p.with_name(f"exp_{NAME}_fig2_k{k}.{ext}")
+             for ext, p in ec.out_paths(NAME, out_dir, False).items()}
+    x, y = load_mnist(n, flatten=True)
+    attrs = {"experiment": NAME, "part": f"fig2 k{k}", "num_samples": n, "steps": steps,
+             "learning_rate": LR, "seeds": list(seeds), "fig2_hidden": k,
+             "paper": "Sagun, Bottou, LeCun 2016, Fig. 2"}
+    rows, drawn = [], {}
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
+        for s in seeds:
+            for key, values, row in fig2_spectra(k, x, y, s, steps, echo, timer):
+                writer.write_arrays(f"seed{s}/{key}", {"eigenvalues": values})
+                rows.append(row)
+                if s == seeds[0]:
+                    drawn[f"{row['data']}, k = {k}, {row['point']}"] = values
+    plot_fig2(drawn, k, paths["png"])
+    payload = {"experiment": NAME, "part": f"fig2 k{k}", "settings": attrs, "fig2": rows,
+               "seconds": timer(), "cpu_seconds": timer.cpu()}
+    ec.write_json(paths["json"], payload)
+    return payload
+
+
+def plot_fig2(drawn: dict, k: int, path) -> None:
+    """Fig. 2 alone: histograms (log counts) of one seed's three spectra at width ``k``."""
+    plt = ec.pyplot()
+    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4))
+    for i, key in enumerate([f"MNIST, k = {k}, init", f"random, k = {k}, init",
+                             f"random, k = {k}, trained"]):
+        values = drawn[key]
+        ax.hist(values / values[-1], bins=np.linspace(-1, 1, 201), histtype="step", lw=1,
+                color=f"C{i}", label=f"{key} ({values.size} p, lmax {values[-1]:.3g})")
+    ax.set(yscale="log", xlabel="lambda / lambda_max (bins of 0.01)", ylabel="count",
+           title=f"[S16] Fig. 2 at k = {k}: MNIST against random inputs (exact)")
+    ec.finish_figure(fig, [ax], path)
+
+
 if __name__ == "__main__":
-    if "--trained-k" in sys.argv:  # --trained-k K [SEED ...]: Fig. 1 right at width K alone
+    if "--fig2-k" in sys.argv:  # --fig2-k K [SEED ...]: Fig. 2 at width K alone
+        i = sys.argv.index("--fig2-k")
+        rest = [int(v) for v in sys.argv[i + 2:] if v.isdigit()]
+        fig2_only(int(sys.argv[i + 1]), rest or list(range(FULL["seeds"])))
+    elif "--trained-k" in sys.argv:  # --trained-k K [SEED ...]: Fig. 1 right at width K alone
         i = sys.argv.index("--trained-k")
         rest = [int(v) for v in sys.argv[i + 2:] if v.isdigit()]
         trained_only(int(sys.argv[i + 1]), rest or list(range(FULL["seeds"])))

@@ -29,8 +29,9 @@ redoes it from the JSON's stored top eigenvalues.
 
 Also in the full mode: the demo's own settings (k = 10, ReLU, GD, covariance 1, lr 0.1, 2,000
 steps, ``problems.clusters_mlp``) over seeds 0-9, and the training length at fixed seeds (the
-spectrum's shape against its scale). Quick mode (<= 30 s): ReLU, GD, covariance 10,
-k in {5, 10}, 3 seeds, 300 steps, tol 1e-6.
+spectrum's shape against its scale; ``--length SEED ...`` runs that check alone on other
+seeds, its own JSON ``exp_outliers_vs_classes_length.json``). Quick mode (<= 30 s): ReLU, GD,
+covariance 10, k in {5, 10}, 3 seeds, 300 steps, tol 1e-6.
 """
 
 from __future__ import annotations
@@ -329,16 +330,17 @@ def demo_over_seeds(writer, echo) -> dict:
     return out
 
 
-def training_length(writer, echo) -> dict:
-    """k = 10, ReLU, GD at LR, covariance 1, seeds 0-1: the same networks measured after
-    100 ... 3,000 steps (training continued; GD is deterministic): scale against shape."""
+def training_length(writer, echo, seeds=(0, 1), lengths=LENGTHS) -> dict:
+    """k = 10, ReLU, GD at LR, covariance 1 (seeds 0-1 in the full run): the same networks
+    measured after 100 ... 3,000 steps (training continued; GD is deterministic): scale
+    against shape, summarized per seed by :func:`length_summary`."""
     out = []
     for scale in (1.0,):
-        for s in range(2):
+        for s in seeds:
             x, y = clusters(10, scale, s)
             model, loss_fn = new_network(10, "relu", s)
             done = 0
-            for steps in LENGTHS:
+            for steps in lengths:
                 train(model, loss_fn, x, y, steps=steps - done, lr=LR, rng=s)
                 done = steps
                 net = {"scale": scale, "seed": s, "steps": steps,
@@ -349,7 +351,48 @@ def training_length(writer, echo) -> dict:
                 echo(f"  [length] scale {scale:g} seed {s} steps {steps}: loss "
                      f"{net['train_loss']:.2g} mean eig {net['mean_eigenvalue']:.3g} gap "
                      f"{net['gap']} below-top {net['below_top']} step {net['step_after_k_minus_1']:.2f}")
-    return {"lr": LR, "steps": list(LENGTHS), "per_network": out}
+    return {"lr": LR, "steps": list(lengths), "per_network": out,
+            "per_seed": length_summary(out)}
+
+
+def length_summary(networks) -> list:
+    """Per seed of the training-length check, shortest against longest training: the mean
+    eigenvalue's fall ``tr(H)/M (first) / tr(H)/M (last)``; the largest change over the
+    lengths of ``lambda_i / lambda_1`` for ``i <= 10`` (max minus min over lengths, the
+    largest over i); ``tr(H)/M`` over the loss (its range); and each count per length."""
+    out = []
+    for s in sorted({n["seed"] for n in networks}):
+        nets = sorted((n for n in networks if n["seed"] == s), key=lambda n: n["steps"])
+        shape = np.array([np.asarray(n["top"][:10], dtype=float) / float(n["top"][0])
+                          for n in nets])
+        scale = [n["mean_eigenvalue"] / n["train_loss"] for n in nets]
+        out.append({"seed": s, "steps": [n["steps"] for n in nets],
+                    "mean_eigenvalue": [n["mean_eigenvalue"] for n in nets],
+                    "mean_eigenvalue_fall": nets[0]["mean_eigenvalue"]
+                    / nets[-1]["mean_eigenvalue"],
+                    "max_shape_change": float(np.max(shape.max(0) - shape.min(0))),
+                    "mean_eigenvalue_over_loss": [min(scale), max(scale)],
+                    **{key: [n[key] for n in nets]
+                       for key in ("gap", "ratio", "elbow", "below_top",
+                                   "step_after_k_minus_1", "train_loss")}})
+    return out
+
+
+def length_only(seeds, out_dir=None, lengths=LENGTHS, echo=ec.log) -> dict:
+    """The training-length check alone on ``seeds`` (:func:`training_length`), written to
+    ``exp_outliers_vs_classes_length.{json,h5}`` so that the full run's files are kept."""
+    ec.setup()
+    timer = ec.Timer()
+    paths = {ext: p.with_name(f"exp_{NAME}_length.{ext}")
+             for ext, p in ec.out_paths(NAME, out_dir, False).items()}
+    attrs = {"experiment": NAME, "part": "training length", "seeds": list(seeds),
+             "learning_rate": LR, "num_samples": NUM_EXAMPLES, "tol": TOL}
+    with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
+        length = training_length(writer, echo, seeds, lengths)
+    payload = {"experiment": NAME, "part": "training length", "settings": attrs,
+               "training_length": length, "seconds": timer(), "cpu_seconds": timer.cpu()}
+    ec.write_json(paths["json"], payload)
+    return payload
 
 
 def cell(stat, fmt="{:g}") -> str:
@@ -611,4 +654,8 @@ def replot(json_path, png_path=None):
 
 
 if __name__ == "__main__":
+    if "--length" in sys.argv:  # --length SEED ...: the training-length check on those seeds
+        i = sys.argv.index("--length")
+        length_only([int(v) for v in sys.argv[i + 1:] if v.isdigit()] or [2, 3])
+        sys.exit()
     ec.command_line(__doc__, main, lambda out_dir, quick: replot(ec.out_paths(NAME, out_dir, quick)["json"]))

@@ -124,3 +124,20 @@ def test_hidden_sizes_2016_trained_only(tmp_path):
         assert row["num_params"] == 807 and row["k"] == 1
         assert row["lambda_max"] > 0 and row["near_zero"] >= 0.9
     assert (tmp_path / "exp_hidden_sizes_2016_k1.json").exists()
+
+
+def test_hidden_sizes_2016_fig2_only(tmp_path):
+    """[S16] Fig. 2 at one width alone (``--fig2-k K``): three exact spectra per seed in its
+    own JSON and figure; at the random point random inputs are more symmetric about zero than
+    MNIST, and training on them shrinks the negative side."""
+    from exp_hidden_sizes_2016 import fig2_only
+
+    out = fig2_only(2, [0], n=100, steps=150, out_dir=tmp_path, echo=_quiet)
+    rows = {(r["data"], r["point"]): r for r in out["fig2"]}
+    assert sorted(rows) == [("MNIST", "init"), ("random", "init"), ("random", "trained")]
+    assert all(r["k"] == 2 and r["num_params"] == 1606 for r in rows.values())
+    rel = {key: abs(r["lambda_min"]) / r["lambda_max"] for key, r in rows.items()}
+    assert rel[("random", "init")] > rel[("MNIST", "init")]
+    assert rel[("random", "trained")] < rel[("random", "init")]
+    for ext in ("json", "png"):
+        assert (tmp_path / f"exp_hidden_sizes_2016_fig2_k2.{ext}").stat().st_size > 0

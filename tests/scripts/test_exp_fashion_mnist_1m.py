@@ -59,3 +59,27 @@ def test_fashion_mnist_1m_quick(tmp_path):
     assert again["training"]["train_loss"] == out["training"]["train_loss"]
     np.testing.assert_array_equal(again["spectrum"]["top"], top)
 
+
+
+def test_fashion_mnist_1m_seed_summary(tmp_path):
+    """The table over seeds: one row per seed, mean / std / range per number (seed 0's
+    documented run and a copy of it with the top eigenvalues scaled, as a second seed)."""
+    import copy
+    import json
+
+    from exp_fashion_mnist_1m import seed_summary, summary_paths
+
+    first = json.loads(summary_paths()[0].read_text())
+    second = copy.deepcopy(first)
+    second["seed"] = 1
+    second["spectrum"]["top"] = [2 * v for v in first["spectrum"]["top"]]
+    out = seed_summary([second, first], tmp_path / "s.json", tmp_path / "s.png", echo=_quiet)
+    assert out["seeds"] == [0, 1] and out["num_seeds"] == 2
+    lam = first["spectrum"]["top"][0]
+    st = out["stats"]["lambda_1"]
+    assert np.isclose(st["mean"], 1.5 * lam) and np.isclose(st["min"], lam)
+    assert np.isclose(st["std"], np.std([lam, 2 * lam], ddof=1))
+    assert out["stats"]["ratio"]["min"] == out["stats"]["ratio"]["max"] == 6
+    np.testing.assert_allclose(out["rows"][0]["top_over_lambda_1"],
+                               out["rows"][1]["top_over_lambda_1"])
+    assert (tmp_path / "s.json").exists() and (tmp_path / "s.png").stat().st_size > 0
