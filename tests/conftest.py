@@ -112,3 +112,9 @@ def spectrum_matrix(eigenvalues, seed=0):
     n = len(eigenvalues)
     Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     return (Q * np.asarray(eigenvalues)) @ Q.T
+
+
+@pytest.fixture
+def quiet():
+    """An ``echo`` for the scripts' ``main`` functions that prints nothing."""
+    return lambda *args: None

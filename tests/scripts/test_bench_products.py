@@ -2,13 +2,10 @@
 written (the timings themselves are the benchmark's business, not a test's)."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import bench_products  # noqa: E402
+import bench_products
 
 COLUMNS = {"gradient", "bare double backward", "bare forward-over-reverse", "ours default",
            "ours block 4", "ours block 16"}

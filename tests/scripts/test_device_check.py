@@ -4,9 +4,7 @@ can check it: the flags inside a pass, their restoration, the operator's setting
 file's provenance. What only a GPU can show (TF32's error and speed, NCCL) is the script's."""
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +14,8 @@ from lanczos_hessian import HessianOperator, read_file, run
 from lanczos_hessian.curvature import precision
 from lanczos_hessian.curvature.precision import tf32_flags, tf32_mode
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
-import device_check  # noqa: E402
+import device_check
 
 
 def _rows(report, section):

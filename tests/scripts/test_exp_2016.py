@@ -4,29 +4,19 @@ experiments, with the claims that hold over seeds (docs/RESULTS.md, sections 7b 
 Each quick mode takes 2-6 CPU seconds (more wall time on a loaded machine).
 """
 
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow
 
 
-def _quiet(*args):
-    pass
-
-
-def test_heat_maps_quick(tmp_path):
+def test_heat_maps_quick(tmp_path, quiet):
     """The exact Hessian of a small ReLU network, at a random point and after training: the
     negative side shrinks relative to lambda_max with training ([S16] Figs. 1-2, 6); the
     layer blocks partition all parameters."""
     from exp_heat_maps_2016 import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     init, trained = out["points"]["init"], out["points"]["trained"]
     blocks = out["blocks"]
     assert blocks[0]["start"] == 0 and blocks[-1]["stop"] == out["settings"]["num_params"]
@@ -41,7 +31,7 @@ def test_heat_maps_quick(tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_logistic_regression_quick(tmp_path, seed):
+def test_logistic_regression_quick(tmp_path, seed, quiet):
     """[S18] App. B: at w = 0 the Hessian of logistic regression is a quarter of the sample
     covariance. One blob: the whole spectrum follows the Marchenko-Pastur law (no outlier,
     Kolmogorov distance small). Two blobs: the same bulk plus exactly one outlier, where the
@@ -49,7 +39,7 @@ def test_logistic_regression_quick(tmp_path, seed):
     closed form (1/N) X^T diag(s) X to rounding."""
     from exp_logistic_regression import main
 
-    out = main(quick=True, out_dir=tmp_path, seed=seed, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, seed=seed, echo=quiet)
     for points in out["cases"].values():
         for r in points.values():
             assert r["check_vs_closed_form"] < 1e-12
@@ -75,7 +65,7 @@ def test_logistic_regression_quick(tmp_path, seed):
     assert all(r > small["paper_ratio_to_alpha_1"] for r in small["ratio_to_alpha_1"])
 
 
-def test_fig6_2016_quick(tmp_path):
+def test_fig6_2016_quick(tmp_path, quiet):
     """[S16] Fig. 6 as published: the 18-, 74- and 162-parameter two-blob networks after
     training, five seeds each. On every network: two eigenvalues stand above the rest
     (lambda_1 >= 3 abs(lambda_3)), at least half of the eigenvalues are within 1e-3
@@ -83,7 +73,7 @@ def test_fig6_2016_quick(tmp_path):
     import numpy as np
     from exp_fig6_2016 import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     assert [r["num_params"] for r in out["sizes"]] == [18, 74, 162]
     for row in out["sizes"]:
         assert len(row["networks"]) == 5
@@ -95,14 +85,14 @@ def test_fig6_2016_quick(tmp_path):
     assert (tmp_path / "exp_fig6_2016.png").stat().st_size > 0
 
 
-def test_hidden_sizes_2016_quick(tmp_path):
+def test_hidden_sizes_2016_quick(tmp_path, quiet):
     """[S16] Fig. 1 right and Fig. 2 (exact spectra of 784-k-k-10 networks), on both seeds:
     after training most eigenvalues sit within 1e-3 lambda_max of zero; at a random point the
     negative side relative to lambda_max is larger on random inputs than on MNIST; training
     on random inputs shrinks it."""
     from exp_hidden_sizes_2016 import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     assert [r["num_params"] for r in out["fig1"][:2]] == [807, 1606]
     for row in out["fig1"]:
         assert row["near_zero"] >= 0.9
@@ -113,12 +103,12 @@ def test_hidden_sizes_2016_quick(tmp_path):
         assert rel[("random", "trained")] < 0.1 * rel[("random", "init")]
 
 
-def test_hidden_sizes_2016_trained_only(tmp_path):
+def test_hidden_sizes_2016_trained_only(tmp_path, quiet):
     """One more width alone (``--trained-k K``): the trained exact spectrum per seed with the
     same summary as the full run, in its own JSON."""
     from exp_hidden_sizes_2016 import trained_only
 
-    out = trained_only(1, [0, 1], n=150, steps=300, out_dir=tmp_path, echo=_quiet)
+    out = trained_only(1, [0, 1], n=150, steps=300, out_dir=tmp_path, echo=quiet)
     assert [r["seed"] for r in out["fig1"]] == [0, 1]
     for row in out["fig1"]:
         assert row["num_params"] == 807 and row["k"] == 1
@@ -126,13 +116,13 @@ def test_hidden_sizes_2016_trained_only(tmp_path):
     assert (tmp_path / "exp_hidden_sizes_2016_k1.json").exists()
 
 
-def test_hidden_sizes_2016_fig2_only(tmp_path):
+def test_hidden_sizes_2016_fig2_only(tmp_path, quiet):
     """[S16] Fig. 2 at one width alone (``--fig2-k K``): three exact spectra per seed in its
     own JSON and figure; at the random point random inputs are more symmetric about zero than
     MNIST, and training on them shrinks the negative side."""
     from exp_hidden_sizes_2016 import fig2_only
 
-    out = fig2_only(2, [0], n=100, steps=150, out_dir=tmp_path, echo=_quiet)
+    out = fig2_only(2, [0], n=100, steps=150, out_dir=tmp_path, echo=quiet)
     rows = {(r["data"], r["point"]): r for r in out["fig2"]}
     assert sorted(rows) == [("MNIST", "init"), ("random", "init"), ("random", "trained")]
     assert all(r["k"] == 2 and r["num_params"] == 1606 for r in rows.values())

@@ -5,20 +5,10 @@ Each test asserts only what held on every seed of the quick and full runs docume
 docs/RESULTS.md (sections 4, 5, 8 and the 2016 Fig. 10 section), never one seed's count.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
-
 pytest.importorskip("matplotlib")
-
-
-def _quiet(*args):
-    pass
 
 
 def test_unstable_rule_and_transient_summary():
@@ -49,13 +39,13 @@ def test_paired_difference_against_direct_formula():
 
 
 @pytest.mark.slow
-def test_fort_ganguli_transient_quick():
+def test_fort_ganguli_transient_quick(quiet):
     """Part D quick (300 digits, seeds 0-2, lambda_1 every 5 steps up to 60, then at 150):
     on every seed, SGD and GD, lambda_1 first rises (peak >= 1.3 x its initial value, at a
     step > 0 inside the window) and then falls (peak >= 2 x the value at step 150)."""
     from exp_fort_ganguli import part_d
 
-    out = part_d(None, True, (0, 1, 2), _quiet)
+    out = part_d(None, True, (0, 1, 2), quiet)
     for label in ("SGD", "GD"):
         assert len(out["runs"][label]) == 3
         for r in out["runs"][label]:
@@ -65,14 +55,14 @@ def test_fort_ganguli_transient_quick():
 
 
 @pytest.mark.slow
-def test_line_interpolation_2016_quick(tmp_path):
+def test_line_interpolation_2016_quick(tmp_path, quiet):
     """2016 Fig. 10 quick: from a shared initialization the GD-SGD segment has no barrier
     (below 0.01, every seed), from two random initializations it has one (above 0.1, every
     seed), and every end point met the convergence rule. The same along training (the
     paper's protocol), where the two-start segment's largest loss falls with the steps."""
     from exp_line_interpolation_2016 import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     assert out["summary"]["all_converged"]
     shared = [r["barrier_train_loss"] for r in out["cases"]["shared"]]
     separate = [r["barrier_train_loss"] for r in out["cases"]["separate"]]
@@ -89,13 +79,13 @@ def test_line_interpolation_2016_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_batch_size_quick(tmp_path):
+def test_batch_size_quick(tmp_path, quiet):
     """Sec. 3.3 quick (200 digits): both runs meet the convergence rule, the small batch
     takes fewer epochs, and the large-batch lambda_1 is the larger (ratio >= 1.5), also at
     equal iterations, where it is smaller than at the large batch's own convergence."""
     from exp_batch_size import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     large, small = out["runs"]["512"], out["runs"]["10"]
     assert large["train_converged"] and small["train_converged"]
     assert small["epochs"] < large["epochs"]
@@ -109,7 +99,7 @@ def test_batch_size_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_basin_quick(tmp_path):
+def test_same_basin_quick(tmp_path, quiet):
     """Sec. 4.1 quick (500 training digits, batches of 250 for 400 steps, then of 5 for 1,000
     steps; 2 seeds): the curves are recorded every 100 iterations and, on every seed, the
     small-batch path climbs above the large-batch end's loss. Whether the small batch
@@ -120,7 +110,7 @@ def test_same_basin_quick(tmp_path):
     import numpy as np
     from exp_same_basin import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     assert out["seeds"] == [0, 1] and len(out["runs"]) == 2
     for run in out["runs"]:
         lb = np.asarray(run["curves"]["large_batch"])

@@ -8,28 +8,18 @@ probes; and a resumed run that reuses the file and the checkpoint and computes n
 About 10 s (2,000 images, an MLP 784-64-10, 3 epochs).
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow
 
 
-def _quiet(*args):
-    pass
-
-
-def test_fashion_mnist_1m_quick(tmp_path):
+def test_fashion_mnist_1m_quick(tmp_path, quiet):
     from exp_fashion_mnist_1m import main
 
     try:
-        out = main(quick=True, out_dir=tmp_path, echo=_quiet, checkpoints=tmp_path)
+        out = main(quick=True, out_dir=tmp_path, echo=quiet, checkpoints=tmp_path)
     except FileNotFoundError as err:  # the Debian package dataset-fashion-mnist is absent
         pytest.skip(str(err))
     s, cost, config = out["spectrum"], out["cost"], out["config"]
@@ -54,14 +44,13 @@ def test_fashion_mnist_1m_quick(tmp_path):
     assert cost["eigs_converged"] and not cost["resumed"]
     assert (tmp_path / "exp_fashion_mnist_1m.png").exists()
 
-    again = main(quick=True, out_dir=tmp_path, resume=True, echo=_quiet, checkpoints=tmp_path)
+    again = main(quick=True, out_dir=tmp_path, resume=True, echo=quiet, checkpoints=tmp_path)
     assert again["cost"]["resumed"] and again["cost"]["passes_this_process"] == 0
     assert again["training"]["train_loss"] == out["training"]["train_loss"]
     np.testing.assert_array_equal(again["spectrum"]["top"], top)
 
 
-
-def test_fashion_mnist_1m_seed_summary(tmp_path):
+def test_fashion_mnist_1m_seed_summary(tmp_path, quiet):
     """The table over seeds: one row per seed, mean / std / range per number (seed 0's
     documented run and a copy of it with the top eigenvalues scaled, as a second seed)."""
     import copy
@@ -73,7 +62,7 @@ def test_fashion_mnist_1m_seed_summary(tmp_path):
     second = copy.deepcopy(first)
     second["seed"] = 1
     second["spectrum"]["top"] = [2 * v for v in first["spectrum"]["top"]]
-    out = seed_summary([second, first], tmp_path / "s.json", tmp_path / "s.png", echo=_quiet)
+    out = seed_summary([second, first], tmp_path / "s.json", tmp_path / "s.png", echo=quiet)
     assert out["seeds"] == [0, 1] and out["num_seeds"] == 2
     lam = first["spectrum"]["top"][0]
     st = out["stats"]["lambda_1"]

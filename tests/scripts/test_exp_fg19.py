@@ -6,21 +6,12 @@ Each asserts what held on every seed of the quick and full runs (quick seeds 0-3
 gradients, 0-1 for the subspaces; full seeds 0-2), not one seed's value.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
-
-
-def _quiet(*args):
-    pass
 
 
 def test_logit_gradients_against_autograd():
@@ -49,14 +40,14 @@ def test_subspace_overlap_is_one_inside_and_k_over_m_at_random():
 
 
 @pytest.mark.slow
-def test_logit_gradients_quick(tmp_path):
+def test_logit_gradients_quick(tmp_path, quiet):
     """Quick mode (300 digits, MLP 784-16-10): at initialization and after training, logit
     gradients of one logit are similar (same class more than other classes), those of
     different logits are not, and the top-10 Hessian eigenspace lies mostly (>= 0.75) in the
     span of the 100 (logit, class) means; a random span of that size would hold 0.008."""
     from exp_logit_gradients import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     for point in ("init", "trained"):
         p = out["points"][point]["pairs"]
         assert p["same logit, same class"] > p["same logit, other class"] > 0.1, p
@@ -68,14 +59,14 @@ def test_logit_gradients_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_goldilocks_quick(tmp_path):
+def test_goldilocks_quick(tmp_path, quiet):
     """Quick mode (d = 50, r = 0.1, 1, 10, the step scaled with r): on each seed, training in
     the random subspace reaches its best accuracy at the usual radius r = 1; the normalized
     trace of the subspace Hessian is more than 3x larger at r = 1 than at r = 0.1, and stays
     more than half as large at r = 10, where training fails: curvature alone does not decide."""
     from exp_goldilocks import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     runs = [r for r in out["runs"] if r["rule"] == "scaled" and r["dim"] == 50]
     for seed in out["settings"]["seeds"]:
         by_r = {r["radius"]: r for r in runs if r["seed"] == seed}

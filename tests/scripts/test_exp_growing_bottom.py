@@ -4,29 +4,20 @@ smallest eigenpairs solved to 1e-6 norm(H) against 1e-4, and the SLQ deflated by
 About 17 CPU seconds (300 digits, h = 10).
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytestmark = pytest.mark.slow
 
 
-def _quiet(*args):
-    pass
-
-
-def test_growing_network_bottom_check_quick(tmp_path):
+def test_growing_network_bottom_check_quick(tmp_path, quiet):
     """Exp 3's bottom check (RESULTS section 3), quick mode at h = 10: solved to 1e-6 norm(H),
     the 20 smallest eigenpairs converge and the SLQ deflated by them sees no eigenvalue below
     the 20th; the tol-1e-4 run agrees on the most negative ones."""
     from exp_growing_network import bottom_check
 
-    out = bottom_check(quick=True, out_dir=tmp_path, widths=[10], echo=_quiet)
+    out = bottom_check(quick=True, out_dir=tmp_path, widths=[10], echo=quiet)
     (row,) = out["runs"]
     fine = np.asarray(row["fine"])
     assert row["fine_converged"] and np.all(np.diff(fine) >= 0) and fine[-1] < 0
@@ -36,12 +27,12 @@ def test_growing_network_bottom_check_quick(tmp_path):
     assert (tmp_path / "exp_growing_network_bottom.json").exists()
 
 
-def test_growing_network_bottom_check_other_seed(tmp_path):
+def test_growing_network_bottom_check_other_seed(tmp_path, quiet):
     """Another seed (``--bottom --seed 1``) writes its own JSON and HDF5 files beside seed 0's
     and holds the same: converged, nothing below the accurate 20th in the deflated SLQ."""
     from exp_growing_network import bottom_check
 
-    out = bottom_check(quick=True, out_dir=tmp_path, seed=1, widths=[10], echo=_quiet)
+    out = bottom_check(quick=True, out_dir=tmp_path, seed=1, widths=[10], echo=quiet)
     (row,) = out["runs"]
     assert out["seed"] == 1 and row["fine_converged"]
     assert row["slq_below_20th"]["resolved"] and abs(row["slq_below_20th"]["count"]) < 0.5

@@ -1,15 +1,11 @@
 """The measure helpers of the experiment figures (scripts/expcommon.py) against an exact
 spectrum: the deflated bulk's mass, its smoothed density and CDF, and the quantiles."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import expcommon as ec  # noqa: E402
+import expcommon as ec
 
-from lanczos_hessian.analysis.spectrum import Quadrature  # noqa: E402
+from lanczos_hessian.analysis.spectrum import Quadrature
 
 
 def _deflated(values, k):

@@ -2,13 +2,8 @@
 the curvature scale falls with training while the spectrum's shape and the below-top count
 stay (docs/RESULTS.md, section 1). About 5 s."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytestmark = pytest.mark.slow
 

@@ -5,13 +5,7 @@ Sagun et al. 2018, Table 1 (Appendix A): 19 rows; each row's parameter count is 
 100-30-30-k MLP, ``100*30+30 + 30*30+30 + 30*k+k``, a check on the transcription.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 
 def test_table_1_has_19_rows_whose_sizes_are_the_paper_network():

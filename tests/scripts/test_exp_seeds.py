@@ -7,15 +7,13 @@ carry the same labels as seed 0, so that the tables compare like with like.
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
 
-import exp_seeds  # noqa: E402
+import exp_seeds
 
 
 def test_every_documented_run_gives_finite_headline_numbers():

@@ -2,30 +2,20 @@
 blockwise SLQ densities of a small GPT and of a CNN of similar size, and the Jensen-Shannon
 distances between their blocks' densities. About 10 CPU seconds."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow
 
 
-def _quiet(*args):
-    pass
-
-
-def test_why_adam_quick(tmp_path):
+def test_why_adam_quick(tmp_path, quiet):
     """The claim that held on every seed: the transformer's blocks are further apart (mean
     JS distance of the scaled spectra) than the CNN's, at initialization and after training;
     each block's density took one pass per step for all blocks."""
     from exp_why_adam import main
 
-    out = main(quick=True, out_dir=tmp_path, seed=0, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, seed=0, echo=quiet)
     (row,) = out["seeds_results"]
     steps = out["settings"]["num_steps"]
     for point in ("init", "trained"):

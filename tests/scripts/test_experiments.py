@@ -4,23 +4,13 @@ Each assertion is what the full runs documented in docs/RESULTS.md show, checked
 configuration; where a paper's claim does not hold here, the test asserts what does hold.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-sys.path.insert(0, str(SCRIPTS))
 
 pytest.importorskip("matplotlib")
 pytestmark = pytest.mark.slow  # 4-12 s each
 
 
-def _quiet(*args):
-    pass
-
-
-def test_outliers_vs_classes_quick(tmp_path):
+def test_outliers_vs_classes_quick(tmp_path, quiet):
     """Sagun et al. 2018, Table 1, quick mode: ReLU, GD, input covariance 10, k = 5 and 10,
     seeds 0-2 (300 steps at lr 0.5).
 
@@ -32,7 +22,7 @@ def test_outliers_vs_classes_quick(tmp_path):
     """
     from exp_outliers_vs_classes import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     rows = out["rows"]
     assert [r["k"] for r in rows] == [5, 10] and out["seeds"] == [0, 1, 2]
     assert len(out["networks"]) == 6
@@ -50,7 +40,7 @@ def test_outliers_vs_classes_quick(tmp_path):
     assert (tmp_path / "exp_outliers_vs_classes.png").stat().st_size < 300_000
 
 
-def test_simple_case_2016_quick(tmp_path):
+def test_simple_case_2016_quick(tmp_path, quiet):
     """Sagun, Bottou and LeCun 2016, Figs. 7-9, on two 2-D blobs, ReLU networks trained by GD
     to the stopping rule (gradient norm 1e-3, or the step cap), 5 seeds per size.
 
@@ -67,7 +57,7 @@ def test_simple_case_2016_quick(tmp_path):
     import numpy as np
     from exp_simple_case_2016 import main
 
-    out = main(quick=True, out_dir=tmp_path, echo=_quiet)
+    out = main(quick=True, out_dir=tmp_path, echo=quiet)
     ce = [r for r in out["table"] if r["loss"] == "ce"]
     mse = [r for r in out["table"] if r["loss"] == "mse"]
     assert [r["num_params"] for r in ce] == [18, 74, 162, 282, 434]
