@@ -120,20 +120,21 @@ class ShardLayout:
 
     def to_parameters(self, x):
         """``x`` (``(M,)`` or ``(M, b)``, numpy or torch) from shard-major to parameter order."""
-        if self.is_identity:
-            return x
-        out = x.clone() if hasattr(x, "clone") else x.copy()
-        for mine, theirs, length in self.segments:
-            out[theirs:theirs + length] = x[mine:mine + length]
-        return out
+        return self._reordered(x, to_parameters=True)
 
     def from_parameters(self, x):
         """``x`` (``(M,)`` or ``(M, b)``, numpy or torch) from parameter to shard-major order."""
+        return self._reordered(x, to_parameters=False)
+
+    def _reordered(self, x, to_parameters):
+        """A copy of ``x`` with every segment moved between its shard-major rows ``mine`` and
+        its parameter-order rows ``theirs`` (``x`` itself when the orders coincide)."""
         if self.is_identity:
             return x
         out = x.clone() if hasattr(x, "clone") else x.copy()
         for mine, theirs, length in self.segments:
-            out[mine:mine + length] = x[theirs:theirs + length]
+            src, dst = (mine, theirs) if to_parameters else (theirs, mine)
+            out[dst:dst + length] = x[src:src + length]
         return out
 
 
