@@ -1,4 +1,4 @@
-"""Seed spread of the experiments: each headline number as median [min, max] over seeds.
+"""Seed spread of the experiments: each headline number as median (or mean) [min, max] over seeds.
 
 An experiment ``scripts/exp_<name>.py`` that defines ``headline(payload) -> {label: number}``
 (the numbers its claims in docs/RESULTS.md rest on) can be rerun here for more seeds; seed 0
@@ -7,6 +7,11 @@ is the documented run (``docs/exp_<name>.json``), read, not rerun:
     python scripts/exp_seeds.py batch_size --seeds 1 2   # run seeds 1 and 2, then tabulate
     python scripts/exp_seeds.py batch_size               # tabulate what is recorded
     python scripts/exp_seeds.py --list                   # experiments with a headline
+    python scripts/exp_seeds.py batch_size --mean        # mean [min, max] instead of the median
+    python scripts/exp_seeds.py --json docs/exp_same_basin.json 'over_seeds/*/per_seed'
+
+``--json FILE PATH...`` tabulates per-seed numbers that an experiment running its own seeds
+stored in its JSON (mean [min, max], see :func:`json_rows`).
 
 Each run writes the experiment's own files to ``out/seeds/<name>/seed<s>/`` (ignored by git);
 its headline is merged into ``docs/exp_seeds.json`` (``{name: {seed: {label: value}}}``),
@@ -105,19 +110,70 @@ def all_seeds(name: str, path=RECORD, documented=None) -> dict:
     return dict(sorted(seeds.items()))
 
 
-def spread_table(seeds: dict) -> str:
+def spread_table(seeds: dict, stat: str = "median") -> str:
     """Markdown table: one row per headline label, the value of every seed, then the median
-    and range over the seeds (nan where a seed lacks the label)."""
+    (``stat="mean"``: the mean) and range over the seeds (nan where a seed lacks the label)."""
     order = list(seeds)
     labels = list(dict.fromkeys(label for h in seeds.values() for label in h))
-    head = ["number"] + [f"seed {s}" for s in order] + ["median [min, max]"]
+    head = ["number"] + [f"seed {s}" for s in order] + [f"{stat} [min, max]"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in labels:
         values = [seeds[s].get(label, math.nan) for s in order]
-        finite = [v for v in values if math.isfinite(v)]
-        summary = (f"{fmt(float(np.median(finite)))} [{fmt(min(finite))}, {fmt(max(finite))}]"
-                   if finite else "-")
-        lines.append("| " + " | ".join([label] + [fmt(v) for v in values] + [summary]) + " |")
+        lines.append("| " + " | ".join([label] + [fmt(v) for v in values]
+                                       + [summarize(values, stat)]) + " |")
+    return "\n".join(lines)
+
+
+def summarize(values, stat: str = "mean") -> str:
+    """``centre [min, max]`` of the finite values, the centre their mean (``stat="mean"``) or
+    median; ``-`` when none is finite. Booleans count as 0 and 1, so the mean of a verdict is
+    the fraction of seeds where it holds."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return "-"
+    centre = {"mean": np.mean, "median": np.median}[stat](finite)
+    return f"{fmt(float(centre))} [{fmt(min(finite))}, {fmt(max(finite))}]"
+
+
+def json_rows(data, path: str) -> dict:
+    """``{label: per-seed values}`` at a ``/``-separated ``path`` into a JSON document. A
+    segment ``*`` makes one row per key of a mapping (or index of a list), labelled by the
+    path with the key in its place, and skips the entries that lack the rest of the path; ``#`` gathers every element of
+    a list (or value of a mapping) into the seed vector; a list of numbers at the end of the
+    path is itself the seed vector. For example ``over_seeds/*/per_seed`` (one row per
+    number, seeds stored as lists) or ``cases/shared/#/barrier_train_loss`` (one record per
+    seed). KeyError names a missing key that no ``*`` covers."""
+    rows = {}
+
+    def walk(node, rest, label, optional):
+        if not rest:
+            rows.setdefault("/".join(label), []).extend(node if isinstance(node, list) else [node])
+            return
+        head, tail = rest[0], rest[1:]
+        if head in ("*", "#"):
+            items = list(enumerate(node)) if isinstance(node, list) else list(node.items())
+        elif isinstance(node, dict) and head in node:
+            items = [(head, node[head])]
+        elif optional:
+            return
+        else:
+            raise KeyError(f"no key {head!r} on the path {path!r}")
+        for key, child in items:
+            walk(child, tail, label + [str(key) if head == "*" else head],
+                 optional or head == "*")
+
+    walk(data, [part for part in path.split("/") if part], [], False)
+    return rows
+
+
+def json_table(data, paths) -> str:
+    """Markdown table of :func:`json_rows` for every path: label, the seeds' values, and the
+    mean [min, max]."""
+    lines = ["| number | per seed | mean [min, max] |", "|---|---|---|"]
+    for path in paths:
+        for label, values in json_rows(data, path).items():
+            shown = ", ".join(fmt(float(v)) if v is not None else "-" for v in values)
+            lines.append(f"| {label} | {shown} | {summarize(values)} |")
     return "\n".join(lines)
 
 
@@ -136,7 +192,17 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[],
                         help="seeds to run (seed 0 is the documented run)")
     parser.add_argument("--list", action="store_true", help="experiments with a headline")
+    parser.add_argument("--mean", action="store_true",
+                        help="mean [min, max] over seeds instead of the median")
+    parser.add_argument("--json", nargs="+", metavar=("FILE", "PATH"),
+                        help="tabulate per-seed numbers stored in FILE at each PATH "
+                             "(segments: key, * one row per key, # gather into the seeds)")
     args = parser.parse_args(argv)
+    if args.json:
+        if len(args.json) < 2:
+            parser.error("--json needs a FILE and at least one PATH")
+        print(json_table(json.loads(Path(args.json[0]).read_text()), args.json[1:]))
+        return
     if args.list or args.name is None:
         print("\n".join(with_headline()))
         return
@@ -146,7 +212,7 @@ def main(argv=None) -> None:
         headline = run_seed(args.name, seed, RUNS / args.name / f"seed{seed}")
         record(args.name, seed, headline)
         ec.log(f"recorded seed {seed} in {RECORD}")
-    print(spread_table(all_seeds(args.name)))
+    print(spread_table(all_seeds(args.name), "mean" if args.mean else "median"))
 
 
 if __name__ == "__main__":

@@ -64,3 +64,40 @@ def test_a_quick_seed_is_run_recorded_and_tabulated(tmp_path):
     assert sorted(seeds) == [0, 1, 2] and seeds[0] == seeds[1]
     assert seeds[1] != seeds[2]  # the seed changes the data and the initialization
     assert "| trained: near-zero eigenvalues |" in exp_seeds.spread_table(seeds)
+
+
+def test_summarize_gives_mean_or_median_and_the_range_of_the_finite_values():
+    assert exp_seeds.summarize([1.0, 2.0, 6.0]) == "3 [1, 6]"
+    assert exp_seeds.summarize([1.0, 2.0, 6.0], "median") == "2 [1, 6]"
+    assert exp_seeds.summarize([True, False, True, True]) == "0.75 [0, 1]"  # verdict: share
+    assert exp_seeds.summarize([math.nan, None, 0.5]) == "0.5 [0.5, 0.5]"
+    assert exp_seeds.summarize([math.nan]) == "-"
+
+
+def test_spread_table_with_the_mean():
+    table = exp_seeds.spread_table({0: {"a": 1.0}, 1: {"a": 3.0}, 2: {"a": 8.0}}, "mean")
+    assert table.splitlines()[0].endswith("| mean [min, max] |")
+    assert table.splitlines()[2] == "| a | 1 | 3 | 8 | 4 [1, 8] |"
+
+
+def test_json_rows_one_row_per_star_and_seeds_gathered_by_hash():
+    data = {"over": {"x": {"per_seed": [1, 2, 3]}, "y": {"per_seed": [4, 8]}, "n": 5},
+            "cases": {"a": [{"b": 0.5}, {"b": 1.5}], "c": [{"b": 2.0}]},
+            "per": {"0.02": {"v": [1.0, 3.0]}}}
+    assert exp_seeds.json_rows(data, "over/*/per_seed") == {  # "n" lacks per_seed: skipped
+        "over/x/per_seed": [1, 2, 3], "over/y/per_seed": [4, 8]}
+    assert exp_seeds.json_rows(data, "cases/*/#/b") == {"cases/a/#/b": [0.5, 1.5],
+                                                        "cases/c/#/b": [2.0]}
+    assert exp_seeds.json_rows(data, "per/0.02/v") == {"per/0.02/v": [1.0, 3.0]}
+    with pytest.raises(KeyError, match="nope"):
+        exp_seeds.json_rows(data, "over/nope")
+    lines = exp_seeds.json_table(data, ["over/*/per_seed"]).splitlines()
+    assert lines[2] == "| over/x/per_seed | 1, 2, 3 | 2 [1, 3] |"
+    assert lines[3] == "| over/y/per_seed | 4, 8 | 6 [4, 8] |"
+
+
+def test_json_command_prints_the_table(capsys, tmp_path):
+    path = tmp_path / "exp.json"
+    path.write_text(json.dumps({"runs": [{"loss": 1.0}, {"loss": 2.0}]}))
+    exp_seeds.main(["--json", str(path), "runs/#/loss"])
+    assert "| runs/#/loss | 1, 2 | 1.5 [1, 2] |" in capsys.readouterr().out
