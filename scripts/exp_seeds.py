@@ -139,21 +139,28 @@ def json_rows(data, path: str) -> dict:
     """``{label: per-seed values}`` at a ``/``-separated ``path`` into a JSON document. A
     segment ``*`` makes one row per key of a mapping (or index of a list), labelled by the
     path with the key in its place, and skips the entries that lack the rest of the path; ``#`` gathers every element of
-    a list (or value of a mapping) into the seed vector; a list of numbers at the end of the
-    path is itself the seed vector. For example ``over_seeds/*/per_seed`` (one row per
+    a list (or value of a mapping) into the seed vector; a number selects a list's element; a
+    list of numbers at the end of the path is itself the seed vector. For example ``over_seeds/*/per_seed`` (one row per
     number, seeds stored as lists) or ``cases/shared/#/barrier_train_loss`` (one record per
-    seed). KeyError names a missing key that no ``*`` covers."""
+    seed). KeyError names a missing key, TypeError a path ending elsewhere than at numbers,
+    unless a ``*`` covers it."""
     rows = {}
 
     def walk(node, rest, label, optional):
         if not rest:
-            rows.setdefault("/".join(label), []).extend(node if isinstance(node, list) else [node])
+            values = node if isinstance(node, list) else [node]
+            if all(v is None or isinstance(v, (bool, int, float)) for v in values):
+                rows.setdefault("/".join(label), []).extend(values)
+            elif not optional:
+                raise TypeError(f"{'/'.join(label)!r} holds no numbers")
             return
         head, tail = rest[0], rest[1:]
-        if head in ("*", "#"):
+        if head in ("*", "#") and isinstance(node, (dict, list)):
             items = list(enumerate(node)) if isinstance(node, list) else list(node.items())
         elif isinstance(node, dict) and head in node:
             items = [(head, node[head])]
+        elif isinstance(node, list) and head.isdigit() and int(head) < len(node):
+            items = [(head, node[int(head)])]
         elif optional:
             return
         else:
