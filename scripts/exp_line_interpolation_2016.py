@@ -30,6 +30,7 @@ every 50 steps (at most 1,500), 21 line points, seeds 0, 1, 2; paths over 300 st
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -183,12 +184,7 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                  f"{profile.norm:.3g}; barrier {row['barrier_train_loss']:.3g} (max loss on the "
                  f"segment {row['max_train_loss_on_segment']:.3g}, min train accuracy "
                  f"{row['min_train_accuracy_on_segment']:.3f}) [{timer():.0f} s]")
-    summary = {case: {key: ec_spread([r[key] for r in rows]) for key in
-                      ("barrier_train_loss", "max_train_loss_on_segment",
-                       "min_train_accuracy_on_segment", "distance")}
-               for case, rows in cases.items()}
-    summary["all_converged"] = all(r["gd"]["converged"] and r["sgd"]["converged"]
-                                   for rows in cases.values() for r in rows)
+    summary = case_summary(cases)
     path_cfg = QUICK_PATH if quick else PATH
     settings["paths"] = path_cfg
     runs = [paths_during_training(widths, s, (x, y), path_cfg) for s in seeds]
@@ -212,16 +208,40 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     return payload
 
 
+def case_summary(cases) -> dict:
+    """Per case, over seeds (:func:`ec_spread`): the barrier, the segment's largest loss and
+    smallest accuracy, and the distance between the converged ends; whether all converged."""
+    summary = {case: {key: ec_spread([r[key] for r in rows]) for key in
+                      ("barrier_train_loss", "max_train_loss_on_segment",
+                       "min_train_accuracy_on_segment", "distance")}
+               for case, rows in cases.items()}
+    summary["all_converged"] = all(r["gd"]["converged"] and r["sgd"]["converged"]
+                                   for rows in cases.values() for r in rows)
+    return summary
+
+
+def replot(out_dir=None, quick: bool = False) -> None:
+    """Recompute the summary over seeds from the written JSON's per-seed records (no
+    training), rewrite the JSON and redraw the PNG."""
+    paths = ec.out_paths(NAME, out_dir, quick)
+    payload = json.loads(paths["json"].read_text())
+    payload["summary"] = {**case_summary(payload["cases"]),
+                          "paths": path_summary(payload["paths"])}
+    plot(payload, paths["png"])
+    ec.write_json(paths["json"], payload)
+
+
 def end_value(t, values, at: float) -> float:
     """``values`` at the line point ``t == at`` (0: the GD end, 1: the SGD end)."""
     return float(np.asarray(values)[np.isclose(np.asarray(t), at)][0])
 
 
 def ec_spread(values) -> dict:
-    """Median, minimum and maximum over seeds."""
+    """Mean, median, minimum and maximum over seeds, and the seeds' values."""
     values = np.asarray(values, dtype=np.float64)
-    return {"median": float(np.median(values)), "min": float(values.min()),
-            "max": float(values.max())}
+    return {"mean": float(values.mean()), "median": float(np.median(values)),
+            "min": float(values.min()), "max": float(values.max()),
+            "per_seed": values.tolist()}
 
 
 def plot(payload, path):
@@ -272,4 +292,4 @@ def _plot_paths(ax_shared, ax_separate, paths):
 
 
 if __name__ == "__main__":
-    ec.command_line(__doc__, main)
+    ec.command_line(__doc__, main, replot)
