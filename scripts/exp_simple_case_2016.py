@@ -207,8 +207,10 @@ def spectrum_stats(values: np.ndarray) -> dict:
 
 
 def spread(values) -> dict:
+    """Mean, median, minimum and maximum over networks (seeds), and the values themselves."""
     v = np.asarray(values, dtype=float)
-    return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())}
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()),
+            "max": float(v.max()), "per_seed": v.tolist()}
 
 
 # ---- the three figures ------------------------------------------------------------------------
