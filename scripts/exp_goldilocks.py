@@ -175,12 +175,13 @@ def summarize(rows, cfg) -> dict:
 
 
 def cell(part, key) -> dict:
-    """Median, minimum and maximum over the seeds of one (rule, d, r) cell."""
+    """Mean, median, minimum and maximum over the seeds of one (rule, d, r) cell, and the
+    seeds' values."""
     entry = dict(zip(("rule", "dim", "radius"), key))
     for name in ("accuracy", "normalized_trace", "positive_fraction", "travel_over_radius"):
         v = np.array([row[name] for row in part])
-        entry[name] = {"median": float(np.median(v)), "min": float(v.min()),
-                       "max": float(v.max())}
+        entry[name] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                       "min": float(v.min()), "max": float(v.max()), "per_seed": v.tolist()}
     return entry
 
 
@@ -239,11 +240,15 @@ def plot(d, path):
 
 
 def replot(out_dir=None, quick=False):
-    """Redraw the PNG from the JSON (no recomputation)."""
+    """Recompute the summary over seeds from the JSON's runs (no training), rewrite the
+    JSON and redraw the PNG."""
     import json
 
     paths = ec.out_paths(NAME, out_dir, quick)
-    plot(json.loads(paths["json"].read_text()), paths["png"])
+    payload = json.loads(paths["json"].read_text())
+    payload["summary"] = summarize(payload["runs"], payload["settings"])
+    ec.write_json(paths["json"], payload)
+    plot(payload, paths["png"])
 
 
 if __name__ == "__main__":
