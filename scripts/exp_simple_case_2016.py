@@ -306,7 +306,8 @@ def separability(cfg, seed, echo):
         info = ens.train(x, y, cfg["fig9_max_steps"])
         values = ens.eigenvalues(x, y)
         top = values[:, :5]
-        rows.append({"std": std, "top5_median": np.median(top, 0),
+        rows.append({"std": std, "top1": spread(top[:, 0]),
+                     "grad_norm": spread(info["grad_norm"]), "top5_median": np.median(top, 0),
                      "top5_q25": np.percentile(top, 25, 0), "top5_q75": np.percentile(top, 75, 0),
                      "final_loss_median": float(np.median(ens.losses(x, y).detach().numpy())),
                      "grad_norm_median": float(np.median(info["grad_norm"])),
