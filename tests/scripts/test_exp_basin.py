@@ -76,6 +76,18 @@ def test_line_interpolation_2016_quick(tmp_path, quiet):
     assert all(paths["separate"]["segment_max_decreases"]), paths["separate"]
     assert paths["separate"]["barrier_last"]["min"] > 0.1, paths["separate"]
     assert (tmp_path / "exp_line_interpolation_2016.png").exists()
+    # the summary is recomputed from the per-seed records alone (--replot), means included
+    import json
+
+    from exp_line_interpolation_2016 import replot
+
+    replot(tmp_path)
+    again = json.loads((tmp_path / "exp_line_interpolation_2016.json").read_text())["summary"]
+    barrier = again["separate"]["barrier_train_loss"]
+    assert barrier["per_seed"] == pytest.approx(separate)
+    assert barrier["mean"] == pytest.approx(np.mean(separate))
+    assert again["paths"]["shared"]["barrier_last"]["median"] == pytest.approx(
+        paths["shared"]["barrier_last"]["median"])
 
 
 @pytest.mark.slow

@@ -75,3 +75,16 @@ def test_goldilocks_quick(tmp_path, quiet):
         assert acc[1.0] > max(acc[0.1], acc[10.0]), acc
         assert trace[1.0] > 3 * trace[0.1] and trace[10.0] > 0.5 * trace[1.0], trace
     assert np.isfinite(out["summary"]["spearman_trace_accuracy"]["scaled"])
+    # each cell's mean is that of its seeds' runs; --replot recomputes the same summary
+    import json
+
+    from exp_goldilocks import replot
+
+    cell = next(c for c in out["summary"]["table"]
+                if (c["rule"], c["dim"], c["radius"]) == ("scaled", 50, 1.0))
+    accs = [r["accuracy"] for r in runs if r["radius"] == 1.0]
+    assert cell["accuracy"]["mean"] == pytest.approx(np.mean(accs))
+    replot(tmp_path, quick=True)
+    again = json.loads((tmp_path / "exp_goldilocks.json").read_text())["summary"]
+    assert again["spearman_trace_accuracy"] == pytest.approx(
+        out["summary"]["spearman_trace_accuracy"])
