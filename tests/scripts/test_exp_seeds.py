@@ -101,3 +101,11 @@ def test_json_command_prints_the_table(capsys, tmp_path):
     path.write_text(json.dumps({"runs": [{"loss": 1.0}, {"loss": 2.0}]}))
     exp_seeds.main(["--json", str(path), "runs/#/loss"])
     assert "| runs/#/loss | 1, 2 | 1.5 [1, 2] |" in capsys.readouterr().out
+
+
+def test_json_rows_index_a_list_and_refuse_a_path_without_numbers():
+    data = {"runs": [{"top": [3.0, 1.0]}, {"top": [5.0, 2.0]}], "name": "x"}
+    assert exp_seeds.json_rows(data, "runs/#/top/0") == {"runs/#/top/0": [3.0, 5.0]}
+    with pytest.raises(TypeError, match="no numbers"):
+        exp_seeds.json_rows(data, "runs/0")
+    assert exp_seeds.json_rows(data, "*") == {}  # "runs" and "name" hold no numbers: skipped
