@@ -136,14 +136,16 @@ def summarize(values, stat: str = "mean") -> str:
 
 
 def json_rows(data, path: str) -> dict:
-    """``{label: per-seed values}`` at a ``/``-separated ``path`` into a JSON document. A
-    segment ``*`` makes one row per key of a mapping (or index of a list), labelled by the
-    path with the key in its place, and skips the entries that lack the rest of the path; ``#`` gathers every element of
-    a list (or value of a mapping) into the seed vector; a number selects a list's element; a
-    list of numbers at the end of the path is itself the seed vector. For example ``over_seeds/*/per_seed`` (one row per
-    number, seeds stored as lists) or ``cases/shared/#/barrier_train_loss`` (one record per
-    seed). KeyError names a missing key, TypeError a path ending elsewhere than at numbers,
-    unless a ``*`` covers it."""
+    """``{label: per-seed values}`` at a ``/``-separated ``path`` into a JSON document.
+
+    A segment ``*`` makes one row per key of a mapping (or index of a list), labelled by the
+    path with the key in its place, and skips the entries that lack the rest of the path;
+    ``#`` gathers every element of a list (or value of a mapping) into the seed vector; a
+    number selects a list's element; a list of numbers at the end of the path is itself the
+    seed vector. For example ``over_seeds/*/per_seed`` (one row per number, seeds stored as
+    lists) or ``cases/shared/#/barrier_train_loss`` (one record per seed). KeyError names a
+    missing key, TypeError a path ending elsewhere than at numbers, unless a ``*`` covers
+    it."""
     rows = {}
 
     def walk(node, rest, label, optional):
