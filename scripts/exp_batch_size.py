@@ -214,7 +214,7 @@ def plot(runs, path, equal=None):
     axes[1].set(title="bottom eigenvalues (Fig. 6)", xlabel="rank from the bottom",
                 ylabel="eigenvalue")
     ec.tails_axis(axes[2], "fraction of eigenvalues above t (lines), below -t (dotted)\n"
-                           "SLQ, no kernel; band: Gauss brackets (95%); ticks: Lanczos")
+                           "no kernel; band: Gauss brackets (99.7%); ticks: Lanczos")
     ec.finish_figure(fig, axes, path)
 
 

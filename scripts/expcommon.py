@@ -344,7 +344,8 @@ def tail_fractions(result, grid, absolute: bool = False) -> tuple:
     Gauss-rule value (a staircase with a step at every node) averaged over probes, and its
     bracket, the Gauss-quadrature bounds of each probe
     (:func:`~lanczos_hessian.linalg.resolution.whole_spectrum_bounds`) averaged and widened
-    by 1.96 probe standard errors (:func:`~lanczos_hessian.linalg.resolution.band`)."""
+    by 3 probe standard errors (99.73%, the package's default confidence;
+    :func:`~lanczos_hessian.linalg.resolution.band`)."""
     from lanczos_hessian.linalg.resolution import band, whole_spectrum_bounds
 
     t = np.asarray(grid, dtype=float)
