@@ -46,7 +46,8 @@ def test_tail_fractions_count_the_exact_spectrum_with_one_eigenvalue_brackets():
     top 10 deflated, the fraction beyond ``t`` is the count of eigenvalues beyond ``t`` over
     n, on both sides and for ``abs(lambda) > t``; the bracket is at most one eigenvalue
     wide on either side of ``t`` in the bulk (the weights of the two nodes around it, 1/n
-    each) and exact among the deflated values; the rules survive a round trip through the JSON record."""
+    each) and exact among the deflated values; the rules survive a round trip through the
+    JSON record."""
     values = np.sort(np.random.default_rng(2).normal(size=500))
     q = ec.quadrature_from_record(ec.to_jsonable(ec.quadrature_record(_deflated(values, 10))))
     t = np.array([-1.5, -0.2, 0.3, 1.0])
