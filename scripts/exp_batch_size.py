@@ -47,8 +47,6 @@ CHANNELS, HIDDEN = (8, 16), 32
 
 
 MAX_LOSS, MIN_ACCURACY = 0.02, 0.999
-DENSITY_WIDTH = 0.04  # Gaussian kernel of the density panel, relative to lambda_max
-
 
 def is_converged(loss: float, accuracy: float) -> bool:
     """The convergence rule of both runs: full-data training loss <= 0.02 and training
@@ -135,9 +133,9 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
          f"bottom-1 {summary['bottom1_ratio_large_over_small']:.2f}")
     plot(runs, paths["png"], equal)
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,
-               "runs": {str(b): {k: v for k, v in r.items() if k != "slq"}
+               "runs": {str(b): {**r, "slq": ec.quadrature_record(r["slq"])}
                         for b, r in runs.items()},
-               "equal_iterations": {k: v for k, v in equal.items() if k != "slq"},
+               "equal_iterations": {**equal, "slq": ec.quadrature_record(equal["slq"])},
                "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
@@ -202,37 +200,44 @@ def plot(runs, path, equal=None):
                      color=f"C{j}", label=label)
         axes[1].plot(np.arange(1, len(equal["bottom"]) + 1), equal["bottom"], "s--", ms=3,
                      mfc="none", color=f"C{j}", label=label)
+        tails(axes[2], equal, f"C{j}", f"batch {equal['batch_size']}, {equal['steps']} steps",
+              ls="--")
     for i, (batch, r) in enumerate(runs.items()):
         label = f"batch {batch}: {r['steps']} steps, {r['epochs']:.0f} ep."
         axes[0].plot(np.arange(1, len(r["top"]) + 1), r["top"], "o-", ms=3, color=f"C{i}",
                      label=label)
         axes[1].plot(np.arange(1, len(r["bottom"]) + 1), r["bottom"], "o-", ms=3,
                      color=f"C{i}", label=label)
-        # kernel 4% of lambda_max: wide enough to merge neighbouring Ritz nodes of the bulk
-        # (5 probes x 40 steps), narrow enough to keep the top eigenvalues apart
-        grid, phi = r["slq"].density(width=DENSITY_WIDTH * r["top"][0])
-        axes[2].plot(grid, np.maximum(phi, 1e-8), lw=1, color=f"C{i}", label=f"batch {batch}")
-        axes[2].plot(r["top"], np.full(len(r["top"]), 2e-8), "|", color=f"C{i}", ms=12)
+        tails(axes[2], r, f"C{i}", f"batch {batch}")
     axes[0].set(title="top eigenvalues (Fig. 4)", xlabel="rank", ylabel="eigenvalue (log scale)",
                 yscale="log")
     axes[1].set(title="bottom eigenvalues (Fig. 6)", xlabel="rank from the bottom",
                 ylabel="eigenvalue")
-    axes[2].set(title=f"SLQ density (Gaussian kernel, width {DENSITY_WIDTH:g} lambda_max)\n"
-                      "ticks: the top eigenvalues by Lanczos", xlabel="eigenvalue",
-                ylabel="density (log scale)", yscale="log", ylim=(1e-8, None))
+    ec.tails_axis(axes[2], "fraction of eigenvalues above t (lines), below -t (dotted)\n"
+                           "no kernel; band: Gauss brackets (99.7%); ticks: Lanczos")
     ec.finish_figure(fig, axes, path)
 
 
+def tails(ax, r, color, label, ls="-"):
+    """The right panel for one run (:func:`expcommon.draw_tails`, Lanczos ticks of the
+    continued run a row lower)."""
+    ec.draw_tails(ax, r["slq"], float(r["top"][0]), np.concatenate([r["top"], r["bottom"]]),
+                  color, label, ls, tick_y=2e-5 if ls == "-" else 1.3e-5)
+
+
 def replot(out_dir=None, quick=False):
-    """Redraw the PNG from the HDF5 and JSON files (no recomputation)."""
+    """Redraw the PNG from the JSON alone (its Gauss rules; no recomputation)."""
     import json
 
     paths = ec.out_paths(NAME, out_dir, quick)
     payload = json.loads(paths["json"].read_text())
-    runs = payload["runs"]
-    stored = ec.stored_runs(paths["h5"], [f"batch{b}" for b in runs])
-    plot({int(b): {**r, **stored[f"batch{b}"]} for b, r in runs.items()}, paths["png"],
-         payload.get("equal_iterations"))
+
+    def arrays(r):
+        return {**r, "top": np.asarray(r["top"]), "bottom": np.asarray(r["bottom"]),
+                "slq": ec.quadrature_from_record(r["slq"])}
+
+    plot({int(b): arrays(r) for b, r in payload["runs"].items()}, paths["png"],
+         arrays(payload["equal_iterations"]))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@
 h = 10, 30, 50 and 70 units (7,960 to 55,660 parameters), cross-entropy, the same learning rate
 (0.1) and number of full-batch GD steps (1,000) from seeded initializations. For each: the top
 120 and bottom 20 eigenvalues of the full-dataset Hessian (one Lanczos run, float64, tol 1e-4
-relative to ||H||), and the SLQ density deflated by them (10 probes x 60 steps), from which the
-negative part of the spectrum is drawn against its rank as a percentage of the parameters
-(the SLQ quantile function: the eigenvalue below which a fraction p of all M eigenvalues lie,
-drawn where it is below -1e-3 lambda_max, the resolution of the quadrature around the large
-atom of the bulk at zero).
+relative to ||H||), and the SLQ density deflated by them (10 probes x 60 steps). The figure
+draws the negative part of the spectrum against its rank as a percentage of the parameters
+(the fraction of all M eigenvalues below t, for t up to -1e-3 lambda_max: the Gauss rules'
+staircase and its brackets, no kernel) from the bottom check (``--bottom``, below) when its
+JSON is there: the bottom 20 solved to 1e-6 norm(H), below the spacing of the bottom
+eigenvalues, and the SLQ deflated by them; the tol-1e-4 bottom of the main run is not the 20
+most negative eigenvalues (RESULTS.md, section 3).
 
 The paper's claim: fixing the data and growing the network leaves the top (outlier)
 eigenvalues where they are and only scales the bulk; the negative eigenvalues, ranked by
@@ -34,10 +36,6 @@ from lanczos_hessian.examples.training import evaluate, train  # noqa: E402
 
 NAME = "growing_network"
 LR = 0.1
-#: Kernel width (absolute) of the SLQ quantile lines: about the spacing of the pooled
-#: deflated Gauss nodes just above the 20th most negative eigenvalue, far below the
-#: negative range drawn (-0.0034 to -0.0017).
-QUANTILE_WIDTH = 1e-4
 PERCENT = np.geomspace(1e-5, 0.5, 241)  # rank fractions p of all M eigenvalues
 
 
@@ -85,7 +83,8 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                  f"{r['counts'].gap} | {r['num_matvecs']} matvecs [{timer():.0f} s]")
     summary = summarize(runs)
     echo(summary["text"])
-    plot([dict(row, slq=rule) for row, rule in zip(runs, rules)], percent, paths["png"])
+    plot([dict(row, slq=rule) for row, rule in zip(runs, rules)], percent, paths["png"],
+         bottom_rows(paths["json"], runs, quick) if seed == 0 else None)
     payload = {"experiment": NAME, "quick": quick, "settings": attrs, "runs": runs,
                "summary": summary, "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
@@ -126,43 +125,75 @@ def headline(d: dict) -> dict:
     return out
 
 
-def plot(runs, percent, path):
-    """Top eigenvalues (linear, log-log); the negative side ranked by percentage: the
-    Lanczos bottom eigenvalues (x) and the quantiles of the measure made of them and of the
-    deflated SLQ nodes smoothed by ``QUANTILE_WIDTH`` (lines)."""
+def plot(runs, percent, path, bottom=None):
+    """Top eigenvalues (linear, log-log); the negative side ranked by percentage
+    (:func:`negative_side`): from ``bottom`` (the rows of :func:`bottom_check`, the bottom 20
+    solved to 1e-6 norm(H) and the SLQ deflated by them) when given, else from the runs' own
+    tol-1e-4 bottom and SLQ."""
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    source = {r["hidden"]: (r["fine"], r["slq"]) for r in bottom} if bottom else {}
     for i, r in enumerate(runs):
         label = f"784-{r['hidden']}-10 ({r['num_params']} p)"
         top = r["top"]
         axes[0].plot(np.arange(1, len(top) + 1), top, "-", lw=1, color=f"C{i}", label=label)
         axes[1].loglog(np.arange(1, len(top) + 1), top, "-", lw=1, color=f"C{i}", label=label)
-        q = ec.smoothed_quantiles(r["slq"], percent, QUANTILE_WIDTH, exact=r["bottom"])
-        # below the resolution of the zero atom, beyond the ranks Lanczos gives one by one
-        neg = (q < -1e-3 * r["top"][0]) & (percent > len(r["bottom"]) / r["num_params"])
-        axes[2].plot(100 * percent[neg], q[neg], "-", lw=1, color=f"C{i}", label=label)
-        axes[2].plot(100 * np.arange(1, len(r["bottom"]) + 1) / r["num_params"], r["bottom"],
-                     "x", ms=3, color=f"C{i}")
+        values, rule = source[r["hidden"]] if bottom else (r["bottom"], r["slq"])
+        negative_side(axes[2], np.asarray(values), rule, f"C{i}", label)
+    tol = "1e-6" if bottom else "1e-4"
     axes[0].set(title="top eigenvalues (Fig. 3)", xlabel="rank", ylabel="eigenvalue")
     axes[1].set(title="the same, log-log", xlabel="rank", ylabel="eigenvalue")
-    axes[2].set(title="negative eigenvalues ranked by percentage (Fig. 5)",
-                xlabel="rank / M (%): Lanczos (x), with SLQ beyond (lines)",
-                ylabel="eigenvalue", xscale="log")
+    axes[2].set(title=f"negative side by rank (Fig. 5); x: Lanczos bottom,\n"
+                      f"tol {tol} norm(H); line: SLQ deflated by them",
+                xlabel="rank / M (%); band: Gauss brackets (99.7%)", ylabel="eigenvalue",
+                xscale="log", xlim=(None, 2.0))
     ec.finish_figure(fig, axes, path)
 
 
+def negative_side(ax, bottom, rule, color, label):
+    """Fig. 5 for one network: the Lanczos bottom eigenvalues (x) at rank ``i / M``, and the
+    fraction of all ``M`` eigenvalues below ``t`` for ``t`` from the lowest of them to 0.8
+    times the highest (:func:`expcommon.tail_fractions` of the SLQ deflated by them: its
+    Gauss-rule staircase as a line, its bracket as a band), no kernel."""
+    m = rule.dim
+    t = np.linspace(1.05 * bottom.min(), 0.8 * bottom.max(), 800)
+    value, lower, upper = ec.tail_fractions(rule, t)
+    ax.fill_betweenx(t, 100 * np.maximum(lower, 0.5 / m), 100 * np.maximum(upper, 0.5 / m),
+                     color=color, alpha=0.15, lw=0)
+    ax.plot(100 * np.maximum(value, 0.5 / m), t, "-", lw=1, color=color, label=label)
+    ax.plot(100 * np.arange(1, bottom.size + 1) / m, np.sort(bottom), "x", ms=3, color=color)
+
+
 def replot(out_dir=None, quick=False):
-    """Redraw the PNG from the HDF5 and JSON files (quantiles recomputed from the rules)."""
+    """Redraw the PNG from the JSON files alone: the main run's top eigenvalues and the
+    bottom check's rules (``exp_growing_network_bottom.json``, seed 0), which the right
+    panel draws."""
     import json
 
     paths = ec.out_paths(NAME, out_dir, quick)
     runs = json.loads(paths["json"].read_text())["runs"]
-    stored = ec.stored_runs(paths["h5"], [f"h{r['hidden']}" for r in runs])
-    for r in runs:
-        s = stored[f"h{r['hidden']}"]
-        r.update(top=s["top"], bottom=s["bottom"], slq=s["slq"],
-                 quantiles=ec.quantiles(s["slq"], PERCENT))
-    plot(runs, PERCENT, paths["png"])
+    bottom = bottom_rows(paths["json"], runs, quick)
+    if bottom is None:
+        raise SystemExit(f"no bottom check with saved rules beside {paths['json']}: run "
+                         f"`python scripts/exp_growing_network.py --bottom"
+                         f"{' --quick' if quick else ''}` first")
+    plot(runs, PERCENT, paths["png"], bottom)
+
+
+def bottom_rows(main_json, runs, quick) -> list | None:
+    """The rows of the bottom check beside ``main_json`` (same mode, seed 0, every width of
+    ``runs``, rules saved), with their rules as quadratures; None if there is none."""
+    import json
+
+    path = Path(main_json).with_name(f"exp_{NAME}_bottom.json")
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    rows = {r["hidden"]: r for r in data["runs"] if "slq" in r}
+    if data["quick"] != quick or any(r["hidden"] not in rows for r in runs):
+        return None
+    return [dict(rows[r["hidden"]], slq=ec.quadrature_from_record(rows[r["hidden"]]["slq"]))
+            for r in runs]
 
 
 def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
@@ -222,6 +253,7 @@ def bottom_check(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
                                   "upper": below.upper * op.shape[0] - deflated_below,
                                   "resolved": bool(below.resolved)},
                "slq_lowest_node": float(np.nanmin(bulk.nodes)),
+               "slq": ec.quadrature_record(bulk),
                "seconds": t(), "passes": bulk.num_passes}
         rows.append(row)
         echo(f"h={h}: tol 1e-4 bottom {coarse_values[0]:.5f} .. {coarse_values[-1]:.5f} "

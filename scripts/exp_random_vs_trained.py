@@ -87,7 +87,8 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
                                      "mass_below_1e-3_lmax": r["mass_below_small"],
                                      "delta": r["delta"],
                                      "top_over_bottom": r["top"][0] / abs(r["bottom"][0]),
-                                     "converged": r["converged"]}
+                                     "converged": r["converged"],
+                                     "slq": ec.quadrature_record(r["slq"])}
                         for (a, b), r in runs.items()},
                "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"], payload)
@@ -115,13 +116,14 @@ def headline(d: dict) -> dict:
 #: Kernel widths of the density panels, as fractions of each run's lambda_max: 0.02 is at
 #: least the largest gap between neighbouring Gauss nodes of the 10 probes pooled (<= 0.017
 #: lambda_max over the drawn range on every run but random-init's top fifth, 0.05), so the
-#: curve is the spectrum's and not a row of node lobes; the CDF near zero uses 0.003.
-DENSITY_WIDTH, CDF_WIDTH = 0.02, 0.003
+#: curve is the spectrum's and not a row of node lobes.
+DENSITY_WIDTH = 0.02
 
 
 def plot(runs, path):
     """Top eigenvalues; the deflated bulk's density (log scale, Lanczos eigenvalues as ticks,
-    not kernels); the fraction of eigenvalues below lambda near zero."""
+    not kernels); without a kernel, the fraction of eigenvalues with ``abs(lambda) > t``
+    with its Gauss-quadrature brackets (:func:`expcommon.draw_tails`)."""
     plt = ec.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for i, ((name, point), r) in enumerate(runs.items()):
@@ -136,26 +138,28 @@ def plot(runs, path):
         exact = np.concatenate([r["top"], r["bottom"]])
         axes[1].plot(exact / lam, np.full(exact.size, 2e-4 * 3.0 ** i), "|", ms=6,
                      color=style["color"])
-        near = np.linspace(-0.05, 0.1, 601) * lam
-        axes[2].plot(near / lam, ec.smoothed_cdf(r["slq"], near, CDF_WIDTH * lam, exact), lw=1,
-                     label=label, **style)
+        ec.draw_tails(axes[2], r["slq"], lam, exact, style["color"], label, style["ls"],
+                      tick_y=2e-5 * 1.6 ** i, absolute=True)
     top = max(r["top"][0] for r in runs.values())
     axes[0].set(title="top eigenvalues (Lanczos)", xlabel="rank", ylabel="eigenvalue",
                 yscale="log", ylim=(None, 30 * top))  # headroom: the legend above the lines
     axes[1].set(title=f"bulk density (SLQ, kernel {DENSITY_WIDTH} lambda_max); "
                 "ticks: Lanczos", xlabel="lambda / lambda_max", ylabel="density x lambda_max",
                 yscale="log", ylim=(1e-4, 300))
-    axes[2].set(title=f"fraction below lambda (CDF; kernel {CDF_WIDTH} lambda_max)",
-                xlabel="lambda / lambda_max", ylabel="fraction", ylim=(0, 1.02))
+    ec.tails_axis(axes[2], "fraction of eigenvalues with abs(lambda) > t\n"
+                           "SLQ, no kernel; band: Gauss brackets (99.7%)")
     ec.finish_figure(fig, axes, path)
 
 
 def replot(out_dir=None, quick=False):
-    """Redraw the PNG from the HDF5 file (no recomputation)."""
+    """Redraw the PNG from the JSON alone (its Gauss rules; no recomputation)."""
+    import json
+
     paths = ec.out_paths(NAME, out_dir, quick)
-    names = [f"{d}_{p}" for d in ("MNIST", "random") for p in ("init", "trained")]
-    stored = ec.stored_runs(paths["h5"], names)
-    plot({tuple(n.split("_")): stored[n] for n in names}, paths["png"])
+    saved = json.loads(paths["json"].read_text())["runs"]
+    plot({tuple(n.split("_")): {"top": np.asarray(r["top"]), "bottom": np.asarray(r["bottom"]),
+                                "slq": ec.quadrature_from_record(r["slq"])}
+          for n, r in saved.items()}, paths["png"])
 
 
 if __name__ == "__main__":

@@ -315,3 +315,83 @@ def stored_runs(path, names) -> dict:
                          "slq": Quadrature.from_group(handle[f"{name}/slq"])
                          if f"{name}/slq" in handle else None}
     return out
+
+
+def quadrature_record(result) -> dict:
+    """An SLQ result's Gauss rules for the JSON (``nodes``, ``weights`` ``(P, m)``, the
+    deflated ``outliers``, ``dim``), so that a figure drawn from them can be redrawn from the
+    JSON alone (:func:`quadrature_from_record`)."""
+    nodes = np.asarray(result.nodes, dtype=float)
+    return {"nodes": np.where(np.isfinite(nodes), nodes, 0.0), "weights": result.weights,
+            "outliers": np.asarray(result.outliers, dtype=float), "dim": int(result.dim)}
+
+
+def quadrature_from_record(record: dict):
+    """The :class:`~lanczos_hessian.analysis.quadrature.Quadrature` of a
+    :func:`quadrature_record` (padding: weight 0)."""
+    from lanczos_hessian.analysis.quadrature import Quadrature
+
+    return Quadrature(np.asarray(record["nodes"], dtype=float),
+                      np.asarray(record["weights"], dtype=float), int(record["dim"]),
+                      np.asarray(record["outliers"], dtype=float))
+
+
+def tail_fractions(result, grid, absolute: bool = False) -> tuple:
+    """What an SLQ estimate resolves, without a kernel: at each ``t`` of ``grid`` the
+    fraction of all ``n`` eigenvalues beyond ``t`` (below ``t`` where ``t < 0``, above it
+    where ``t >= 0``; with ``absolute``, ``abs(lambda) > t`` for ``t >= 0``), the deflated
+    eigenvalues counted exactly (``1/n`` each). Returns ``(value, lower, upper)``: the
+    Gauss-rule value (a staircase with a step at every node) averaged over probes, and its
+    bracket, the Gauss-quadrature bounds of each probe
+    (:func:`~lanczos_hessian.linalg.resolution.whole_spectrum_bounds`) averaged and widened
+    by 3 probe standard errors (99.73%, the package's default confidence;
+    :func:`~lanczos_hessian.linalg.resolution.band`)."""
+    from lanczos_hessian.linalg.resolution import band, whole_spectrum_bounds
+
+    t = np.asarray(grid, dtype=float)
+    kw = dict(outliers=result.outliers, dim=result.dim)
+
+    def below(x):  # fraction < x: (value, lower, upper), each (P, T)
+        return whole_spectrum_bounds(result.nodes, result.weights, x, strict=True, **kw)
+
+    def above(x):  # fraction > x = 1 - fraction <= x
+        v, lo, hi = whole_spectrum_bounds(result.nodes, result.weights, x, strict=False, **kw)
+        return 1 - v, 1 - hi, 1 - lo
+
+    if absolute:
+        parts = [a + b for a, b in zip(above(t), below(-t))]
+    else:
+        parts = [np.where(t < 0, b, a) for b, a in zip(below(t), above(t))]
+    value, lower, upper = parts
+    lo, hi = band(lower, upper)
+    return value.mean(axis=0), np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+
+
+#: abs(lambda) / lambda_max at which :func:`draw_tails` evaluates (log-spaced: a trained
+#: network's bulk lies within 1e-3 lambda_max of zero, its outliers up to lambda_max).
+TAIL_GRID = np.geomspace(1e-5, 1.05, 1201)
+
+
+def draw_tails(ax, result, lam: float, exact, color, label, ls="-", tick_y=2e-5,
+               absolute: bool = False) -> None:
+    """One spectrum on a log-log panel, no kernel: against ``t / lambda_max`` the fraction
+    of all ``n`` eigenvalues above ``t`` (line ``ls``) and below ``-t`` (dotted), or with
+    ``absolute`` the fraction with ``abs(lambda) > t`` (one line ``ls``): the staircase of
+    :func:`tail_fractions` with its bracket as a band; the ``exact`` (Lanczos)
+    eigenvalues' absolute values as ticks at ``tick_y``."""
+    sides = ((0, ls),) if absolute else ((1, ls), (-1, ":"))
+    for sign, style in sides:
+        value, lower, upper = tail_fractions(result, (sign or 1) * TAIL_GRID * lam,
+                                             absolute=absolute)
+        ax.fill_between(TAIL_GRID, np.maximum(lower, 1e-6), np.maximum(upper, 1e-6),
+                        color=color, alpha=0.12, lw=0, step="post")
+        ax.plot(TAIL_GRID, np.maximum(value, 1e-6), style, lw=1, color=color,
+                drawstyle="steps-post", label=label if sign >= 0 else None)
+    ticks = np.abs(np.asarray(exact, dtype=float)) / lam
+    ax.plot(ticks, np.full(ticks.size, tick_y), "|", ms=8, color=color)
+
+
+def tails_axis(ax, title: str) -> None:
+    """Labels and limits of a :func:`draw_tails` panel."""
+    ax.set(title=title, xlabel="t / lambda_max", ylabel="fraction of all M eigenvalues",
+           xscale="log", yscale="log", xlim=(1e-5, 1.3), ylim=(1e-5, 1.5))

@@ -108,6 +108,14 @@ def test_batch_size_quick(tmp_path, quiet):
     assert equal["batch_size"] == 512 and equal["steps"] == small["steps"]
     assert equal["top"][0] < large["top"][0]
     assert equal["top1_ratio_large_over_small"] > 1.0
+    # the right panel's Gauss rules are in the JSON (nodes per probe, the 20 + 10 deflated
+    # values as outliers): the figure is redrawn from the JSON alone
+    from exp_batch_size import replot
+
+    assert len(large["slq"]["outliers"]) == 15 and large["slq"]["dim"] == large["num_params"]
+    (tmp_path / "exp_batch_size.png").unlink()
+    replot(out_dir=tmp_path, quick=True)
+    assert (tmp_path / "exp_batch_size.png").stat().st_size > 0
 
 
 @pytest.mark.slow

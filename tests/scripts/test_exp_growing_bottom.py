@@ -25,6 +25,14 @@ def test_growing_network_bottom_check_quick(tmp_path, quiet):
     assert row["slq_lowest_node"] > fine[-1]
     assert abs(row["coarse"][0] - fine[0]) < 1e-4 * 3  # tol 1e-4 norm(H), norm(H) ~ 2-3
     assert (tmp_path / "exp_growing_network_bottom.json").exists()
+    # the figure's right panel, drawn from the saved rules: below the accurate 20th the
+    # staircase counts exactly the 19 Lanczos values under it (bracket closed), no SLQ mass
+    import expcommon as ec
+
+    rule = ec.quadrature_from_record(row["slq"])
+    value, lower, upper = ec.tail_fractions(rule, [fine[-1], fine[0] - 1e-6])
+    assert np.allclose(value, [19 / rule.dim, 0.0]) and np.allclose(lower, value)
+    assert np.allclose(upper, value)
 
 
 def test_growing_network_bottom_check_other_seed(tmp_path, quiet):

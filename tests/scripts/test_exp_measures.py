@@ -39,3 +39,27 @@ def test_smoothed_quantiles_are_the_exact_eigenvalues_for_a_narrow_kernel():
     # the 5 deflated values count as exact steps at the top
     assert np.isclose(ec.smoothed_quantiles(q, [1 - 2.5 / 300], 1e-9, exact=values[-5:])[0],
                       values[-3], atol=1e-6)
+
+
+def test_tail_fractions_count_the_exact_spectrum_with_one_eigenvalue_brackets():
+    """The figures' kernel-free panels (exps 2-4): with the exact spectrum as one rule and the
+    top 10 deflated, the fraction beyond ``t`` is the count of eigenvalues beyond ``t`` over
+    n, on both sides and for ``abs(lambda) > t``; the bracket is at most one eigenvalue
+    wide on either side of ``t`` in the bulk (the weights of the two nodes around it, 1/n
+    each) and exact among the deflated values; the rules survive a round trip through the
+    JSON record."""
+    values = np.sort(np.random.default_rng(2).normal(size=500))
+    q = ec.quadrature_from_record(ec.to_jsonable(ec.quadrature_record(_deflated(values, 10))))
+    t = np.array([-1.5, -0.2, 0.3, 1.0])
+    value, lower, upper = ec.tail_fractions(q, t)
+    expected = np.where(t < 0, (values[:, None] < t).sum(0), (values[:, None] > t).sum(0)) / 500
+    assert np.allclose(value, expected, atol=1e-12)
+    assert np.all(lower <= value + 1e-12) and np.all(value <= upper + 1e-12)
+    assert np.all(upper - lower <= 2.0 / 500 + 1e-12)  # the nodes on either side of t
+    above_top = np.array([values[-5] + 1e-9])  # among the deflated: 4 above, known exactly
+    v, lo, hi = ec.tail_fractions(q, above_top)
+    assert np.allclose([v[0], lo[0], hi[0]], 4 / 500)
+    s = np.array([0.5, 1.2])
+    v, lo, hi = ec.tail_fractions(q, s, absolute=True)
+    assert np.allclose(v, (np.abs(values)[:, None] > s).sum(0) / 500, atol=1e-12)
+    assert np.all(lo <= v + 1e-12) and np.all(v <= hi + 1e-12)
