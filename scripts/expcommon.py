@@ -254,34 +254,6 @@ def bulk_density(result, grid, width: float) -> np.ndarray:
     return (np.exp(-0.5 * z * z) @ w) / (width * np.sqrt(2 * np.pi))
 
 
-def smoothed_cdf(result, grid, width: float, exact=()) -> np.ndarray:
-    """Fraction of all ``n`` eigenvalues at or below each point of ``grid``: the ``exact``
-    eigenvalues (each of mass ``1/n``, counted as steps) plus the deflated part of the SLQ
-    estimate with its nodes smoothed by a Gaussian kernel of standard deviation ``width``
-    (the integral of :func:`bulk_density`)."""
-    from scipy.special import ndtr
-
-    x, w = bulk_measure(result)
-    t = np.asarray(grid, dtype=float)
-    steps = np.searchsorted(np.sort(np.asarray(exact, dtype=float)), t, side="right")
-    return ndtr((t[:, None] - x[None, :]) / width) @ w + steps / result.dim
-
-
-def smoothed_quantiles(result, probabilities, width: float, exact=()) -> np.ndarray:
-    """Quantiles of :func:`smoothed_cdf` (bisection on the monotone CDF): the eigenvalue
-    below which a fraction ``p`` of all ``n`` lie, without the staircase of the raw nodes."""
-    x, _ = bulk_measure(result)
-    ends = np.concatenate([x, np.asarray(exact, dtype=float)])
-    target = np.asarray(probabilities, dtype=float)
-    lo = np.full(target.shape, ends.min() - 8 * width)
-    hi = np.full(target.shape, ends.max() + 8 * width)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        below = smoothed_cdf(result, mid, width, exact) < target
-        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    return 0.5 * (lo + hi)
-
-
 def counts_dict(counts) -> dict:
     return {"gap": counts.gap, "ratio": counts.ratio, "elbow": counts.elbow}
 
@@ -297,24 +269,6 @@ def mnist_train_test(n_train: int, n_test: int, flatten: bool = False):
     rest = np.setdiff1d(np.arange(len(labels)), train_idx)
     test_idx = rest[balanced_indices(labels[rest], n_test)]
     return (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
-
-
-def stored_runs(path, names) -> dict:
-    """``{name: {"top", "bottom", "slq"}}`` of runs written by :func:`eigs_and_density`."""
-    import h5py
-
-    from lanczos_hessian.analysis.spectrum import Quadrature
-
-    out = {}
-    with h5py.File(path, "r") as handle:
-        for name in names:
-            eigs = handle[f"{name}/eigs"]
-            k_bottom = int(eigs.attrs["k_bottom"])
-            values = np.sort(eigs["eigenvalues"][()])
-            out[name] = {"top": values[k_bottom:][::-1], "bottom": values[:k_bottom],
-                         "slq": Quadrature.from_group(handle[f"{name}/slq"])
-                         if f"{name}/slq" in handle else None}
-    return out
 
 
 def quadrature_record(result) -> dict:
