@@ -219,7 +219,8 @@ SETUP_SIZES = {"M": 400, "N": 1000}  # the size held fixed (quick: a quarter)
 
 def top_at_zero(setup: dict, alpha: float, seed: int, scale: float = 1.0) -> dict:
     """The largest Hessian eigenvalue at ``W = 0`` for two blobs: ``lambda_max(S) / 2``
-    (``S = X^T X / N``, the closed form at ``W = 0``), times ``N`` for the summed loss."""
+    (``S = X^T X / N``, the closed form at ``W = 0``), times ``N`` for the summed loss; and
+    ``lambda_1 / lambda_2`` (how far the outlier stands from the bulk)."""
     size = int(SETUP_SIZES[setup["fixed"]] * scale)
     num_params = size if setup["fixed"] == "M" else max(CLASSES, int(round(alpha * size)))
     n = int(round(num_params / alpha)) if setup["fixed"] == "M" else size
@@ -232,10 +233,10 @@ def top_at_zero(setup: dict, alpha: float, seed: int, scale: float = 1.0) -> dic
     x, _ = blobs(n, d, seed, offset=offset, noise=noise)
     X = x.numpy()
     gram = X.T @ X if d <= n else X @ X.T
-    top = scipy.linalg.eigvalsh(gram, subset_by_index=[len(gram) - 1, len(gram) - 1])[0]
-    value = top / CLASSES * (1.0 if setup["loss"] == "sum" else 1.0 / n)
-    return {"num_samples": n, "dim": d, "alpha_actual": CLASSES * d / n, "lambda_1": value,
-            "offset": offset, "noise": noise}
+    second, top = scipy.linalg.eigvalsh(gram, subset_by_index=[len(gram) - 2, len(gram) - 1])
+    return {"num_samples": n, "dim": d, "alpha_actual": CLASSES * d / n,
+            "lambda_1": top / CLASSES * (1.0 if setup["loss"] == "sum" else 1.0 / n),
+            "top_ratio": top / second, "offset": offset, "noise": noise}
 
 
 def setup_sweep(seeds, echo, scale: float = 1.0) -> dict:
@@ -250,6 +251,7 @@ def setup_sweep(seeds, echo, scale: float = 1.0) -> dict:
             cases = [top_at_zero(setup, alpha, s, scale) for s in seeds]
             row["per_alpha"][str(alpha)] = {
                 "lambda_1": [c["lambda_1"] for c in cases], "num_samples": cases[0]["num_samples"],
+                "top_ratio": [c["top_ratio"] for c in cases],
                 "dim": cases[0]["dim"], "alpha_actual": cases[0]["alpha_actual"],
                 "offset": cases[0]["offset"], "noise": cases[0]["noise"],
                 "paper": PAPER_OUTLIERS[alpha]}

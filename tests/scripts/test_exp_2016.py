@@ -82,6 +82,15 @@ def test_logistic_regression_quick(tmp_path, seed, quiet):
     rows = out["setups"]["rows"]
     assert not any(r["shape_matches"] or r["size_matches"] for r in rows if not r.get("fitted"))
     assert [r["shape_matches"] for r in rows if r.get("fitted")] == [True]
+    # ... and the fitted one has no large outlier (lambda_1 / lambda_2 < 3 at alpha 1, none at
+    # 0.02), while means +-1 per coordinate at fixed N give one (> 20x) but miss the ratio
+    # 0.204 at alpha 0.02 by ten times
+    fitted = next(r for r in rows if r.get("fitted"))["per_alpha"]
+    assert max(fitted["1.0"]["top_ratio"]) < 3 and max(fitted["0.02"]["top_ratio"]) < 1.5
+    offset = next(r for r in rows if r["fixed"] == "N" and r["loss"] == "mean"
+                  and r.get("offset") == 1.0 and "noise" not in r)["per_alpha"]
+    assert min(offset["1.0"]["top_ratio"]) > 20
+    assert max(offset["0.02"]["ratio_to_alpha_1"]) < 0.1
     for alpha, entry in softmax["per_alpha"].items():
         assert rows[0]["per_alpha"][alpha]["lambda_1"] == pytest.approx(entry["init_lambda_1"],
                                                                         rel=1e-10)
