@@ -156,11 +156,12 @@ def example2_case(alpha: float, num_params: int, seed: int, steps: int = STEPS) 
         reference = closed_form(model, x)
         grad = torch.autograd.grad(loss_fn(model(x), y), model.weight)[0]
         values = np.linalg.eigvalsh(H)[::-1]
-        out[point] = {"beyond_edge": int(np.sum(values > 1.05 * out["mp_edge"])),"loss": loss, "grad_norm": float(grad.norm()),
+        out[point] = {"loss": loss, "grad_norm": float(grad.norm()),
                       "weight_norm": float(model.weight.detach().norm()),
                       "check_vs_closed_form": float(np.abs(H - reference).max()
                                                     / np.abs(reference).max()),
                       "eigenvalues": values, **summary(values)}
+    out["init"]["beyond_edge"] = int(np.sum(out["init"]["eigenvalues"] > 1.05 * out["mp_edge"]))
     return out
 
 
@@ -177,7 +178,8 @@ def example2(num_params: int, seeds, echo, steps: int = STEPS) -> dict:
         for point in ("init", "trained"):
             for key in ("lambda_1", "top_ratio", "beyond_edge", "bulk_level", "share_below_tenth",
                         "num_zero", "loss", "grad_norm", "check_vs_closed_form"):
-                entry[f"{point}_{key}"] = [c[point][key] for c in cases]
+                if key in cases[0][point]:  # beyond_edge: at W = 0 only (the MP edge's point)
+                    entry[f"{point}_{key}"] = [c[point][key] for c in cases]
         out["per_alpha"][str(alpha)] = entry
         echo(f"  softmax alpha {alpha:g} (M {num_params}, N {entry['num_samples']}): W = 0: "
              f"lambda_1 {np.mean(entry['init_lambda_1']):.4g} (BBP {entry['bbp_prediction']:.4g},"
