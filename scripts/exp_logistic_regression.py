@@ -35,12 +35,22 @@ outlier, its BBP prediction and the bulk edge beside the paper's value, and the 
 ratios ``outlier(alpha) / outlier(1)`` beside the paper's. For ``alpha >= 1`` the two blobs
 are linearly separable (``d >= N``), so there is no trained point there. The paper gives
 neither d, N, the blobs' means nor the point ``w``; its caption says "tanh unit", its
-Example 1 the sigmoid of ``<w, x>``, which is what runs here.
+Example 1 the sigmoid of ``<w, x>``, which is what the parts above run.
+
+Example 2 (Fig. 10 right) as written, in ``softmax_blobs``: a linear softmax classifier
+``W`` in ``R^{2 x d}`` on the two blobs, mean cross-entropy, ``M = 2 d`` parameters, so
+``alpha = M / N = 2 d / N``; ``M = SOFTMAX_PARAMS`` fixed and ``N = M / alpha``, at ``W = 0``
+and after ``softmax_blobs.STEPS`` GD steps, over ``SWEEP_SEEDS`` seeds (``example2`` in the
+JSON). Then ``setups`` in the JSON: the largest eigenvalue at ``W = 0`` under each
+``softmax_blobs.SETUPS`` (loss summed or averaged, ``M`` or ``N`` held fixed, blob means of
+fixed norm or with a fixed offset per coordinate, covariance 10) beside the paper's values,
+and ``shape_fit``: the two constants a set-up would need to follow the paper's ratios.
 """
 
 from __future__ import annotations
 
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import expcommon as ec  # noqa: E402
+import softmax_blobs as sb  # noqa: E402
 
 from lanczos_hessian import HessianOperator  # noqa: E402
 from lanczos_hessian.curvature.dense import dense_matrix  # noqa: E402
@@ -63,6 +74,7 @@ PAPER = {"source": "Sagun et al. 2018, Appendix B, Fig. 10 caption",
 ALPHAS = (1.0, 2.0, 0.02)
 SWEEP_DIM, SWEEP_SEEDS = 400, 5
 QUICK_SWEEP = {"dim": 100, "seeds": 2}
+SOFTMAX_PARAMS = {"full": 400, "quick": 100}  # M = 2 d of Example 2 (same M as the sweep's d)
 
 
 # ---- the law --------------------------------------------------------------------------------------
@@ -235,7 +247,10 @@ def run_case(kind, n, d, seed, echo) -> dict:
     return out
 
 
-def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
+def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log,
+         sweep_seeds: int | None = None) -> dict:
+    """All parts; ``sweep_seeds`` (default 5, quick 2) seeds from ``seed`` for the parts at
+    the paper's alphas (Example 1's sweep, Example 2, the set-ups)."""
     ec.setup()
     timer = ec.Timer()
     paths = ec.out_paths(NAME, out_dir, quick)
@@ -244,17 +259,29 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
              "aspect_ratio": d / n, "mean_norm": MEAN_NORM, "learning_rate": LR,
              "steps": STEPS, "paper": "Sagun et al. 2018, Appendix B, Fig. 10"}
     cases = {kind: run_case(kind, n, d, seed, echo) for kind in ("one_blob", "two_blobs")}
-    sweep_dim, sweep_seeds = ((QUICK_SWEEP["dim"], QUICK_SWEEP["seeds"]) if quick
-                              else (SWEEP_DIM, SWEEP_SEEDS))
-    sweep = alpha_sweep(sweep_dim, range(seed, seed + sweep_seeds), echo)
+    sweep_dim, num_seeds = ((QUICK_SWEEP["dim"], QUICK_SWEEP["seeds"]) if quick
+                            else (SWEEP_DIM, SWEEP_SEEDS))
+    seeds = range(seed, seed + (sweep_seeds or num_seeds))
+    sweep = alpha_sweep(sweep_dim, seeds, echo)
+    echo("Example 2 (softmax) at the paper's alphas:")
+    softmax = sb.example2(SOFTMAX_PARAMS["quick" if quick else "full"], seeds, echo)
+    echo("set-ups at W = 0 against the paper's 454.4, 819.5, 92.7:")
+    setups = sb.setup_sweep(seeds, echo, scale=0.25 if quick else 1.0)
     with RunStore.create(paths["h5"], attrs, overwrite=True) as writer:
         for kind, points in cases.items():
             writer.write_arrays(kind, {p: r["eigenvalues"] for p, r in points.items()})
-    plot(cases, d / n, attrs, paths["png"], sweep)
+        for alpha, entry in softmax["per_alpha"].items():
+            writer.write_arrays(f"softmax_alpha_{alpha}", {
+                p: entry["cases"][0][p]["eigenvalues"] for p in ("init", "trained")})
+    plot(cases, d / n, attrs, paths["png"], sweep, softmax, setups)
+    for entry in softmax["per_alpha"].values():
+        for case in entry["cases"]:
+            for point in ("init", "trained"):
+                del case[point]["eigenvalues"]
     payload = {"experiment": NAME, "quick": quick, "settings": attrs,
                "paper": {"source": PAPER["source"], "outlier_values_by_alpha":
                          {str(a): v for a, v in PAPER["outliers_by_alpha"].items()}},
-               "alpha_sweep": sweep,
+               "alpha_sweep": sweep, "example2": softmax, "setups": setups,
                "cases": {kind: {p: {k: v for k, v in r.items() if k != "eigenvalues"}
                                 for p, r in points.items()} for kind, points in cases.items()},
                "seconds": timer(), "cpu_seconds": timer.cpu()}
@@ -262,6 +289,11 @@ def main(quick: bool = False, out_dir=None, seed: int = 0, echo=ec.log) -> dict:
     echo(f"wrote {paths['h5']}, {paths['png']}, {paths['json']} in {timer():.0f} s")
     return payload
 
+
+def seed_run(seed: int, out_dir) -> dict:
+    """One seed for ``scripts/exp_seeds.py``: the single-seed cases, and the parts at the
+    paper's alphas for this seed only (the documented run covers seeds 0-4 there)."""
+    return main(out_dir=out_dir, seed=seed, sweep_seeds=1)
 
 
 def headline(d: dict) -> dict:
@@ -277,12 +309,19 @@ def headline(d: dict) -> dict:
     init = d["cases"]["two_blobs"]["init"]
     out["two_blobs, init: lambda_max / BBP prediction"] = (
         init["lambda_max"] / init["spike_prediction_at_mean_s"])
+    for alpha, entry in d.get("example2", {}).get("per_alpha", {}).items():
+        case = entry["cases"][0]  # the run's own seed
+        for point in ("init", "trained"):
+            out[f"softmax alpha {float(alpha):g}, {point}: lambda_1"] = case[point]["lambda_1"]
+            out[f"softmax alpha {float(alpha):g}, {point}: lambda_1 / lambda_2"] = (
+                case[point]["top_ratio"])
     return out
 
 
-def plot(cases, q, attrs, path, sweep=None):
+def plot(cases, q, attrs, path, sweep=None, softmax=None, setups=None):
     plt = ec.pyplot()
-    fig, axes = plt.subplots(2, 3 if sweep else 2, figsize=(18 if sweep else 12, 8))
+    columns = 2 + (sweep is not None) + (softmax is not None)
+    fig, axes = plt.subplots(2, columns, figsize=(6 * columns + (5 if softmax else 0), 8))
     for j, (kind, points) in enumerate(cases.items()):
         for i, (point, r) in enumerate(points.items()):
             ax = axes[i, j]
@@ -309,6 +348,9 @@ def plot(cases, q, attrs, path, sweep=None):
             ax.grid(alpha=0.3)
     if sweep:
         _plot_sweep(axes[0, 2], axes[1, 2], sweep)
+    if softmax:
+        _plot_softmax(axes[0, -1], softmax)
+        _plot_setups(axes[1, -1], setups)
     fig.suptitle(f"Logistic regression, d = {attrs['dim']}, N = {attrs['num_samples']} "
                  f"([S18] App. B, Fig. 10)")
     fig.tight_layout()
@@ -349,6 +391,45 @@ def _plot_sweep(ax_values, ax_ratio, sweep):
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=9)
         ax.grid(alpha=0.3)
+
+
+def _plot_softmax(ax, softmax):
+    """Example 2: the ordered spectrum ``lambda_i / lambda_1`` against ``i / M`` at each
+    alpha, at W = 0 (solid) and trained (dashed), the first seed."""
+    for k, (alpha, entry) in enumerate(softmax["per_alpha"].items()):
+        case = entry["cases"][0]
+        for point, style in (("init", "-"), ("trained", "--")):
+            values = case[point]["eigenvalues"]
+            where = "W = 0" if point == "init" else f"{softmax['steps']} GD steps"
+            ax.plot(np.arange(len(values)) / len(values), values / values[0], style,
+                    color=f"C{k}", lw=1.3, label=f"alpha {float(alpha):g} (N {case['num_samples']}),"
+                    f" {where}: lambda_1 {values[0]:.3g}")
+    ax.set(xlabel="rank i / M", ylabel="lambda_i / lambda_1", ylim=(-0.05, 1.05),
+           title=f"Example 2: softmax, two blobs, M = 2 d = {softmax['num_params']}")
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.grid(alpha=0.3)
+
+
+def _plot_setups(ax, setups):
+    """The largest eigenvalue at W = 0 under each set-up (mean over seeds) against alpha,
+    the paper's printed values, and the fitted two-constant curve."""
+    alphas = sorted(float(a) for a in PAPER["outliers_by_alpha"])
+    for k, row in enumerate(setups["rows"]):
+        means = [np.mean(row["per_alpha"][str(a)]["lambda_1"]) for a in alphas]
+        ax.plot(alphas, means, "o-" if row["fixed"] == "N" else "^--", color=f"C{k % 10}",
+                lw=1, ms=4, label=textwrap.fill(f"{k + 1}. {row['name']}", 60))
+    fit = setups["shape_fit"]
+    grid = np.geomspace(0.02, 2, 50)
+    ax.plot(grid, fit["prefactor"] * (1 + 1 / fit["K"]) * (1 + fit["K"] * grid / 2), ":",
+            color="gray", lw=2, label=f"fit: 2 constants from alpha 1 and 2 (K {fit['K']:.3g})")
+    ax.plot(alphas, [PAPER["outliers_by_alpha"][a] for a in alphas], "ks", ms=8,
+            label="paper (Fig. 10 caption)")
+    ax.set(xscale="log", yscale="log", xlabel="alpha = M / N",
+           ylabel="largest eigenvalue at W = 0", title="set-ups tried (mean over seeds)")
+    ax.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    ax.set_xticks([], minor=True)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.grid(alpha=0.3)
 
 
 if __name__ == "__main__":

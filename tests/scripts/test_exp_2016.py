@@ -36,7 +36,8 @@ def test_logistic_regression_quick(tmp_path, seed, quiet):
     covariance. One blob: the whole spectrum follows the Marchenko-Pastur law (no outlier,
     Kolmogorov distance small). Two blobs: the same bulk plus exactly one outlier, where the
     spiked-covariance formula puts it (within 10%: d = 50 in the quick mode). The package's dense Hessian equals the
-    closed form (1/N) X^T diag(s) X to rounding."""
+    closed form (1/N) X^T diag(s) X to rounding. Example 2 (softmax) and the set-ups tried
+    against the paper's printed values: see the comments below."""
     from exp_logistic_regression import main
 
     out = main(quick=True, out_dir=tmp_path, seed=seed, echo=quiet)
@@ -63,6 +64,36 @@ def test_logistic_regression_quick(tmp_path, seed, quiet):
         assert abs(value / small["bbp_prediction"] - 1) < 0.05
     assert all(r < sweep["2.0"]["paper_ratio_to_alpha_1"] for r in sweep["2.0"]["ratio_to_alpha_1"])
     assert all(r > small["paper_ratio_to_alpha_1"] for r in small["ratio_to_alpha_1"])
+    # Example 2 (softmax, M = 2 d): the package's Hessian is the closed form; at W = 0 exactly
+    # d zeros, and at alpha = 0.02 one outlier at BBP (5%), over twice lambda_2; after training
+    # no eigenvalue stands out (lambda_1 / lambda_2 < 1.3 at every alpha, 5/5 seeds)
+    softmax = out["example2"]
+    for entry in softmax["per_alpha"].values():
+        for point in ("init", "trained"):
+            assert max(entry[f"{point}_check_vs_closed_form"]) < 1e-12
+        assert entry["init_num_zero"] == [entry["dim"]] * 2
+        assert max(entry["trained_top_ratio"]) < 1.3
+    small = softmax["per_alpha"]["0.02"]
+    assert small["init_beyond_edge"] == [1, 1] and min(small["init_top_ratio"]) > 2
+    for value in small["init_lambda_1"]:
+        assert abs(value / small["bbp_prediction"] - 1) < 0.05
+    # the set-ups tried: none but the one fitted to the paper's alpha = 1 and 2 values gives
+    # its shape (ratios 1.80 and 0.204) or its size; the as-written one is Example 2's data
+    rows = out["setups"]["rows"]
+    assert not any(r["shape_matches"] or r["size_matches"] for r in rows if not r.get("fitted"))
+    assert [r["shape_matches"] for r in rows if r.get("fitted")] == [True]
+    # ... and the fitted one has no large outlier (lambda_1 / lambda_2 < 3 at alpha 1, none at
+    # 0.02), while means +-1 per coordinate at fixed N give one (> 20x) but miss the ratio
+    # 0.204 at alpha 0.02 by ten times
+    fitted = next(r for r in rows if r.get("fitted"))["per_alpha"]
+    assert max(fitted["1.0"]["top_ratio"]) < 3 and max(fitted["0.02"]["top_ratio"]) < 1.5
+    offset = next(r for r in rows if r["fixed"] == "N" and r["loss"] == "mean"
+                  and r.get("offset") == 1.0 and "noise" not in r)["per_alpha"]
+    assert min(offset["1.0"]["top_ratio"]) > 20
+    assert max(offset["0.02"]["ratio_to_alpha_1"]) < 0.1
+    for alpha, entry in softmax["per_alpha"].items():
+        assert rows[0]["per_alpha"][alpha]["lambda_1"] == pytest.approx(entry["init_lambda_1"],
+                                                                        rel=1e-10)
 
 
 def test_fig6_2016_quick(tmp_path, quiet):
