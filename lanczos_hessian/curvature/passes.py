@@ -4,7 +4,8 @@ Batch ``B`` with batch loss ``l_B`` contributes ``|B| * C_B V`` (``mean`` reduct
 ``C_B V`` (``sum``) to a float64 accumulator, which is divided by the total sample count
 ``N`` at the end of the pass, so ragged batches are weighted exactly:
 ``C V = (1/N) sum_B |B| C_B V`` for ``mean`` (the products are added parameter by parameter,
-the batches of one weight summed before the weight is applied:
+the batches of one weight summed before the weight is applied, and in one process the
+division by ``N`` is the same multiplication as that weight's:
 :mod:`lanczos_hessian.curvature.accumulation`). The accumulator is one flat buffer,
 all-reduced once per pass under ``torch.distributed``, laid out, with ``W`` ranks and a block
 of ``b`` vectors of length ``M``::
