@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import time
 import types
 import warnings
@@ -170,11 +171,22 @@ def _product_of(curvature):
     return product
 
 
+_CODE_NUMBERS = itertools.count()
+
+
 def _own_code(fn):
-    """``fn`` with a code object of its own. Dynamo keeps compiled graphs, and counts
-    recompilations against ``recompile_limit`` (8), per code object: operators sharing one
-    would evict each other's graphs and, past the limit, run eager without a word."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+    """``fn`` with a code object of its own, under a name of its own. Dynamo keeps compiled
+    graphs, and counts recompilations against ``recompile_limit`` (8), per code object:
+    operators sharing one would evict each other's graphs and, past the limit, run eager
+    without a word. And its automatic dynamic shapes remember, per function name, file and
+    line, which sizes and strides changed between calls: under one name a model compiled
+    after another inherited what the first had seen (an MLP's ragged batch made the strides
+    of a transformer's inputs symbolic, and its forward-over-reverse trace failed)."""
+    name = f"{fn.__name__}_{next(_CODE_NUMBERS)}"
+    fields = {"co_name": name}
+    if hasattr(fn.__code__, "co_qualname"):  # Python >= 3.11
+        fields["co_qualname"] = name
+    return types.FunctionType(fn.__code__.replace(**fields), fn.__globals__, name,
                               fn.__defaults__, fn.__closure__)
 
 

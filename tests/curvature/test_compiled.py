@@ -101,3 +101,21 @@ def test_many_operators_in_one_process_keep_their_own_graphs():
         op.matmat(V)
         op.matmat(V)
         assert op.compiled.usable and 1 <= op.compiled.num_graphs <= 2
+
+
+def test_a_model_compiled_after_another_does_not_inherit_its_dynamic_shapes():
+    """Dynamo remembers which sizes and strides changed per function name: an MLP's ragged
+    batch compiled first must not make the attention model's strides symbolic (with one
+    name for every operator's product, torch 2.13's forward-over-reverse trace of the
+    attention model then failed and the product went eager)."""
+    torch._dynamo.reset()
+    options = {"backend": "aot_eager"}
+    mlp, (x, y) = make_mlp(), mlp_data()
+    first = HessianOperator(mlp, LOSS, (x, y), batch_size=7, compile=options)  # ragged: 23
+    first.matmat(random_block(first.shape[0], 1))
+    model, x, y = attention_case(Encoder)
+    op = HessianOperator(model, LOSS, (x, y), batch_size=4, compile=options)
+    V = random_block(op.shape[0], 1)
+    eager = HessianOperator(model, LOSS, (x, y), batch_size=4, strategy="forward-over-reverse")
+    np.testing.assert_allclose(op.matmat(V), eager.matmat(V), rtol=1e-12, atol=1e-14)
+    assert op.compiled.usable and op.compiled.num_graph_breaks == 0
