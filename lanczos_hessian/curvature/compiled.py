@@ -19,8 +19,8 @@ compiled and eager to 1e-6 relative in float32 and 1e-12 in float64).
   and :attr:`CompiledProduct.num_graph_breaks` counts them.
 * **Attention's fast path off**: ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``
   in eval mode take a fused C++ fast path (``_transformer_encoder_layer_fwd``) whenever their
-  checks pass, and under Dynamo they do pass (its traced parameters do not look as if they
-  required gradients), while that op has no forward-mode rule: the trace broke there, and
+  checks pass; eagerly inside ``torch.func``'s transforms they do not, but in Dynamo's trace
+  of them they did (torch 2.13), while that op has no forward-mode rule: the trace broke there, and
   the break inside the ``jvp`` left the whole product eager (the 67k-parameter transformer
   of ``scripts/bench_products.py``: compiled 0.48x the speed of the bare double backward,
   as slow as eager forward-over-reverse). The compiled calls therefore run with
