@@ -13,7 +13,20 @@ compiled and eager to 1e-6 relative in float32 and 1e-12 in float64).
   are :attr:`CompiledProduct.compile_time`; a benchmark reports them beside the pass time and
   the number of passes after which compiling has paid (``scripts/bench_products.py``).
 * **Fallback**: if compiling or running the compiled function raises, the operator warns once
-  (a :class:`CompileWarning` naming the reason) and takes the eager product from then on.
+  (a :class:`CompileWarning` naming the reason) and takes the eager product from then on. A
+  graph break (an op Dynamo cannot trace) is no error but leaves the product partly or, inside
+  ``torch.func``'s transforms, wholly eager: a :class:`CompileWarning` names the first one
+  and :attr:`CompiledProduct.num_graph_breaks` counts them.
+* **Attention's fast path off**: ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``
+  in eval mode take a fused C++ fast path (``_transformer_encoder_layer_fwd``) whenever their
+  checks pass; eagerly inside ``torch.func``'s transforms they do not, but in Dynamo's trace
+  of them they did (torch 2.13), while that op has no forward-mode rule: the trace broke there, and
+  the break inside the ``jvp`` left the whole product eager (the 67k-parameter transformer
+  of ``scripts/bench_products.py``: compiled 0.48x the speed of the bare double backward,
+  as slow as eager forward-over-reverse). The compiled calls therefore run with
+  ``torch.backends.mha.set_fastpath_enabled(False)`` (restored after each call): the layers
+  take their ordinary modules, the same function, and the product compiles to one graph
+  (2.0x faster than the bare double backward there; preliminary, shared machine).
 * **CUDA**: ``mode="reduce-overhead"`` (CUDA graphs) on CUDA devices, where the fixed shapes
   of the full batches allow replaying one graph; the default mode elsewhere.
 * **Guards checked once per pass and batch layout**: before running a graph, Dynamo checks
@@ -41,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import time
 import types
 import warnings
@@ -75,6 +89,7 @@ class CompiledProduct:
         self.compile_time = 0.0
         self.usable, self.reason = True, None
         self.num_graphs = 0
+        self.num_graph_breaks = 0  # while compiling: parts of the product left to eager
         self.num_full_checks = 0  # calls that ran every guard (the rest: distinguishing ones)
         self._fn = torch.compile(_own_code(_product_of(curvature)), **self.options)
         self._checked = set()  # batch layouts whose calls passed every guard, no recompile since
@@ -89,8 +104,9 @@ class CompiledProduct:
             _mark_batch_dynamic(inputs, targets)
             layout = _layout(inputs, targets, V)
             full = not self._pass_checked or layout not in self._checked
-            graphs = _graph_count()
+            graphs, breaks = _graph_count(), _graph_breaks()
             start = time.perf_counter()
+            fast_path = _attention_fast_path(False)
             try:
                 with _checks(full, self.curvature.strategy):
                     out = self._call(inputs, targets, V)
@@ -101,10 +117,27 @@ class CompiledProduct:
                 if new:  # this call compiled: its time is compile time, not product time
                     self.num_graphs += new
                     self.compile_time += time.perf_counter() - start
+                self._note_graph_breaks(breaks)
                 if full:
                     self._record_check(layout, recompiled=bool(new))
                 return out
+            finally:
+                _attention_fast_path(fast_path)
         return self.curvature.products(inputs, targets, V)
+
+    def _note_graph_breaks(self, before: dict) -> None:
+        """Count the graph breaks a call's trace met (against the counts ``before`` it) and
+        warn, naming the first (a break can leave no graph at all: counted on every call)."""
+        new = {reason: count - before.get(reason, 0)
+               for reason, count in _graph_breaks().items() if count > before.get(reason, 0)}
+        if not new:
+            return
+        self.num_graph_breaks += sum(new.values())
+        first = next(iter(new)).strip().splitlines()[0]
+        warnings.warn(f"the compiled {self.curvature.kind} product has "
+                      f"{sum(new.values())} graph break(s) ({first}): the parts between them, "
+                      "or the whole product when the break is inside torch.func's transforms, "
+                      "run eagerly", CompileWarning, stacklevel=3)
 
     def _record_check(self, layout, recompiled: bool) -> None:
         """After a call that ran every guard: a graph compiled on a pass's first call means
@@ -138,17 +171,46 @@ def _product_of(curvature):
     return product
 
 
+_CODE_NUMBERS = itertools.count()
+
+
 def _own_code(fn):
-    """``fn`` with a code object of its own. Dynamo keeps compiled graphs, and counts
-    recompilations against ``recompile_limit`` (8), per code object: operators sharing one
-    would evict each other's graphs and, past the limit, run eager without a word."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+    """``fn`` with a code object of its own, under a name of its own. Dynamo keeps compiled
+    graphs, and counts recompilations against ``recompile_limit`` (8), per code object:
+    operators sharing one would evict each other's graphs and, past the limit, run eager
+    without a word. And its automatic dynamic shapes remember, per function name, file and
+    line, which sizes and strides changed between calls: under one name a model compiled
+    after another inherited what the first had seen (an MLP's ragged batch made the strides
+    of a transformer's inputs symbolic, and its forward-over-reverse trace failed)."""
+    name = f"{fn.__name__}_{next(_CODE_NUMBERS)}"
+    fields = {"co_name": name}
+    if hasattr(fn.__code__, "co_qualname"):  # Python >= 3.11
+        fields["co_qualname"] = name
+    return types.FunctionType(fn.__code__.replace(**fields), fn.__globals__, name,
                               fn.__defaults__, fn.__closure__)
 
 
 def _graph_count() -> int:
     """Graphs compiled so far in this process (dynamo's own counter)."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def _graph_breaks() -> dict:
+    """Graph breaks met so far in this process, by reason (a copy of dynamo's counter)."""
+    return dict(torch._dynamo.utils.counters["graph_break"])
+
+
+def _attention_fast_path(enabled: bool):
+    """Set whether ``nn.MultiheadAttention`` and the transformer layers may take their fused
+    eval-mode fast path (module docstring); return the setting it replaces (None, and
+    nothing set, where this torch has no switch)."""
+    mha = getattr(torch.backends, "mha", None)
+    if enabled is None or mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        return None
+    before = mha.get_fastpath_enabled()
+    if before != enabled:
+        mha.set_fastpath_enabled(enabled)
+    return before
 
 
 def _no_donated_buffers():

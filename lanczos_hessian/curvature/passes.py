@@ -4,7 +4,8 @@ Batch ``B`` with batch loss ``l_B`` contributes ``|B| * C_B V`` (``mean`` reduct
 ``C_B V`` (``sum``) to a float64 accumulator, which is divided by the total sample count
 ``N`` at the end of the pass, so ragged batches are weighted exactly:
 ``C V = (1/N) sum_B |B| C_B V`` for ``mean`` (the products are added parameter by parameter,
-the batches of one weight summed before the weight is applied:
+the batches of one weight summed before the weight is applied, and in one process the
+division by ``N`` is the same multiplication as that weight's:
 :mod:`lanczos_hessian.curvature.accumulation`). The accumulator is one flat buffer,
 all-reduced once per pass under ``torch.distributed``, laid out, with ``W`` ranks and a block
 of ``b`` vectors of length ``M``::
@@ -85,28 +86,36 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     size, rank = op.world.size, op.world.rank
     n = dim * b
     checks = 3 if size > 1 else 0  # per rank: sum V, |V|_1, |V|_2
-    buffer = torch.zeros(n + 2 + checks * size, dtype=torch.float64, device=op.device)
-    error = None
+    buffer = torch.empty(n + 2 + checks * size, dtype=torch.float64, device=op.device)
+    buffer[n:].zero_()  # the sums are written by the pass (Accumulator), the rest is not
+    error, divided = None, False
     try:  # every rank reaches the one all-reduce, also after a local failure
         if checks:
             row = buffer[n + 2 + 3 * rank: n + 5 + 3 * rank]
             row[0] = torch.sum(block, dtype=torch.float64)
             row[1] = torch.linalg.vector_norm(block, 1, dtype=torch.float64)
             row[2] = torch.linalg.vector_norm(block, 2, dtype=torch.float64)
-        buffer[n] = _pass(op, block, buffer[:n].view(b, dim))
+        divide = op.reduction == "mean" and size == 1  # by N within the pass: all is here
+        count = _pass(op, block, buffer[:n].view(b, dim), divide)
+        buffer[n] = count
+        divided = divide and count > 0
     except Exception as exc:
-        error = exc
+        buffer[:n].zero_()  # sums a failed pass may have left unwritten
+        divided, error = False, exc
     all_reduce_or_raise(buffer, error, flag_index=n + 1, what=f"a {op.kind} pass over the data")
     if checks:
         check_same_block(buffer[n + 2:].view(size, 3).cpu().numpy(), op.kind)
     if op.num_samples is None:
         op.record_num_samples(int(buffer[n]))
     total = buffer[:n].view(b, dim).T
-    return total.div_(buffer[n]) if op.reduction == "mean" else total  # in place: no copy
+    if op.reduction == "mean" and not divided:
+        total.div_(buffer[n])  # in place: no copy
+    return total
 
 
-def _pass(op, block, sums) -> int:
-    """Add every batch's weighted product into ``sums`` ``(b, M)``; return the sample count."""
+def _pass(op, block, sums, divide: bool = False) -> int:
+    """Write the sum of every batch's weighted product into ``sums`` ``(b, M)`` (divided by
+    the pass's sample count with ``divide``, when it has samples); return the count."""
     stamp = op.data.stamp() if op.check_data else None
     known = op.fingerprints.known(stamp)
     fingerprint = PassFingerprint() if known is None else known
@@ -130,7 +139,7 @@ def _pass(op, block, sums) -> int:
             count += samples
             if known is None and op.check_data:
                 fingerprint.add(inputs, targets)
-        total.finish()
+        total.finish(count if divide and count else 1)
         check_model_unchanged(before, model_state(op.model), op.kind)
         if values and not _healthy(values, sums):
             _raise_non_finite(op, values, sums, block, move, product)

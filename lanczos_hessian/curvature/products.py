@@ -20,8 +20,11 @@ resumed run continues with the products it started with:
    double backward on the 4k MLP and 1.2x on the 30k CNN, after 4-100 s of compiling; with
    Dynamo's guards checked once per pass (:mod:`lanczos_hessian.curvature.compiled`),
    1.8-1.9x on the 4k MLP with batches of 32 and 0.9-1.3x with batches of 256, 2.5x on the
-   21k-parameter language model after 122 s, and 0.49x on the 67k transformer encoder,
-   where forward-over-reverse is itself 1.9x slower than the double backward (preliminary,
+   21k-parameter language model after 122 s, and 2.0x on the 67k transformer encoder
+   after 55 s (0.49x before the compiled calls turned the layers' eval-mode fast path off:
+   its op has no forward-mode rule, and the graph break inside the ``jvp`` left the whole
+   product eager, :mod:`lanczos_hessian.curvature.compiled`), although eager
+   forward-over-reverse is 1.9x slower than the double backward there (preliminary,
    shared machine: ``scripts/bench_products.py`` prints the figures to quote).
 
 Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare

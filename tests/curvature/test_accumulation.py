@@ -1,6 +1,8 @@
 """The pass's float64 sum from product pieces: every layout and path (flattened, per parameter
 by numpy, by torch) gives ``sum_B w_B P_B`` as a float64 sum of the weighted pieces would,
-to float64 rounding, with the ragged batch's own weight; a float32 sum would not."""
+to float64 rounding, with the ragged batch's own weight; a float32 sum would not. The sums
+need no zeroing (the first batch is written), and the normalization by ``N`` is the last
+multiplication."""
 
 import numpy as np
 import pytest
@@ -42,7 +44,7 @@ def test_weighted_sums_match_float64_sums_of_the_pieces(monkeypatch, flat_path, 
     monkeypatch.setattr(accumulation, "FLAT_BELOW", 10 ** 9 if flat_path else 0)
     b, weights = 2, [32, 32, 32, 7, 32, 1]  # a ragged batch, then the full size again
     P = products(b, len(weights), dtype)
-    sums = torch.zeros(b, space().dim, dtype=torch.float64)
+    sums = torch.full((b, space().dim), float("nan"), dtype=torch.float64)  # never read
     total = Accumulator(sums, space())
     for p, w in zip(P, weights):
         total.add(as_pieces(p, by_column), w)
@@ -66,3 +68,24 @@ def test_one_weight_throughout_is_applied_once_at_the_end():
     np.testing.assert_array_equal(sums.numpy(), plain.numpy())
     total.finish()
     np.testing.assert_array_equal(sums.numpy(), (256 * plain).numpy())
+
+
+@pytest.mark.parametrize("flat_path", [True, False])
+@pytest.mark.parametrize("weights", [[32, 32, 8], [8, 32, 32], [5, 0, 5], [1, 1, 1]])
+def test_the_division_by_n_is_folded_into_the_last_scaling(monkeypatch, flat_path, weights):
+    monkeypatch.setattr(accumulation, "FLAT_BELOW", 10 ** 9 if flat_path else 0)
+    P = products(3, len(weights), torch.float32, seed=1)
+    sums = torch.full((3, space().dim), float("nan"), dtype=torch.float64)
+    total = Accumulator(sums, space())
+    for p, w in zip(P, weights):
+        total.add(as_pieces(p, True), w)
+    n = sum(weights)
+    total.finish(n)
+    exact = sum(w * p.to(torch.float64) for p, w in zip(P, weights)) / n
+    scale = float(sum(w * p.to(torch.float64).abs() for p, w in zip(P, weights)).max()) / n
+    np.testing.assert_allclose(sums.numpy(), exact.numpy(), rtol=0, atol=8e-16 * scale)
+
+
+def test_a_pass_without_batches_gives_zeros():
+    sums = torch.full((2, space().dim), float("nan"), dtype=torch.float64)
+    np.testing.assert_array_equal(Accumulator(sums, space()).finish(7).numpy(), 0.0)

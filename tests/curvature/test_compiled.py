@@ -49,6 +49,32 @@ def test_compiled_attention_matches_the_dense_hessian():
     V = np.random.default_rng(0).standard_normal((op.shape[0], 2))
     assert np.abs(op.matmat(V) - H @ V).max() <= 1e-10 * np.abs(H).max() * np.abs(V).sum(0).max()
     assert op.compiled.usable
+    # one graph, no break: the eval-mode fast path of the layers (no forward-mode rule) is
+    # off during compiled calls, else the break inside the jvp left the product eager
+    assert op.compiled.num_graph_breaks == 0
+    assert torch.backends.mha.get_fastpath_enabled()  # the caller's setting restored
+
+
+def test_a_graph_break_is_counted_and_named():
+    torch._dynamo.reset()
+    model, data = make_mlp(), mlp_data()
+
+    class Breaks(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            torch._dynamo.graph_break()
+            return self.inner(x)
+
+    op = HessianOperator(Breaks(), LOSS, data, batch_size=7, compile={"backend": "aot_eager"})
+    V = random_block(op.shape[0], 1)
+    with pytest.warns(CompileWarning, match="graph break"):
+        out = op.matmat(V)
+    assert op.compiled.num_graph_breaks >= 1
+    eager = HessianOperator(Breaks(), LOSS, data, batch_size=7, strategy="forward-over-reverse")
+    np.testing.assert_allclose(out, eager.matmat(V), rtol=1e-12, atol=1e-14)
 
 
 def test_a_product_that_cannot_be_compiled_falls_back_with_the_reason():
@@ -75,3 +101,21 @@ def test_many_operators_in_one_process_keep_their_own_graphs():
         op.matmat(V)
         op.matmat(V)
         assert op.compiled.usable and 1 <= op.compiled.num_graphs <= 2
+
+
+def test_a_model_compiled_after_another_does_not_inherit_its_dynamic_shapes():
+    """Dynamo remembers which sizes and strides changed per function name: an MLP's ragged
+    batch compiled first must not make the attention model's strides symbolic (with one
+    name for every operator's product, torch 2.13's forward-over-reverse trace of the
+    attention model then failed and the product went eager)."""
+    torch._dynamo.reset()
+    options = {"backend": "aot_eager"}
+    mlp, (x, y) = make_mlp(), mlp_data()
+    first = HessianOperator(mlp, LOSS, (x, y), batch_size=7, compile=options)  # ragged: 23
+    first.matmat(random_block(first.shape[0], 1))
+    model, x, y = attention_case(Encoder)
+    op = HessianOperator(model, LOSS, (x, y), batch_size=4, compile=options)
+    V = random_block(op.shape[0], 1)
+    eager = HessianOperator(model, LOSS, (x, y), batch_size=4, strategy="forward-over-reverse")
+    np.testing.assert_allclose(op.matmat(V), eager.matmat(V), rtol=1e-12, atol=1e-14)
+    assert op.compiled.usable and op.compiled.num_graph_breaks == 0
