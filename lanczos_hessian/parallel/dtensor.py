@@ -53,7 +53,7 @@ from .distributed import current_world, is_distributed
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
            "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners", "common_mesh",
-           "gather_units"]
+           "gather_units", "refuse_single_recomputation"]
 
 
 def is_sharded_parameter(tensor) -> bool:
@@ -133,6 +133,7 @@ class ShardedModel:
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ShardedModel":
+        refuse_single_recomputation(model)
         layouts = [describe_parameters(model)]
         world = current_world()
         if is_distributed():
@@ -216,6 +217,27 @@ class ShardedModel:
                 hit = (stamp, compute())
             self._cache[key] = hit
         return hit[1]
+
+
+def refuse_single_recomputation(model) -> None:
+    """Raise :class:`InvalidModelError` naming the module when ``model`` has a module under
+    ``torch.distributed._composable.checkpoint``: its recomputation enters one context made
+    once per forward, so the second backward pass through that forward (every Hessian
+    product takes two) fails inside PyTorch. Never raises before a collective on one rank
+    only: every rank holds the same model."""
+    try:
+        from torch.distributed._composable import checkpoint
+    except ImportError:  # pragma: no cover - a torch without composable APIs
+        return
+    for name, module in model.named_modules():
+        if checkpoint.state(module) is not None:
+            raise InvalidModelError(
+                f"module {name or type(module).__name__!r} is checkpointed with "
+                "torch.distributed._composable.checkpoint, which recomputes a block only once "
+                "per forward; a Hessian-vector product takes two backward passes through it. "
+                "Checkpoint the block with torch.distributed.algorithms._checkpoint."
+                "checkpoint_wrapper.checkpoint_wrapper or torch.utils.checkpoint.checkpoint("
+                "..., use_reentrant=False) instead")
 
 
 def parameter_owners(model) -> dict:

@@ -47,9 +47,7 @@ one-dimensional mesh of the whole world; a model that recomputes activations in 
 from __future__ import annotations
 
 import logging
-import math
 import time
-import weakref
 
 import torch
 
@@ -59,24 +57,13 @@ from ..curvature.precision import tf32_mode
 from ..curvature.kernels import twice_differentiable
 from ..curvature.fingerprint import PassFingerprint
 from ..errors import DistributedError, NonFiniteError
-from .distributed import all_reduce_or_raise
-from .dtensor import (common_mesh, gather_units, is_sharded_parameter, parameter_owners,
-                      restore_fsdp_hooks, suspend_fsdp_hooks)
-from .layout import ShardLayout, shard_rows
+from .dtensor import common_mesh, restore_fsdp_hooks, suspend_fsdp_hooks
+from .gathering import BlockGather, sync
+from .layout import ShardLayout
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NativeShards", "shard_plan"]
-
-
-def sync(error, value: float = 0.0) -> float:
-    """The one small all-reduce every rank joins before each gather and each step: the sum
-    of ``value`` over the ranks, or every rank raises when one passes its ``error``
-    (:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`: the failing rank its
-    own exception, the others :class:`~lanczos_hessian.errors.RankFailedError` naming it)."""
-    flags = torch.tensor([value, 0.0], dtype=torch.float64)
-    all_reduce_or_raise(flags, error, flag_index=1, what="a sharded Hessian pass")
-    return float(flags[0])
 
 
 def shard_plan(op) -> tuple:
@@ -127,38 +114,15 @@ class NativeShards:
     def __init__(self, op, layout, mesh):
         self.op, self.layout, self.mesh = op, layout, mesh
         self.rank = op.world.rank
-        self.units = gather_units(op.model)
-        unit_ids = {id(u) for u in self.units}
-        held = {id(u): [] for u in self.units}
-        self.owners = parameter_owners(op.model)  # name -> ([(module, leaf)], parameter)
-        where = {}
-        for unit in self.units:  # the parameters a unit holds itself or via non-units
-            stack = [unit]
-            while stack:
-                module = stack.pop()
-                for leaf in module._parameters:
-                    where.setdefault((id(module), leaf), unit)
-                stack += [c for c in module._modules.values()
-                          if c is not None and id(c) not in unit_ids]
-        for name, (places, _) in self.owners.items():
-            units = {id(where[(id(m), leaf)]) for m, leaf in places}
-            if len(units) > 1:
-                raise ValueError(f"parameter {name!r} is tied across two gathered blocks")
-            held[units.pop()].append(name)
-        self.held = held
+        self.blocks = BlockGather(op.model, layout, mesh, self.rank)
         self.selected = list(op.space.names)
-        self._storages, self._local, self._trial = {}, {}, None
-        self._cache = (None, {})  # the last unit gathered again in a backward
-        self.plans = {key: self._pieces(key) for key in held}
-        dtypes = {key: {self.owners[n][1].dtype for n in names} for key, names in held.items()}
-        if any(len(d) > 1 for d in dtypes.values()):
-            raise ValueError("a gathered block holds parameters of several dtypes")
+        self._trial = None
         self.num_passes = 0  # passes taken on the shards
         for name, shape in zip(self.selected, layout.local_shapes(self.rank)):
-            if tuple(self.local_shard(name).shape) != shape:
+            local = self.blocks.local_shard(name)
+            if tuple(local.shape) != shape:
                 raise ValueError(f"rank {self.rank}'s shard of {name!r} has shape "
-                                 f"{tuple(self.local_shard(name).shape)}, not DTensor's "
-                                 f"Shard(0) chunk {shape}")
+                                 f"{tuple(local.shape)}, not DTensor's Shard(0) chunk {shape}")
 
     def rows_product(self, offsets):
         """:meth:`apply_rows` when ``offsets`` are the layout's rows and a trial step runs
@@ -172,112 +136,29 @@ class NativeShards:
                             self.op.kind, self._trial)
         return None if self._trial else self.apply_rows
 
-    # ---- gathering ---------------------------------------------------------------------
-    def local_shard(self, name: str) -> torch.Tensor:
-        """This rank's ``Shard(0)`` rows of parameter ``name`` (detached)."""
-        p = self.owners[name][1]
-        if is_sharded_parameter(p):
-            return p.to_local().detach()
-        a, b = shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
-        return p.detach()[a:b]  # a plain parameter: cut as DTensor would
-
-    def _pieces(self, unit_id) -> tuple:
-        """Of a unit's flat buffer: the padded length ``L`` per rank and, per rank, each
-        held parameter's ``(start, numel)`` in it (from the layout: no collective)."""
-        world, names = self.layout.world_size, self.held[unit_id]
-        pieces = []
-        for rank in range(world):
-            start, row = 0, []
-            for name in names:
-                shape = tuple(self.owners[name][1].shape)
-                a, b = shard_rows(shape[0] if shape else 1, world, rank)
-                numel = (b - a) * (math.prod(shape[1:]) if shape else 1)
-                row.append((start, numel))
-                start += numel
-            pieces.append(row)
-        return max((sum(n for _, n in row) for row in pieces), default=0), pieces
-
-    def gather(self, unit_id, differentiable: bool = True) -> dict:
-        """The full values of a unit's parameters from the shards, by name: one all-gather
-        of the ranks' flat buffers (each padded to ``L``), cut into the parameters. With
-        ``differentiable`` the all-gather's backward is a reduce-scatter
-        (``grad_placements=[Partial()]``): rank ``r``'s leaves receive their rows of the
-        gradient summed over the ranks."""
-        from torch.distributed.tensor import DTensor, Partial, Shard
-
-        names, (width, pieces) = self.held[unit_id], self.plans[unit_id]
-        world = self.layout.world_size
-        local = [self._local[n] if differentiable else self._local[n].detach() for n in names]
-        mine = sum(t.numel() for t in local)
-        flat = torch.cat([t.reshape(-1) for t in local]
-                         + [local[0].new_zeros(width - mine)])
-        full = DTensor.from_local(flat, self.mesh, [Shard(0)], run_check=False,
-                                  shape=(world * width,), stride=(1,)
-                                  ).full_tensor(grad_placements=[Partial()])
-        values = {}
-        for i, name in enumerate(names):
-            parts = [full[r * width + pieces[r][i][0]: r * width + sum(pieces[r][i])]
-                     for r in range(world)]
-            value = torch.cat(parts).view(self.owners[name][1].shape)
-            storage = value.untyped_storage()
-            self._storages[id(storage)] = (unit_id, name, weakref.ref(storage))
-            values[name] = value
-        return values
-
-    def _gather_unit(self, unit, args):
-        if not self.held[id(unit)]:
-            return
-        sync(None)  # a rank that failed before this gather joins here instead
-        for name, full in self.gather(id(unit)).items():
-            for module, leaf in self.owners[name][0]:
-                module._parameters[leaf] = full
-
-    def _drop_unit(self, unit, args, output):
-        for name in self.held[id(unit)]:
-            for module, leaf in self.owners[name][0]:
-                module._parameters[leaf] = self.owners[name][1]
-
-    def _pack(self, tensor):
-        entry = self._storages.get(id(tensor.untyped_storage()))
-        if entry is None or entry[2]() is not tensor.untyped_storage():
-            return tensor
-        return (entry[0], entry[1], tuple(tensor.shape), tensor.stride(),
-                tensor.storage_offset())
-
-    def _unpack(self, packed):
-        """A saved gathered parameter, gathered again: one all-gather per unit, the last
-        unit's values kept (the backward visits a unit's saved tensors together)."""
-        if not isinstance(packed, tuple):
-            return packed
-        unit_id, name, size, stride, offset = packed
-        if self._cache[0] != unit_id:
-            self._cache = (None, {})  # free the previous unit first
-            with torch.no_grad():
-                self._cache = (unit_id, self.gather(unit_id, differentiable=False))
-        return self._cache[1][name].as_strided(size, stride, offset)
-
     # ---- the pass ----------------------------------------------------------------------
-    def _leaves(self):
-        """Fresh leaves: this rank's shards, differentiable where selected."""
-        self._local = {n: self.local_shard(n) for n in self.owners}
+    def _leaves(self) -> dict:
+        """Fresh leaves: this rank's shards of every parameter by name, differentiable where
+        selected."""
+        local = {n: self.blocks.local_shard(n) for n in self.blocks.owners}
         for n in self.selected:
-            self._local[n] = self._local[n].requires_grad_()
-        return [self._local[n] for n in self.selected]
+            local[n] = local[n].requires_grad_()
+        return local
 
     def _run(self, steps, V):
         """Sum over ``steps`` (``(inputs, targets, weight)``) of rank ``r``'s rows of
         ``d/dw_r (g . v)``, float64 ``(b, rows)``; also the sum of the batch losses."""
-        leaves = self._leaves()
+        local = self._leaves()
+        leaves = [local[n] for n in self.selected]
         sizes = [t.numel() for t in leaves]
         columns = [list(torch.split(V[:, j], sizes)) for j in range(V.shape[1])]
         sums = torch.zeros(V.shape[1], sum(sizes), dtype=torch.float64, device=V.device)
         losses = torch.zeros((), dtype=torch.float64, device=V.device)
         fsdp = suspend_fsdp_hooks(self.op.model)
-        handles = [h for u in self.units for h in (u.register_forward_pre_hook(self._gather_unit),
-                                                   u.register_forward_hook(self._drop_unit))]
+        handles = self.blocks.attach(local)
         try:
             with twice_differentiable(), torch.autograd.graph.saved_tensors_hooks(
-                    self._pack, self._unpack):
+                    self.blocks.pack, self.blocks.unpack):
                 for x, y, weight in steps:
                     try:
                         loss = self._step(x, y, weight, leaves, columns, sums)
@@ -286,17 +167,9 @@ class NativeShards:
                     except Exception as exc:  # the others wait at their next gather
                         sync(exc)
                     losses += loss
-                    self._cache = (None, {})
-                    self._storages = {k: e for k, e in self._storages.items()
-                                      if e[2]() is not None}
         finally:
-            for h in handles:
-                h.remove()
-            for name, (places, original) in self.owners.items():
-                for module, leaf in places:
-                    module._parameters[leaf] = original
+            self.blocks.detach(handles)
             restore_fsdp_hooks(fsdp)
-            self._local, self._storages, self._cache = {}, {}, (None, {})
         return sums, losses
 
     def _step(self, x, y, weight, leaves, columns, sums):
@@ -304,11 +177,11 @@ class NativeShards:
         one more backward per column of the block, added into ``sums``; the loss."""
         loss = self.op.loss_fn(call_model(self.op.model, None, x), y)
         grads = torch.autograd.grad(loss * weight, leaves, create_graph=True)
-        self._cache = (None, {})
+        self.blocks.after_backward()
         for j, v in enumerate(columns):
             inner = sum((g * u.reshape(g.shape)).sum() for g, u in zip(grads, v))
             hv = torch.autograd.grad(inner, leaves, retain_graph=j + 1 < len(columns))
-            self._cache = (None, {})
+            self.blocks.after_backward()
             start = 0
             for h in hv:  # into the float64 sum in place: no full-length temporary
                 sums[j, start:start + h.numel()].add_(h.reshape(-1))
