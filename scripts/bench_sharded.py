@@ -1,15 +1,19 @@
 """Benchmark: Hessian-vector products of a language model sharded with FSDP2 on W ranks.
 
 A byte-level GPT (:class:`lanczos_hessian.examples.small_gpt.SmallGPT`, random weights, the
-full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is wrapped with
-``fully_shard`` per layer and at the root on ``W`` gloo CPU processes (a process group of
-one rank for ``W = 1``), and the same full-data Hessian-vector product is taken on every
-``W`` in one of two modes:
+full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is built on the
+``meta`` device, wrapped with ``fully_shard`` per layer and at the root on ``W`` gloo CPU
+processes (a process group of one rank for ``W = 1``), and its shards filled one parameter at
+a time (no rank ever holds the full model); the same full-data Hessian-vector product is then
+taken on every ``W`` in one of three modes:
 
 * ``native`` (default): the products on the shards
   (:mod:`lanczos_hessian.parallel.native`): rank ``r`` gives its rows ``v_r`` of ``v`` (the
   operator's shard-major coordinates) and gets its rows of ``H v``
   (``op.rows_product(op.partition(W))``, what a run with ``shard_vectors=True`` uses);
+* ``checkpointed``: the same with every layer under activation checkpointing
+  (``checkpoint_wrapper`` before ``fully_shard``, as training code applies it): each layer's
+  forward runs again in each backward, its parameters gathered again for it;
 * ``gather``: ``op.apply(v)`` with the full-length ``v`` on every rank (scipy's way:
   every parameter gathered for the pass, :mod:`lanczos_hessian.parallel.dtensor`).
 
@@ -17,8 +21,8 @@ Per rank it measures:
 
 * ``rest MiB``: the parameters the rank holds between passes (its shards);
 * ``build peak MiB``: the peak resident memory (``VmHWM``) up to the first product:
-  building the full model on every rank before sharding it and the operator's construction
-  (which gathers the parameters once for its checks) set it;
+  building and sharding the model and the operator's construction (with products on the
+  shards it gathers one block at a time, as a product does; else every parameter once);
 * ``product peak MiB``: the peak resident memory of the products alone (``VmHWM`` reset
   through ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back
   at once: ``MALLOC_MMAP_THRESHOLD_``), including the interpreter and torch (about
@@ -35,7 +39,7 @@ Prints a markdown table and writes JSON (``--json``). Each ``W`` and mode is one
 ``W`` processes of this script (``--worker``), one after the other.
 
     python scripts/bench_sharded.py --json out/bench_sharded.json           # the full size
-    python scripts/bench_sharded.py --quick --modes native,gather           # seconds
+    python scripts/bench_sharded.py --quick --modes native,checkpointed,gather  # seconds
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     world = init_from_env(timeout_s=3600)  # NCCL for CUDA tensors when CUDA is there
     if not dist.is_initialized():  # W = 1: a group of one rank, so that FSDP2 shards
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if args.device == "cuda" else "gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu") if args.device == "cpu" else default_device(world)
     config = configuration(args)

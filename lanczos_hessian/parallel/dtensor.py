@@ -130,6 +130,26 @@ class ShardedModel:
         self.model, self.names = model, names
         self._depth = 0  # gathered() is re-entrant: nested uses gather once
         self._cache = {}
+        self.blocks, self.whole_reason = None, ""  # see gathers_by_block
+        if names:
+            mesh, self.whole_reason = common_mesh(model)
+            if mesh is not None:
+                from .gathering import BlockGather  # (gathering builds on this module)
+
+                try:
+                    self.blocks = BlockGather(model, mesh)
+                except ValueError as exc:
+                    self.whole_reason = str(exc)
+
+    def gathers_by_block(self, kind: str) -> bool:
+        """Whether an operator of ``kind`` on this model gathers its parameters one block at
+        a time, at construction and in products on the shards
+        (:class:`~lanczos_hessian.parallel.gathering.BlockGather`): the Hessian of a model
+        whose sharded parameters are all ``Shard(0)`` on one one-dimensional mesh of the
+        whole world, no scalar, none tied across blocks, one dtype per block. Otherwise
+        (and for the GGN and residual) the operator gathers every parameter
+        (:meth:`gathered`). The same answer on every rank, without a collective."""
+        return kind == "hessian" and self.blocks is not None
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ShardedModel":
@@ -147,7 +167,14 @@ class ShardedModel:
         if names and not torch.distributed.is_initialized():
             raise DistributedError(f"parameter {names[0]!r} is a DTensor but no process group "
                                    "is initialized")
-        return cls(model, names)
+        sharded = cls(model, names)
+        if names:  # one decision for every rank (a shard's rows are checked on each rank)
+            flags = torch.tensor([0.0 if sharded.blocks is not None else 1.0])
+            torch.distributed.all_reduce(flags)
+            if flags[0] and sharded.blocks is not None:
+                sharded.blocks, sharded.whole_reason = None, ("another rank's shards are not "
+                                                              "DTensor's Shard(0) chunks")
+        return sharded
 
     @property
     def is_sharded(self) -> bool:

@@ -64,19 +64,17 @@ class BlockGather:
     ----------
     model : torch.nn.Module
         The sharded model.
-    layout : ShardLayout
-        The shard-major layout of the selected parameters over the world.
     mesh : DeviceMesh
-        The one-dimensional mesh of the sharded parameters.
-    rank : int
-        This rank.
+        The one-dimensional mesh of the whole world the sharded parameters are ``Shard(0)`` on.
 
     Raises ``ValueError`` (the model then takes the gather-everything path) when a parameter
-    is tied across two units or a unit holds parameters of several dtypes.
+    is a scalar, is tied across two units, a unit holds parameters of several dtypes, or a
+    rank's shard is not DTensor's ``Shard(0)`` chunk. Needs no collective.
     """
 
-    def __init__(self, model, layout, mesh, rank: int):
-        self.model, self.layout, self.mesh, self.rank = model, layout, mesh, rank
+    def __init__(self, model, mesh):
+        self.model, self.mesh = model, mesh
+        self.world_size, self.rank = mesh.size(), mesh.get_local_rank()
         self.units = gather_units(model)
         unit_ids = {id(u) for u in self.units}
         self.owners = parameter_owners(model)  # name -> ([(module, leaf)], parameter)
@@ -103,6 +101,14 @@ class BlockGather:
         if any(len(d) > 1 for d in dtypes.values()):
             raise ValueError("a gathered block holds parameters of several dtypes")
         self.plans = {key: self._pieces(key) for key in self.held}
+        for name, (_, p) in self.owners.items():
+            if p.dim() == 0:
+                raise ValueError(f"parameter {name!r} is a scalar")
+            a, b = shard_rows(p.shape[0], self.world_size, self.rank)
+            if self.local_shard(name).shape[0] != b - a:
+                raise ValueError(f"rank {self.rank}'s shard of {name!r} has "
+                                 f"{self.local_shard(name).shape[0]} rows, not DTensor's "
+                                 f"Shard(0) chunk of {b - a}")
         self._storages, self._local, self._in_place = {}, {}, set()
         self._cache = (None, {})  # the last unit gathered again in a backward
 
@@ -112,13 +118,13 @@ class BlockGather:
         p = self.owners[name][1]
         if is_sharded_parameter(p):
             return p.to_local().detach()
-        a, b = shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
+        a, b = shard_rows(p.shape[0], self.world_size, self.rank)
         return p.detach()[a:b]  # a plain parameter: cut as DTensor would
 
     def _pieces(self, unit_id) -> tuple:
         """Of a unit's flat buffer: the padded length ``L`` per rank and, per rank, each
         held parameter's ``(start, numel)`` in it (from the layout: no collective)."""
-        world, names = self.layout.world_size, self.held[unit_id]
+        world, names = self.world_size, self.held[unit_id]
         pieces = []
         for rank in range(world):
             start, row = 0, []
@@ -140,7 +146,7 @@ class BlockGather:
         from torch.distributed.tensor import DTensor, Partial, Shard
 
         names, (width, pieces) = self.held[unit_id], self.plans[unit_id]
-        world = self.layout.world_size
+        world = self.world_size
         local = [self._local[n] if differentiable else self._local[n].detach() for n in names]
         mine = sum(t.numel() for t in local)
         flat = torch.cat([t.reshape(-1) for t in local]

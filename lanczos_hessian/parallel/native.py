@@ -51,14 +51,14 @@ import time
 
 import torch
 
-from ..curvature.checks import evaluation_mode
+from ..curvature.checks import check_first_loss, evaluation_mode
 from ..curvature.inputs import batch_length, call_model
 from ..curvature.precision import tf32_mode
 from ..curvature.kernels import twice_differentiable
 from ..curvature.fingerprint import PassFingerprint
 from ..errors import DistributedError, NonFiniteError
 from .dtensor import common_mesh, restore_fsdp_hooks, suspend_fsdp_hooks
-from .gathering import BlockGather, sync
+from .gathering import sync
 from .layout import ShardLayout
 
 logger = logging.getLogger(__name__)
@@ -70,10 +70,10 @@ def shard_plan(op) -> tuple:
     """``(layout, native)`` of an operator, decided once after its construction: the
     shard-major :class:`~lanczos_hessian.parallel.layout.ShardLayout` and a
     :class:`NativeShards` when the model is sharded as ``Shard(0)`` on one mesh of the whole
-    world (``native`` None for the GGN and residual: they take the gather path on the same
-    coordinates); else parameter order and None. A collective (one all-reduce) when sharded:
-    every rank takes the same decision."""
-    world = op.world
+    world and gathers by block (``native`` None for the GGN and residual: they take the
+    gather path on the same coordinates); else parameter order and None. The same decision
+    on every rank (:meth:`~lanczos_hessian.parallel.dtensor.ShardedModel.gathers_by_block`);
+    with ``native``, the first batch's loss is checked on the shards (a collective)."""
     if not op.sharded.is_sharded:  # (sharded: a process group, maybe of one rank)
         return ShardLayout(op.space.shapes, 1), None
     mesh, reason = common_mesh(op.model)
@@ -82,19 +82,14 @@ def shard_plan(op) -> tuple:
     if mesh is None:
         logger.info("sharded %s products gather every parameter: %s", op.kind, reason)
         return ShardLayout(op.space.shapes, 1), None
-    layout, native = ShardLayout(op.space.shapes, world.size), None
-    try:
-        if op.kind == "hessian":
-            native = NativeShards(op, layout, mesh)
-    except ValueError as exc:
-        reason = str(exc)
-    flags = torch.tensor([0.0 if native is not None else 1.0], dtype=torch.float64)
-    torch.distributed.all_reduce(flags)
-    if flags[0] and native is not None:
-        native, reason = None, "another rank cannot take products on its shards"
-    if native is None:
+    layout = ShardLayout(op.space.shapes, op.world.size)
+    if not op.sharded.gathers_by_block(op.kind):
+        reason = op.sharded.whole_reason
         logger.info("%s products of the sharded model gather every parameter%s", op.kind,
                     f": {reason}" if reason else "")
+        return layout, None
+    native = NativeShards(op, layout)
+    native.check_first_batch()
     return layout, native
 
 
@@ -104,25 +99,41 @@ class NativeShards:
     Parameters
     ----------
     op : CurvatureOperator
-        The operator (its model, loss, data, parameter space and world).
+        The operator (its model, loss, data, parameter space and world); its model gathers
+        by block (``op.sharded.blocks``, a :class:`BlockGather`).
     layout : ShardLayout
         The shard-major layout of ``op``'s parameter space over the world.
-    mesh : DeviceMesh
-        The one-dimensional mesh of the sharded parameters (:func:`common_mesh`).
     """
 
-    def __init__(self, op, layout, mesh):
-        self.op, self.layout, self.mesh = op, layout, mesh
+    def __init__(self, op, layout):
+        self.op, self.layout, self.blocks = op, layout, op.sharded.blocks
         self.rank = op.world.rank
-        self.blocks = BlockGather(op.model, layout, mesh, self.rank)
         self.selected = list(op.space.names)
         self._trial = None
         self.num_passes = 0  # passes taken on the shards
-        for name, shape in zip(self.selected, layout.local_shapes(self.rank)):
-            local = self.blocks.local_shard(name)
-            if tuple(local.shape) != shape:
-                raise ValueError(f"rank {self.rank}'s shard of {name!r} has shape "
-                                 f"{tuple(local.shape)}, not DTensor's Shard(0) chunk {shape}")
+
+    def check_first_batch(self) -> None:
+        """The loss on each rank's first batch, with the blocks gathered one at a time (no
+        graph): a finite scalar, or every rank raises (the failing rank its error, e.g.
+        :class:`~lanczos_hessian.errors.InvalidLossError`, the others naming it)."""
+        op, error = self.op, None
+        fsdp = suspend_fsdp_hooks(op.model)
+        handles = self.blocks.attach({n: self.blocks.local_shard(n) for n in self.blocks.owners})
+        try:
+            try:
+                x, y = op.to_device(*op.data.first_batch())
+                with evaluation_mode(op.model):
+                    check_first_loss(op.model, op.loss_fn, x, y, op.world)
+            except DistributedError:
+                raise  # the ranks already know
+            except Exception as exc:  # the others wait at their next gather: join them
+                if isinstance(exc.__cause__, DistributedError):
+                    raise exc.__cause__ from None
+                error = exc
+            sync(error)
+        finally:
+            self.blocks.detach(handles)
+            restore_fsdp_hooks(fsdp)
 
     def rows_product(self, offsets):
         """:meth:`apply_rows` when ``offsets`` are the layout's rows and a trial step runs

@@ -165,6 +165,10 @@ def resume_and_bad_input(op, fsdp, mesh, data, V, out, saved) -> dict:
     shuffled = (data[0].flip(0), data[1].flip(0)) if rank == world - 1 else data
     messages["data_order"] = message_of(
         lambda: HessianOperator(fsdp, LOSS, shuffled, batch_size=BATCH) @ V[:, 0])
+    poisoned = (data[0].clone(), data[1])
+    poisoned[0][-10] = float("nan")  # in the last rank's first batch (checked on the shards)
+    messages["first_batch"] = message_of(lambda: HessianOperator(fsdp, LOSS, poisoned,
+                                                                 batch_size=BATCH))
     messages["compile"] = message_of(lambda: HessianOperator(fsdp, LOSS, data, compile=True))
     grouped = make_model()
     fully_shard([grouped[0], grouped[2]], mesh=mesh)  # one FSDP2 state for two modules

@@ -194,6 +194,13 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         assert "InvalidModelError" in messages["mesh"] and "mesh" in messages["mesh"]
         assert f"has {world_size}" in messages["mesh"], messages["mesh"]
         assert "RankMismatchError" in messages["replica"], messages["replica"]
+        if rank == world_size - 1:  # the first batch's loss, checked on the shards
+            assert messages["first_batch"].startswith("NonFiniteError: the loss is nan on "
+                                                      f"batch 0 of rank {rank}'s shard"), \
+                messages["first_batch"]
+        else:
+            assert messages["first_batch"].startswith("RankFailedError") and \
+                f"rank {world_size - 1}" in messages["first_batch"], messages["first_batch"]
         assert messages["compile"].startswith("InvalidModelError: compile=True is not "
                                               "available"), messages["compile"]
         assert messages["grouped"].startswith("InvalidModelError: module '0' is an FSDP2 "
