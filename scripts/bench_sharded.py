@@ -20,13 +20,15 @@ taken on every ``W`` in one of three modes:
 Per rank it measures:
 
 * ``rest MiB``: the parameters the rank holds between passes (its shards);
-* ``build peak MiB``: the peak resident memory (``VmHWM``) up to the first product:
+* ``build peak MiB``: the peak resident memory (``VmHWM``) up to the operator constructed:
   building and sharding the model and the operator's construction (with products on the
-  shards it gathers one block at a time, as a product does; else every parameter once);
-* ``product peak MiB``: the peak resident memory of the products alone (``VmHWM`` reset
-  through ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back
-  at once: ``MALLOC_MMAP_THRESHOLD_``), including the interpreter and torch (about
-  300-400 MiB on their own) and the shards; the largest over ranks;
+  shards it gathers one block at a time; else every parameter once);
+* ``product peak MiB``: the peak resident memory from there on (``VmHWM`` reset through
+  ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back at once:
+  ``MALLOC_MMAP_THRESHOLD_``): the products, and for products on the shards the trial step
+  on the first batch that precedes the first (one step of a product); including the
+  interpreter and torch (about 300-400 MiB on their own) and the shards; the largest over
+  ranks;
 * ``device_peak_mib_per_rank`` (JSON, ``--device cuda``): ``torch.cuda.max_memory_allocated``;
 * ``s / HVP``: the median wall time of one product over ``--repeats`` products (after one
   untimed product);
@@ -183,23 +185,26 @@ def worker(args) -> None:
     model = build_model(config, dtype, device, size, checkpointed=args.mode == "checkpointed")
     op = HessianOperator(model, next_token_loss, token_data(config), reduction="mean",
                          batch_size=config["batch_size"], check_data=False)
+    build_peak = peak_rss_mib()  # the model built and sharded, the operator constructed
     dim, layout = op.shape[0], op.layout
     positions = np.sort(np.random.default_rng(3).choice(dim, min(args.sample, dim),
                                                         replace=False))
-    v = parameter_vector(op, dtype)
+    v = parameter_vector(op, dtype)  # full length (the benchmark's, not the operator's)
     if args.mode in ("native", "checkpointed"):
         offsets = op.partition(size)
         lo, hi = offsets[rank], offsets[rank + 1]
-        product = op.rows_product(offsets)
-        if product is None:
-            raise SystemExit("the operator offers no products on its shards")
         v = layout.from_parameters(v)[lo:hi].clone().to(device)  # this rank's rows only
     else:
-        lo, hi, product = 0, dim, op.apply
+        lo, hi = 0, dim
         v = layout.from_parameters(v).to(device)
-    build_peak = peak_rss_mib()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    if args.mode in ("native", "checkpointed"):
+        product = op.rows_product(offsets)  # its trial step on the first batch
+        if product is None:
+            raise SystemExit("the operator offers no products on its shards")
+    else:
+        product = op.apply
     product(v[:, None])  # untimed
     times = []
     for _ in range(args.repeats):

@@ -147,7 +147,7 @@ class CurvatureOperator(LinearOperator):
         self.compiled = None  # a CompiledProduct with compile=True
         error = identity = None
         self.sharded = ShardedModel.of(model)  # DTensor / FSDP2 parameters (parallel.dtensor)
-        by_block = self.sharded.gathers_by_block(self.kind)  # else gathered whole to build
+        by_block = self.sharded.gathers_by_block()  # else gathered whole to build
         with nullcontext() if by_block else self.sharded.gathered():  # (a collective)
             try:  # every rank reaches the agreement check below, also after a local failure
                 self.space = ParameterSpace.of(model, params)

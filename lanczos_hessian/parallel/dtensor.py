@@ -50,19 +50,11 @@ import torch
 
 from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
+from .gathering import BlockGather, gather_units, is_sharded_parameter, parameter_owners
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
            "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners", "common_mesh",
            "gather_units", "refuse_single_recomputation"]
-
-
-def is_sharded_parameter(tensor) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (a parameter spread over a device mesh)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without distributed tensors
-        return False
-    return isinstance(tensor, DTensor)
 
 
 def describe_parameters(model: torch.nn.Module) -> list:
@@ -134,22 +126,19 @@ class ShardedModel:
         if names:
             mesh, self.whole_reason = common_mesh(model)
             if mesh is not None:
-                from .gathering import BlockGather  # (gathering builds on this module)
-
                 try:
                     self.blocks = BlockGather(model, mesh)
                 except ValueError as exc:
                     self.whole_reason = str(exc)
 
-    def gathers_by_block(self, kind: str) -> bool:
-        """Whether an operator of ``kind`` on this model gathers its parameters one block at
-        a time, at construction and in products on the shards
-        (:class:`~lanczos_hessian.parallel.gathering.BlockGather`): the Hessian of a model
-        whose sharded parameters are all ``Shard(0)`` on one one-dimensional mesh of the
-        whole world, no scalar, none tied across blocks, one dtype per block. Otherwise
-        (and for the GGN and residual) the operator gathers every parameter
-        (:meth:`gathered`). The same answer on every rank, without a collective."""
-        return kind == "hessian" and self.blocks is not None
+    def gathers_by_block(self) -> bool:
+        """Whether the operators of this model gather its parameters one block at a time, at
+        construction and in products on the shards
+        (:class:`~lanczos_hessian.parallel.gathering.BlockGather`): a model whose sharded
+        parameters are all ``Shard(0)`` on one one-dimensional mesh of the whole world, no
+        scalar, none tied across blocks, one dtype per block. Otherwise the operator gathers
+        every parameter (:meth:`gathered`). The same answer on every rank."""
+        return self.blocks is not None
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ShardedModel":
@@ -267,20 +256,6 @@ def refuse_single_recomputation(model) -> None:
                 "..., use_reentrant=False) instead")
 
 
-def parameter_owners(model) -> dict:
-    """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
-    ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""
-    by_id, first = {}, {}
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in by_id:
-            by_id[id(p)] = ([], p)
-            first[name] = id(p)
-        prefix, _, leaf = name.rpartition(".")
-        by_id[id(p)][0].append((modules[prefix], leaf))
-    return {name: by_id[key] for name, key in first.items()}
-
-
 def _owners(model, names):
     """For each sharded parameter (in ``names`` order): the ``(module, attribute)`` pairs
     that hold it (more than one when tied) and the parameter itself."""
@@ -342,18 +317,3 @@ def common_mesh(model):
         elif p.device_mesh != mesh:
             return None, f"parameter {name!r} is on another device mesh than the others"
     return mesh, ""
-
-
-def gather_units(model) -> list:
-    """The modules that gather their parameters in products taken on the shards
-    (:mod:`lanczos_hessian.parallel.native`), the root first: the modules wrapped with
-    ``fully_shard``, else every element of an ``nn.ModuleList`` (a model's blocks)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - a torch without FSDP2
-        FSDPModule = ()
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    if not units:
-        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
-                 for item in m]
-    return [model] + [u for u in units if u is not model]

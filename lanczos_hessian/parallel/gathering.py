@@ -41,10 +41,9 @@ import weakref
 import torch
 
 from .distributed import all_reduce_or_raise
-from .dtensor import gather_units, is_sharded_parameter, parameter_owners
 from .layout import shard_rows
 
-__all__ = ["BlockGather", "sync"]
+__all__ = ["BlockGather", "sync", "is_sharded_parameter", "parameter_owners", "gather_units"]
 
 
 def sync(error, value: float = 0.0) -> float:
@@ -53,8 +52,46 @@ def sync(error, value: float = 0.0) -> float:
     (:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`: the failing rank its
     own exception, the others :class:`~lanczos_hessian.errors.RankFailedError` naming it)."""
     flags = torch.tensor([value, 0.0], dtype=torch.float64)
-    all_reduce_or_raise(flags, error, flag_index=1, what="a sharded Hessian pass")
+    all_reduce_or_raise(flags, error, flag_index=1, what="a sharded curvature pass")
     return float(flags[0])
+
+
+def is_sharded_parameter(tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter spread over a device mesh)."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without distributed tensors
+        return False
+    return isinstance(tensor, DTensor)
+
+
+def parameter_owners(model) -> dict:
+    """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
+    ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""
+    by_id, first = {}, {}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in by_id:
+            by_id[id(p)] = ([], p)
+            first[name] = id(p)
+        prefix, _, leaf = name.rpartition(".")
+        by_id[id(p)][0].append((modules[prefix], leaf))
+    return {name: by_id[key] for name, key in first.items()}
+
+
+def gather_units(model) -> list:
+    """The modules that gather their parameters in products taken on the shards
+    (:mod:`lanczos_hessian.parallel.native`), the root first: the modules wrapped with
+    ``fully_shard``, else every element of an ``nn.ModuleList`` (a model's blocks)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - a torch without FSDP2
+        FSDPModule = ()
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not units:
+        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
+                 for item in m]
+    return [model] + [u for u in units if u is not model]
 
 
 class BlockGather:

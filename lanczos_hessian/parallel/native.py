@@ -1,4 +1,4 @@
-"""Hessian-vector products taken on parameter shards: no vector or model of full length per rank.
+"""Curvature-vector products taken on parameter shards: no vector or model of full length per rank.
 
 The math. Let the ``W`` ranks hold the parameters ``w`` as ``Shard(0)`` chunks ``w_r``
 (:mod:`lanczos_hessian.parallel.layout`) and the data as exact shards ``D_r``; the full-data
@@ -16,32 +16,40 @@ the same step. Hence, with every rank in step ``k`` on its batch ``B_{r,k}`` wit
 
 and the sum over steps, times ``c``, is rank ``r``'s rows of ``H v`` for the full data set,
 computed from rank ``r``'s rows ``v_r`` of ``v`` alone; the inner product ``sum_s g_s . v_s``
-is assembled by the same reduce-scatter, never formed. Every rank must run the same
-collectives in the same order: ranks run the same number of steps, a rank out of batches
-repeats its first batch with weight 0 (one two-number all-reduce per step says whether any
-rank has a batch left, or failed: then every rank raises, naming the failing one).
+is assembled by the same reduce-scatter, never formed. The GGN ``sum_s J_s^T H_s J_s`` is
+taken the same way (:meth:`NativeShards._ggn`: ``J_s v`` by the double-vjp trick, whose
+backward all-gathers ``v``), the residual as the Hessian less the GGN of the same step. Every
+rank must run the same collectives in the same order: ranks run the same number of steps, a
+rank out of batches repeats its first batch with weight 0 (one two-number all-reduce per step
+says whether any rank has a batch left, or failed: then every rank raises, naming the failing
+one).
 
-Memory. A block's gathered parameters are dropped after its forward; a saved-tensor hook
-replaces every tensor the autograd graph would keep that is a gathered parameter by a token
-and gathers it again when the backward needs it (one all-gather per block, the last block's
-values kept while the backward visits it). With ``M`` parameters of ``s`` bytes, the peak
-per rank is therefore about
+Memory. The blocks are gathered one at a time, in the forward, for the backward's saved
+tensors and for a checkpointed block's recomputation
+(:mod:`lanczos_hessian.parallel.gathering`). With ``M`` parameters of ``s`` bytes, the
+peak per rank is therefore about
 
     (4 s + 16) M / W      the shards, v (float64 and in the model's dtype), the gradient
                           and a product in the model's dtype, the float64 sum
     + 2-3 x one block's full parameters (the gathered buffer and the parameters cut from it)
-    + one micro-batch's activations and double-backward graph,
+    + one micro-batch's activations and the graph of its first backward,
 
 against the full model plus that graph on the gather-everything path
-(:mod:`lanczos_hessian.parallel.dtensor`, ``scripts/bench_sharded.py`` measures both).
+(:mod:`lanczos_hessian.parallel.dtensor`, ``scripts/bench_sharded.py`` measures both). The
+operator's construction gathers one block at a time too (the first batch's loss,
+:meth:`NativeShards.check_first_batch`). Activation checkpointing of the blocks
+(``checkpoint_wrapper``, ``torch.utils.checkpoint`` without reentry) is honoured and exact,
+but saves little here: the first backward is taken with its graph (``create_graph``), and that
+graph keeps the recomputed activations of every block for the second.
 
 Units: the modules wrapped with ``fully_shard`` (and the root); for plain DTensor
 parameters, the root and every element of an ``nn.ModuleList``. A unit gathers the
-parameters it holds itself or through submodules that are not units. Only the Hessian is
-taken this way, for models whose sharded parameters are all ``Shard(0)`` on one
-one-dimensional mesh of the whole world; a model that recomputes activations in the backward
-(activation checkpointing inside a unit) cannot regather there and is found by a trial step
-(:meth:`NativeShards.trial`). Everything else takes the gather-everything path.
+parameters it holds itself or through submodules that are not units. Products are taken this
+way for models whose sharded parameters are all ``Shard(0)`` on one one-dimensional mesh of
+the whole world (:meth:`~lanczos_hessian.parallel.dtensor.ShardedModel.gathers_by_block`);
+a model whose products cannot run so (e.g. a checkpointed function that reads a parameter
+without calling the module that holds it) is found by a trial step (:meth:`NativeShards.trial`)
+and gathers. Everything else takes the gather-everything path.
 """
 
 from __future__ import annotations
@@ -70,8 +78,8 @@ def shard_plan(op) -> tuple:
     """``(layout, native)`` of an operator, decided once after its construction: the
     shard-major :class:`~lanczos_hessian.parallel.layout.ShardLayout` and a
     :class:`NativeShards` when the model is sharded as ``Shard(0)`` on one mesh of the whole
-    world and gathers by block (``native`` None for the GGN and residual: they take the
-    gather path on the same coordinates); else parameter order and None. The same decision
+    world and gathers by block (else ``native`` None: products gather, on the same
+    coordinates); else parameter order and None. The same decision
     on every rank (:meth:`~lanczos_hessian.parallel.dtensor.ShardedModel.gathers_by_block`);
     with ``native``, the first batch's loss is checked on the shards (a collective)."""
     if not op.sharded.is_sharded:  # (sharded: a process group, maybe of one rank)
@@ -83,7 +91,7 @@ def shard_plan(op) -> tuple:
         logger.info("sharded %s products gather every parameter: %s", op.kind, reason)
         return ShardLayout(op.space.shapes, 1), None
     layout = ShardLayout(op.space.shapes, op.world.size)
-    if not op.sharded.gathers_by_block(op.kind):
+    if not op.sharded.gathers_by_block():
         reason = op.sharded.whole_reason
         logger.info("%s products of the sharded model gather every parameter%s", op.kind,
                     f": {reason}" if reason else "")
@@ -94,7 +102,8 @@ def shard_plan(op) -> tuple:
 
 
 class NativeShards:
-    """Rank ``r``'s rows of ``H V`` from its rows of ``V``, for an operator's sharded model.
+    """Rank ``r``'s rows of ``C V`` from its rows of ``V``, for an operator's sharded model
+    (``C`` the Hessian, the GGN or the residual: ``op.kind``).
 
     Parameters
     ----------
@@ -184,21 +193,65 @@ class NativeShards:
         return sums, losses
 
     def _step(self, x, y, weight, leaves, columns, sums):
-        """One step: the weighted batch loss, its gradient on the leaves with its graph, and
-        one more backward per column of the block, added into ``sums``; the loss."""
-        loss = self.op.loss_fn(call_model(self.op.model, None, x), y)
-        grads = torch.autograd.grad(loss * weight, leaves, create_graph=True)
+        """One step: the weighted batch loss and, per column ``v`` of the block, rank ``r``'s
+        rows of the step's product added into ``sums`` (:meth:`_hessian`, :meth:`_ggn`, or
+        their difference for the residual, the GGN first: the Hessian's last backward frees
+        the graph); the loss."""
+        kind = self.op.kind
+        z = call_model(self.op.model, None, x)
+        loss = self.op.loss_fn(z, y)
+        if kind != "hessian":
+            sign = -1.0 if kind == "residual" else 1.0
+            self._ggn(z, y, weight, leaves, columns, sums, sign, release=kind == "ggn")
+        if kind != "ggn":
+            self._hessian(loss * weight, leaves, columns, sums)
+        return loss.detach().to(torch.float64)
+
+    @staticmethod
+    def _add(sums, j, pieces, alpha=1.0) -> None:
+        """``alpha`` times rank ``r``'s rows of a product (per leaf) into row ``j`` of the
+        float64 ``sums``, in place (no full-length temporary)."""
+        start = 0
+        for h in pieces:
+            sums[j, start:start + h.numel()].add_(h.reshape(-1), alpha=alpha)
+            start += h.numel()
+
+    def _hessian(self, loss, leaves, columns, sums) -> None:
+        """Per column ``v``: rank ``r``'s rows of ``d/dw_r (g . v)``, ``g`` the gradient of
+        the step's weighted loss (reverse over reverse, module docstring)."""
+        grads = torch.autograd.grad(loss, leaves, create_graph=True)
         self.blocks.after_backward()
         for j, v in enumerate(columns):
             inner = sum((g * u.reshape(g.shape)).sum() for g, u in zip(grads, v))
             hv = torch.autograd.grad(inner, leaves, retain_graph=j + 1 < len(columns))
             self.blocks.after_backward()
-            start = 0
-            for h in hv:  # into the float64 sum in place: no full-length temporary
-                sums[j, start:start + h.numel()].add_(h.reshape(-1))
-                start += h.numel()
+            self._add(sums, j, hv)
             del hv
-        return loss.detach().to(torch.float64)
+
+    def _ggn(self, z, y, weight, leaves, columns, sums, sign, release) -> None:
+        """Per column ``v``: rank ``r``'s rows of ``sum_s J_s^T H_s J_s v`` over the ranks'
+        batches of the step (``z_s`` rank ``s``'s outputs, ``J_s = dz_s/dw``, ``H_s`` the
+        Hessian of its weighted loss in ``z_s``). ``J_s v`` by the double-vjp trick: with
+        ``u_s`` a zero tangent of ``z_s``, rank ``r``'s rows ``t_r`` of ``sum_s J_s^T u_s``
+        come from the reduce-scatter, and ``d/du_s`` of this rank's ``t_r . v_r`` alone is
+        ``J_s v`` (the backward's all-gather brings the other ranks' rows of ``v``); then
+        ``H_s J_s v`` on this rank, and ``J^T`` of it by one more reduce-scatter; added to
+        ``sums`` times ``sign``. With ``release`` the last backward frees the graph."""
+        u = torch.zeros_like(z, requires_grad=True)
+        JTu = torch.autograd.grad(z, leaves, u, create_graph=True)
+        self.blocks.after_backward()
+        zd = z.detach().requires_grad_(True)
+        loss_grad = torch.autograd.grad(self.op.loss_fn(zd, y) * weight, zd,
+                                        create_graph=True)[0]
+        for j, v in enumerate(columns):
+            inner = sum((t * w.reshape(t.shape)).sum() for t, w in zip(JTu, v))
+            Jv = torch.autograd.grad(inner, u, retain_graph=True)[0]
+            self.blocks.after_backward()
+            HJv = torch.autograd.grad(loss_grad, zd, Jv, retain_graph=True)[0]
+            last = release and j + 1 == len(columns)
+            self._add(sums, j, torch.autograd.grad(z, leaves, HJv, retain_graph=not last),
+                      sign)
+            self.blocks.after_backward()
 
     def _steps(self, state):
         """This rank's batches in lockstep with the other ranks': ``(x, y, weight)`` until
@@ -245,7 +298,7 @@ class NativeShards:
         return reason
 
     def apply_rows(self, V: torch.Tensor) -> torch.Tensor:
-        """Rank ``r``'s rows of ``H V`` (float64 ``(rows, b)``) from its rows ``V``: one
+        """Rank ``r``'s rows of ``C V`` (float64 ``(rows, b)``) from its rows ``V``: one
         lockstep pass over the data in eval mode, normalized exactly (``c = 1/N`` for
         ``mean``); counted in the operator's ``num_applications`` and time."""
         op, start = self.op, time.perf_counter()

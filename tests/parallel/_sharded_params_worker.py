@@ -218,6 +218,16 @@ def main(out_dir):
     saved["ggn_hv"] = parameter_product(GGNOperator(fsdp, LOSS, data, batch_size=BATCH), V)
     saved["residual_hv"] = parameter_product(
         ResidualOperator(fsdp, LOSS, data, batch_size=BATCH), V)
+    # the GGN and the residual on the shards (the residual through checkpointed blocks)
+    for kind, cls, label in (("ggn", GGNOperator, "fsdp"),
+                             ("residual", ResidualOperator, "checkpointed")):
+        op = cls(models[label], LOSS, data, batch_size=BATCH)
+        product = op.rows_product(op.partition(world))
+        saved[f"{kind}_native"] = product is not None
+        if product is not None:
+            lo, hi = op.partition(world)[rank:rank + 2]
+            saved[f"{kind}_rows"] = product(
+                torch.from_numpy(op.layout.from_parameters(V)[lo:hi])).numpy()
 
     for label in ("fsdp", "dtensor", "checkpointed"):  # products on the shards in runs
         op = HessianOperator(models[label], LOSS, data, batch_size=BATCH)

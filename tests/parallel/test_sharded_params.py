@@ -131,7 +131,8 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     _, density = run.slq(H_sm, progress=False, **SLQ)
     hv_sm = H_sm @ ShardLayout([p.shape for p in make_model().parameters()],
                                world_size).from_parameters(probe_block())
-    offsets = ShardLayout([p.shape for p in make_model().parameters()], world_size).offsets
+    layout = ShardLayout([p.shape for p in make_model().parameters()], world_size)
+    offsets = layout.offsets
     labels = ["fsdp", "dtensor", "mixed", "checkpointed", "wrapped"] + (
         ["hsdp"] if world_size == 4 else [])
     for rank, (saved, messages) in enumerate(ranks):
@@ -173,6 +174,13 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
             assert int(saved[f"{label}_native_passes"]) > SLQ["num_steps"] + 20
             if rank == 0:  # the run file says in which order its vectors are
                 assert messages[f"{label}_order"] == "shard-major"
+        # the GGN and the residual on the shards, against the unsharded operators
+        lo, hi = offsets[rank:rank + 2]
+        for kind in ("ggn", "residual"):
+            assert bool(saved[f"{kind}_native"]), kind
+            exact = layout.from_parameters(ref[f"{kind}_hv"])
+            difference = np.abs(saved[f"{kind}_rows"] - exact[lo:hi]).max()
+            assert difference < 1e-12 * np.abs(exact).max(), (kind, difference)
         # partly sharded: its plain parameters cut as Shard(0) too; a 2-D mesh (HSDP) is
         # not one shard per rank: gathered
         assert bool(saved["mixed_native"])
