@@ -9,7 +9,8 @@ act on full-length vectors exactly as for a model held whole.
 
 How a product is taken
 ----------------------
-For the length of one pass over the data (and once at construction), :meth:`ShardedModel.gathered`
+For the length of one pass over the data (and once at construction for a model that does not
+gather by block: below), :meth:`ShardedModel.gathered`
 replaces every sharded parameter by a plain parameter holding its full value
 (``DTensor.full_tensor()``: one all-gather per parameter, in the same order on every rank)
 and suspends FSDP2's forward hooks (which would otherwise gather the parameters again and
@@ -23,11 +24,14 @@ sharded, ``~M / W`` numbers per rank, FSDP2 state untouched.
 Peak memory per rank during a pass is therefore the full parameters (``M`` numbers in the
 model's dtype) plus the double-backward graph of one batch plus the operator's float64
 working vectors (a gathered block and its product, ``M`` each); between passes only the
-shards remain. This path serves full-length vectors (``op @ v``, scipy), the GGN and the
-residual, 2-D meshes and models that recompute activations in the backward. The Hessian
-with vectors laid out as the parameters' shards (a run with ``shard_vectors=True``) takes
-its products on the shards instead, with a peak that falls with ``W``
-(:mod:`lanczos_hessian.parallel.native`, the coordinates :mod:`lanczos_hessian.parallel.layout`).
+shards remain. This path serves full-length vectors (``op @ v``, scipy), 2-D meshes (HSDP),
+and models that cannot gather one block at a time. A model that can
+(:meth:`ShardedModel.gathers_by_block`: every sharded parameter ``Shard(0)`` on one
+one-dimensional mesh of the whole world) is built without gathering it, and its operators
+(Hessian, GGN, residual) take their products on the shards for vectors laid out as the
+parameters' shards (a run with ``shard_vectors=True``), with a peak that falls with ``W``
+(:mod:`lanczos_hessian.parallel.native`, :mod:`lanczos_hessian.parallel.gathering`, the
+coordinates :mod:`lanczos_hessian.parallel.layout`).
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------
@@ -37,9 +41,11 @@ global shape, the same dtype of the local shard, the same placements; a mesh tha
 whole process group (``mesh.size() == W``; a 2-D mesh, HSDP's replicas x shards, is
 accepted: gathering it is the same ``full_tensor``); no ``Partial`` placement (a pending sum
 is not a parameter value). Plain parameters beside sharded ones are accepted as replicated:
-the operators' agreement check compares the full gathered parameters of every rank
-(:mod:`lanczos_hessian.curvature.agreement`), so a plain parameter that differs between
-ranks is refused there.
+the operators' agreement check compares them across ranks (with the full gathered
+parameters when the construction gathers; the shards' values, which differ by design, are
+left out when it does not: :mod:`lanczos_hessian.curvature.agreement`), so a plain parameter
+that differs between ranks is refused there. A module under
+``torch.distributed._composable.checkpoint`` is refused (:func:`refuse_single_recomputation`).
 """
 
 from __future__ import annotations

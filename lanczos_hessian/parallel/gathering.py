@@ -242,8 +242,8 @@ class BlockGather:
         checkpointed block recomputed in the backward): the unit's kept values there."""
         unit_id = self.holders[module]
         name = self.held[unit_id][0]
-        module_, leaf = self.owners[name][0][0]
-        if module_._parameters[leaf] is not self.owners[name][1]:
+        holder, leaf = self.owners[name][0][0]
+        if holder._parameters[leaf] is not self.owners[name][1]:
             return  # gathered: the unit's forward (or its recomputation) runs
         grad = any(self._local[n].requires_grad for n in self.held[unit_id])
         values = self._kept(unit_id)
