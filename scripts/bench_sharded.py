@@ -1,28 +1,34 @@
 """Benchmark: Hessian-vector products of a language model sharded with FSDP2 on W ranks.
 
 A byte-level GPT (:class:`lanczos_hessian.examples.small_gpt.SmallGPT`, random weights, the
-full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is wrapped with
-``fully_shard`` per layer and at the root on ``W`` gloo CPU processes (a process group of
-one rank for ``W = 1``), and the same full-data Hessian-vector product is taken on every
-``W`` in one of two modes:
+full size 101.4M parameters: width 1024, 12 layers, 16 heads, context 64) is built on the
+``meta`` device, wrapped with ``fully_shard`` per layer and at the root on ``W`` gloo CPU
+processes (a process group of one rank for ``W = 1``), and its shards filled one parameter at
+a time (no rank ever holds the full model); the same full-data Hessian-vector product is then
+taken on every ``W`` in one of three modes:
 
 * ``native`` (default): the products on the shards
   (:mod:`lanczos_hessian.parallel.native`): rank ``r`` gives its rows ``v_r`` of ``v`` (the
   operator's shard-major coordinates) and gets its rows of ``H v``
   (``op.rows_product(op.partition(W))``, what a run with ``shard_vectors=True`` uses);
+* ``checkpointed``: the same with every layer under activation checkpointing
+  (``checkpoint_wrapper`` before ``fully_shard``, as training code applies it): each layer's
+  forward runs again in each backward, its parameters gathered again for it;
 * ``gather``: ``op.apply(v)`` with the full-length ``v`` on every rank (scipy's way:
   every parameter gathered for the pass, :mod:`lanczos_hessian.parallel.dtensor`).
 
 Per rank it measures:
 
 * ``rest MiB``: the parameters the rank holds between passes (its shards);
-* ``build peak MiB``: the peak resident memory (``VmHWM``) up to the first product:
-  building the full model on every rank before sharding it and the operator's construction
-  (which gathers the parameters once for its checks) set it;
-* ``product peak MiB``: the peak resident memory of the products alone (``VmHWM`` reset
-  through ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back
-  at once: ``MALLOC_MMAP_THRESHOLD_``), including the interpreter and torch (about
-  300-400 MiB on their own) and the shards; the largest over ranks;
+* ``build peak MiB``: the peak resident memory (``VmHWM``) up to the operator constructed:
+  building and sharding the model and the operator's construction (with products on the
+  shards it gathers one block at a time; else every parameter once);
+* ``product peak MiB``: the peak resident memory from there on (``VmHWM`` reset through
+  ``/proc/self/clear_refs`` after the build, glibc told to give large blocks back at once:
+  ``MALLOC_MMAP_THRESHOLD_``): the products, and for products on the shards the trial step
+  on the first batch that precedes the first (one step of a product); including the
+  interpreter and torch (about 300-400 MiB on their own) and the shards; the largest over
+  ranks;
 * ``device_peak_mib_per_rank`` (JSON, ``--device cuda``): ``torch.cuda.max_memory_allocated``;
 * ``s / HVP``: the median wall time of one product over ``--repeats`` products (after one
   untimed product);
@@ -35,7 +41,7 @@ Prints a markdown table and writes JSON (``--json``). Each ``W`` and mode is one
 ``W`` processes of this script (``--worker``), one after the other.
 
     python scripts/bench_sharded.py --json out/bench_sharded.json           # the full size
-    python scripts/bench_sharded.py --quick --modes native,gather           # seconds
+    python scripts/bench_sharded.py --quick --modes native,checkpointed,gather  # seconds
 """
 
 from __future__ import annotations
@@ -70,12 +76,54 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def build_model(config, dtype):
+def build_model(config, dtype, device, world_size, checkpointed=False):
+    """The GPT sharded over ``world_size`` ranks without its full values on any rank: built on
+    the ``meta`` device, its layers (under ``checkpoint_wrapper`` when ``checkpointed``) and
+    root wrapped with ``fully_shard``, then each rank's rows filled from random weights made
+    one parameter at a time (:func:`initial_value`: the same numbers for every ``W``)."""
     from lanczos_hessian.examples.small_gpt import SmallGPT
 
-    torch.manual_seed(0)  # the same random weights on every rank
-    return SmallGPT(width=config["width"], layers=config["layers"], heads=config["heads"],
-                    context=config["context"]).to(dtype).eval()
+    with torch.device("meta"):
+        model = SmallGPT(width=config["width"], layers=config["layers"], heads=config["heads"],
+                         context=config["context"]).to(dtype)
+    model = shard(model, world_size, device.type, checkpointed)
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for index, (name, p) in enumerate(model.named_parameters()):
+            local = p.to_local()
+            rows = p.shape[0]
+            chunk = -(-rows // world_size)
+            start = min(dist_rank() * chunk, rows)
+            local.copy_(initial_value(index, name, tuple(p.shape), dtype)[
+                start:start + local.shape[0]].to(device))
+    return model.eval()
+
+
+def dist_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank()
+
+
+def initial_value(index, name, shape, dtype) -> torch.Tensor:
+    """Parameter ``index``'s random value: weights ``N(0, 1 / fan_in)``, layer-norm scales 1,
+    biases 0 (seeded by ``index``)."""
+    if len(shape) >= 2:
+        g = torch.Generator().manual_seed(1000 + index)
+        return (torch.randn(shape, generator=g) / shape[-1] ** 0.5).to(dtype)
+    fill = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+    return torch.full(shape, fill, dtype=dtype)
+
+
+def configuration(args) -> dict:
+    """The sizes: ``QUICK`` or ``FULL`` with the ``--set KEY=INT`` overrides."""
+    config = dict(QUICK if args.quick else FULL)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in config:
+            raise SystemExit(f"--set {item}: no size {key!r} (one of {sorted(config)})")
+        config[key] = int(value)
+    return config
 
 
 def token_data(config):
@@ -89,13 +137,18 @@ def next_token_loss(logits, targets):
                                              targets.reshape(-1))
 
 
-def shard(model, world_size, device_type):
-    """``fully_shard`` per layer and at the root over all ranks (a one-rank mesh for W = 1)."""
+def shard(model, world_size, device_type, checkpointed=False):
+    """``fully_shard`` per layer and at the root over all ranks (a one-rank mesh for W = 1);
+    with ``checkpointed`` each layer under ``checkpoint_wrapper`` first (activation
+    checkpointing as training code applies it to FSDP2 blocks)."""
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device_type, (world_size,))
-    for layer in model.layers:
+    for i, layer in enumerate(model.layers):
+        if checkpointed:
+            model.layers[i] = layer = checkpoint_wrapper(layer)
         fully_shard(layer, mesh=mesh)
     return fully_shard(model, mesh=mesh)
 
@@ -124,31 +177,34 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     world = init_from_env(timeout_s=3600)  # NCCL for CUDA tensors when CUDA is there
     if not dist.is_initialized():  # W = 1: a group of one rank, so that FSDP2 shards
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+        dist.init_process_group("cpu:gloo,cuda:nccl" if args.device == "cuda" else "gloo")
     rank, size = dist.get_rank(), dist.get_world_size()
     device = torch.device("cpu") if args.device == "cpu" else default_device(world)
-    config = QUICK if args.quick else FULL
+    config = configuration(args)
     dtype = getattr(torch, args.dtype)
-    model = shard(build_model(config, dtype).to(device), size, device.type)
+    model = build_model(config, dtype, device, size, checkpointed=args.mode == "checkpointed")
     op = HessianOperator(model, next_token_loss, token_data(config), reduction="mean",
                          batch_size=config["batch_size"], check_data=False)
+    build_peak = peak_rss_mib()  # the model built and sharded, the operator constructed
     dim, layout = op.shape[0], op.layout
     positions = np.sort(np.random.default_rng(3).choice(dim, min(args.sample, dim),
                                                         replace=False))
-    v = parameter_vector(op, dtype)
-    if args.mode == "native":
+    v = parameter_vector(op, dtype)  # full length (the benchmark's, not the operator's)
+    if args.mode in ("native", "checkpointed"):
         offsets = op.partition(size)
         lo, hi = offsets[rank], offsets[rank + 1]
-        product = op.rows_product(offsets)
-        if product is None:
-            raise SystemExit("the operator offers no products on its shards")
         v = layout.from_parameters(v)[lo:hi].clone().to(device)  # this rank's rows only
     else:
-        lo, hi, product = 0, dim, op.apply
+        lo, hi = 0, dim
         v = layout.from_parameters(v).to(device)
-    build_peak = peak_rss_mib()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    if args.mode in ("native", "checkpointed"):
+        product = op.rows_product(offsets)  # its trial step on the first batch
+        if product is None:
+            raise SystemExit("the operator offers no products on its shards")
+    else:
+        product = op.apply
     product(v[:, None])  # untimed
     times = []
     for _ in range(args.repeats):
@@ -165,7 +221,7 @@ def worker(args) -> None:
                                if device.type == "cuda" else None),
            "sample": dict(zip(positions[mine].tolist(),
                               hv[torch.from_numpy(where[mine] - lo)].tolist())),
-           "vHv": float(v.double() @ hv.double()) if args.mode == "native" or rank == 0 else 0.0,
+           "vHv": float(v.double() @ hv.double()) if args.mode != "gather" or rank == 0 else 0.0,
            "still_sharded": all(hasattr(p, "to_local") for p in model.parameters())}
     Path(args.worker, f"rank{rank}.json").write_text(json.dumps(row))
     dist.barrier()
@@ -193,6 +249,7 @@ def launch(world_size, mode, args) -> list:
                        "--repeats",
                        str(args.repeats), "--dtype", args.dtype, "--sample", str(args.sample),
                        "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+            command += [f"--set={item}" for item in args.set]
             procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE))
         errors = [p.communicate()[1].decode() for p in procs]
         for rank, (p, err) in enumerate(zip(procs, errors)):
@@ -254,8 +311,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world-sizes", default="1,2,4", help="comma-separated W (first: 1)")
     parser.add_argument("--modes", default="native",
-                        help="comma-separated: native (products on the shards), gather")
+                        help="comma-separated: native (products on the shards), checkpointed "
+                             "(the same with every layer under activation checkpointing), "
+                             "gather")
     parser.add_argument("--quick", action="store_true", help="a tiny model, seconds")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=INT",
+                        help="override a size of the configuration (width, layers, heads, "
+                             "context, sequences, batch_size), e.g. --set batch_size=8")
     parser.add_argument("--repeats", type=int, default=3, help="timed products per W")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--sample", type=int, default=20000, help="entries of Hv compared")
@@ -285,7 +347,7 @@ def main(argv=None):
         row.pop("sample")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        info = {"config": QUICK if args.quick else FULL, "dtype": args.dtype,
+        info = {"config": configuration(args), "dtype": args.dtype,
                 "device": args.device,
                 "threads_per_rank": args.threads, "torch": torch.__version__,
                 "results": results}

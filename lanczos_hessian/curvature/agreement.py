@@ -18,6 +18,7 @@ import torch
 
 from ..errors import RankMismatchError
 from ..parallel.distributed import gather_rows
+from ..parallel.dtensor import is_sharded_parameter
 
 IDENTITY_WIDTH = 16  # numbers per rank in the construction-time agreement check
 
@@ -35,7 +36,8 @@ IDENTITY = (
 
 def operator_identity(op) -> list:
     """What all ranks must share: the operator, a fingerprint of the model, the data."""
-    tensors = [t.detach() for _, t in op.model.named_parameters()]
+    tensors = [t.detach() for _, t in op.model.named_parameters()
+               if not is_sharded_parameter(t)]  # shards differ: their layouts are checked
     tensors += [t.detach() for _, t in op.model.named_buffers()]
     tensors = [t for t in tensors if t.is_floating_point()]
     f64 = torch.float64

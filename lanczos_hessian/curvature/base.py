@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -146,7 +147,8 @@ class CurvatureOperator(LinearOperator):
         self.compiled = None  # a CompiledProduct with compile=True
         error = identity = None
         self.sharded = ShardedModel.of(model)  # DTensor / FSDP2 parameters (parallel.dtensor)
-        with self.sharded.gathered():  # a collective: every rank enters, before any failure
+        by_block = self.sharded.gathers_by_block()  # else gathered whole to build
+        with nullcontext() if by_block else self.sharded.gathered():  # (a collective)
             try:  # every rank reaches the agreement check below, also after a local failure
                 self.space = ParameterSpace.of(model, params)
                 check_trainable_values(self.space.parameters(model))
@@ -161,7 +163,7 @@ class CurvatureOperator(LinearOperator):
                     refuse_low_precision(self.space.parameters(model))
                 super().__init__(dtype=np.dtype(dtype), shape=(self.space.dim, self.space.dim))
                 warn_on_train_mode(model)
-                self._check_loss_on_first_batch(strategy, bool(compile))
+                self._check_loss_on_first_batch(strategy, bool(compile), by_block)
                 if compile:
                     self.sharded.refuse_compile()
                     self.compiled = CompiledProduct(self.curvature, self.device,
@@ -177,12 +179,15 @@ class CurvatureOperator(LinearOperator):
             self.curvature.end_pass()  # no gathered parameter kept past construction
 
     # ---- validation ---------------------------------------------------------------------
-    def _check_loss_on_first_batch(self, strategy, compiled):
+    def _check_loss_on_first_batch(self, strategy, compiled, by_block=False):
         inputs, targets = self.data.first_batch()
         warn_on_precision_mismatch(inputs, self.model_dtype)
         x, y = self.to_device(inputs, targets)
-        with evaluation_mode(self.model):
-            check_first_loss(self.model, self.loss_fn, x, y, self.world)
+        if by_block:  # checked on the shards once the ranks agree (parallel.native); no probe
+            strategy = "reverse-over-reverse" if strategy == "auto" else strategy
+        else:
+            with evaluation_mode(self.model):
+                check_first_loss(self.model, self.loss_fn, x, y, self.world)
         with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
             self.curvature = resolve_strategy(self.kind, self.model, self.loss_fn, self.space,
                                               x, y, strategy, compiled)

@@ -9,7 +9,8 @@ act on full-length vectors exactly as for a model held whole.
 
 How a product is taken
 ----------------------
-For the length of one pass over the data (and once at construction), :meth:`ShardedModel.gathered`
+For the length of one pass over the data (and once at construction for a model that does not
+gather by block: below), :meth:`ShardedModel.gathered`
 replaces every sharded parameter by a plain parameter holding its full value
 (``DTensor.full_tensor()``: one all-gather per parameter, in the same order on every rank)
 and suspends FSDP2's forward hooks (which would otherwise gather the parameters again and
@@ -23,11 +24,14 @@ sharded, ``~M / W`` numbers per rank, FSDP2 state untouched.
 Peak memory per rank during a pass is therefore the full parameters (``M`` numbers in the
 model's dtype) plus the double-backward graph of one batch plus the operator's float64
 working vectors (a gathered block and its product, ``M`` each); between passes only the
-shards remain. This path serves full-length vectors (``op @ v``, scipy), the GGN and the
-residual, 2-D meshes and models that recompute activations in the backward. The Hessian
-with vectors laid out as the parameters' shards (a run with ``shard_vectors=True``) takes
-its products on the shards instead, with a peak that falls with ``W``
-(:mod:`lanczos_hessian.parallel.native`, the coordinates :mod:`lanczos_hessian.parallel.layout`).
+shards remain. This path serves full-length vectors (``op @ v``, scipy), 2-D meshes (HSDP),
+and models that cannot gather one block at a time. A model that can
+(:meth:`ShardedModel.gathers_by_block`: every sharded parameter ``Shard(0)`` on one
+one-dimensional mesh of the whole world) is built without gathering it, and its operators
+(Hessian, GGN, residual) take their products on the shards for vectors laid out as the
+parameters' shards (a run with ``shard_vectors=True``), with a peak that falls with ``W``
+(:mod:`lanczos_hessian.parallel.native`, :mod:`lanczos_hessian.parallel.gathering`, the
+coordinates :mod:`lanczos_hessian.parallel.layout`).
 
 Layouts checked before any pass (:func:`check_layouts`)
 ------------------------------------------------------
@@ -37,9 +41,11 @@ global shape, the same dtype of the local shard, the same placements; a mesh tha
 whole process group (``mesh.size() == W``; a 2-D mesh, HSDP's replicas x shards, is
 accepted: gathering it is the same ``full_tensor``); no ``Partial`` placement (a pending sum
 is not a parameter value). Plain parameters beside sharded ones are accepted as replicated:
-the operators' agreement check compares the full gathered parameters of every rank
-(:mod:`lanczos_hessian.curvature.agreement`), so a plain parameter that differs between
-ranks is refused there.
+the operators' agreement check compares them across ranks (with the full gathered
+parameters when the construction gathers; the shards' values, which differ by design, are
+left out when it does not: :mod:`lanczos_hessian.curvature.agreement`), so a plain parameter
+that differs between ranks is refused there. A module under
+``torch.distributed._composable.checkpoint`` is refused (:func:`refuse_single_recomputation`).
 """
 
 from __future__ import annotations
@@ -50,19 +56,11 @@ import torch
 
 from ..errors import DistributedError, InvalidModelError
 from .distributed import current_world, is_distributed
+from .gathering import BlockGather, gather_units, is_sharded_parameter, parameter_owners
 
 __all__ = ["ShardedModel", "is_sharded_parameter", "describe_parameters", "check_layouts",
            "suspend_fsdp_hooks", "restore_fsdp_hooks", "parameter_owners", "common_mesh",
-           "gather_units"]
-
-
-def is_sharded_parameter(tensor) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (a parameter spread over a device mesh)."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch without distributed tensors
-        return False
-    return isinstance(tensor, DTensor)
+           "gather_units", "refuse_single_recomputation"]
 
 
 def describe_parameters(model: torch.nn.Module) -> list:
@@ -130,9 +128,27 @@ class ShardedModel:
         self.model, self.names = model, names
         self._depth = 0  # gathered() is re-entrant: nested uses gather once
         self._cache = {}
+        self.blocks, self.whole_reason = None, ""  # see gathers_by_block
+        if names:
+            mesh, self.whole_reason = common_mesh(model)
+            if mesh is not None:
+                try:
+                    self.blocks = BlockGather(model, mesh)
+                except ValueError as exc:
+                    self.whole_reason = str(exc)
+
+    def gathers_by_block(self) -> bool:
+        """Whether the operators of this model gather its parameters one block at a time, at
+        construction and in products on the shards
+        (:class:`~lanczos_hessian.parallel.gathering.BlockGather`): a model whose sharded
+        parameters are all ``Shard(0)`` on one one-dimensional mesh of the whole world, no
+        scalar, none tied across blocks, one dtype per block. Otherwise the operator gathers
+        every parameter (:meth:`gathered`). The same answer on every rank."""
+        return self.blocks is not None
 
     @classmethod
     def of(cls, model: torch.nn.Module) -> "ShardedModel":
+        refuse_single_recomputation(model)
         layouts = [describe_parameters(model)]
         world = current_world()
         if is_distributed():
@@ -146,7 +162,14 @@ class ShardedModel:
         if names and not torch.distributed.is_initialized():
             raise DistributedError(f"parameter {names[0]!r} is a DTensor but no process group "
                                    "is initialized")
-        return cls(model, names)
+        sharded = cls(model, names)
+        if names:  # one decision for every rank (a shard's rows are checked on each rank)
+            flags = torch.tensor([0.0 if sharded.blocks is not None else 1.0])
+            torch.distributed.all_reduce(flags)
+            if flags[0] and sharded.blocks is not None:
+                sharded.blocks, sharded.whole_reason = None, ("another rank's shards are not "
+                                                              "DTensor's Shard(0) chunks")
+        return sharded
 
     @property
     def is_sharded(self) -> bool:
@@ -218,18 +241,25 @@ class ShardedModel:
         return hit[1]
 
 
-def parameter_owners(model) -> dict:
-    """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
-    ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""
-    by_id, first = {}, {}
-    modules = dict(model.named_modules(remove_duplicate=False))
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) not in by_id:
-            by_id[id(p)] = ([], p)
-            first[name] = id(p)
-        prefix, _, leaf = name.rpartition(".")
-        by_id[id(p)][0].append((modules[prefix], leaf))
-    return {name: by_id[key] for name, key in first.items()}
+def refuse_single_recomputation(model) -> None:
+    """Raise :class:`InvalidModelError` naming the module when ``model`` has a module under
+    ``torch.distributed._composable.checkpoint``: its recomputation enters one context made
+    once per forward, so the second backward pass through that forward (every Hessian
+    product takes two) fails inside PyTorch. Never raises before a collective on one rank
+    only: every rank holds the same model."""
+    try:
+        from torch.distributed._composable import checkpoint
+    except ImportError:  # pragma: no cover - a torch without composable APIs
+        return
+    for name, module in model.named_modules():
+        if checkpoint.state(module) is not None:
+            raise InvalidModelError(
+                f"module {name or type(module).__name__!r} is checkpointed with "
+                "torch.distributed._composable.checkpoint, which recomputes a block only once "
+                "per forward; a Hessian-vector product takes two backward passes through it. "
+                "Checkpoint the block with torch.distributed.algorithms._checkpoint."
+                "checkpoint_wrapper.checkpoint_wrapper or torch.utils.checkpoint.checkpoint("
+                "..., use_reentrant=False) instead")
 
 
 def _owners(model, names):
@@ -293,18 +323,3 @@ def common_mesh(model):
         elif p.device_mesh != mesh:
             return None, f"parameter {name!r} is on another device mesh than the others"
     return mesh, ""
-
-
-def gather_units(model) -> list:
-    """The modules that gather their parameters in products taken on the shards
-    (:mod:`lanczos_hessian.parallel.native`), the root first: the modules wrapped with
-    ``fully_shard``, else every element of an ``nn.ModuleList`` (a model's blocks)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover - a torch without FSDP2
-        FSDPModule = ()
-    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    if not units:
-        units = [item for m in model.modules() if isinstance(m, torch.nn.ModuleList)
-                 for item in m]
-    return [model] + [u for u in units if u is not model]

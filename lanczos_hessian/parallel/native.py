@@ -1,4 +1,4 @@
-"""Hessian-vector products taken on parameter shards: no vector or model of full length per rank.
+"""Curvature-vector products taken on parameter shards: no vector or model of full length per rank.
 
 The math. Let the ``W`` ranks hold the parameters ``w`` as ``Shard(0)`` chunks ``w_r``
 (:mod:`lanczos_hessian.parallel.layout`) and the data as exact shards ``D_r``; the full-data
@@ -16,77 +16,72 @@ the same step. Hence, with every rank in step ``k`` on its batch ``B_{r,k}`` wit
 
 and the sum over steps, times ``c``, is rank ``r``'s rows of ``H v`` for the full data set,
 computed from rank ``r``'s rows ``v_r`` of ``v`` alone; the inner product ``sum_s g_s . v_s``
-is assembled by the same reduce-scatter, never formed. Every rank must run the same
-collectives in the same order: ranks run the same number of steps, a rank out of batches
-repeats its first batch with weight 0 (one two-number all-reduce per step says whether any
-rank has a batch left, or failed: then every rank raises, naming the failing one).
+is assembled by the same reduce-scatter, never formed. The GGN ``sum_s J_s^T H_s J_s`` is
+taken the same way (:meth:`NativeShards._ggn`: ``J_s v`` by the double-vjp trick, whose
+backward all-gathers ``v``), the residual as the Hessian less the GGN of the same step. Every
+rank must run the same collectives in the same order: ranks run the same number of steps, a
+rank out of batches repeats its first batch with weight 0 (one two-number all-reduce per step
+says whether any rank has a batch left, or failed: then every rank raises, naming the failing
+one).
 
-Memory. A block's gathered parameters are dropped after its forward; a saved-tensor hook
-replaces every tensor the autograd graph would keep that is a gathered parameter by a token
-and gathers it again when the backward needs it (one all-gather per block, the last block's
-values kept while the backward visits it). With ``M`` parameters of ``s`` bytes, the peak
-per rank is therefore about
+Memory. The blocks are gathered one at a time, in the forward, for the backward's saved
+tensors and for a checkpointed block's recomputation
+(:mod:`lanczos_hessian.parallel.gathering`). With ``M`` parameters of ``s`` bytes, the
+peak per rank is therefore about
 
     (4 s + 16) M / W      the shards, v (float64 and in the model's dtype), the gradient
                           and a product in the model's dtype, the float64 sum
     + 2-3 x one block's full parameters (the gathered buffer and the parameters cut from it)
-    + one micro-batch's activations and double-backward graph,
+    + one micro-batch's activations and the graph of its first backward,
 
 against the full model plus that graph on the gather-everything path
-(:mod:`lanczos_hessian.parallel.dtensor`, ``scripts/bench_sharded.py`` measures both).
+(:mod:`lanczos_hessian.parallel.dtensor`, ``scripts/bench_sharded.py`` measures both). The
+operator's construction gathers one block at a time too (the first batch's loss,
+:meth:`NativeShards.check_first_batch`). Activation checkpointing of the blocks
+(``checkpoint_wrapper``, ``torch.utils.checkpoint`` without reentry) is honoured and exact,
+but saves little here: the first backward is taken with its graph (``create_graph``), and that
+graph keeps the recomputed activations of every block for the second.
 
 Units: the modules wrapped with ``fully_shard`` (and the root); for plain DTensor
 parameters, the root and every element of an ``nn.ModuleList``. A unit gathers the
-parameters it holds itself or through submodules that are not units. Only the Hessian is
-taken this way, for models whose sharded parameters are all ``Shard(0)`` on one
-one-dimensional mesh of the whole world; a model that recomputes activations in the backward
-(activation checkpointing inside a unit) cannot regather there and is found by a trial step
-(:meth:`NativeShards.trial`). Everything else takes the gather-everything path.
+parameters it holds itself or through submodules that are not units. Products are taken this
+way for models whose sharded parameters are all ``Shard(0)`` on one one-dimensional mesh of
+the whole world (:meth:`~lanczos_hessian.parallel.dtensor.ShardedModel.gathers_by_block`);
+a model whose products cannot run so (e.g. a checkpointed function that reads a parameter
+without calling the module that holds it) is found by a trial step (:meth:`NativeShards.trial`)
+and gathers. Everything else takes the gather-everything path.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
-import weakref
 
 import torch
 
-from ..curvature.checks import evaluation_mode
+from ..curvature.checks import check_first_loss, evaluation_mode
 from ..curvature.inputs import batch_length, call_model
 from ..curvature.precision import tf32_mode
 from ..curvature.kernels import twice_differentiable
 from ..curvature.fingerprint import PassFingerprint
 from ..errors import DistributedError, NonFiniteError
-from .distributed import all_reduce_or_raise
-from .dtensor import (common_mesh, gather_units, is_sharded_parameter, parameter_owners,
-                      restore_fsdp_hooks, suspend_fsdp_hooks)
-from .layout import ShardLayout, shard_rows
+from .dtensor import common_mesh, restore_fsdp_hooks, suspend_fsdp_hooks
+from .gathering import sync
+from .layout import ShardLayout
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["NativeShards", "shard_plan"]
 
 
-def sync(error, value: float = 0.0) -> float:
-    """The one small all-reduce every rank joins before each gather and each step: the sum
-    of ``value`` over the ranks, or every rank raises when one passes its ``error``
-    (:func:`~lanczos_hessian.parallel.distributed.all_reduce_or_raise`: the failing rank its
-    own exception, the others :class:`~lanczos_hessian.errors.RankFailedError` naming it)."""
-    flags = torch.tensor([value, 0.0], dtype=torch.float64)
-    all_reduce_or_raise(flags, error, flag_index=1, what="a sharded Hessian pass")
-    return float(flags[0])
-
-
 def shard_plan(op) -> tuple:
     """``(layout, native)`` of an operator, decided once after its construction: the
     shard-major :class:`~lanczos_hessian.parallel.layout.ShardLayout` and a
     :class:`NativeShards` when the model is sharded as ``Shard(0)`` on one mesh of the whole
-    world (``native`` None for the GGN and residual: they take the gather path on the same
-    coordinates); else parameter order and None. A collective (one all-reduce) when sharded:
-    every rank takes the same decision."""
-    world = op.world
+    world and gathers by block (else ``native`` None: products gather, on the same
+    coordinates); else parameter order and None. The same decision
+    on every rank (:meth:`~lanczos_hessian.parallel.dtensor.ShardedModel.gathers_by_block`);
+    with ``native``, the first batch's loss is checked on the shards (a collective)."""
     if not op.sharded.is_sharded:  # (sharded: a process group, maybe of one rank)
         return ShardLayout(op.space.shapes, 1), None
     mesh, reason = common_mesh(op.model)
@@ -95,70 +90,59 @@ def shard_plan(op) -> tuple:
     if mesh is None:
         logger.info("sharded %s products gather every parameter: %s", op.kind, reason)
         return ShardLayout(op.space.shapes, 1), None
-    layout, native = ShardLayout(op.space.shapes, world.size), None
-    try:
-        if op.kind == "hessian":
-            native = NativeShards(op, layout, mesh)
-    except ValueError as exc:
-        reason = str(exc)
-    flags = torch.tensor([0.0 if native is not None else 1.0], dtype=torch.float64)
-    torch.distributed.all_reduce(flags)
-    if flags[0] and native is not None:
-        native, reason = None, "another rank cannot take products on its shards"
-    if native is None:
+    layout = ShardLayout(op.space.shapes, op.world.size)
+    if not op.sharded.gathers_by_block():
+        reason = op.sharded.whole_reason
         logger.info("%s products of the sharded model gather every parameter%s", op.kind,
                     f": {reason}" if reason else "")
+        return layout, None
+    native = NativeShards(op, layout)
+    native.check_first_batch()
     return layout, native
 
 
 class NativeShards:
-    """Rank ``r``'s rows of ``H V`` from its rows of ``V``, for an operator's sharded model.
+    """Rank ``r``'s rows of ``C V`` from its rows of ``V``, for an operator's sharded model
+    (``C`` the Hessian, the GGN or the residual: ``op.kind``).
 
     Parameters
     ----------
     op : CurvatureOperator
-        The operator (its model, loss, data, parameter space and world).
+        The operator (its model, loss, data, parameter space and world); its model gathers
+        by block (``op.sharded.blocks``, a :class:`BlockGather`).
     layout : ShardLayout
         The shard-major layout of ``op``'s parameter space over the world.
-    mesh : DeviceMesh
-        The one-dimensional mesh of the sharded parameters (:func:`common_mesh`).
     """
 
-    def __init__(self, op, layout, mesh):
-        self.op, self.layout, self.mesh = op, layout, mesh
+    def __init__(self, op, layout):
+        self.op, self.layout, self.blocks = op, layout, op.sharded.blocks
         self.rank = op.world.rank
-        self.units = gather_units(op.model)
-        unit_ids = {id(u) for u in self.units}
-        held = {id(u): [] for u in self.units}
-        self.owners = parameter_owners(op.model)  # name -> ([(module, leaf)], parameter)
-        where = {}
-        for unit in self.units:  # the parameters a unit holds itself or via non-units
-            stack = [unit]
-            while stack:
-                module = stack.pop()
-                for leaf in module._parameters:
-                    where.setdefault((id(module), leaf), unit)
-                stack += [c for c in module._modules.values()
-                          if c is not None and id(c) not in unit_ids]
-        for name, (places, _) in self.owners.items():
-            units = {id(where[(id(m), leaf)]) for m, leaf in places}
-            if len(units) > 1:
-                raise ValueError(f"parameter {name!r} is tied across two gathered blocks")
-            held[units.pop()].append(name)
-        self.held = held
         self.selected = list(op.space.names)
-        self._storages, self._local, self._trial = {}, {}, None
-        self._cache = (None, {})  # the last unit gathered again in a backward
-        self.plans = {key: self._pieces(key) for key in held}
-        dtypes = {key: {self.owners[n][1].dtype for n in names} for key, names in held.items()}
-        if any(len(d) > 1 for d in dtypes.values()):
-            raise ValueError("a gathered block holds parameters of several dtypes")
+        self._trial = None
         self.num_passes = 0  # passes taken on the shards
-        for name, shape in zip(self.selected, layout.local_shapes(self.rank)):
-            if tuple(self.local_shard(name).shape) != shape:
-                raise ValueError(f"rank {self.rank}'s shard of {name!r} has shape "
-                                 f"{tuple(self.local_shard(name).shape)}, not DTensor's "
-                                 f"Shard(0) chunk {shape}")
+
+    def check_first_batch(self) -> None:
+        """The loss on each rank's first batch, with the blocks gathered one at a time (no
+        graph): a finite scalar, or every rank raises (the failing rank its error, e.g.
+        :class:`~lanczos_hessian.errors.InvalidLossError`, the others naming it)."""
+        op, error = self.op, None
+        fsdp = suspend_fsdp_hooks(op.model)
+        handles = self.blocks.attach({n: self.blocks.local_shard(n) for n in self.blocks.owners})
+        try:
+            try:
+                x, y = op.to_device(*op.data.first_batch())
+                with evaluation_mode(op.model):
+                    check_first_loss(op.model, op.loss_fn, x, y, op.world)
+            except DistributedError:
+                raise  # the ranks already know
+            except Exception as exc:  # the others wait at their next gather: join them
+                if isinstance(exc.__cause__, DistributedError):
+                    raise exc.__cause__ from None
+                error = exc
+            sync(error)
+        finally:
+            self.blocks.detach(handles)
+            restore_fsdp_hooks(fsdp)
 
     def rows_product(self, offsets):
         """:meth:`apply_rows` when ``offsets`` are the layout's rows and a trial step runs
@@ -172,112 +156,29 @@ class NativeShards:
                             self.op.kind, self._trial)
         return None if self._trial else self.apply_rows
 
-    # ---- gathering ---------------------------------------------------------------------
-    def local_shard(self, name: str) -> torch.Tensor:
-        """This rank's ``Shard(0)`` rows of parameter ``name`` (detached)."""
-        p = self.owners[name][1]
-        if is_sharded_parameter(p):
-            return p.to_local().detach()
-        a, b = shard_rows(p.shape[0] if p.dim() else 1, self.layout.world_size, self.rank)
-        return p.detach()[a:b]  # a plain parameter: cut as DTensor would
-
-    def _pieces(self, unit_id) -> tuple:
-        """Of a unit's flat buffer: the padded length ``L`` per rank and, per rank, each
-        held parameter's ``(start, numel)`` in it (from the layout: no collective)."""
-        world, names = self.layout.world_size, self.held[unit_id]
-        pieces = []
-        for rank in range(world):
-            start, row = 0, []
-            for name in names:
-                shape = tuple(self.owners[name][1].shape)
-                a, b = shard_rows(shape[0] if shape else 1, world, rank)
-                numel = (b - a) * (math.prod(shape[1:]) if shape else 1)
-                row.append((start, numel))
-                start += numel
-            pieces.append(row)
-        return max((sum(n for _, n in row) for row in pieces), default=0), pieces
-
-    def gather(self, unit_id, differentiable: bool = True) -> dict:
-        """The full values of a unit's parameters from the shards, by name: one all-gather
-        of the ranks' flat buffers (each padded to ``L``), cut into the parameters. With
-        ``differentiable`` the all-gather's backward is a reduce-scatter
-        (``grad_placements=[Partial()]``): rank ``r``'s leaves receive their rows of the
-        gradient summed over the ranks."""
-        from torch.distributed.tensor import DTensor, Partial, Shard
-
-        names, (width, pieces) = self.held[unit_id], self.plans[unit_id]
-        world = self.layout.world_size
-        local = [self._local[n] if differentiable else self._local[n].detach() for n in names]
-        mine = sum(t.numel() for t in local)
-        flat = torch.cat([t.reshape(-1) for t in local]
-                         + [local[0].new_zeros(width - mine)])
-        full = DTensor.from_local(flat, self.mesh, [Shard(0)], run_check=False,
-                                  shape=(world * width,), stride=(1,)
-                                  ).full_tensor(grad_placements=[Partial()])
-        values = {}
-        for i, name in enumerate(names):
-            parts = [full[r * width + pieces[r][i][0]: r * width + sum(pieces[r][i])]
-                     for r in range(world)]
-            value = torch.cat(parts).view(self.owners[name][1].shape)
-            storage = value.untyped_storage()
-            self._storages[id(storage)] = (unit_id, name, weakref.ref(storage))
-            values[name] = value
-        return values
-
-    def _gather_unit(self, unit, args):
-        if not self.held[id(unit)]:
-            return
-        sync(None)  # a rank that failed before this gather joins here instead
-        for name, full in self.gather(id(unit)).items():
-            for module, leaf in self.owners[name][0]:
-                module._parameters[leaf] = full
-
-    def _drop_unit(self, unit, args, output):
-        for name in self.held[id(unit)]:
-            for module, leaf in self.owners[name][0]:
-                module._parameters[leaf] = self.owners[name][1]
-
-    def _pack(self, tensor):
-        entry = self._storages.get(id(tensor.untyped_storage()))
-        if entry is None or entry[2]() is not tensor.untyped_storage():
-            return tensor
-        return (entry[0], entry[1], tuple(tensor.shape), tensor.stride(),
-                tensor.storage_offset())
-
-    def _unpack(self, packed):
-        """A saved gathered parameter, gathered again: one all-gather per unit, the last
-        unit's values kept (the backward visits a unit's saved tensors together)."""
-        if not isinstance(packed, tuple):
-            return packed
-        unit_id, name, size, stride, offset = packed
-        if self._cache[0] != unit_id:
-            self._cache = (None, {})  # free the previous unit first
-            with torch.no_grad():
-                self._cache = (unit_id, self.gather(unit_id, differentiable=False))
-        return self._cache[1][name].as_strided(size, stride, offset)
-
     # ---- the pass ----------------------------------------------------------------------
-    def _leaves(self):
-        """Fresh leaves: this rank's shards, differentiable where selected."""
-        self._local = {n: self.local_shard(n) for n in self.owners}
+    def _leaves(self) -> dict:
+        """Fresh leaves: this rank's shards of every parameter by name, differentiable where
+        selected."""
+        local = {n: self.blocks.local_shard(n) for n in self.blocks.owners}
         for n in self.selected:
-            self._local[n] = self._local[n].requires_grad_()
-        return [self._local[n] for n in self.selected]
+            local[n] = local[n].requires_grad_()
+        return local
 
     def _run(self, steps, V):
         """Sum over ``steps`` (``(inputs, targets, weight)``) of rank ``r``'s rows of
         ``d/dw_r (g . v)``, float64 ``(b, rows)``; also the sum of the batch losses."""
-        leaves = self._leaves()
+        local = self._leaves()
+        leaves = [local[n] for n in self.selected]
         sizes = [t.numel() for t in leaves]
         columns = [list(torch.split(V[:, j], sizes)) for j in range(V.shape[1])]
         sums = torch.zeros(V.shape[1], sum(sizes), dtype=torch.float64, device=V.device)
         losses = torch.zeros((), dtype=torch.float64, device=V.device)
         fsdp = suspend_fsdp_hooks(self.op.model)
-        handles = [h for u in self.units for h in (u.register_forward_pre_hook(self._gather_unit),
-                                                   u.register_forward_hook(self._drop_unit))]
+        handles = self.blocks.attach(local)
         try:
             with twice_differentiable(), torch.autograd.graph.saved_tensors_hooks(
-                    self._pack, self._unpack):
+                    self.blocks.pack, self.blocks.unpack):
                 for x, y, weight in steps:
                     try:
                         loss = self._step(x, y, weight, leaves, columns, sums)
@@ -286,35 +187,71 @@ class NativeShards:
                     except Exception as exc:  # the others wait at their next gather
                         sync(exc)
                     losses += loss
-                    self._cache = (None, {})
-                    self._storages = {k: e for k, e in self._storages.items()
-                                      if e[2]() is not None}
         finally:
-            for h in handles:
-                h.remove()
-            for name, (places, original) in self.owners.items():
-                for module, leaf in places:
-                    module._parameters[leaf] = original
+            self.blocks.detach(handles)
             restore_fsdp_hooks(fsdp)
-            self._local, self._storages, self._cache = {}, {}, (None, {})
         return sums, losses
 
     def _step(self, x, y, weight, leaves, columns, sums):
-        """One step: the weighted batch loss, its gradient on the leaves with its graph, and
-        one more backward per column of the block, added into ``sums``; the loss."""
-        loss = self.op.loss_fn(call_model(self.op.model, None, x), y)
-        grads = torch.autograd.grad(loss * weight, leaves, create_graph=True)
-        self._cache = (None, {})
+        """One step: the weighted batch loss and, per column ``v`` of the block, rank ``r``'s
+        rows of the step's product added into ``sums`` (:meth:`_hessian`, :meth:`_ggn`, or
+        their difference for the residual, the GGN first: the Hessian's last backward frees
+        the graph); the loss."""
+        kind = self.op.kind
+        z = call_model(self.op.model, None, x)
+        loss = self.op.loss_fn(z, y)
+        if kind != "hessian":
+            sign = -1.0 if kind == "residual" else 1.0
+            self._ggn(z, y, weight, leaves, columns, sums, sign, release=kind == "ggn")
+        if kind != "ggn":
+            self._hessian(loss * weight, leaves, columns, sums)
+        return loss.detach().to(torch.float64)
+
+    @staticmethod
+    def _add(sums, j, pieces, alpha=1.0) -> None:
+        """``alpha`` times rank ``r``'s rows of a product (per leaf) into row ``j`` of the
+        float64 ``sums``, in place (no full-length temporary)."""
+        start = 0
+        for h in pieces:
+            sums[j, start:start + h.numel()].add_(h.reshape(-1), alpha=alpha)
+            start += h.numel()
+
+    def _hessian(self, loss, leaves, columns, sums) -> None:
+        """Per column ``v``: rank ``r``'s rows of ``d/dw_r (g . v)``, ``g`` the gradient of
+        the step's weighted loss (reverse over reverse, module docstring)."""
+        grads = torch.autograd.grad(loss, leaves, create_graph=True)
+        self.blocks.after_backward()
         for j, v in enumerate(columns):
             inner = sum((g * u.reshape(g.shape)).sum() for g, u in zip(grads, v))
             hv = torch.autograd.grad(inner, leaves, retain_graph=j + 1 < len(columns))
-            self._cache = (None, {})
-            start = 0
-            for h in hv:  # into the float64 sum in place: no full-length temporary
-                sums[j, start:start + h.numel()].add_(h.reshape(-1))
-                start += h.numel()
+            self.blocks.after_backward()
+            self._add(sums, j, hv)
             del hv
-        return loss.detach().to(torch.float64)
+
+    def _ggn(self, z, y, weight, leaves, columns, sums, sign, release) -> None:
+        """Per column ``v``: rank ``r``'s rows of ``sum_s J_s^T H_s J_s v`` over the ranks'
+        batches of the step (``z_s`` rank ``s``'s outputs, ``J_s = dz_s/dw``, ``H_s`` the
+        Hessian of its weighted loss in ``z_s``). ``J_s v`` by the double-vjp trick: with
+        ``u_s`` a zero tangent of ``z_s``, rank ``r``'s rows ``t_r`` of ``sum_s J_s^T u_s``
+        come from the reduce-scatter, and ``d/du_s`` of this rank's ``t_r . v_r`` alone is
+        ``J_s v`` (the backward's all-gather brings the other ranks' rows of ``v``); then
+        ``H_s J_s v`` on this rank, and ``J^T`` of it by one more reduce-scatter; added to
+        ``sums`` times ``sign``. With ``release`` the last backward frees the graph."""
+        u = torch.zeros_like(z, requires_grad=True)
+        JTu = torch.autograd.grad(z, leaves, u, create_graph=True)
+        self.blocks.after_backward()
+        zd = z.detach().requires_grad_(True)
+        loss_grad = torch.autograd.grad(self.op.loss_fn(zd, y) * weight, zd,
+                                        create_graph=True)[0]
+        for j, v in enumerate(columns):
+            inner = sum((t * w.reshape(t.shape)).sum() for t, w in zip(JTu, v))
+            Jv = torch.autograd.grad(inner, u, retain_graph=True)[0]
+            self.blocks.after_backward()
+            HJv = torch.autograd.grad(loss_grad, zd, Jv, retain_graph=True)[0]
+            last = release and j + 1 == len(columns)
+            self._add(sums, j, torch.autograd.grad(z, leaves, HJv, retain_graph=not last),
+                      sign)
+            self.blocks.after_backward()
 
     def _steps(self, state):
         """This rank's batches in lockstep with the other ranks': ``(x, y, weight)`` until
@@ -361,7 +298,7 @@ class NativeShards:
         return reason
 
     def apply_rows(self, V: torch.Tensor) -> torch.Tensor:
-        """Rank ``r``'s rows of ``H V`` (float64 ``(rows, b)``) from its rows ``V``: one
+        """Rank ``r``'s rows of ``C V`` (float64 ``(rows, b)``) from its rows ``V``: one
         lockstep pass over the data in eval mode, normalized exactly (``c = 1/N`` for
         ``mean``); counted in the operator's ``num_applications`` and time."""
         op, start = self.op, time.perf_counter()

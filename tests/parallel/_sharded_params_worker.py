@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.utils.checkpoint import checkpoint
@@ -56,14 +57,30 @@ class Checkpointed(torch.nn.Module):
         return checkpoint(self.inner, x, use_reentrant=False)
 
 
-def checkpointed_model(mesh):
-    """``fully_shard`` blocks under activation checkpointing, and at the root."""
+def checkpointed_model(mesh, wrap=Checkpointed):
+    """``fully_shard`` blocks under activation checkpointing, and at the root; ``wrap``:
+    :class:`Checkpointed` (``torch.utils.checkpoint`` in the block's forward) or
+    ``checkpoint_wrapper`` (as training code checkpoints FSDP2 blocks)."""
     model = make_model()
-    blocks = [Checkpointed(torch.nn.Sequential(model[0], model[1])),
-              Checkpointed(torch.nn.Sequential(model[2], model[3])), Checkpointed(model[4])]
+    blocks = [wrap(torch.nn.Sequential(model[0], model[1])),
+              wrap(torch.nn.Sequential(model[2], model[3])), wrap(model[4])]
     for block in blocks:
         fully_shard(block, mesh=mesh)
     return fully_shard(torch.nn.Sequential(*blocks), mesh=mesh)
+
+
+class CallCount:
+    """A forward pre-hook that counts the calls of the checkpointed layers (a recomputed
+    layer runs more than once per step)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        self.calls += 1
 
 
 def dtensor_model(mesh, skip=(), dtype_on_rank=None):
@@ -148,6 +165,10 @@ def resume_and_bad_input(op, fsdp, mesh, data, V, out, saved) -> dict:
     shuffled = (data[0].flip(0), data[1].flip(0)) if rank == world - 1 else data
     messages["data_order"] = message_of(
         lambda: HessianOperator(fsdp, LOSS, shuffled, batch_size=BATCH) @ V[:, 0])
+    poisoned = (data[0].clone(), data[1])
+    poisoned[0][-10] = float("nan")  # in the last rank's first batch (checked on the shards)
+    messages["first_batch"] = message_of(lambda: HessianOperator(fsdp, LOSS, poisoned,
+                                                                 batch_size=BATCH))
     messages["compile"] = message_of(lambda: HessianOperator(fsdp, LOSS, data, compile=True))
     grouped = make_model()
     fully_shard([grouped[0], grouped[2]], mesh=mesh)  # one FSDP2 state for two modules
@@ -173,6 +194,7 @@ def main(out_dir):
 
     models = {"fsdp": fsdp_model(mesh), "dtensor": dtensor_model(mesh),
               "checkpointed": checkpointed_model(mesh),
+              "wrapped": checkpointed_model(mesh, wrap=checkpoint_wrapper),
               "mixed": dtensor_model(mesh, skip=("2.weight", "2.bias"))}
     if world == 4:  # HSDP: 2 replicas x 2 shards
         models["hsdp"] = fully_shard(make_model(), mesh=init_device_mesh(
@@ -186,21 +208,33 @@ def main(out_dir):
         saved[f"{label}_native"] = product is not None
         if product is not None:  # each rank's rows of H V from its rows of V alone
             lo, hi = op.partition(world)[rank:rank + 2]
+            counter = CallCount(model)
             saved[f"{label}_rows"] = product(
                 torch.from_numpy(op.layout.from_parameters(V)[lo:hi])).numpy()
+            saved[f"{label}_calls"] = counter.calls  # layer calls in one pass
     fsdp = models["fsdp"]
     saved["forward_hv"] = parameter_product(HessianOperator(
         fsdp, LOSS, data, batch_size=BATCH, strategy="forward-over-reverse"), V)
     saved["ggn_hv"] = parameter_product(GGNOperator(fsdp, LOSS, data, batch_size=BATCH), V)
     saved["residual_hv"] = parameter_product(
         ResidualOperator(fsdp, LOSS, data, batch_size=BATCH), V)
+    # the GGN and the residual on the shards (the residual through checkpointed blocks)
+    for kind, cls, label in (("ggn", GGNOperator, "fsdp"),
+                             ("residual", ResidualOperator, "checkpointed")):
+        op = cls(models[label], LOSS, data, batch_size=BATCH)
+        product = op.rows_product(op.partition(world))
+        saved[f"{kind}_native"] = product is not None
+        if product is not None:
+            lo, hi = op.partition(world)[rank:rank + 2]
+            saved[f"{kind}_rows"] = product(
+                torch.from_numpy(op.layout.from_parameters(V)[lo:hi])).numpy()
 
-    for label in ("fsdp", "dtensor"):  # products on the shards inside the runs
+    for label in ("fsdp", "dtensor", "checkpointed"):  # products on the shards in runs
         op = HessianOperator(models[label], LOSS, data, batch_size=BATCH)
         _, density = run.slq(op, shard_vectors=True, progress=False, **SLQ)
         saved[f"{label}_slq_nodes"], saved[f"{label}_slq_weights"] = (density.nodes,
                                                                       density.weights)
-        if label == "fsdp":  # (plain DTensor parameters: the same products, SLQ)
+        if label == "fsdp":  # (the others: the same products, SLQ)
             top = run.eigs(op, out / f"{label}_eigs.h5", shard_vectors=True, progress=False,
                            overwrite=True, **EIGS)
             saved[f"{label}_eigs_values"] = top.eigenvalues

@@ -131,8 +131,10 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     _, density = run.slq(H_sm, progress=False, **SLQ)
     hv_sm = H_sm @ ShardLayout([p.shape for p in make_model().parameters()],
                                world_size).from_parameters(probe_block())
-    offsets = ShardLayout([p.shape for p in make_model().parameters()], world_size).offsets
-    labels = ["fsdp", "dtensor", "mixed", "checkpointed"] + (["hsdp"] if world_size == 4 else [])
+    layout = ShardLayout([p.shape for p in make_model().parameters()], world_size)
+    offsets = layout.offsets
+    labels = ["fsdp", "dtensor", "mixed", "checkpointed", "wrapped"] + (
+        ["hsdp"] if world_size == 4 else [])
     for rank, (saved, messages) in enumerate(ranks):
         for label in labels:  # products: the unsharded full-data product, on every rank
             assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
@@ -146,19 +148,24 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         assert np.all(saved["eigs_residuals"] < 1e-8)
         np.testing.assert_allclose(saved["slq_nodes"], density.nodes, rtol=0, atol=1e-10)
         np.testing.assert_allclose(saved["slq_weights"], density.weights, rtol=0, atol=1e-10)
-        # products on the shards: fully_shard and plain DTensor parameters
-        for label in ("fsdp", "dtensor"):
+        # products on the shards: fully_shard and plain DTensor parameters, and blocks
+        # under activation checkpointing (torch.utils.checkpoint, checkpoint_wrapper)
+        for label in ("fsdp", "dtensor", "checkpointed", "wrapped"):
             assert bool(saved[f"{label}_native"]), label
             lo, hi = offsets[rank:rank + 2]
             difference = np.abs(saved[f"{label}_rows"] - hv_sm[lo:hi]).max()
             assert difference < 1e-12 * np.abs(hv_sm).max(), (label, difference)
+            if label in ("checkpointed", "wrapped"):  # recomputed in the backward passes
+                assert int(saved[f"{label}_calls"]) > 2 * int(saved["fsdp_calls"]), label
+            if label == "wrapped":
+                continue  # SLQ: the torch.utils.checkpoint model's run (the same products)
             np.testing.assert_allclose(saved[f"{label}_slq_nodes"], density.nodes, atol=1e-10)
             np.testing.assert_allclose(saved[f"{label}_slq_weights"], density.weights,
                                        atol=1e-10)
             # every pass of the runs on the shards (the trial step is not a pass)
             assert int(saved[f"{label}_native_passes"]) == int(saved[f"{label}_all_passes"])
             assert int(saved[f"{label}_native_passes"]) >= SLQ["num_steps"]
-            if label == "dtensor":
+            if label != "fsdp":
                 continue  # eigenvalues: the fully_shard model's run (the same products)
             values = np.sort(saved[f"{label}_eigs_values"])
             np.testing.assert_allclose(values[-5:], ref["top"], rtol=0, atol=1e-8)
@@ -167,10 +174,16 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
             assert int(saved[f"{label}_native_passes"]) > SLQ["num_steps"] + 20
             if rank == 0:  # the run file says in which order its vectors are
                 assert messages[f"{label}_order"] == "shard-major"
-        # partly sharded: its plain parameters cut as Shard(0) too; checkpointed blocks
-        # recompute in the backward and a 2-D mesh (HSDP) is not one shard per rank: gathered
+        # the GGN and the residual on the shards, against the unsharded operators
+        lo, hi = offsets[rank:rank + 2]
+        for kind in ("ggn", "residual"):
+            assert bool(saved[f"{kind}_native"]), kind
+            exact = layout.from_parameters(ref[f"{kind}_hv"])
+            difference = np.abs(saved[f"{kind}_rows"] - exact[lo:hi]).max()
+            assert difference < 1e-12 * np.abs(exact).max(), (kind, difference)
+        # partly sharded: its plain parameters cut as Shard(0) too; a 2-D mesh (HSDP) is
+        # not one shard per rank: gathered
         assert bool(saved["mixed_native"])
-        assert not bool(saved["checkpointed_native"])
         if "hsdp" in labels:
             assert not bool(saved["hsdp_native"])
         if world_size != 2:
@@ -189,6 +202,13 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
         assert "InvalidModelError" in messages["mesh"] and "mesh" in messages["mesh"]
         assert f"has {world_size}" in messages["mesh"], messages["mesh"]
         assert "RankMismatchError" in messages["replica"], messages["replica"]
+        if rank == world_size - 1:  # the first batch's loss, checked on the shards
+            assert messages["first_batch"].startswith("NonFiniteError: the loss is nan on "
+                                                      f"batch 0 of rank {rank}'s shard"), \
+                messages["first_batch"]
+        else:
+            assert messages["first_batch"].startswith("RankFailedError") and \
+                f"rank {world_size - 1}" in messages["first_batch"], messages["first_batch"]
         assert messages["compile"].startswith("InvalidModelError: compile=True is not "
                                               "available"), messages["compile"]
         assert messages["grouped"].startswith("InvalidModelError: module '0' is an FSDP2 "
