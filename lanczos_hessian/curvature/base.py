@@ -30,7 +30,6 @@ per-batch products :mod:`lanczos_hessian.curvature.curvatures`, the choice of st
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from contextlib import nullcontext
@@ -41,6 +40,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..parallel.distributed import common_seed, current_world
 from ..parallel.dtensor import ShardedModel
+from ..parallel.gathering import whole_values
 from ..parallel.native import shard_plan
 from .agreement import agree_across_ranks, operator_identity
 from .checks import (check_first_loss, check_trainable_values, evaluation_mode, infer_reduction,
@@ -326,8 +326,8 @@ class CurvatureOperator(LinearOperator):
             provenance["num_samples"] = self.num_samples  # over all ranks
         if self.data.num_samples is not None:  # tensors: the batch size splits the sums
             provenance["batch_size"] = self.data.batch_size
-        model = self.sharded.cached("model", lambda: hashlib.sha256(
-            self.flat_parameters().cpu().numpy().tobytes()).hexdigest()[:16])
+        model = self.sharded.cached("model", lambda: self.space.digest(self.model, whole_values),
+                                    gather=False)
         return {"provenance": provenance, "fingerprints": {"model": model}}
 
     def partition(self, world_size: int) -> list:

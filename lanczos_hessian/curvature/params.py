@@ -8,6 +8,7 @@ and joined back.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -101,6 +102,17 @@ class ParameterSpace:
     def flat_parameters(self, model: torch.nn.Module) -> torch.Tensor:
         """The selected parameters of ``model`` as one flat float64 vector (a copy)."""
         return self.join(p.to(torch.float64) for p in self.parameters(model).values())
+
+    def digest(self, model: torch.nn.Module, whole=None) -> str:
+        """SHA-256, first 16 hex digits, of :meth:`flat_parameters`'s bytes (float64, native
+        byte order), fed one parameter at a time: ``whole`` (default: the identity) maps a
+        parameter to its full values, so that a sharded model is gathered one parameter at a
+        time and never held whole."""
+        h = hashlib.sha256()
+        for p in self.parameters(model).values():
+            full = p if whole is None else whole(p)
+            h.update(full.to(torch.float64).cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
 
 def _select(named, names):

@@ -50,7 +50,7 @@ that differs between ranks is refused there. A module under
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -226,16 +226,17 @@ class ShardedModel:
                  for n in self.names if n in params}  # plain while gathered
         return tuple((id(params[n]), t._version) for n, t in local.items())
 
-    def cached(self, key: str, compute):
-        """``compute()``, computed once per :meth:`stamp` of the model (it gathers, so the
-        first call after a change is collective; later calls, e.g. on rank 0 only, are not).
-        Without sharded parameters: ``compute()`` every time."""
+    def cached(self, key: str, compute, gather: bool = True):
+        """``compute()``, computed once per :meth:`stamp` of the model, within
+        :meth:`gathered` (``gather=False``: as the model is, for a ``compute`` that gathers
+        what it needs itself). The first call after a change is collective; later calls, e.g.
+        on rank 0 only, are not. Without sharded parameters: ``compute()`` every time."""
         if not self.names:
             return compute()
         stamp = self.stamp()
         hit = self._cache.get(key)
         if hit is None or hit[0] != stamp:
-            with self.gathered():
+            with self.gathered() if gather else nullcontext():
                 hit = (stamp, compute())
             self._cache[key] = hit
         return hit[1]

@@ -65,6 +65,13 @@ def is_sharded_parameter(tensor) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def whole_values(tensor) -> torch.Tensor:
+    """``tensor``'s full values, detached: a sharded parameter gathered alone (a collective:
+    every rank must call it for the same parameter), any other tensor as it is."""
+    with torch.no_grad():
+        return tensor.full_tensor() if is_sharded_parameter(tensor) else tensor.detach()
+
+
 def parameter_owners(model) -> dict:
     """Every parameter of ``model`` by its first name (``named_parameters()`` order): the
     ``(module, attribute)`` pairs that hold it (more than one when tied) and the parameter."""

@@ -204,6 +204,8 @@ def main(out_dir):
         # a full-length numpy block on every rank (scipy), in the operator's (shard-major)
         # coordinates: mapped from and back to parameter order
         saved[f"{label}_hv"] = parameter_product(op, V)
+        # the run files' model digest, one parameter gathered at a time (collective)
+        messages[f"{label}_digest"] = op.identity()["fingerprints"]["model"]
         product = op.rows_product(op.partition(world))  # None: products gather
         saved[f"{label}_native"] = product is not None
         if product is not None:  # each rank's rows of H V from its rows of V alone

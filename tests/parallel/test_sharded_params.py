@@ -103,6 +103,7 @@ def ref(tmp_path_factory):
     _, density = run.slq(op, progress=False, **SLQ)
     loss = torch.nn.CrossEntropyLoss()
     return {"hv": H @ V, "H": H, "single": out_dir / "single.h5",
+            "digest": op.identity()["fingerprints"]["model"],
             "top": exact[-5:], "bottom": exact[:3],
             "ggn_hv": GGNOperator(make_model(), loss, data, batch_size=BATCH) @ V,
             "residual_hv": ResidualOperator(make_model(), loss, data, batch_size=BATCH) @ V,
@@ -138,6 +139,8 @@ def test_sharded_parameters_give_the_unsharded_curvature(tmp_path, world_size, r
     for rank, (saved, messages) in enumerate(ranks):
         for label in labels:  # products: the unsharded full-data product, on every rank
             assert relative(saved[f"{label}_hv"], ref["hv"]) < 1e-12, label
+            # the file's model digest: the unsharded model's, gathered one parameter at a time
+            assert messages[f"{label}_digest"] == ref["digest"], label
         assert relative(saved["forward_hv"], ref["hv"]) < 1e-12  # the other strategy
         assert relative(saved["ggn_hv"], ref["ggn_hv"]) < 1e-12
         assert relative(saved["residual_hv"], ref["residual_hv"]) < 1e-12
