@@ -148,6 +148,7 @@ def test_hidden_sizes_2016_trained_only(tmp_path, quiet):
         assert row["num_params"] == 807 and row["k"] == 1
         assert row["lambda_max"] > 0 and row["near_zero"] >= 0.9
     assert (tmp_path / "exp_hidden_sizes_2016_k1.json").exists()
+    assert (tmp_path / "exp_hidden_sizes_2016_k1.png").stat().st_size > 0
 
 
 def test_hidden_sizes_2016_fig2_only(tmp_path, quiet):
