@@ -165,14 +165,15 @@ def trained_only(k: int, seeds, n: int = 1000, steps: int = 2000, out_dir=None,
                  echo=ec.log) -> dict:
     """Fig. 1 right at one more width ``k`` alone: the exact spectrum of the trained 784-k-k-10
     network (the recipe of :func:`main`) for each seed, summarized by :func:`stats`; written
-    to ``exp_hidden_sizes_2016_k<k>.json`` (no HDF5 file, no figure)."""
+    to ``exp_hidden_sizes_2016_k<k>.json`` and drawn, every seed, in
+    ``exp_hidden_sizes_2016_k<k>.png`` (no HDF5 file)."""
     ec.setup()
     timer = ec.Timer()
     paths = ec.out_paths(NAME, out_dir, False)
     x, y = load_mnist(n, flatten=True)
-    rows = []
+    rows, drawn = [], {}
     for s in seeds:
-        _, row = spectrum(k, x, y, s, steps)
+        drawn[s], row = spectrum(k, x, y, s, steps)
         rows.append({"seed": s, "k": k, **row})
         echo(f"seed {s} k={k} ({row['num_params']} p): loss {row['loss']:.2g} | acc "
              f"{row['accuracy']:.3f} | lmax {row['lambda_max']:.3g} | near 0 "
@@ -181,7 +182,22 @@ def trained_only(k: int, seeds, n: int = 1000, steps: int = 2000, out_dir=None,
                "steps": steps, "learning_rate": LR, "seeds": list(seeds), "fig1": rows,
                "seconds": timer(), "cpu_seconds": timer.cpu()}
     ec.write_json(paths["json"].with_name(f"exp_{NAME}_k{k}.json"), payload)
+    plot_trained(drawn, k, paths["png"].with_name(f"exp_{NAME}_k{k}.png"))
     return payload
+
+
+def plot_trained(drawn: dict, k: int, path) -> None:
+    """Fig. 1 right at width ``k`` alone: histograms (log counts, bins of 0.01 lambda_max) of
+    the trained exact spectrum of every seed (``drawn``: seed -> ascending eigenvalues)."""
+    plt = ec.pyplot()
+    fig, ax = plt.subplots(1, 1, figsize=(6.5, 4))
+    for i, (seed, values) in enumerate(drawn.items()):
+        ax.hist(values / values[-1], bins=np.linspace(-1, 1, 201), histtype="step", lw=1,
+                color=f"C{i}", label=f"seed {seed} ({values.size} p, lmax {values[-1]:.3g})")
+    ax.set(yscale="log", xlim=(-0.1, 1.02), ylabel="count",
+           xlabel="lambda / lambda_max (bins of 0.01)",
+           title=f"[S16] Fig. 1 right at k = {k}: MNIST, trained (exact)")
+    ec.finish_figure(fig, [ax], path)
 
 
 def fig2_only(k: int, seeds, n: int = 1000, steps: int = 2000, out_dir=None,

@@ -582,10 +582,11 @@ def _plot_paper_means(ax, comparison):
 
 
 def _plot_ordered_tops(ax, networks, activation):
-    """The paper's Fig. 2: the ordered top eigenvalues of one network per k (GD, cov 1, the
-    first seed), each divided by its lambda_1, with a mark at rank k - 1."""
+    """The paper's Fig. 2: the ordered top eigenvalues of one network per k (SGD, as the
+    paper's Sec. 3.1 trains for that figure; cov 1; the first seed), each divided by its
+    lambda_1, with a mark at rank k - 1."""
     sel = [n for n in networks if (n["activation"], n["optimizer"], n["scale"])
-           == (activation, "GD", 1.0)]
+           == (activation, "SGD", 1.0)]
     if not sel:
         sel = [n for n in networks if n["activation"] == activation]
     if not sel:

@@ -9,7 +9,7 @@ small-batch solution generalizes better (about 1% higher test accuracy there); t
 the line shows no barrier between the two, so the better solution lies in the same basin,
 reached through its flat directions although the small-batch run first climbed in loss.
 
-CIFAR-10 is not available offline here; this runs on the shipped **MNIST** digits: a
+CIFAR-10 is not on this offline machine; this runs on the shipped **MNIST** digits: a
 balanced training set of ``n_train`` = 2,000 and **all 8,000 other digits as the test set**
 (binomial standard error about 0.25%, so a 1% difference is several standard errors). The
 network is the convnet ``models.small_cnn(1, 10, 28, channels=(8, 16), hidden=32)`` (26,698
