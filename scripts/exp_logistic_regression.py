@@ -135,13 +135,7 @@ def loss_fn(logits, labels):
 
 def fit(model, x, y, steps: int, lr: float = LR) -> float:
     """Full-batch gradient descent (the loss is convex); returns the final loss."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        loss_fn(model(x), y).backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float(loss_fn(model(x), y))
+    return ec.full_batch_descent(model, loss_fn, x, y, steps, lr)
 
 
 def hessian(model, x, y) -> np.ndarray:

@@ -161,6 +161,18 @@ class Timer:
         return time.process_time() - self.cpu_start
 
 
+def full_batch_descent(model, loss_fn, x, y, steps: int, lr: float) -> float:
+    """``steps`` steps of plain gradient descent on the full-batch ``loss_fn(model(x), y)``
+    at learning rate ``lr``; returns the final loss."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(loss_fn(model(x), y))
+
+
 def log(*args):
     print(*args, flush=True)
     sys.stdout.flush()
