@@ -64,6 +64,7 @@ class Accumulator:
         self.sums, self.space = sums, space
         self.scale = None  # the unit of sums, a batch weight (None: nothing written yet)
         self._flat = space.dim < FLAT_BELOW * len(space.names)
+        self._flat_target = None  # sums.view(-1), made on the first flat add, not per batch
         self._numpy = sums.device.type == "cpu"
         self._targets = {}  # layout (by_column) -> per-parameter float64 views of sums
 
@@ -95,7 +96,9 @@ class Accumulator:
         """``sums = product`` (``copy``), ``sums += product``, or ``sums += alpha * product``."""
         pieces = product.tensors()
         if self._flat and product.by_column:  # column after column: the layout of sums
-            flat, target = torch._C._nn.flatten_dense_tensors(pieces), self.sums.view(-1)
+            if self._flat_target is None:
+                self._flat_target = self.sums.view(-1)
+            flat, target = torch._C._nn.flatten_dense_tensors(pieces), self._flat_target
             if copy:
                 target.copy_(flat)
             elif alpha is None:

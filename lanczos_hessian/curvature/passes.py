@@ -12,6 +12,9 @@ of ``b`` vectors of length ``M``::
 
     [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
 
+(the sample count is written there only for the all-reduce: in one process the pass's own
+count is the total, read without a tensor write and read back).
+
 What the pass adds around the products is a few operations per batch (the accumulation, one
 add per parameter; the batch's loss kept for the health check) and a few per pass:
 
@@ -88,7 +91,8 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     checks = 3 if size > 1 else 0  # per rank: sum V, |V|_1, |V|_2
     buffer = torch.empty(n + 2 + checks * size, dtype=torch.float64, device=op.device)
     buffer[n:].zero_()  # the sums are written by the pass (Accumulator), the rest is not
-    error, divided = None, False
+    sums = buffer[:n].view(b, dim)  # one view for the pass and the result
+    error, divided, count = None, False, 0
     try:  # every rank reaches the one all-reduce, also after a local failure
         if checks:
             row = buffer[n + 2 + 3 * rank: n + 5 + 3 * rank]
@@ -96,20 +100,22 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
             row[1] = torch.linalg.vector_norm(block, 1, dtype=torch.float64)
             row[2] = torch.linalg.vector_norm(block, 2, dtype=torch.float64)
         divide = op.reduction == "mean" and size == 1  # by N within the pass: all is here
-        count = _pass(op, block, buffer[:n].view(b, dim), divide)
-        buffer[n] = count
+        count = _pass(op, block, sums, divide)
+        if size > 1:  # summed over the ranks by the all-reduce; in one process, count is all
+            buffer[n] = count
         divided = divide and count > 0
     except Exception as exc:
-        buffer[:n].zero_()  # sums a failed pass may have left unwritten
+        sums.zero_()  # sums a failed pass may have left unwritten
         divided, error = False, exc
     all_reduce_or_raise(buffer, error, flag_index=n + 1, what=f"a {op.kind} pass over the data")
     if checks:
         check_same_block(buffer[n + 2:].view(size, 3).cpu().numpy(), op.kind)
+    samples = buffer[n] if size > 1 else count
     if op.num_samples is None:
-        op.record_num_samples(int(buffer[n]))
-    total = buffer[:n].view(b, dim).T
+        op.record_num_samples(int(samples))
+    total = sums.T
     if op.reduction == "mean" and not divided:
-        total.div_(buffer[n])  # in place: no copy
+        total.div_(samples)  # in place: no copy
     return total
 
 
@@ -128,16 +134,18 @@ def _pass(op, block, sums, divide: bool = False) -> int:
     if product is op.compiled:
         product.start_pass()  # its first call checks every guard
     move = None if op.data.placed(op.device, op.model_dtype) else op.to_device
+    hashing = known is None and op.check_data  # decided once per pass, as the names below
+    keep, add = values.append, total.add
     with twice_differentiable():
         for inputs, targets in _batches(op):
             x, y = (inputs, targets) if move is None else move(inputs, targets)
             value, result = product(x, y, block)
-            values.append(value)
+            keep(value)
             samples = batch_length(x)
-            total.add(result, samples if weighted else 1)
+            add(result, samples if weighted else 1)
             del result  # freed before the next batch's product allocates its own
             count += samples
-            if known is None and op.check_data:
+            if hashing:
                 fingerprint.add(inputs, targets)
         total.finish(count if divide and count else 1)
         check_model_unchanged(before, model_state(op.model), op.kind)
