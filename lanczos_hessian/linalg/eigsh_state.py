@@ -72,8 +72,9 @@ class EigshState:
         n = matvec.dim
         generator, v0 = start_vector(rng, v0, matvec, block_size)
         self.shard = whole_or(shard, n)
+        v0 = self.shard.local(v0).to(matvec.device)  # this rank's rows only on the device
         if self.shard.is_split:
-            matvec, v0 = ShardedMatvec(matvec, self.shard), self.shard.local(v0)
+            matvec = ShardedMatvec(matvec, self.shard)
         self.matvec = matvec
         basis = bases(0, self.shard.local_dim, ncv) if bases is not None else None
         kind = BlockLanczosProcess if block_size > 1 else LanczosProcess
@@ -162,8 +163,10 @@ class EigshState:
 
 def start_vector(rng, v0, matvec, block_size=1):
     """The generator of the run (seeded from ``rng``) and the float64 start vector ``(n,)``
-    (single-vector mode) or start block ``(n, block_size)``."""
-    n, device = matvec.dim, matvec.device
+    (single-vector mode) or start block ``(n, block_size)``, whole and on the CPU (every
+    rank draws the same numbers; a rank with sharded vectors then moves its rows alone to
+    the operator's device)."""
+    n = matvec.dim
     if rng is None:  # every rank must draw the same vectors: the operator's common entropy
         rng = matvec.draw_seed()
     seed_rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -177,7 +180,7 @@ def start_vector(rng, v0, matvec, block_size=1):
     if block_size > 1:
         rest = torch.randn(n, block_size - 1, generator=generator, dtype=torch.float64)
         v0 = torch.cat([v0[:, None], rest], dim=1)
-    return generator, v0.to(device)
+    return generator, v0.cpu()
 
 
 def assemble_result(process, theta, S, bounds, want, tol, anorm, criterion, which, matvec,
