@@ -103,6 +103,9 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         deadline = time.monotonic() + TIMEOUT
         while committed_steps(path) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        # 1 s into the next 6 s pass: a first signal that landed between a commit and the
+        # safe point after it would stop the run there, before the second one is sent
+        time.sleep(1.0)
         os.kill(process.pid, signal.SIGINT)
         time.sleep(0.1)
         os.kill(process.pid, signal.SIGINT)
