@@ -326,8 +326,7 @@ class CurvatureOperator(LinearOperator):
             provenance["num_samples"] = self.num_samples  # over all ranks
         if self.data.num_samples is not None:  # tensors: the batch size splits the sums
             provenance["batch_size"] = self.data.batch_size
-        model = self.sharded.cached("model", lambda: self.space.digest(self.model, whole_values),
-                                    gather=False)
+        model = self.sharded.cached("model", lambda: self.space.digest(self.model, whole_values))
         return {"provenance": provenance, "fingerprints": {"model": model}}
 
     def partition(self, world_size: int) -> list:

@@ -50,7 +50,7 @@ that differs between ranks is refused there. A module under
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 
@@ -226,18 +226,16 @@ class ShardedModel:
                  for n in self.names if n in params}  # plain while gathered
         return tuple((id(params[n]), t._version) for n, t in local.items())
 
-    def cached(self, key: str, compute, gather: bool = True):
-        """``compute()``, computed once per :meth:`stamp` of the model, within
-        :meth:`gathered` (``gather=False``: as the model is, for a ``compute`` that gathers
-        what it needs itself). The first call after a change is collective; later calls, e.g.
-        on rank 0 only, are not. Without sharded parameters: ``compute()`` every time."""
+    def cached(self, key: str, compute):
+        """``compute()``, computed once per :meth:`stamp` of the model (a ``compute`` that
+        gathers is collective on the first call after a change; later calls, e.g. on rank 0
+        only, are not). Without sharded parameters: ``compute()`` every time."""
         if not self.names:
             return compute()
         stamp = self.stamp()
         hit = self._cache.get(key)
         if hit is None or hit[0] != stamp:
-            with self.gathered() if gather else nullcontext():
-                hit = (stamp, compute())
+            hit = (stamp, compute())
             self._cache[key] = hit
         return hit[1]
 
