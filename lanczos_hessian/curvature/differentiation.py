@@ -31,6 +31,18 @@ from torch.func import grad, grad_and_value, jvp, vjp, vmap
 from .data import call_model
 from .params import ParameterSpace
 
+try:  # the autograd engine's entry behind torch.autograd.grad (torch >= 2.3)
+    from torch.autograd.graph import _engine_run_backward as run_engine
+except ImportError:  # older torch: torch.autograd.grad throughout
+    run_engine = None
+
+#: Tensor types :func:`_grad` hands to the engine directly (subclasses, such as DTensor,
+#: take torch.autograd.grad's path with its ``__torch_function__`` handling).
+PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+#: Scalar ones by (dtype, device): the seeds of the gradients of scalar losses (:func:`_one`).
+ONES = {}
+
 
 class BlockProduct:
     """A batch's product ``C_B V`` with a block ``V`` ``(M, b)``, as the per-parameter tensors
@@ -133,14 +145,57 @@ class BatchFunctions:
 
 def _grad(outputs, inputs, grad_outputs=None, retain=None, create_graph=False):
     """``torch.autograd.grad`` with zeros for the inputs the outputs do not depend on (what
-    ``materialize_grads=True`` does, without its per-input generator steps on every call)."""
-    grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain,
-                                create_graph=create_graph, allow_unused=True)
+    ``materialize_grads=True`` does, without its per-input generator steps on every call).
+
+    Where every tensor is a plain tensor or parameter and nothing is being compiled, the
+    autograd engine is called as ``torch.autograd.grad`` calls it, without that function's
+    argument handling (its Python checks of every gradient's shape cost as much as a small
+    layer's backward: 40-50 us a batch of a 4k-parameter MLP, measured). Those checks hold by
+    construction here: every ``grad_outputs[k]`` is made with the shape of ``outputs[k]``
+    (the tangents by :meth:`ParameterSpace.split`, the others by the backward itself), and
+    an output without ``grad_outputs`` must be a scalar, a one (what ``torch.autograd.grad``
+    would make) else the general path, which raises its own error. The engine computes the
+    same numbers either way."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+        grad_outputs = None if grad_outputs is None else (grad_outputs,)
+    if _direct(outputs, inputs, grad_outputs):
+        if grad_outputs is None:
+            grad_outputs = [_one(o) for o in outputs]
+        grads = run_engine(tuple(outputs), tuple(grad_outputs),
+                           create_graph if retain is None else retain, create_graph,
+                           tuple(inputs), True, accumulate_grad=False)
+    else:
+        grads = torch.autograd.grad(outputs, inputs, grad_outputs, retain_graph=retain,
+                                    create_graph=create_graph, allow_unused=True)
     for g in grads:  # a loop, not a comprehension: this runs for every batch
         if g is None:
             return [torch.zeros_like(x, requires_grad=create_graph) if g is None else g
                     for g, x in zip(grads, inputs)]
     return grads
+
+
+def _one(output: torch.Tensor) -> torch.Tensor:
+    """A scalar one of ``output``'s dtype and device, made once per kind (the engine adds
+    into a root gradient in place only when nothing else holds it, and this one is held)."""
+    key = (output.dtype, output.device)
+    one = ONES.get(key)
+    if one is None:
+        one = ONES[key] = torch.ones((), dtype=output.dtype, device=output.device)
+    return one
+
+
+def _direct(outputs, inputs, grad_outputs) -> bool:
+    """Whether :func:`_grad` may call the engine directly (its docstring)."""
+    if run_engine is None or torch.compiler.is_compiling():
+        return False
+    for t in outputs:
+        if type(t) not in PLAIN or (grad_outputs is None and t.ndim):
+            return False
+    for t in inputs:
+        if type(t) not in PLAIN:
+            return False
+    return grad_outputs is None or all(type(t) in PLAIN for t in grad_outputs)
 
 
 def _backward(outputs, inputs, grad_outputs, retain):
@@ -224,7 +279,7 @@ class ReverseOverReverse(_Strategy):
         JTu = _grad(z, params, u, create_graph=True)
         zd = z.detach().requires_grad_(True)
         value = fns.loss_on(zd)
-        loss_grad = torch.autograd.grad(value, zd, create_graph=True)[0]
+        loss_grad = _grad(value, [zd], create_graph=True)[0]
         tangents, b = self.tangents(space, V), V.shape[1]
         columns = []
         for j in range(b):

@@ -1,13 +1,16 @@
 """What a pass does around the products, made cheap without losing a check: the data
 fingerprint hashed once and reused only while the data tensors are unchanged, batch views
-cut once, the health check as one sum with the batch named only on failure."""
+cut once, the health check as one sum with the batch named only on failure, the autograd
+engine called without torch.autograd.grad's argument handling (the same numbers)."""
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import make_mlp, mlp_data
-from lanczos_hessian import HessianOperator, NonDeterministicDataError, NonFiniteError
+from lanczos_hessian import GGNOperator, HessianOperator, NonDeterministicDataError, \
+    NonFiniteError, ResidualOperator
+from lanczos_hessian.curvature import differentiation
 from lanczos_hessian.curvature.data import DataSource
 from lanczos_hessian.curvature.fingerprint import PassFingerprint
 
@@ -149,3 +152,25 @@ def test_successive_vectors_reuse_the_staged_rows_exactly():
                                    atol=1e-14 * np.abs(H).max())
     np.testing.assert_allclose(op.matmat(eye[:, 2:4]), H[:, 2:4], rtol=0,
                                atol=1e-14 * np.abs(H).max())
+
+
+@pytest.mark.parametrize("operator", [HessianOperator, GGNOperator, ResidualOperator])
+def test_the_direct_engine_call_gives_the_products_of_autograd_grad_bit_for_bit(monkeypatch,
+                                                                                operator):
+    x, y = mlp_data()
+    op = operator(make_mlp(), LOSS, (x, y), batch_size=7, strategy="reverse-over-reverse")
+    V = np.random.default_rng(0).standard_normal((op.shape[0], 3))
+    calls = []
+    engine = differentiation.run_engine
+    monkeypatch.setattr(differentiation, "run_engine",
+                        lambda *args, **kw: calls.append(1) or engine(*args, **kw))
+    direct = op.matmat(V)
+    assert calls  # the direct path was taken
+    monkeypatch.setattr(differentiation, "run_engine", None)  # torch.autograd.grad throughout
+    np.testing.assert_array_equal(op.matmat(V), direct)
+
+
+def test_a_non_scalar_output_takes_autograd_grads_path_and_its_error():
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="grad can be implicitly created only for scalar"):
+        differentiation._grad(w * 2, [w])
