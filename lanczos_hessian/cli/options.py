@@ -69,8 +69,9 @@ def add_operator_options(parser):
                         choices=STRATEGIES,
                         help="differentiation of the products; auto (default): "
                              "reverse-over-reverse, forward-over-reverse where an op has no "
-                             "double backward or with --compile (a fixed rule, recorded in "
-                             "--out; a resume with another is refused)")
+                             "double backward or for the GGN and residual with --compile (a "
+                             "fixed rule, recorded in --out; a resume with another is "
+                             "refused)")
     parser.add_argument("--compile", action="store_true",
                         help="compile the per-batch product with torch.compile (pays on "
                              "small models and launch-bound GPUs; compile time is reported "

@@ -5,6 +5,12 @@ by ``torch.compile`` from the operator's own per-batch product (its curvature an
 so the numbers are the eager products' up to the rounding of fused kernels (the tests hold
 compiled and eager to 1e-6 relative in float32 and 1e-12 in float64).
 
+* **What is traced**: the eager product's own code; where that code differentiates
+  autograd's backward, which ``torch.compile`` cannot, the strategy has a traced form (the
+  reverse-over-reverse Hessian: ``torch.func``'s gradient of ``<grad l_B, v>``,
+  :meth:`~lanczos_hessian.curvature.differentiation.ReverseOverReverse.traced_hessian`);
+  the rule of :mod:`lanczos_hessian.curvature.products` gives the GGN and the residual
+  forward-over-reverse when compiled.
 * **Once per operator, ragged batches included**: the batch dimension is marked dynamic
   before the first call (``torch._dynamo.mark_dynamic`` on every batch tensor's first axis),
   so the full batches and the ragged last one share one graph; a second graph is the most a

@@ -29,6 +29,7 @@ import torch
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
 from .data import call_model
+from .kernels import math_attention
 from .params import ParameterSpace
 
 try:  # the autograd engine's entry behind torch.autograd.grad (torch >= 2.3)
@@ -264,12 +265,36 @@ class ReverseOverReverse(_Strategy):
         return self._row_split
 
     def hessian(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
+        if torch.compiler.is_compiling():
+            return self.traced_hessian(fns, V)
         params, space = fns.live(), fns.space
         value = fns.loss()
         grads = _grad(value, params, create_graph=True)
         tangents, b = self.tangents(space, V), V.shape[1]
         columns = [_backward(grads, params, tangents[j], retain=j < b - 1) for j in range(b)]
         return value.detach(), BlockProduct(columns, True)
+
+    @staticmethod
+    def traced_hessian(fns: BatchFunctions, V: torch.Tensor) -> tuple:
+        """:meth:`hessian` as ``torch.compile`` traces it: ``H_B v = grad_w <grad_w l_B, v>``
+        written with ``torch.func``, the same two reverse sweeps (autograd's double backward
+        cannot be compiled; these transforms trace into one graph). A block is a ``vmap``
+        over the second sweep only: the first does not depend on ``v``, and is not
+        repeated. Attention runs on the math kernel, selected inside the traced function
+        (the switches set around a compiled call do not reach Dynamo's trace)."""
+        params, space = fns.detached(), fns.space
+
+        def directional(p, v):  # (<grad l_B(p), v>, l_B(p))
+            g, value = grad_and_value(fns.loss)(p)
+            return sum((g[name] * v[name]).sum() for name in g), value
+
+        hvp = grad(directional, has_aux=True)
+        with math_attention():
+            if V.shape[1] == 1:
+                hv, value = hvp(params, space.split(V[:, 0]))
+                return value, BlockProduct([list(hv.values())], True)
+            HV, values = vmap(hvp, in_dims=(None, 0))(params, space.split(V))
+        return values[0], BlockProduct(list(HV.values()), False)
 
     def ggn(self, fns: BatchFunctions, V: torch.Tensor) -> tuple:
         params, space = fns.live(), fns.space

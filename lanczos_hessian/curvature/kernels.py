@@ -72,6 +72,19 @@ def twice_differentiable():
             enable(value)
 
 
+def math_attention():
+    """Scaled-dot-product attention on its math backend inside a function that
+    ``torch.compile`` traces: ``torch.nn.attention.sdpa_kernel``, which Dynamo follows (the
+    switches :func:`twice_differentiable` sets around the call do not reach the trace, which
+    picked the flash kernel, with no double backward); a null context where this torch has
+    none."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 _NO_DOUBLE_BACKWARD = re.compile(r"derivative for (\S+) is not implemented")
 _NO_FORWARD_MODE = re.compile(r"forward AD with (\S+) that does not support it")
 

@@ -12,20 +12,20 @@ resumed run continues with the products it started with:
    operator is built, fails because an op has no double backward (while it has a
    forward-mode rule): then ``"forward-over-reverse"``. Whether an op has a derivative rule
    does not change from run to run, so neither does the choice;
-3. compiled products (``compile=True``) take ``"forward-over-reverse"`` first (and
-   reverse-over-reverse when an op lacks a forward-mode rule): ``torch.compile`` traces the
-   ``torch.func`` transforms into one graph, while autograd's double backward cannot be
-   compiled (``torch.compile with aot_autograd does not currently support double
-   backward``). Compiled forward-over-reverse was 1.2-1.75x faster than the eager bare
-   double backward on the 4k MLP and 1.2x on the 30k CNN, after 4-100 s of compiling; with
-   Dynamo's guards checked once per pass (:mod:`lanczos_hessian.curvature.compiled`),
-   1.8-1.9x on the 4k MLP with batches of 32 and 0.9-1.3x with batches of 256, 2.5x on the
-   21k-parameter language model after 122 s, and 2.0x on the 67k transformer encoder
-   after 55 s (0.49x before the compiled calls turned the layers' eval-mode fast path off:
-   its op has no forward-mode rule, and the graph break inside the ``jvp`` left the whole
-   product eager, :mod:`lanczos_hessian.curvature.compiled`), although eager
-   forward-over-reverse is 1.9x slower than the double backward there (preliminary,
-   shared machine: ``scripts/bench_products.py`` prints the figures to quote).
+3. compiled products (``compile=True``): the Hessian by the same rule, its
+   reverse-over-reverse product written with ``torch.func`` for the trace
+   (:meth:`~lanczos_hessian.curvature.differentiation.ReverseOverReverse.traced_hessian`:
+   autograd's double backward cannot be compiled, ``torch.compile with aot_autograd does
+   not currently support double backward``); the GGN and the residual take
+   ``"forward-over-reverse"`` first (and reverse-over-reverse when an op lacks a
+   forward-mode rule), since their reverse-mode form differentiates autograd's backward.
+   Compiled, the two strategies were as fast on the 4k MLP (2.06x / 2.05x the eager bare
+   double backward, batches of 32), the transformer encoder (2.34x / 2.27x) and the
+   language model (2.27x / 2.46x), and reverse-over-reverse faster on the 30k CNN
+   (1.47x / 1.22x), where forward-over-reverse is slow on convolutions (preliminary,
+   loaded machine; docs/BENCHMARKS.md). One strategy for the compiled and the eager Hessian
+   also means that ``compile=True`` does not change a run's strategy, and that the eager
+   product a failed compilation falls back to is the same function.
 
 Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare
 loop*; CPU, one thread, medians of interleaved calls, preliminary figures on a shared
@@ -75,9 +75,10 @@ def resolve_strategy(kind, model, loss_fn, space, inputs, targets, strategy: str
     cls = CURVATURES[kind]
     if check_strategy(strategy) != "auto":
         return cls(model, loss_fn, space, strategy)
-    first, second = ("forward-over-reverse", "reverse-over-reverse") if compiled else \
+    forward_first = compiled and kind != "hessian"  # rule 3
+    first, second = ("forward-over-reverse", "reverse-over-reverse") if forward_first else \
         ("reverse-over-reverse", "forward-over-reverse")
-    reason = "auto: compiled products" if compiled else "auto: the rule's default"
+    reason = "auto: compiled products" if forward_first else "auto: the rule's default"
     curvature = cls(model, loss_fn, space, first, reason)
     probe = _probe(space, model)
     try:
