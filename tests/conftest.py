@@ -14,11 +14,29 @@ from torch.func import functional_call, hessian, jacrev
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One intra-op thread: small products on a shared 2-core machine are 30-100x slower
-    with two threads fighting other processes (measured on the tests of tracking.py)."""
+    with two threads fighting other processes (measured on the tests of tracking.py).
+    The same for NumPy's and SciPy's BLAS (OpenBLAS threads spin while they wait): with
+    two test workers on 2 cores, eigvalsh of a 3,000 x 3,000 matrix took 5.4-7.3 s on two
+    threads each and 2.4 s on one, 300 products of 400 x 400 matrices 1.9-3.6 s and 0.6 s."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with _one_blas_thread():
+        yield
     torch.set_num_threads(previous)
+
+
+def _one_blas_thread():
+    """A context limiting the BLAS libraries loaded in this process to one thread
+    (threadpoolctl, a dependency of scikit-learn; a no-op context without it)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    import scipy.linalg  # noqa: F401 (SciPy's own BLAS loaded, so that the limit covers it)
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def make_mlp(seed=0):
