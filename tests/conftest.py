@@ -14,11 +14,29 @@ from torch.func import functional_call, hessian, jacrev
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """One intra-op thread: small products on a shared 2-core machine are 30-100x slower
-    with two threads fighting other processes (measured on the tests of tracking.py)."""
+    with two threads fighting other processes (measured on the tests of tracking.py).
+    The same for NumPy's and SciPy's BLAS (OpenBLAS threads spin while they wait): with
+    two test workers on 2 cores, eigvalsh of a 3,000 x 3,000 matrix took 5.4-7.3 s on two
+    threads each and 2.4 s on one, 300 products of 400 x 400 matrices 1.9-3.6 s and 0.6 s."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with _one_blas_thread():
+        yield
     torch.set_num_threads(previous)
+
+
+def _one_blas_thread():
+    """A context limiting the BLAS libraries loaded in this process to one thread
+    (threadpoolctl, a dependency of scikit-learn; a no-op context without it)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    import scipy.linalg  # noqa: F401 (SciPy's own BLAS loaded, so that the limit covers it)
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def make_mlp(seed=0):
@@ -118,3 +136,44 @@ def spectrum_matrix(eigenvalues, seed=0):
 def quiet():
     """An ``echo`` for the scripts' ``main`` functions that prints nothing."""
     return lambda *args: None
+
+
+# ---- the order of the modules under ``-n 2 --dist loadscope`` (the README's command) ------
+# xdist hands whole modules to the workers, by default in decreasing number of tests: the
+# modules of one or two slow tests (an experiment's quick mode, an end-to-end example, a
+# torchrun launch: 15-100 s each) came last, and one worker ran the last of them while the
+# other waited. Here the modules go out in decreasing estimated cost, so the many fast
+# modules come last and even out the two workers' ends. Only the order changes: every test
+# runs, in its module's order; a run without xdist keeps the collection order.
+SECONDS_PER_SLOW_TEST, SECONDS_PER_TEST = 10.0, 0.3  # rough means on the CI machine
+
+
+def _scope(item) -> str:
+    """The unit loadscope sends to one worker: a module, or a class in it."""
+    return item.nodeid.rsplit("::", 1)[0]
+
+
+def _loadscope(config) -> bool:
+    return getattr(config.option, "dist", "no") == "loadscope"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """loadscope without its count order: the scopes in the order the workers collected."""
+    if _loadscope(config):
+        config.option.loadscopereorder = False
+    return None  # xdist's own scheduler, which reads the option
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker under loadscope: the scopes in decreasing estimated seconds."""
+    if not (hasattr(config, "workerinput") and _loadscope(config)):
+        return
+    cost, first = {}, {}
+    for i, item in enumerate(items):
+        scope = _scope(item)
+        first.setdefault(scope, i)
+        slow = item.get_closest_marker("slow") is not None
+        cost[scope] = cost.get(scope, 0.0) + (SECONDS_PER_SLOW_TEST if slow else SECONDS_PER_TEST)
+    order = {item.nodeid: i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-cost[_scope(item)], first[_scope(item)], order[item.nodeid]))

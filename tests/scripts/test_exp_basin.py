@@ -1,5 +1,6 @@
 """Quick modes of the basin and training-dynamics experiments (scripts/exp_same_basin.py,
-exp_batch_size.py, exp_line_interpolation_2016.py, exp_fort_ganguli.py part D).
+exp_batch_size.py, exp_line_interpolation_2016.py; the quick part D of exp_fort_ganguli.py is
+asserted in test_exp_fg19.py, on the run its main makes).
 
 Each test asserts only what held on every seed of the quick and full runs documented in
 docs/RESULTS.md (sections 4, 5, 8 and the 2016 Fig. 10 section), never one seed's count.
@@ -36,22 +37,6 @@ def test_paired_difference_against_direct_formula():
     assert diff == pytest.approx(b.mean() - a.mean())
     assert se == pytest.approx(np.sqrt(np.var(d, ddof=1) / len(d)))
     assert binomial_se(0.85, 10_000) == pytest.approx(np.sqrt(0.85 * 0.15 / 10_000))
-
-
-@pytest.mark.slow
-def test_fort_ganguli_transient_quick(quiet):
-    """Part D quick (300 digits, seeds 0-2, lambda_1 every 5 steps up to 60, then at 150):
-    on every seed, SGD and GD, lambda_1 first rises (peak >= 1.3 x its initial value, at a
-    step > 0 inside the window) and then falls (peak >= 2 x the value at step 150)."""
-    from exp_fort_ganguli import part_d
-
-    out = part_d(None, True, (0, 1, 2), quiet)
-    for label in ("SGD", "GD"):
-        assert len(out["runs"][label]) == 3
-        for r in out["runs"][label]:
-            lam = r["lambda_1"]
-            assert 0 < lam["peak_step"] <= out["settings"]["window"], lam
-            assert lam["rise"] >= 1.3 and lam["fall"] >= 2.0, lam
 
 
 @pytest.mark.slow

@@ -99,7 +99,7 @@ def test_fort_ganguli_quick(tmp_path, quiet):
     0.002-0.003; full below 0.01); the ratio rule finds C - 1 = 4 large eigenvalues for C = 5
     (4 on each quick seed; full 2-4) and 1 for C = 2; the larger step keeps more overlap (lr 1:
     0.74-0.79 against lr 0.1: 0.01-0.02) with `lr lambda_max` above 1. Part D (seeds 0-2):
-    lambda_1 rises, then falls, for SGD and GD."""
+    lambda_1 rises, then falls, for SGD and GD, by the margins below."""
     from exp_fort_ganguli import headline, main
 
     out = main(quick=True, out_dir=tmp_path, echo=quiet)
@@ -117,3 +117,14 @@ def test_fort_ganguli_quick(tmp_path, quiet):
             lam = r["lambda_1"]
             assert lam["rise"] > 1 and lam["fall"] > 1, lam
     assert (tmp_path / "exp_fort_ganguli.png").exists()
+    # Part D's own claims (its quick settings: 300 digits, seeds 0-2, lambda_1 every 5
+    # steps up to 60, then at 150; the run main makes, once): on every seed, SGD and GD,
+    # lambda_1 first rises (peak >= 1.3 x its initial value, at a step > 0 inside the
+    # window) and then falls (peak >= 2 x the value at step 150)
+    transient = out["transient"]
+    for label in ("SGD", "GD"):
+        assert len(transient["runs"][label]) == 3
+        for r in transient["runs"][label]:
+            lam = r["lambda_1"]
+            assert 0 < lam["peak_step"] <= transient["settings"]["window"], lam
+            assert lam["rise"] >= 1.3 and lam["fall"] >= 2.0, lam
