@@ -320,7 +320,7 @@ QUICK = [
 
 
 def format_table(rows) -> str:
-    head = ("| model | params | batch | dtype | strategy | gradient ms | bare dbl-bwd | bare fwd-rev "
+    head = ("| model | params | samples | batch | dtype | strategy | gradient ms | bare dbl-bwd | bare fwd-rev "
             "| ours default | default / faster bare | overhead ms (share) | outside ms (share) "
             "| block 4 /vec | block 16 /vec | compiled ms | compiled speed-up | compile s "
             "| break-even passes |")
@@ -332,7 +332,8 @@ def format_table(rows) -> str:
         compile_s = "-" if "compile s" not in r else f"{r['compile s']:.1f}"
         speedup = "-" if compiled is None else f"{r['compiled speed-up']:.2f}x"
         lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['batch size']} | {r['dtype']} "
+            f"| {r['model']} | {r['parameters']:,} | {r['samples']:,} | {r['batch size']} "
+            f"| {r['dtype']} "
             f"| {r['strategy']} | {ms['gradient']:.2f} "
             f"| {ms['bare double backward']:.2f} | {ms['bare forward-over-reverse']:.2f} "
             f"| {ms['ours default']:.2f} | {r['default / faster bare']:.2f}x "
@@ -355,7 +356,7 @@ def targets(rows) -> list:
     """One line per row: each target met or missed, with the figure."""
     lines = []
     for r in rows:
-        name = f"{r['model']} batch {r['batch size']} {r['dtype']}"
+        name = f"{r['model']} {r['samples']:,} samples batch {r['batch size']} {r['dtype']}"
         ratio = r["default / faster bare"]
         share = r["outside share"]
         outside = (f"outside the product {r['outside ms']:.2f} ms ({100 * share:.1f}%, tiny "
