@@ -22,10 +22,13 @@ sums, not added to zeros (the same float64 numbers; the sums need no zeroing).
 
 * *Large parameter tensors* are added one by one, with no flattened copy of the product
   (the copy was a third of the time outside the product on a 1M-parameter MLP with batches
-  of 32). On the CPU numpy adds them: torch adds a float32 tensor into a float64 one
-  through a float64 temporary copy of it (1.2 ms for 784k entries with a weight, 0.8 ms
-  without), numpy casts in cache-sized chunks as it adds (0.4 ms, as fast as a
-  float64-into-float64 add). numpy has no fused multiply-add, so a weight per batch would
+  of 32). On the CPU with torch on one or two threads (:data:`NUMPY_UP_TO_THREADS`) numpy
+  adds them: torch adds a float32 tensor into a float64 one through a float64 temporary
+  copy of it (1.2 ms for 784k entries with a weight, 0.8 ms without), numpy casts in
+  cache-sized chunks as it adds (0.4 ms, as fast as a float64-into-float64 add). But numpy
+  adds on one thread, and torch on all of its intra-op threads: on two, torch's add took
+  0.41 ms against numpy's 0.39 ms, and beyond two torch's is the faster (it halved from one
+  thread to two), so with more threads torch adds. numpy has no fused multiply-add, so a weight per batch would
   be one more pass: hence the unweighted sums, also for the ragged batch (its weighted add
   by torch took 2.7 ms a pass on that MLP, the rescaling and numpy's add 0.7 ms). On
   other devices ``torch._foreach_add_``, whose device kernels cast as they add.
@@ -49,6 +52,10 @@ from .params import ParameterSpace
 #: call: a call per tensor (a few microseconds) then costs more than copying the tensor.
 FLAT_BELOW = 10_000
 
+#: torch intra-op threads up to which numpy adds the large pieces on the CPU (numpy adds on
+#: one thread, torch on all of its own: module docstring).
+NUMPY_UP_TO_THREADS = 2
+
 
 class Accumulator:
     """Adds weighted :class:`BlockProduct` s into ``sums`` ``(b, M)`` (float64; its contents
@@ -65,7 +72,8 @@ class Accumulator:
         self.scale = None  # the unit of sums, a batch weight (None: nothing written yet)
         self._flat = space.dim < FLAT_BELOW * len(space.names)
         self._flat_target = None  # sums.view(-1), made on the first flat add, not per batch
-        self._numpy = sums.device.type == "cpu"
+        self._numpy = (sums.device.type == "cpu"
+                       and torch.get_num_threads() <= NUMPY_UP_TO_THREADS)
         self._targets = {}  # layout (by_column) -> per-parameter float64 views of sums
 
     def add(self, product, weight: float) -> None:

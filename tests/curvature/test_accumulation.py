@@ -36,12 +36,14 @@ def as_pieces(flat, by_column):
     return BlockProduct([t.contiguous() for t in s.split(flat.T.clone()).values()], False)
 
 
+@pytest.mark.parametrize("numpy_adds", [True, False])  # torch adds with more threads
 @pytest.mark.parametrize("flat_path", [True, False])
 @pytest.mark.parametrize("by_column", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_weighted_sums_match_float64_sums_of_the_pieces(monkeypatch, flat_path, by_column,
-                                                        dtype):
+                                                        dtype, numpy_adds):
     monkeypatch.setattr(accumulation, "FLAT_BELOW", 10 ** 9 if flat_path else 0)
+    monkeypatch.setattr(accumulation, "NUMPY_UP_TO_THREADS", 10 ** 6 if numpy_adds else 0)
     b, weights = 2, [32, 32, 32, 7, 32, 1]  # a ragged batch, then the full size again
     P = products(b, len(weights), dtype)
     sums = torch.full((b, space().dim), float("nan"), dtype=torch.float64)  # never read
