@@ -32,7 +32,8 @@ loop*; CPU, one thread, medians of interleaved calls, preliminary figures on a s
 machine): for single vectors, the products of Lanczos, the bare double backward was faster
 than the bare forward-over-reverse on every model of the grid (MLPs of 4k and 1M parameters,
 CNNs of 30k and 955k, a transformer encoder, a small language model; batches of 32-256;
-float32 and float64), by 1.05x to 4.4x. For blocks of 4 the shared gradient graph was as fast
+float32 and float64), by 1.05x to 4.4x, but for the 955k CNN, where the two were within
+1-2% (the quiet table of docs/BENCHMARKS.md: 330 ms against 326 ms). For blocks of 4 the shared gradient graph was as fast
 or faster per vector everywhere; for blocks of 16 the vmapped sweep was faster per vector on
 the MLPs and the 30k CNN (1.1-1.7x), the shared graph on the transformer and the language
 model (1.3-1.7x). One
