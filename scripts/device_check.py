@@ -491,7 +491,7 @@ def _eigenvector_agreement(ref, res, product_tol):
 # ---- 2. TF32 ------------------------------------------------------------------------------------------
 def section_tf32(ctx: Context, sec: Section):
     from lanczos_hessian.curvature.operators import HessianOperator
-    from lanczos_hessian.curvature.precision import tf32_flags
+    from lanczos_hessian.curvature.precision import device_flags, policy_holds, tf32_flags
     from lanczos_hessian.run import provenance
 
     cfg = ctx.cfg
@@ -499,7 +499,8 @@ def section_tf32(ctx: Context, sec: Section):
         major, minor = torch.cuda.get_device_capability(ctx.device)
         sec.data["compute_capability"] = f"{major}.{minor}"
         sec.data["tf32_hardware"] = major >= 8
-    sec.data["policy"] = ("products run with TF32 off (cuBLAS and cuDNN) unless the operator "
+    sec.data["policy"] = ("products run with TF32 off (cuBLAS and cuDNN on CUDA, oneDNN on "
+                          "the CPU, which never runs them in bfloat16) unless the operator "
                           "is built with allow_tf32=True; the process-wide flags are restored "
                           "after every pass; recorded as the file attribute allow_tf32")
     sec.data["flags_before"] = before = tf32_flags()
@@ -529,10 +530,11 @@ def section_tf32(ctx: Context, sec: Section):
                     limit=None if allow else TOL["float32"],
                     note="opt-in: TF32 rounding expected on GPUs from Ampere on" if allow
                     else "the default")
-            inside = {(f["matmul"], f["cudnn"]) for f in seen}
+            inside = [device_flags(ctx.device, f) for f in seen]
             sec.row(f"TF32 {label}: flags inside the pass", status="ok"
-                    if seen and inside <= {(allow, allow)} else "FAIL",
-                    note=f"(matmul, cudnn) seen in {len(seen)} forward calls: {sorted(inside)}")
+                    if inside and all(policy_holds(f, allow) for f in inside) else "FAIL",
+                    note=f"the settings {ctx.device.type} reads, in {len(seen)} forward calls: "
+                         f"{sorted({tuple(sorted(f.items())) for f in inside})}")
             sec.row(f"TF32 {label}: flags restored after the pass",
                     status="ok" if after == before else "FAIL", note=f"after: {after}")
             recorded = provenance(op).get("allow_tf32")

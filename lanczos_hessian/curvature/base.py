@@ -188,7 +188,7 @@ class CurvatureOperator(LinearOperator):
         else:
             with evaluation_mode(self.model):
                 check_first_loss(self.model, self.loss_fn, x, y, self.world)
-        with evaluation_mode(self.model), tf32_mode(self.allow_tf32):
+        with evaluation_mode(self.model), tf32_mode(self.allow_tf32, self.device):
             self.curvature = resolve_strategy(self.kind, self.model, self.loss_fn, self.space,
                                               x, y, strategy, compiled)
 
@@ -223,7 +223,8 @@ class CurvatureOperator(LinearOperator):
         block = V.reshape(self.shape[0], -1).to(self.device, self.model_dtype)
         block = self.layout.to_parameters(block)  # the identity unless shard-major
         start, compiling = time.perf_counter(), self.compile_time
-        with evaluation_mode(self.model), tf32_mode(self.allow_tf32), self.sharded.gathered():
+        precision = tf32_mode(self.allow_tf32, self.device)
+        with evaluation_mode(self.model), precision, self.sharded.gathered():
             total = self.layout.from_parameters(accumulate(self, block))
             if self.sharded.is_sharded:
                 self.curvature.end_pass()  # the gathered parameters go with the pass

@@ -1,25 +1,39 @@
-"""TensorFloat-32 in curvature products: off unless the caller asks for it.
+"""Reduced-precision float32 in curvature products: off unless the caller asks for it.
 
-On NVIDIA GPUs from Ampere on, float32 matrix products (cuBLAS) and convolutions (cuDNN) can
-run in TensorFloat-32, which keeps 10 bits of mantissa instead of 23. torch's defaults allow
-it for cuDNN convolutions (``torch.backends.cudnn.allow_tf32 = True``) and not for cuBLAS
-matmuls. For curvature that is a silent loss of about three decimal digits in every product
-of a convolutional model (10 bits of mantissa against float32's 23), far above what Lanczos
-resolves and invisible in a loss curve (``scripts/device_check.py`` measures it on a GPU).
+Two process-wide settings let float32 products run in fewer bits than float32's 23 of
+mantissa, silently:
+
+* on NVIDIA GPUs from Ampere on, cuBLAS matmuls and cuDNN convolutions may run in
+  TensorFloat-32 (10 bits of mantissa). torch's defaults allow it for cuDNN convolutions
+  (``torch.backends.cudnn.allow_tf32 = True``) and not for cuBLAS matmuls;
+* on CPUs with bfloat16 matrix units (Intel AMX), oneDNN runs float32 matmuls in bfloat16
+  (7 bits) once ``torch.set_float32_matmul_precision("medium")`` is called, as training
+  scripts often do for speed, or ``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``
+  (torch >= 2.9). Measured on this project's CPU (torch 2.13): a 512 x 512 float32 matmul
+  off by 0.27 in entries of size about 20 under "medium", against 5e-5 in IEEE float32.
+
+For curvature either is a silent loss of three decimal digits or more in every product,
+far above what Lanczos resolves and invisible in a loss curve (``scripts/device_check.py``
+measures TF32 on a GPU; ``tests/curvature/test_precision.py`` the bfloat16 case on the CPU).
 
 The policy of the operators (:class:`~lanczos_hessian.curvature.operators.CurvatureOperator`):
 every pass over the data runs inside :func:`tf32_mode` with ``allow_tf32=False`` (the
 default), so that float32 products are IEEE float32 whatever the process-wide settings are;
-``allow_tf32=True`` opts in (faster convolutions and matmuls, TF32's rounding). The
-process-wide settings are restored after each pass, so the caller's training code keeps its
-own. The setting is recorded in a run file's provenance (``allow_tf32``). On the CPU and for
-float64 or bfloat16 models the flags change nothing.
+``allow_tf32=True`` opts in to TF32 (faster convolutions and matmuls, TF32's rounding; never
+bfloat16). The settings set are those the operator's device reads: cuBLAS and cuDNN for
+CUDA, oneDNN for the CPU (each has no effect on the other's kernels), all of them for any
+other device. The process-wide settings are restored after each pass, so the caller's
+training code keeps its own. The setting is recorded in a run file's provenance
+(``allow_tf32``). For float64 or bfloat16 models the settings change nothing.
 
 torch 2.9 added per-backend ``fp32_precision`` settings beside the legacy ``allow_tf32``
-flags, and refuses to read a legacy flag after the two were set inconsistently. Inside the
-context both are set consistently (the legacy setters, then the per-operation settings
-explicitly, so that a process-wide ``torch.backends.fp32_precision = "tf32"`` cannot leak in
-through inheritance); on exit every setting is put back as it was, legacy ones first.
+flags and ``torch.set_float32_matmul_precision``, and refuses to read a legacy flag after the
+two were set inconsistently. For CUDA both are set consistently (the legacy setters, then
+the per-operation settings explicitly, so that a process-wide
+``torch.backends.fp32_precision = "tf32"`` cannot leak in through inheritance); for the CPU
+the per-operation oneDNN settings (before torch 2.9, where
+``torch.set_float32_matmul_precision`` decides oneDNN's precision too, that legacy setting);
+on exit every setting is put back as it was, legacy ones first.
 Two environment variables act below these flags and are not overridden here:
 ``TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1`` forces TF32 in cuBLAS, ``NVIDIA_TF32_OVERRIDE=0``
 disables it in every NVIDIA library (``scripts/device_check.py`` records both).
@@ -31,26 +45,35 @@ import contextlib
 
 import torch
 
-#: The per-operation settings of torch >= 2.9, as (module path, attribute owner).
-_NEW_API = (("cuda.matmul", lambda: torch.backends.cuda.matmul),
-            ("cudnn.conv", lambda: getattr(torch.backends.cudnn, "conv", None)),
-            ("cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn", None)))
+#: The per-operation settings of torch >= 2.9, as (module path, attribute owner, the device
+#: type whose kernels read it).
+_NEW_API = (("cuda.matmul", lambda: torch.backends.cuda.matmul, "cuda"),
+            ("cudnn.conv", lambda: getattr(torch.backends.cudnn, "conv", None), "cuda"),
+            ("cudnn.rnn", lambda: getattr(torch.backends.cudnn, "rnn", None), "cuda"),
+            ("mkldnn.matmul", lambda: getattr(torch.backends.mkldnn, "matmul", None), "cpu"),
+            ("mkldnn.conv", lambda: getattr(torch.backends.mkldnn, "conv", None), "cpu"),
+            ("mkldnn.rnn", lambda: getattr(torch.backends.mkldnn, "rnn", None), "cpu"))
+
+#: The device types with settings of their own; any other device gets every setting.
+_DEVICE_TYPES = ("cuda", "cpu")
+
+_OWNERS: dict = {}  # the per-operation settings' owners by device type, found once
 
 
-_OWNERS: dict = {}  # the per-operation settings' owners, found once (module singletons)
+def _new_api_owners(device_type: str | None = None) -> dict:
+    """``{name: object with fp32_precision}`` where this torch has the per-operation API, for
+    the kernels of ``device_type`` (None: every device); looked up on the first call, since
+    torch's backend modules do not change in a process."""
+    if device_type not in _OWNERS:
+        _OWNERS[device_type] = _find_owners(device_type)
+    return _OWNERS[device_type]
 
 
-def _new_api_owners() -> dict:
-    """``{name: object with fp32_precision}`` where this torch has the per-operation API
-    (looked up on the first call: torch's backend modules do not change in a process)."""
-    if "owners" not in _OWNERS:
-        _OWNERS["owners"] = _find_owners()
-    return _OWNERS["owners"]
-
-
-def _find_owners() -> dict:
+def _find_owners(device_type: str | None) -> dict:
     owners = {}
-    for name, get in _NEW_API:
+    for name, get, reader in _NEW_API:
+        if device_type is not None and reader != device_type:
+            continue
         try:
             owner = get()
         except AttributeError:
@@ -58,6 +81,14 @@ def _find_owners() -> dict:
         if owner is not None and hasattr(owner, "fp32_precision"):
             owners[name] = owner
     return owners
+
+
+def _device_type(device) -> str | None:
+    """``"cuda"`` or ``"cpu"`` for a device with settings of its own, else None (all)."""
+    if device is None:
+        return None
+    kind = torch.device(device).type
+    return kind if kind in _DEVICE_TYPES else None
 
 
 def _read(getter):
@@ -69,9 +100,10 @@ def _read(getter):
 
 
 def tf32_flags() -> dict:
-    """The TF32 settings in force: ``{"matmul": bool, "cudnn": bool}`` (None where torch cannot
-    say, after an inconsistent mix of its legacy and new settings), plus the per-operation
-    ``fp32_precision`` strings on torch >= 2.9."""
+    """The reduced-precision settings in force: ``{"matmul": bool, "cudnn": bool}`` (cuBLAS's
+    and cuDNN's TF32; None where torch cannot say, after an inconsistent mix of its legacy
+    and new settings), plus the per-operation ``fp32_precision`` strings on torch >= 2.9
+    (``cuda.*``, ``cudnn.*`` and the CPU's ``mkldnn.*``)."""
     flags = {"matmul": _read(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
              "cudnn": _read(lambda: bool(torch.backends.cudnn.allow_tf32))}
     for name, owner in _new_api_owners().items():
@@ -79,13 +111,43 @@ def tf32_flags() -> dict:
     return flags
 
 
-def _save() -> dict:
-    """Every setting :func:`tf32_mode` changes; a legacy one torch refuses to read (after an
-    inconsistent mix of legacy and new settings by the caller) is None and left alone."""
-    new = {name: owner.fp32_precision for name, owner in _new_api_owners().items()}
-    return {"float32_matmul_precision": _read(torch.get_float32_matmul_precision),
-            "matmul": None if new else bool(torch.backends.cuda.matmul.allow_tf32),
-            "cudnn": _read(lambda: bool(torch.backends.cudnn.allow_tf32)),
+def device_flags(device, flags: dict | None = None) -> dict:
+    """The entries of :func:`tf32_flags` (or of ``flags``, a reading of it) that the kernels
+    of ``device`` read: cuBLAS's and cuDNN's for CUDA, oneDNN's for the CPU (before torch
+    2.9 the legacy matmul setting), all of them for another device."""
+    kind = _device_type(device)
+    flags = tf32_flags() if flags is None else flags
+    if kind == "cuda":
+        return {k: v for k, v in flags.items() if not k.startswith("mkldnn.")}
+    if kind == "cpu":
+        legacy = not _new_api_owners("cpu")
+        return {k: v for k, v in flags.items()
+                if k.startswith("mkldnn.") or (legacy and k == "matmul")}
+    return dict(flags)
+
+
+def policy_holds(flags: dict, allow: bool) -> bool:
+    """Whether every setting in ``flags`` (a reading of :func:`tf32_flags`, or its
+    :func:`device_flags`) is what :func:`tf32_mode` sets for ``allow``."""
+    word = "tf32" if allow else "ieee"
+    return all(value == (word if key.endswith("fp32_precision") else bool(allow))
+               for key, value in flags.items())
+
+
+def _save(device_type: str | None = None) -> dict:
+    """Every setting :func:`tf32_mode` changes for the kernels of ``device_type`` (None:
+    every device); a legacy one torch refuses to read (after an inconsistent mix of legacy
+    and new settings by the caller), or one the device does not read, is None and left
+    alone. The legacy matmul setting is read by cuBLAS, and by oneDNN on the CPU where
+    torch has no per-operation settings (before 2.9)."""
+    new = {name: owner.fp32_precision for name, owner in _new_api_owners(device_type).items()}
+    cuda = device_type != "cpu"
+    legacy_matmul = cuda or not _new_api_owners()
+    return {"float32_matmul_precision": (_read(torch.get_float32_matmul_precision)
+                                         if legacy_matmul else None),
+            "matmul": (None if new or not legacy_matmul
+                       else bool(torch.backends.cuda.matmul.allow_tf32)),
+            "cudnn": _read(lambda: bool(torch.backends.cudnn.allow_tf32)) if cuda else None,
             "new": new}
 
 
@@ -94,8 +156,9 @@ def _set(state: dict, allow: bool) -> None:
         torch.backends.cuda.matmul.allow_tf32 = allow
     if state["cudnn"] is not None:
         torch.backends.cudnn.allow_tf32 = allow
-    for owner in _new_api_owners().values():
-        owner.fp32_precision = "tf32" if allow else "ieee"
+    owners = _new_api_owners()
+    for name in state["new"]:
+        owners[name].fp32_precision = "tf32" if allow else "ieee"
 
 
 def _restore(state: dict) -> None:
@@ -111,11 +174,13 @@ def _restore(state: dict) -> None:
 
 
 @contextlib.contextmanager
-def tf32_mode(allow: bool):
-    """Run the block with TF32 allowed (``allow=True``) or not, for cuBLAS matmuls and cuDNN
-    convolutions alike; every setting is restored on exit, also after an exception."""
+def tf32_mode(allow: bool, device=None):
+    """Run the block with float32 products in TF32 allowed (``allow=True``) or in IEEE float32
+    (never bfloat16), for the matmuls and convolutions of ``device``'s kernels (cuBLAS and
+    cuDNN on CUDA, oneDNN on the CPU; None or another device: all of them); every setting is
+    restored on exit, also after an exception."""
     allow = bool(allow)
-    state = _save()
+    state = _save(_device_type(device))
     try:
         _set(state, allow)
         yield

@@ -287,7 +287,7 @@ class NativeShards:
         try:
             width = self.layout.offsets[self.rank + 1] - self.layout.offsets[self.rank]
             V = torch.zeros(width, 1, dtype=self.op.model_dtype, device=self.op.device)
-            with evaluation_mode(self.op.model), tf32_mode(self.op.allow_tf32):
+            with evaluation_mode(self.op.model), tf32_mode(self.op.allow_tf32, self.op.device):
                 self._run([(x, y, 0.0)], V)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
@@ -302,7 +302,7 @@ class NativeShards:
         lockstep pass over the data in eval mode, normalized exactly (``c = 1/N`` for
         ``mean``); counted in the operator's ``num_applications`` and time."""
         op, start = self.op, time.perf_counter()
-        with evaluation_mode(op.model), tf32_mode(op.allow_tf32):
+        with evaluation_mode(op.model), tf32_mode(op.allow_tf32, op.device):
             rows = self._pass(V)
         op.time_in_products += time.perf_counter() - start
         op.num_applications += 1

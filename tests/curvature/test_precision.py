@@ -1,0 +1,66 @@
+"""Float32 products in IEEE float32 on the CPU whatever the process-wide precision settings:
+``torch.set_float32_matmul_precision("medium")`` lets oneDNN run float32 matmuls in bfloat16
+on CPUs with bfloat16 matrix units, and the operators' passes must not inherit it."""
+
+import pytest
+import torch
+
+from conftest import mlp_data
+from lanczos_hessian import HessianOperator
+from lanczos_hessian.curvature import precision
+from lanczos_hessian.curvature.precision import tf32_flags, tf32_mode
+
+
+@pytest.fixture
+def restore_precision():
+    state = precision._save()
+    legacy = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(legacy)
+    precision._restore(state)
+
+
+def test_cpu_products_are_ieee_under_a_bfloat16_matmul_precision(restore_precision):
+    """The same products, bit for bit, under "medium" (bfloat16 matmuls where the CPU has
+    the units: 0.27 off in a 512 x 512 float32 matmul on this project's CPU) as under
+    "highest"; the caller's setting back after the pass."""
+    x, y = mlp_data(n=64)
+    x = x.float()
+    model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 256), torch.nn.Tanh(),
+                                torch.nn.Linear(256, 256), torch.nn.Tanh(),
+                                torch.nn.Linear(256, 3))
+    op = HessianOperator(model, torch.nn.CrossEntropyLoss(), (x, y), batch_size=32)
+    v = torch.randn(op.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.set_float32_matmul_precision("highest")
+    ieee = op.apply(v)
+    torch.set_float32_matmul_precision("medium")
+    inside = []
+    handle = model.register_forward_pre_hook(lambda module, args: inside.append(tf32_flags()))
+    try:
+        assert torch.equal(op.apply(v), ieee)
+    finally:
+        handle.remove()
+    assert torch.get_float32_matmul_precision() == "medium"
+    if any(k.startswith("mkldnn.") for k in inside[0]):
+        assert all(f["mkldnn.matmul.fp32_precision"] == "ieee" for f in inside)
+
+
+@pytest.mark.skipif(not precision._new_api_owners("cpu"), reason="torch < 2.9 has no "
+                    "per-operation oneDNN settings (the legacy matmul setting rules it)")
+@pytest.mark.parametrize("allow", [False, True])
+def test_tf32_mode_sets_the_settings_the_device_reads(allow, restore_precision):
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    before = tf32_flags()
+    target = "tf32" if allow else "ieee"
+    for device, mine in (("cpu", "mkldnn."), ("cuda", ("cuda.", "cudnn."))):
+        with tf32_mode(allow, device):
+            inside = tf32_flags()
+        for key, value in inside.items():
+            if key.startswith(mine) and key.endswith("fp32_precision"):
+                assert value == target, (device, inside)
+            elif key.endswith("fp32_precision"):
+                assert value == before[key], (device, inside)
+        assert tf32_flags() == before
+    with tf32_mode(allow, torch.device("meta")):  # no settings of its own: all of them
+        assert {v for k, v in tf32_flags().items() if k.endswith("fp32_precision")} == {target}
+    assert tf32_flags() == before
