@@ -57,10 +57,11 @@ class BatchCurvature:
         self.differentiate = STRATEGY_CLASSES[strategy]()
         self._params = None
 
-    def begin_pass(self) -> None:
+    def begin_pass(self, modules: list | None = None) -> None:
         """Read the model's parameters once for the batches of one pass (the model may be
-        trained, or its parameters replaced, between passes)."""
-        self._params = BatchFunctions.read_parameters(self.model, self.space)
+        trained, or its parameters replaced, between passes); ``modules``, the model's
+        ``named_modules()`` when the caller has walked them already."""
+        self._params = BatchFunctions.read_parameters(self.model, self.space, modules)
         self.differentiate.forget()
 
     def end_pass(self) -> None:

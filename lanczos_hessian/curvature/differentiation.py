@@ -109,11 +109,13 @@ class BatchFunctions:
         self._parameters = parameters or self.read_parameters(model, space)
 
     @staticmethod
-    def read_parameters(model, space: ParameterSpace) -> dict:
+    def read_parameters(model, space: ParameterSpace, modules: list | None = None) -> dict:
         """The model's own selected parameters by name, in the space's order: each read from
         its module's own table, found in one walk over the modules (a third of the calls of
-        ``named_parameters()``, which the space's names come from)."""
-        tables = {prefix: module._parameters for prefix, module in model.named_modules()}
+        ``named_parameters()``, which the space's names come from; ``modules``, the
+        ``named_modules()`` of ``model`` when the caller has walked them already)."""
+        tables = {prefix: module._parameters
+                  for prefix, module in (model.named_modules() if modules is None else modules)}
         found = {}
         for name in space.names:
             prefix, _, leaf = name.rpartition(".")

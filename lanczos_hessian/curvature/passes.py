@@ -12,8 +12,8 @@ of ``b`` vectors of length ``M``::
 
     [ sum_B |B| C_B V  (M*b) | sample count | error flag | W x (sum V, |V|_1, |V|_2) ]
 
-(the sample count is written there only for the all-reduce: in one process the pass's own
-count is the total, read without a tensor write and read back).
+(under ``torch.distributed`` only: in one process there is nothing to all-reduce, and the
+accumulator is the sums alone, the pass's own count the total).
 
 What the pass adds around the products is a few operations per batch (the accumulation, one
 add per parameter; the batch's loss kept for the health check) and a few per pass:
@@ -51,13 +51,15 @@ from .inputs import batch_length
 from .kernels import twice_differentiable
 
 
-def model_state(model) -> list:
+def model_state(model, modules: list | None = None) -> list:
     """Each parameter's and buffer's place (module, kind, name), identity and version counter:
     any in-place change (``self.count += 1``) or rebinding (``self.count = self.count + 1``)
-    shows. One walk over the modules, reading their own parameter and buffer tables (a third
-    of the calls of ``named_parameters()`` and ``named_buffers()``, which walk twice)."""
+    shows. Reads the modules' own parameter and buffer tables, from one walk over the
+    modules (``modules``, the ``named_modules()`` of ``model`` when the caller has walked
+    them already: a third of the calls of ``named_parameters()`` and ``named_buffers()``,
+    which walk twice)."""
     return [(prefix, kind, name, id(t), t._version)
-            for prefix, module in model.named_modules()
+            for prefix, module in (model.named_modules() if modules is None else modules)
             for kind, table in (("parameter", module._parameters), ("buffer", module._buffers))
             for name, t in table.items() if t is not None]
 
@@ -89,9 +91,12 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     size, rank = op.world.size, op.world.rank
     n = dim * b
     checks = 3 if size > 1 else 0  # per rank: sum V, |V|_1, |V|_2
-    buffer = torch.empty(n + 2 + checks * size, dtype=torch.float64, device=op.device)
-    buffer[n:].zero_()  # the sums are written by the pass (Accumulator), the rest is not
-    sums = buffer[:n].view(b, dim)  # one view for the pass and the result
+    if size > 1:
+        buffer = torch.empty(n + 2 + checks * size, dtype=torch.float64, device=op.device)
+        buffer[n:].zero_()  # the sums are written by the pass (Accumulator), the rest is not
+        sums = buffer[:n].view(b, dim)  # one view for the pass and the result
+    else:  # one process: nothing to all-reduce, the sums alone
+        buffer, sums = None, torch.empty(b, dim, dtype=torch.float64, device=op.device)
     error, divided, count = None, False, 0
     try:  # every rank reaches the one all-reduce, also after a local failure
         if checks:
@@ -107,7 +112,11 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     except Exception as exc:
         sums.zero_()  # sums a failed pass may have left unwritten
         divided, error = False, exc
-    all_reduce_or_raise(buffer, error, flag_index=n + 1, what=f"a {op.kind} pass over the data")
+    if buffer is not None:
+        all_reduce_or_raise(buffer, error, flag_index=n + 1,
+                            what=f"a {op.kind} pass over the data")
+    elif error is not None:
+        raise error
     if checks:
         check_same_block(buffer[n + 2:].view(size, 3).cpu().numpy(), op.kind)
     samples = buffer[n] if size > 1 else count
@@ -128,8 +137,9 @@ def _pass(op, block, sums, divide: bool = False) -> int:
     values, count = [], 0
     weighted = op.reduction == "mean"
     total = Accumulator(sums, op.space)
-    before = model_state(op.model)
-    op.curvature.begin_pass()
+    modules = list(op.model.named_modules())  # one walk for the state and the parameters
+    before = model_state(op.model, modules)
+    op.curvature.begin_pass(modules)
     product = op.batch_product()
     if product is op.compiled:
         product.start_pass()  # its first call checks every guard
@@ -159,8 +169,11 @@ def _pass(op, block, sums, divide: bool = False) -> int:
 def _healthy(values, sums) -> bool:
     """The cheap test of a healthy pass: the sum of every batch loss and every accumulated
     product is finite (a NaN or Inf anywhere makes it so; one reduction and one device sync
-    per pass). False may also mean that only the sum of finite values overflowed:
+    per pass; on the CPU the losses are read as Python floats, with no tensor made to sum
+    them). False may also mean that only the sum of finite values overflowed:
     :func:`_raise_non_finite` decides."""
+    if sums.device.type == "cpu":
+        return math.isfinite(float(sums.sum()) + sum(map(float, values)))
     return math.isfinite(float(sums.sum() + torch.stack(values).sum()))
 
 
