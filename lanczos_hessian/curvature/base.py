@@ -96,9 +96,11 @@ class CurvatureOperator(LinearOperator):
     progress : bool
         A progress bar over the batches of each pass (rank 0).
     allow_tf32 : bool
-        Let float32 products use TensorFloat-32 on GPUs that have it (10 bits of mantissa
-        instead of 23). Off by default: every pass runs with TF32 disabled for cuBLAS
-        and cuDNN and the process-wide flags are restored after it
+        Let float32 products use TensorFloat-32 where the hardware has it (10 bits of
+        mantissa instead of 23). Off by default: every pass runs in IEEE float32 for the
+        device's kernels (cuBLAS and cuDNN, or oneDNN on the CPU, which a process-wide
+        ``torch.set_float32_matmul_precision("medium")`` would otherwise run in bfloat16) and
+        the process-wide settings are restored after it
         (:mod:`lanczos_hessian.curvature.precision`); recorded in run files' provenance.
     compile : bool or dict
         Compile the per-batch product with ``torch.compile`` once per operator
@@ -224,8 +226,8 @@ class CurvatureOperator(LinearOperator):
         block = self.layout.to_parameters(block)  # the identity unless shard-major
         start, compiling = time.perf_counter(), self.compile_time
         precision = tf32_mode(self.allow_tf32, self.device)
-        with evaluation_mode(self.model), precision, self.sharded.gathered():
-            total = self.layout.from_parameters(accumulate(self, block))
+        with evaluation_mode(self.model) as modules, precision, self.sharded.gathered():
+            total = self.layout.from_parameters(accumulate(self, block, modules))
             if self.sharded.is_sharded:
                 self.curvature.end_pass()  # the gathered parameters go with the pass
         compiling = self.compile_time - compiling  # reported apart from the pass time

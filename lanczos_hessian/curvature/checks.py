@@ -23,14 +23,17 @@ from .inputs import call_model, input_tensors
 @contextlib.contextmanager
 def evaluation_mode(model: torch.nn.Module):
     """Put every submodule in eval mode for the block; restore each one's flag after (a
-    model already in eval mode throughout is left alone: nothing to put or restore)."""
-    flags = [(m, m.training) for m in model.modules()]
-    if any(training for _, training in flags):
+    model already in eval mode throughout is left alone: nothing to put or restore).
+    Yields the model's ``named_modules()`` as a list, walked once here for the block's
+    other uses (the pass's model checks and parameters)."""
+    modules = list(model.named_modules())
+    flags = [module.training for _, module in modules]
+    if any(flags):
         model.eval()
     try:
-        yield model
+        yield modules
     finally:
-        for module, training in flags:
+        for (_, module), training in zip(modules, flags):
             if module.training != training:
                 module.training = training
 

@@ -148,13 +148,14 @@ class DataSource:
     def _shard_range(self, n: int) -> tuple:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
-    def _tensor_batches(self) -> list:
+    def _tensor_batches(self, stamp: tuple | None = None) -> list:
         """This rank's batches of a tensor pair as views, cut once and kept while the tensors'
         storage, shape and strides (and the batch size and shard) are unchanged: a view sees
-        every in-place change, a rebinding or resize cuts them anew."""
+        every in-place change, a rebinding or resize cuts them anew (``stamp``: this
+        source's :meth:`stamp`, where the caller has just taken it)."""
         inputs, targets = self._tensors
         layout = (self.batch_size, self.rank, self.world_size,
-                  *(stamp[:3] for stamp in self.stamp()))
+                  *(each[:3] for each in (self.stamp() if stamp is None else stamp)))
         if self._views is None or self._views[0] != layout:
             lo, hi = self._shard_range(len(inputs))
             self._views = (layout, [(inputs[start:min(start + self.batch_size, hi)],
@@ -163,9 +164,17 @@ class DataSource:
         return self._views[1]
 
     def __iter__(self) -> Iterator[tuple]:
+        return self.batches()
+
+    def batches(self, stamp: tuple | None = None) -> Iterator[tuple]:
+        """This rank's batches, as iterating the source gives them (``stamp``: its
+        :meth:`stamp`, where the caller has just taken it, which a tensor pair's batches
+        then need not take again)."""
         if self._tensors is not None:
-            yield from self._tensor_batches()
-            return
+            return iter(self._tensor_batches(stamp))
+        return self._iterable_batches()
+
+    def _iterable_batches(self) -> Iterator[tuple]:
         for index, batch in enumerate(self._iterable):
             if index % self.world_size == self.rank:
                 yield unpack_batch(batch, index, self.unpack)

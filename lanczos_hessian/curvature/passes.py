@@ -84,9 +84,10 @@ def check_model_unchanged(before: list, after: list, kind: str) -> None:
         "Make forward free of side effects in eval mode (products are taken in eval mode)")
 
 
-def accumulate(op, block: torch.Tensor) -> torch.Tensor:
+def accumulate(op, block: torch.Tensor, modules: list | None = None) -> torch.Tensor:
     """``C V`` for ``V = block`` ``(M, b)`` in the model's dtype: one pass of ``op`` over its
-    data (this rank's shard, all-reduced), float64 on the model's device."""
+    data (this rank's shard, all-reduced), float64 on the model's device (``modules``: the
+    model's ``named_modules()``, where the caller has walked them)."""
     dim, b = block.shape
     size, rank = op.world.size, op.world.rank
     n = dim * b
@@ -105,7 +106,7 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
             row[1] = torch.linalg.vector_norm(block, 1, dtype=torch.float64)
             row[2] = torch.linalg.vector_norm(block, 2, dtype=torch.float64)
         divide = op.reduction == "mean" and size == 1  # by N within the pass: all is here
-        count = _pass(op, block, sums, divide)
+        count = _pass(op, block, sums, divide, modules)
         if size > 1:  # summed over the ranks by the all-reduce; in one process, count is all
             buffer[n] = count
         divided = divide and count > 0
@@ -128,16 +129,17 @@ def accumulate(op, block: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _pass(op, block, sums, divide: bool = False) -> int:
+def _pass(op, block, sums, divide: bool = False, modules: list | None = None) -> int:
     """Write the sum of every batch's weighted product into ``sums`` ``(b, M)`` (divided by
     the pass's sample count with ``divide``, when it has samples); return the count."""
-    stamp = op.data.stamp() if op.check_data else None
-    known = op.fingerprints.known(stamp)
+    stamp = op.data.stamp()  # a tensor pair's contents, without reading them (None: iterable)
+    known = op.fingerprints.known(stamp) if op.check_data else None
     fingerprint = PassFingerprint() if known is None else known
     values, count = [], 0
     weighted = op.reduction == "mean"
     total = Accumulator(sums, op.space)
-    modules = list(op.model.named_modules())  # one walk for the state and the parameters
+    if modules is None:  # one walk for the state and the parameters
+        modules = list(op.model.named_modules())
     before = model_state(op.model, modules)
     op.curvature.begin_pass(modules)
     product = op.batch_product()
@@ -147,7 +149,7 @@ def _pass(op, block, sums, divide: bool = False) -> int:
     hashing = known is None and op.check_data  # decided once per pass, as the names below
     keep, add = values.append, total.add
     with twice_differentiable():
-        for inputs, targets in _batches(op):
+        for inputs, targets in _batches(op, stamp):
             x, y = (inputs, targets) if move is None else move(inputs, targets)
             value, result = product(x, y, block)
             keep(value)
@@ -207,10 +209,11 @@ def locate_non_finite(op, block, move=None, product=None) -> int | None:
     return None
 
 
-def _batches(op):
-    """``op``'s batches on this rank, with a progress bar on rank 0 when asked for."""
+def _batches(op, stamp=None):
+    """``op``'s batches on this rank, with a progress bar on rank 0 when asked for
+    (``stamp``: the data's :meth:`DataSource.stamp`, where the caller has just taken it)."""
     if not (op.progress and op.world.is_main):
-        return op.data
+        return op.data.batches(stamp)
     from tqdm.auto import tqdm
 
     return tqdm(op.data, desc=f"{op.kind} pass", leave=False, unit="batch")
