@@ -23,6 +23,7 @@ from ..errors import DenseSizeError
 from .data import call_model
 from .kernels import twice_differentiable
 from .operators import CurvatureOperator, evaluation_mode
+from .precision import tf32_mode
 
 DEFAULT_MAX_DIM = 12_000  # 12k x 12k float64 is 1.15 GB
 
@@ -76,7 +77,7 @@ def _accumulate(op: CurvatureOperator, batch_matrix) -> np.ndarray:
     dim = op.shape[0]
     total = torch.zeros(dim, dim, dtype=torch.float64, device=op.device)
     count = 0
-    with evaluation_mode(op.model), twice_differentiable():
+    with evaluation_mode(op.model), tf32_mode(op.allow_tf32, op.device), twice_differentiable():
         for inputs, targets in op.data:
             x, y = op.to_device(inputs, targets)
             weight = len(y) if op.reduction == "mean" else 1.0  # samples: the targets

@@ -12,13 +12,18 @@ mantissa, silently:
   (torch >= 2.9). Measured on this project's CPU (torch 2.13): a 512 x 512 float32 matmul
   off by 0.27 in entries of size about 20 under "medium", against 5e-5 in IEEE float32.
 
-For curvature either is a silent loss of three decimal digits or more in every product,
+A third is ``torch.autocast`` around the call (mixed-precision training code measuring the
+curvature inside its autocast region): a float32 model's products in bfloat16 or float16,
+0.5% off in a small MLP's Hessian-vector product on the CPU.
+
+For curvature each is a silent loss of three decimal digits or more in every product,
 far above what Lanczos resolves and invisible in a loss curve (``scripts/device_check.py``
 measures TF32 on a GPU; ``tests/curvature/test_precision.py`` the bfloat16 case on the CPU).
 
 The policy of the operators (:class:`~lanczos_hessian.curvature.operators.CurvatureOperator`):
 every pass over the data runs inside :func:`tf32_mode` with ``allow_tf32=False`` (the
-default), so that float32 products are IEEE float32 whatever the process-wide settings are;
+default), so that float32 products are IEEE float32 whatever the process-wide settings and
+the caller's autocast are;
 ``allow_tf32=True`` opts in to TF32 (faster convolutions and matmuls, TF32's rounding; never
 bfloat16). The settings set are those the operator's device reads: cuBLAS and cuDNN for
 CUDA, oneDNN for the CPU (each has no effect on the other's kernels), all of them for any
@@ -173,16 +178,42 @@ def _restore(state: dict) -> None:
         owners[name].fp32_precision = value
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (``"cpu"`` or ``"cuda"``) here."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: one query per device type
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+def _no_autocast(device_type: str | None):
+    """A context with ``torch.autocast`` off for the device types where the caller has it on
+    (``device_type``, or the CPU and CUDA for None); nothing to enter where it is off."""
+    on = [kind for kind in ((device_type,) if device_type else _DEVICE_TYPES)
+          if autocast_enabled(kind)]
+    if not on:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for kind in on:
+        stack.enter_context(torch.autocast(kind, enabled=False))
+    return stack
+
+
 @contextlib.contextmanager
 def tf32_mode(allow: bool, device=None):
     """Run the block with float32 products in TF32 allowed (``allow=True``) or in IEEE float32
     (never bfloat16), for the matmuls and convolutions of ``device``'s kernels (cuBLAS and
-    cuDNN on CUDA, oneDNN on the CPU; None or another device: all of them); every setting is
-    restored on exit, also after an exception."""
+    cuDNN on CUDA, oneDNN on the CPU; None or another device: all of them), and with a
+    caller's ``torch.autocast`` off (under it, a float32 model's products would be computed
+    in bfloat16 or float16); every setting is restored on exit, also after an exception."""
     allow = bool(allow)
-    state = _save(_device_type(device))
+    kind = _device_type(device)
+    state = _save(kind)
     try:
         _set(state, allow)
-        yield
+        with _no_autocast(kind):
+            yield
     finally:
         _restore(state)
