@@ -31,9 +31,15 @@ _FUSED = ("flash", "mem_efficient", "cudnn")
 
 
 def _switches(name):
+    """``(is enabled, enable)`` of one backend: the C functions that ``torch.backends.cuda``'s
+    ``{name}_sdp_enabled`` and ``enable_{name}_sdp`` call, where this torch has them (a Python
+    frame fewer each, set and restored on every pass), else those two."""
     backends = torch.backends.cuda
-    return getattr(backends, f"{name}_sdp_enabled", None), getattr(backends, f"enable_{name}_sdp",
-                                                                 None)
+    public = (getattr(backends, f"{name}_sdp_enabled", None),
+              getattr(backends, f"enable_{name}_sdp", None))
+    direct = (getattr(torch._C, f"_get_{name}_sdp_enabled", None),
+              getattr(torch._C, f"_set_sdp_use_{name}", None))
+    return direct if None not in direct and None not in public else public
 
 
 _AVAILABLE: list = []  # (name, is enabled, enable) of this torch's switches, found once
