@@ -175,6 +175,7 @@ class DataSource:
         return self._iterable_batches()
 
     def _iterable_batches(self) -> Iterator[tuple]:
+        """An iterable's batches dealt round-robin to the ranks, each unpacked on the way."""
         for index, batch in enumerate(self._iterable):
             if index % self.world_size == self.rank:
                 yield unpack_batch(batch, index, self.unpack)
