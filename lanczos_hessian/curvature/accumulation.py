@@ -28,8 +28,9 @@ sums, not added to zeros (the same float64 numbers; the sums need no zeroing).
   cache-sized chunks as it adds (0.4 ms, as fast as a float64-into-float64 add). But numpy
   adds on one thread, and torch on all of its intra-op threads: on two, torch's add took
   0.41 ms against numpy's 0.39 ms, and beyond two torch's is the faster (it halved from one
-  thread to two), so with more threads torch adds. numpy has no fused multiply-add, so a weight per batch would
-  be one more pass: hence the unweighted sums, also for the ragged batch (its weighted add
+  thread to two), so with more threads torch adds. numpy has no fused multiply-add, so a
+  weight per batch would be one more pass: hence the unweighted sums, also for the ragged
+  batch (its weighted add
   by torch took 2.7 ms a pass on that MLP, the rescaling and numpy's add 0.7 ms). On
   other devices ``torch._foreach_add_``, whose device kernels cast as they add.
 * *Small parameter tensors* (under :data:`FLAT_BELOW` entries on average) are flattened into

@@ -85,13 +85,9 @@ class _Setting:
             self.get = lambda: owner.fp32_precision
             self.put = lambda value: setattr(owner, "fp32_precision", value)
 
-    @property
-    def fp32_precision(self) -> str:
-        return self.get()
-
 
 def _new_api_owners(device_type: str | None = None) -> dict:
-    """``{name: object with fp32_precision}`` where this torch has the per-operation API, for
+    """``{name: _Setting}`` where this torch has the per-operation API, for
     the kernels of ``device_type`` (None: every device); looked up on the first call, since
     torch's backend modules do not change in a process."""
     if device_type not in _OWNERS:
@@ -137,23 +133,29 @@ def tf32_flags() -> dict:
     flags = {"matmul": _read(lambda: bool(torch.backends.cuda.matmul.allow_tf32)),
              "cudnn": _read(lambda: bool(torch.backends.cudnn.allow_tf32))}
     for name, owner in _new_api_owners().items():
-        flags[f"{name}.fp32_precision"] = owner.fp32_precision
+        flags[f"{name}.fp32_precision"] = owner.get()
     return flags
 
 
 def device_flags(device, flags: dict | None = None) -> dict:
     """The entries of :func:`tf32_flags` (or of ``flags``, a reading of it) that the kernels
-    of ``device`` read: cuBLAS's and cuDNN's for CUDA, oneDNN's for the CPU (before torch
-    2.9 the legacy matmul setting), all of them for another device."""
+    of ``device`` read: those :func:`tf32_mode` sets for it (all of them for a device
+    without settings of its own)."""
     kind = _device_type(device)
     flags = tf32_flags() if flags is None else flags
-    if kind == "cuda":
-        return {k: v for k, v in flags.items() if not k.startswith("mkldnn.")}
-    if kind == "cpu":
-        legacy = not _new_api_owners("cpu")
-        return {k: v for k, v in flags.items()
-                if k.startswith("mkldnn.") or (legacy and k == "matmul")}
-    return dict(flags)
+    if kind is None:
+        return dict(flags)
+    read = {f"{name}.fp32_precision" for name in _new_api_owners(kind)}
+    read |= {"matmul", "cudnn"} if kind == "cuda" else set()
+    read |= {"matmul"} if _reads_legacy_matmul(kind) else set()
+    return {k: v for k, v in flags.items() if k in read}
+
+
+def _reads_legacy_matmul(device_type: str | None) -> bool:
+    """Whether the legacy matmul setting (``torch.set_float32_matmul_precision``, cuBLAS's
+    ``allow_tf32``) rules ``device_type``'s kernels: cuBLAS's always, oneDNN's on the CPU
+    where this torch has no per-operation oneDNN settings (before 2.9)."""
+    return device_type != "cpu" or not _new_api_owners("cpu")
 
 
 def policy_holds(flags: dict, allow: bool) -> bool:
@@ -172,7 +174,7 @@ def _save(device_type: str | None = None) -> dict:
     torch has no per-operation settings (before 2.9)."""
     new = {name: owner.get() for name, owner in _new_api_owners(device_type).items()}
     cuda = device_type != "cpu"
-    legacy_matmul = cuda or not _new_api_owners()
+    legacy_matmul = _reads_legacy_matmul(device_type)
     return {"float32_matmul_precision": (_read(torch.get_float32_matmul_precision)
                                          if legacy_matmul else None),
             "matmul": (None if new or not legacy_matmul
