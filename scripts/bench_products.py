@@ -388,6 +388,80 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
+#: The three ways of a block product that ``--block-forms`` times (rule 4 of
+#: ``lanczos_hessian/curvature/products.py`` picks between the first two).
+BLOCK_FORMS = ("per column", "batched backward", "forward-over-reverse")
+BLOCK_SIZES = (4, 16)
+WITHIN = 1.05  # the rule's target: its block form within 5% of the fastest form
+
+
+def block_operator(model, loss_fn, x, y, batch_size, reduction, form):
+    """A Hessian operator whose blocks take ``form`` (:data:`BLOCK_FORMS`)."""
+    if form == "forward-over-reverse":
+        return HessianOperator(model, loss_fn, (x, y), batch_size=batch_size,
+                               reduction=reduction, strategy=form)
+    op = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size, reduction=reduction,
+                         strategy="reverse-over-reverse")
+    op.curvature.differentiate.batched_blocks = form == "batched backward"
+    return op
+
+
+def bench_block_forms(name, n, batch_size, dtype, repeats, back_to_back=True, budget=None):
+    """One pass of a block of 4 and of 16 vectors in each of :data:`BLOCK_FORMS`, per vector,
+    interleaved per block size; the form the default operator's rule picks, and its time
+    over the fastest form's."""
+    model, loss_fn, reduction, x, y = build(name, n, dtype)
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rule = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size, reduction=reduction)
+    chosen = ("forward-over-reverse" if rule.strategy == "forward-over-reverse" else
+              "batched backward" if rule.curvature.differentiate.batched_blocks else
+              "per column")
+    ops = {form: block_operator(model, loss_fn, x, y, batch_size, reduction, form)
+           for form in BLOCK_FORMS}
+    g = torch.Generator().manual_seed(3)
+    row = {"model": name, "parameters": dim, "samples": n, "batch size": batch_size,
+           "dtype": str(dtype).replace("torch.", ""), "rule": chosen, "blocks": {}}
+    with evaluation_mode(model):
+        for b in BLOCK_SIZES:
+            V = torch.randn(dim, b, generator=g, dtype=torch.float64)
+            t = median_times({form: (lambda op=op: op.apply(V)) for form, op in ops.items()},
+                             repeats, back_to_back, budget)
+            per_vector = {form: 1e3 * t[form] / b for form in BLOCK_FORMS}
+            fastest = min(per_vector.values())
+            row["blocks"][b] = {"ms per vector": per_vector, "repeats": t["repeats"],
+                                "rule / fastest": per_vector[chosen] / fastest}
+    return row
+
+
+def format_block_forms(rows) -> str:
+    head = ("| model | params | samples | batch | dtype | rule | "
+            + " | ".join(f"b={b}: {form} ms/vec" for b in BLOCK_SIZES for form in BLOCK_FORMS)
+            + " | " + " | ".join(f"b={b}: rule / fastest" for b in BLOCK_SIZES) + " |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [f"{r['blocks'][b]['ms per vector'][form]:.2f}" for b in BLOCK_SIZES
+                 for form in BLOCK_FORMS]
+        ratios = [f"{r['blocks'][b]['rule / fastest']:.2f}x" for b in BLOCK_SIZES]
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['samples']:,} "
+                     f"| {r['batch size']} | {r['dtype']} | {r['rule']} | "
+                     + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
+def block_targets(rows) -> list:
+    """One line per row and block size: the rule's form within 5% of the fastest or not."""
+    lines = []
+    for r in rows:
+        for b in BLOCK_SIZES:
+            ratio = r["blocks"][b]["rule / fastest"]
+            per_vector = r["blocks"][b]["ms per vector"]
+            fastest = min(per_vector, key=per_vector.get)
+            lines.append(f"{r['model']} batch {r['batch size']} {r['dtype']} block {b}: rule "
+                         f"({r['rule']}) {ratio:.2f}x the fastest ({fastest}) "
+                         f"({'met' if ratio <= WITHIN else 'MISSED'}: <= {WITHIN}x)")
+    return lines
+
+
 #: The targets of the products (issue 29): the default product within 10% of the faster bare
 #: loop; compiled products 1.5x faster than the bare double backward below 100k parameters.
 DEFAULT_TARGET, COMPILED_TARGET, COMPILED_BELOW = 1.10, 1.5, 100_000
@@ -455,6 +529,9 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds of timed rounds per row, which caps its repeats "
                              "(at least 3; 0: always --repeats)")
+    parser.add_argument("--block-forms", action="store_true",
+                        help="instead of the product table: blocks of 4 and 16 in each way a "
+                             "block can be taken, and the rule's pick against the fastest")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args(argv)
     global clock
@@ -466,6 +543,8 @@ def main(argv=None):
     repeats = args.repeats or (3 if args.quick else 60)
     rows = []
     budget = None if args.quick or args.budget <= 0 else args.budget
+    if args.block_forms:
+        return block_forms_main(grid, repeats, args, budget)
     for name, n, batch_sizes, dtypes in grid:
         for batch_size in batch_sizes:
             for dtype in dtypes:
@@ -482,6 +561,28 @@ def main(argv=None):
         info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
                 "budget s": budget, "clock": args.clock, "back to back": args.back_to_back,
                 "machine": platform.processor() or platform.machine(), "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
+    return rows
+
+
+def block_forms_main(grid, repeats, args, budget) -> list:
+    """``--block-forms``: the block table of every grid row, its verdicts, JSON."""
+    rows = []
+    for name, n, batch_sizes, dtypes in grid:
+        for batch_size in batch_sizes:
+            for dtype in dtypes:
+                rows.append(bench_block_forms(name, n, batch_size, dtype, repeats,
+                                              args.back_to_back, budget))
+                print(format_block_forms(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print("\n".join(block_targets(rows)))
+    print()
+    print(format_block_forms(rows))
+    if args.json:
+        info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
+                "budget s": budget, "clock": args.clock, "back to back": args.back_to_back,
+                "machine": platform.processor() or platform.machine(), "block forms": rows}
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
     return rows

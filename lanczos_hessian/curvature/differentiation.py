@@ -17,7 +17,11 @@ pass (the operators), not once per batch.
 ``ReverseOverReverse`` builds the gradient graph once with the model's own parameters (one
 forward, one backward with ``create_graph=True``), then one more backward per vector: the
 primal work is shared by the block, and a single vector costs exactly the bare double
-backward. ``ForwardOverReverse`` takes ``torch.func.jvp`` of ``torch.func.grad`` on the
+backward. For a block of a small model (:attr:`ReverseOverReverse.batched_blocks`, set by
+the rule of :mod:`lanczos_hessian.curvature.products`) the second backward is one call for
+the whole block, vectorized over its columns (``is_grads_batched``: the same graph, each
+op of the backward applied to ``b`` cotangents at once): where a product is many small ops,
+this divides their per-op cost by ``b``. ``ForwardOverReverse`` takes ``torch.func.jvp`` of ``torch.func.grad`` on the
 parameters swapped in by ``functional_call``: one fused sweep per vector, vectorized over a
 block by ``torch.func.vmap`` (which repeats the primal work per vector); a single vector goes
 through no ``vmap``. Both give the same numbers up to rounding.
@@ -80,11 +84,20 @@ class BlockProduct:
         return all(bool(torch.isfinite(t).all()) for t in self.tensors())
 
     def __sub__(self, other: "BlockProduct") -> "BlockProduct":
-        """The piecewise difference of two products of one strategy (same layout)."""
-        if self.by_column:
+        """The piecewise difference of two products of one block (in the layout ``(b,
+        *shape)`` per parameter where the two layouts differ)."""
+        if self.by_column and other.by_column:
             return BlockProduct([[a - b for a, b in zip(mine, theirs)]
                                  for mine, theirs in zip(self.pieces, other.pieces)], True)
-        return BlockProduct([a - b for a, b in zip(self.pieces, other.pieces)], False)
+        return BlockProduct([a - b for a, b in zip(self.by_parameter(), other.by_parameter())],
+                            False)
+
+    def by_parameter(self) -> list:
+        """Per parameter, every column's part, ``(b, *shape)`` (stacked from the columns of
+        the other layout)."""
+        if not self.by_column:
+            return list(self.pieces)
+        return [torch.stack(parts) for parts in zip(*self.pieces)]
 
     def clone(self) -> "BlockProduct":
         """A copy of every piece (outputs of a CUDA graph, before its next replay)."""
@@ -213,6 +226,21 @@ def _backward(outputs, inputs, grad_outputs, retain):
     return _grad(outputs, inputs, grad_outputs, retain=retain)
 
 
+def _batched_backward(outputs, inputs, grad_outputs):
+    """``sum_k grad_outputs[k][j]^T d outputs[k] / d inputs`` for every ``j`` in one call:
+    ``grad_outputs[k]`` is ``(b, *outputs[k].shape)`` and each result ``(b, *input.shape)``
+    (``torch.autograd.grad`` with ``is_grads_batched``, a ``vmap`` of the backward over the
+    cotangents' leading axis), zeros where independent. Releases the graph."""
+    b = grad_outputs[0].shape[0]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    if not pairs:
+        return [x.new_zeros((b, *x.shape)) for x in inputs]
+    outputs, grad_outputs = zip(*pairs)
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True,
+                                is_grads_batched=True)
+    return [x.new_zeros((b, *x.shape)) if g is None else g for g, x in zip(grads, inputs)]
+
+
 class _Strategy:
     """The tangents of a block, split per parameter once per block: every batch of a pass
     applies the same ``V``, so the split (a copy for a block) is not repeated per batch."""
@@ -244,9 +272,20 @@ class ReverseOverReverse(_Strategy):
 
     name = "reverse-over-reverse"
 
+    #: Columns from which a block's backward sweeps are vectorized, where
+    #: :attr:`batched_blocks` holds: the Hessian's one sweep pays from two columns; the
+    #: GGN's three (``J V``, the loss's Hessian, ``J^T``) pay from eight (4k-parameter MLP,
+    #: batches of 256, one CPU thread: a block of 4 took 1.16x the time of its columns one
+    #: by one, a block of 8 0.86x, 16 0.67x; docs/BENCHMARKS.md).
+    BATCHED_FROM = {"hessian": 2, "ggn": 8}
+
     def __init__(self):
         super().__init__()
-        self._rows = self._row_split = self._space = None
+        self._rows = self._row_split = self._by_parameter = self._space = None
+        #: A block's second backward as one vectorized call (True: from
+        #: :attr:`BATCHED_FROM` columns) or one call per column (False, the default);
+        #: single vectors take one call either way.
+        self.batched_blocks = False
 
     @staticmethod
     def split(space, V):
@@ -263,6 +302,7 @@ class ReverseOverReverse(_Strategy):
             rows = torch.empty(V.T.shape, dtype=V.dtype, device=V.device)
             self._rows, self._space = rows, space
             self._row_split = [list(space.split(rows[j]).values()) for j in range(len(rows))]
+            self._by_parameter = list(space.split(rows.T).values())  # (b, *shape) views
         rows.copy_(V.T if V.shape[1] > 1 else V.reshape(rows.shape))  # (M, 1): no transposing
         return self._row_split
 
@@ -273,8 +313,18 @@ class ReverseOverReverse(_Strategy):
         value = fns.loss()
         grads = _grad(value, params, create_graph=True)
         tangents, b = self.tangents(space, V), V.shape[1]
+        if self._vectorized("hessian", b):
+            return value.detach(), BlockProduct(
+                _batched_backward(grads, params, self._by_parameter), False)
         columns = [_backward(grads, params, tangents[j], retain=j < b - 1) for j in range(b)]
         return value.detach(), BlockProduct(columns, True)
+
+    def _vectorized(self, kind: str, b: int) -> bool:
+        """Whether a block of ``b`` columns of ``kind`` takes the vectorized backward (the
+        per-parameter views of the block's rows are there once :meth:`tangents` ran
+        eagerly)."""
+        return (self.batched_blocks and b >= self.BATCHED_FROM[kind]
+                and self._by_parameter is not None)
 
     @staticmethod
     def traced_hessian(fns: BatchFunctions, V: torch.Tensor) -> tuple:
@@ -308,6 +358,10 @@ class ReverseOverReverse(_Strategy):
         value = fns.loss_on(zd)
         loss_grad = _grad(value, [zd], create_graph=True)[0]
         tangents, b = self.tangents(space, V), V.shape[1]
+        if self._vectorized("ggn", b):
+            Jv = _batched_backward(JTu, [u], self._by_parameter)
+            HJv = _batched_backward([loss_grad], [zd], Jv)
+            return value.detach(), BlockProduct(_batched_backward([z], params, HJv), False)
         columns = []
         for j in range(b):
             Jv = _backward(JTu, [u], tangents[j], retain=True)[0]

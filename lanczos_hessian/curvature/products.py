@@ -25,7 +25,16 @@ resumed run continues with the products it started with:
    (1.47x / 1.22x), where forward-over-reverse is slow on convolutions (preliminary,
    loaded machine; docs/BENCHMARKS.md). One strategy for the compiled and the eager Hessian
    also means that ``compile=True`` does not change a run's strategy, and that the eager
-   product a failed compilation falls back to is the same function.
+   product a failed compilation falls back to is the same function;
+4. blocks of reverse-over-reverse products (eager): where one batch's forward costs at most
+   :data:`BATCHED_BLOCKS_UP_TO_FLOPS` (8 million floating-point operations, as
+   ``torch.utils.flop_counter`` counts the first batch's forward, attention on its math
+   kernel), a block's backward sweeps are one call vectorized over its columns (from
+   ``ReverseOverReverse.BATCHED_FROM`` columns: 2 for the Hessian, 8 for the GGN), else one
+   call per column. Single vectors are the same either way. The count depends on the model
+   and the shape of a batch alone (both part of what a run records and checks on resume),
+   so the form is the same in every run and on resume; the two forms differ at rounding level at most (bit for bit the
+   same on most rows of the grid below).
 
 Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare
 loop*; CPU, one thread, medians of interleaved calls, preliminary figures on a shared
@@ -33,15 +42,29 @@ machine): for single vectors, the products of Lanczos, the bare double backward 
 than the bare forward-over-reverse on every model of the grid (MLPs of 4k and 1M parameters,
 CNNs of 30k and 955k, a transformer encoder, a small language model; batches of 32-256;
 float32 and float64), by 1.05x to 4.4x, but for the 955k CNN, where the two were within
-1-2% (the quiet table of docs/BENCHMARKS.md: 330 ms against 326 ms). For blocks of 4 the shared gradient graph was as fast
-or faster per vector everywhere; for blocks of 16 the vmapped sweep was faster per vector on
-the MLPs and the 30k CNN (1.1-1.7x), the shared graph on the transformer and the language
-model (1.3-1.7x). One
-strategy per operator keeps a run's single and block products the same function (a rule
-that switched with the block size would change the numbers at rounding level between
-them), so the rule follows the single vectors and the gap for large blocks on MLPs is
-stated in docs/BENCHMARKS.md. Reverse-over-reverse also works for every op with a double
+1-2% (the quiet table of docs/BENCHMARKS.md: 330 ms against 326 ms). For blocks, the
+vmapped forward-over-reverse was faster per vector than one backward per column on the MLPs
+and the 30k CNN with blocks of 16 (1.1-1.7x), slower on the transformer and the language
+model (1.3-1.7x); rule 4's vectorized backward takes that gain within the strategy, so
+that a run's single and block products stay one strategy (a rule that switched strategy
+with the block size would change the numbers at rounding level between them).
+Reverse-over-reverse also works for every op with a double
 backward, where forward mode lacks rules for some losses (``torch.nn.MSELoss``) and kernels.
+
+Why rule 4 (``scripts/bench_products.py --block-forms``, docs/BENCHMARKS.md, *Blocks: per
+column, batched backward, forward-over-reverse*; one CPU thread, medians of interleaved
+passes): a vectorized sweep pays where the product is many small operations, whose fixed
+cost it divides by the block size, and loses where the operations are large (its batched
+kernels and ``b``-times-larger intermediates were slower than ``b`` calls). Per vector,
+blocks of 16: the 4k MLP's batches of 32 (0.3 MFLOP) took 3.8 ms vectorized against 9.0
+column by column, of 512 (4.3 MFLOP) 1.20 against 1.32; the 30k CNN's batches of 32 (7.1
+MFLOP) 49.7 against 58.8; above the threshold every model of the grid was faster column by
+column (the 30k CNN's batches of 256, 57 MFLOP: 25.7 against 33.1; the transformer, 71
+MFLOP: 160 against 201; the 1M MLP, the 955k CNN, the language model). The rule's form was
+within 5% of the fastest of the three forms on 28 of the grid's 30 points; the two others
+are the 30k CNN's, where the vmapped forward-over-reverse was the fastest (batches of 32,
+blocks of 16: 41.2 against 49.7 ms; float64 batches of 256, blocks of 4: 84.8 against
+91.1), a strategy the rule keeps for the models without a double backward (rule 2).
 
 The operator resolves the rule once (:func:`resolve_strategy`); run files record the resolved
 strategy, and a resume with another strategy is refused like any other setting.
@@ -53,12 +76,18 @@ import logging
 
 from ..errors import ForwardModeUnsupportedError, InvalidModelError
 from .curvatures import CURVATURES, BatchCurvature
+from .data import call_model
+from .differentiation import PLAIN
 from .kernels import twice_differentiable
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "forward-over-reverse", "reverse-over-reverse")
 KINDS = tuple(CURVATURES)
+
+#: Forward floating-point operations of one batch up to which reverse-over-reverse Hessian
+#: blocks take their second backward as one vectorized call (rule 4 of the module docstring).
+BATCHED_BLOCKS_UP_TO_FLOPS = 8_000_000
 
 
 def check_strategy(strategy) -> str:
@@ -73,6 +102,37 @@ def resolve_strategy(kind, model, loss_fn, space, inputs, targets, strategy: str
     """The batch curvature of ``kind`` with ``strategy``, ``"auto"`` fixed by the rule of the
     module docstring (``compiled``: the rule for compiled products). ``model`` must be in the
     mode products are taken in."""
+    curvature = _resolve(kind, model, loss_fn, space, inputs, targets, strategy, compiled)
+    if curvature.strategy == "reverse-over-reverse":  # rule 4
+        curvature.differentiate.batched_blocks = batched_blocks(model, loss_fn, inputs,
+                                                                targets)
+    return curvature
+
+
+def batched_blocks(model, loss_fn, inputs, targets) -> bool:
+    """Rule 4: whether one batch's forward (``inputs`` a full batch, ``model`` in the mode
+    products are taken in) costs at most :data:`BATCHED_BLOCKS_UP_TO_FLOPS` floating-point
+    operations, as ``torch.utils.flop_counter.FlopCounterMode`` counts them (the matrix
+    products and convolutions, attention on its math kernel as the products run it). False
+    where the count fails or finds none (a model of other ops: nothing to base the rule on),
+    and for parameters of a tensor subclass (a sharded model's ``DTensor``: the vectorized
+    backward is for plain tensors)."""
+    if any(type(p) not in PLAIN for p in model.parameters()):
+        return False
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter, twice_differentiable():
+            loss_fn(call_model(model, None, inputs), targets)
+        flops = counter.get_total_flops()
+    except Exception as exc:  # a model the counter cannot follow: the per-column backward
+        logger.debug("forward not counted (%s): blocks by one backward per column", exc)
+        return False
+    return 0 < flops <= BATCHED_BLOCKS_UP_TO_FLOPS
+
+
+def _resolve(kind, model, loss_fn, space, inputs, targets, strategy, compiled):
+    """The strategy by rules 1-3."""
     cls = CURVATURES[kind]
     if check_strategy(strategy) != "auto":
         return cls(model, loss_fn, space, strategy)

@@ -37,3 +37,22 @@ def test_quick_mode_with_the_compiled_column(tmp_path):
     row = rows[0]
     assert row["compiled"] and row["compile s"] > 0 and "ours compiled" in row["ms"]
     assert row["break-even passes"] is None or row["break-even passes"] > 0
+
+
+def test_block_forms_times_every_form_and_names_the_rule(tmp_path, capsys):
+    """``--block-forms``: every way of taking a block, per vector, for blocks of 4 and 16,
+    and the rule's pick (the tiny models are under its threshold: the batched backward)."""
+    path = tmp_path / "blocks.json"
+    rows = bench_products.main(["--quick", "--block-forms", "--models", "mlp-tiny",
+                                "cnn-tiny", "--repeats", "1", "--json", str(path)])
+    assert [r["model"] for r in rows] == ["mlp-tiny", "cnn-tiny"]
+    for r in rows:
+        assert r["rule"] == "batched backward"
+        for b in bench_products.BLOCK_SIZES:
+            times = r["blocks"][b]["ms per vector"]
+            assert set(times) == set(bench_products.BLOCK_FORMS)
+            assert all(t > 0 for t in times.values())
+            assert r["blocks"][b]["rule / fastest"] >= 1
+    assert json.loads(path.read_text())["block forms"] == json.loads(json.dumps(rows))
+    out = capsys.readouterr().out
+    assert "block 16: rule (batched backward)" in out and "| b=4: rule / fastest |" in out
