@@ -35,7 +35,9 @@ sums, not added to zeros (the same float64 numbers; the sums need no zeroing).
   other devices ``torch._foreach_add_``, whose device kernels cast as they add.
 * *Small parameter tensors* (under :data:`FLAT_BELOW` entries on average) are flattened into
   one tensor and added by one call (about 6 us a batch for the 4k MLP's six tensors,
-  against 15-18 us for six numpy calls): there, each call costs more than the copy.
+  against 15-18 us for six numpy calls): there, each call costs more than the copy. A
+  vectorized block's pieces ``(b, *shape)`` are set side by side into ``(b, M)``, the
+  layout of the sums.
 
 Either way the float64 add reads and writes 16 bytes per entry and batch (plus the
 product's 4 in float32), whatever the code: for models of millions of parameters with small
@@ -104,10 +106,14 @@ class Accumulator:
     def _put(self, product, copy: bool = False, alpha: float | None = None) -> None:
         """``sums = product`` (``copy``), ``sums += product``, or ``sums += alpha * product``."""
         pieces = product.tensors()
-        if self._flat and product.by_column:  # column after column: the layout of sums
-            if self._flat_target is None:
-                self._flat_target = self.sums.view(-1)
-            flat, target = torch._C._nn.flatten_dense_tensors(pieces), self._flat_target
+        if self._flat:
+            if product.by_column:  # column after column: the layout of sums, flattened
+                if self._flat_target is None:
+                    self._flat_target = self.sums.view(-1)
+                flat, target = torch._C._nn.flatten_dense_tensors(pieces), self._flat_target
+            else:  # (b, *shape) per parameter: side by side, (b, M) as sums
+                b = self.sums.shape[0]
+                flat, target = torch.cat([t.reshape(b, -1) for t in pieces], 1), self.sums
             if copy:
                 target.copy_(flat)
             elif alpha is None:
