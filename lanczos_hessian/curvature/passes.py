@@ -29,8 +29,10 @@ add per parameter; the batch's loss kept for the health check) and a few per pas
   are not there already; its data fingerprint is computed on the first pass and reused while
   the stamp is unchanged: every in-place change of a data tensor bumps its version counter
   (through any view), every rebinding its storage address, so an unchanged stamp means the
-  same bytes and the cached fingerprint is the one a fresh hash would give. Iterables are
-  hashed on every pass;
+  same bytes and the cached fingerprint is the one a fresh hash would give. A list or
+  tuple of tensor batches likewise, its tensors held and compared by identity, storage and
+  version (:class:`~lanczos_hessian.curvature.data.HeldTensors`); other iterables (a
+  DataLoader makes new tensors every pass) are hashed on every pass;
 * **model**: its parameters and buffers are compared before and after each pass by identity
   and version counter, so a model that changes itself in ``forward`` is refused instead of
   giving a matrix that is not one.
@@ -132,7 +134,7 @@ def accumulate(op, block: torch.Tensor, modules: list | None = None) -> torch.Te
 def _pass(op, block, sums, divide: bool = False, modules: list | None = None) -> int:
     """Write the sum of every batch's weighted product into ``sums`` ``(b, M)`` (divided by
     the pass's sample count with ``divide``, when it has samples); return the count."""
-    stamp = op.data.stamp()  # a tensor pair's contents, without reading them (None: iterable)
+    stamp = op.data.stamp(held=op.check_data)  # the contents, without reading them (or None)
     known = op.fingerprints.known(stamp) if op.check_data else None
     fingerprint = PassFingerprint() if known is None else known
     values, count = [], 0

@@ -56,15 +56,15 @@ column, batched backward, forward-over-reverse*; one CPU thread, medians of inte
 passes): a vectorized sweep pays where the product is many small operations, whose fixed
 cost it divides by the block size, and loses where the operations are large (its batched
 kernels and ``b``-times-larger intermediates were slower than ``b`` calls). Per vector,
-blocks of 16: the 4k MLP's batches of 32 (0.3 MFLOP) took 3.8 ms vectorized against 9.0
-column by column, of 512 (4.3 MFLOP) 1.20 against 1.32; the 30k CNN's batches of 32 (7.1
-MFLOP) 49.7 against 58.8; above the threshold every model of the grid was faster column by
-column (the 30k CNN's batches of 256, 57 MFLOP: 25.7 against 33.1; the transformer, 71
-MFLOP: 160 against 201; the 1M MLP, the 955k CNN, the language model). The rule's form was
-within 5% of the fastest of the three forms on 28 of the grid's 30 points; the two others
-are the 30k CNN's, where the vmapped forward-over-reverse was the fastest (batches of 32,
-blocks of 16: 41.2 against 49.7 ms; float64 batches of 256, blocks of 4: 84.8 against
-91.1), a strategy the rule keeps for the models without a double backward (rule 2).
+blocks of 16: the 4k MLP's batches of 32 (0.3 MFLOP) took 3.1 ms vectorized against 7.7
+column by column, of 512 (4.3 MFLOP) 1.06 against 1.18; the 30k CNN's batches of 32 (7.1
+MFLOP) 54.4 against 60.8; above the threshold every model of the grid was faster column by
+column (the 30k CNN's batches of 256, 57 MFLOP: 27.6 against 34.8; the transformer, 71
+MFLOP: 150 against 195; the 1M MLP, the 955k CNN, the language model). The rule's form was
+within 5% of the fastest of the three forms on 29 of the grid's 30 points; the other is
+the 30k CNN's batches of 32 with blocks of 16, where the vmapped forward-over-reverse was
+the fastest (44.2 against 54.4 ms), a strategy the rule keeps for the models without a
+double backward (rule 2).
 
 The operator resolves the rule once (:func:`resolve_strategy`); run files record the resolved
 strategy, and a resume with another strategy is refused like any other setting.

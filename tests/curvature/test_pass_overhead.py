@@ -72,6 +72,63 @@ def test_an_in_place_write_of_the_same_values_is_no_change(monkeypatch):
     assert sum(calls) == 2 * len(x)  # hashed again, and found equal
 
 
+def list_of_batches(x, y, size=7):
+    return [(x[i:i + size].clone(), y[i:i + size].clone()) for i in range(0, len(x), size)]
+
+
+def test_a_list_of_batches_is_hashed_on_the_first_pass_only(monkeypatch):
+    """A list's tensors are held by the list: unchanged (same objects, versions, storage), the
+    first pass's fingerprint stands, as for a tensor pair; a DataLoader's are new each pass
+    and hashed each pass."""
+    calls = counting_hashes(monkeypatch)
+    x, y = mlp_data()
+    op = HessianOperator(make_mlp(), LOSS, list_of_batches(x, y))
+    v = np.ones(op.shape[0])
+    first = op.matvec(v)
+    for _ in range(3):
+        np.testing.assert_array_equal(op.matvec(v), first)
+    assert sum(calls) == len(x)
+    calls.clear()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=7)
+    op = HessianOperator(make_mlp(), LOSS, loader)
+    op.matvec(v), op.matvec(v)
+    assert sum(calls) == 2 * len(x)
+
+
+@pytest.mark.parametrize("change", ["in place", "replaced batch", "appended batch"])
+def test_the_cached_fingerprint_of_a_list_sees_every_change(monkeypatch, change):
+    calls = counting_hashes(monkeypatch)
+    x, y = mlp_data()
+    batches = list_of_batches(x, y)
+    op = HessianOperator(make_mlp(), LOSS, batches)
+    v = np.ones(op.shape[0])
+    op.matvec(v), op.matvec(v)
+    if change == "in place":
+        batches[1][0][2, 1] += 1.0  # a sample's input, through the tensor the list holds
+    elif change == "replaced batch":
+        inputs, targets = batches[2]
+        batches[2] = (inputs, (targets + 1) % 3)  # new labels, the inputs' tensor kept
+    else:
+        batches.append(batches[0])  # one batch counted twice
+    with pytest.raises(NonDeterministicDataError):
+        op.matvec(v)
+    assert sum(calls) == 2 * len(x) + (7 if change == "appended batch" else 0)
+
+
+def test_a_list_of_batches_with_tuple_inputs_or_unpack_is_stamped_or_read_afresh():
+    """Tuple inputs are tensors too (stamped); an ``unpack`` may make new tensors each pass
+    (never stamped)."""
+    x, y = mlp_data()
+    a, b = x[:5], y[:5]
+    stamp = DataSource([((a, a), b)]).stamp()
+    assert stamp is not None and stamp == DataSource([((a, a), b)]).stamp()
+    assert stamp != DataSource([((a, a.clone()), b)]).stamp()  # another tensor object
+    assert stamp != DataSource([((a, x[:5]), b)]).stamp()  # the same bytes, another view
+    unpacked = DataSource([{"x": x[:5], "y": y[:5]}], unpack=lambda b: (b["x"], b["y"]))
+    assert unpacked.stamp() is None
+    assert DataSource(list_of_batches(x, y)).stamp(held=False) is None
+
+
 def test_batch_views_are_cut_once_and_see_the_data():
     x, y = mlp_data()
     x = x.clone()
