@@ -59,7 +59,15 @@ seconds a call; the 4k MLP's rows, milliseconds a pass, take the 60, whose media
 less between runs than those of the 15 taken before); the compiled column is taken on the first batch size and dtype of each grid
 entry (7 compiles, seconds for the MLPs, minutes for the CNNs and the transformer).
 
+``--block-forms`` times, instead of that table, one pass of a block of 4 and of 16 vectors
+in each way a block can be taken (reverse-over-reverse with one backward per column, the same
+with one backward vectorized over the columns, the vmapped forward-over-reverse), per
+vector, and the way the default operator's rule picks (rule 4 of
+``lanczos_hessian/curvature/products.py``) against the fastest: the target, within 5%.
+
     OMP_NUM_THREADS=1 python scripts/bench_products.py --clock thread --json docs/bench_products.json
+    OMP_NUM_THREADS=1 python scripts/bench_products.py --block-forms --clock thread --budget 20 \
+        --json docs/bench_block_forms.json
     python scripts/bench_products.py --quick          # tiny grid, seconds (a test runs it)
 """
 
