@@ -855,6 +855,8 @@ def section_speed(ctx: Context, sec: Section):
         if name == "alexnet":
             _alexnet_runs(ctx, sec, state)
         else:
+            sec.step("cnn: the ways of taking a block",
+                     lambda state=state: _block_forms(ctx, sec, state), estimate_s=2)
             sec.step("cnn: SLQ with its file", lambda state=state: _cnn_slq(ctx, sec, state),
                      estimate_s=3)
         del state
@@ -893,6 +895,44 @@ def _products_speed(ctx, sec, full_gradient, name, samples, batch, blocks):
                       "strategy": op.curvature.strategy}
     return {"model": model, "x": x, "y": y, "op": op, "dim": dim, "peaks": peaks,
             "label": label, "batch": batch}
+
+
+def _block_forms(ctx, sec, state):
+    """The largest block of ``cfg.blocks`` in each way a block can be taken
+    (``bench_products.BLOCK_FORMS``: one backward per column, one backward vectorized over
+    the columns, the vmapped forward-over-reverse), per vector over the gradient, and the
+    default rule's way over the fastest: whether the rule's threshold (a batch's forward at
+    most 8 MFLOP, placed on a CPU, where per-op cost is far below a GPU's kernel launch)
+    holds on this device."""
+    from bench_products import BLOCK_FORMS
+
+    cfg, model, x, y = ctx.cfg, state["model"], state["x"], state["y"]
+    label, batch, dim = state["label"], state["batch"], state["dim"]
+    grad_s, b = sec.data["cnn"]["gradient_s"], max(cfg.blocks)
+    rule = state["op"]
+    chosen = ("forward-over-reverse" if rule.strategy == "forward-over-reverse" else
+              "batched backward" if rule.curvature.differentiate.batched_blocks else
+              "per column")
+    V = torch.randn(dim, b, dtype=torch.float64, device=ctx.device)
+    per_vector = {}
+    for form in BLOCK_FORMS:
+        strategy = ("forward-over-reverse" if form == "forward-over-reverse"
+                    else "reverse-over-reverse")
+        op = ctx.operator("hessian", model, x, y, batch, check_data=False, strategy=strategy)
+        if strategy == "reverse-over-reverse":
+            op.curvature.differentiate.batched_blocks = form == "batched backward"
+        op.apply(V)  # warm-up
+        per_vector[form] = ctx.timed(lambda op=op: op.apply(V), cfg.repeats) / b
+        sec.row(f"{label}: block of {b} by {form}, per vector / gradient",
+                per_vector[form] / grad_s, unit="x", note=f"{per_vector[form]:.3g} s a vector")
+        del op
+        ctx.cleanup()
+    fastest = min(per_vector, key=per_vector.get)
+    sec.row(f"{label}: block of {b}, the rule's way over the fastest",
+            per_vector[chosen] / per_vector[fastest], unit="x",
+            note=f"the rule: {chosen}; the fastest: {fastest}")
+    sec.data["block_forms"] = {"block": b, "rule": chosen, "seconds_per_vector": per_vector,
+                               "gradient_s": grad_s}
 
 
 def _operator_peak(ctx, state, b):

@@ -56,6 +56,10 @@ def test_cpu_mode_runs_every_section_and_writes_one_json_and_one_table(tmp_path,
     for name in ("cnn", "alexnet"):
         assert f"{name} (tiny stand-in): one full-data HVP / one gradient" in speed
     assert sum("per-vector cost" in c for c in speed) == 3  # CNN 4 and 16, AlexNet 4
+    for form in ("per column", "batched backward", "forward-over-reverse"):  # the block forms
+        assert f"cnn (tiny stand-in): block of 16 by {form}, per vector / gradient" in speed
+    rule = checks["cnn (tiny stand-in): block of 16, the rule's way over the fastest"]
+    assert rule["value"] >= 1 and "the rule: batched backward" in rule["note"]  # a tiny CNN
     assert sum("time outside the operator" in c for c in speed) == 4
     assert len(_rows(report, "memory")) == 4  # one per run, read from CUDA's allocator only
     assert checks["W=2 native: H v vs W=1 native, rel. diff"]["status"] == "ok"  # FSDP2 shards
