@@ -403,15 +403,21 @@ BLOCK_SIZES = (4, 16)
 WITHIN = 1.05  # the rule's target: its block form within 5% of the fastest form
 
 
-def block_operator(model, loss_fn, x, y, batch_size, reduction, form):
-    """A Hessian operator whose blocks take ``form`` (:data:`BLOCK_FORMS`)."""
+def block_operator(make, form):
+    """The operator ``make(strategy)`` builds, its blocks taken in ``form``
+    (:data:`BLOCK_FORMS`)."""
     if form == "forward-over-reverse":
-        return HessianOperator(model, loss_fn, (x, y), batch_size=batch_size,
-                               reduction=reduction, strategy=form)
-    op = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size, reduction=reduction,
-                         strategy="reverse-over-reverse")
+        return make(form)
+    op = make("reverse-over-reverse")
     op.curvature.differentiate.batched_blocks = form == "batched backward"
     return op
+
+
+def rule_form(op) -> str:
+    """The form of :data:`BLOCK_FORMS` an operator's blocks take by the rule."""
+    if op.strategy == "forward-over-reverse":
+        return "forward-over-reverse"
+    return "batched backward" if op.curvature.differentiate.batched_blocks else "per column"
 
 
 def bench_block_forms(name, n, batch_size, dtype, repeats, back_to_back=True, budget=None):
@@ -420,12 +426,12 @@ def bench_block_forms(name, n, batch_size, dtype, repeats, back_to_back=True, bu
     over the fastest form's."""
     model, loss_fn, reduction, x, y = build(name, n, dtype)
     dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    rule = HessianOperator(model, loss_fn, (x, y), batch_size=batch_size, reduction=reduction)
-    chosen = ("forward-over-reverse" if rule.strategy == "forward-over-reverse" else
-              "batched backward" if rule.curvature.differentiate.batched_blocks else
-              "per column")
-    ops = {form: block_operator(model, loss_fn, x, y, batch_size, reduction, form)
-           for form in BLOCK_FORMS}
+    def make(strategy="auto"):
+        return HessianOperator(model, loss_fn, (x, y), batch_size=batch_size,
+                               reduction=reduction, strategy=strategy)
+
+    chosen = rule_form(make())
+    ops = {form: block_operator(make, form) for form in BLOCK_FORMS}
     g = torch.Generator().manual_seed(3)
     row = {"model": name, "parameters": dim, "samples": n, "batch size": batch_size,
            "dtype": str(dtype).replace("torch.", ""), "rule": chosen, "blocks": {}}
@@ -549,48 +555,36 @@ def main(argv=None):
     if args.models:
         grid = [g for g in grid if g[0] in args.models]
     repeats = args.repeats or (3 if args.quick else 60)
-    rows = []
     budget = None if args.quick or args.budget <= 0 else args.budget
     if args.block_forms:
-        return block_forms_main(grid, repeats, args, budget)
-    for name, n, batch_sizes, dtypes in grid:
-        for batch_size in batch_sizes:
-            for dtype in dtypes:
-                compiled = (not args.no_compile and batch_size == batch_sizes[0]
-                            and dtype == dtypes[0])
-                rows.append(bench_row(name, n, batch_size, dtype, repeats, compiled,
-                                      args.back_to_back, budget))
-                print(format_table(rows[-1:]).splitlines()[-1], flush=True)
-    print()
-    print("\n".join(targets(rows)))
-    print()
-    print(format_table(rows))
-    if args.json:
-        info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
-                "budget s": budget, "clock": args.clock, "back to back": args.back_to_back,
-                "machine": platform.processor() or platform.machine(), "rows": rows}
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=1)
-    return rows
+        return run_grid(grid, lambda name, n, batch_size, dtype, first: bench_block_forms(
+            name, n, batch_size, dtype, repeats, args.back_to_back, budget),
+            format_block_forms, block_targets, "block forms", args, repeats, budget)
+    return run_grid(grid, lambda name, n, batch_size, dtype, first: bench_row(
+        name, n, batch_size, dtype, repeats, first and not args.no_compile, args.back_to_back,
+        budget), format_table, targets, "rows", args, repeats, budget)
 
 
-def block_forms_main(grid, repeats, args, budget) -> list:
-    """``--block-forms``: the block table of every grid row, its verdicts, JSON."""
+def run_grid(grid, measure, table, verdicts, key, args, repeats, budget) -> list:
+    """Every point of ``grid`` measured by ``measure(name, n, batch size, dtype, first)``
+    (``first``: the entry's first batch size and dtype, where the compiled column is taken),
+    each row printed as it comes; then the ``verdicts``, the whole ``table``, and the JSON
+    (the rows under ``key``)."""
     rows = []
     for name, n, batch_sizes, dtypes in grid:
         for batch_size in batch_sizes:
             for dtype in dtypes:
-                rows.append(bench_block_forms(name, n, batch_size, dtype, repeats,
-                                              args.back_to_back, budget))
-                print(format_block_forms(rows[-1:]).splitlines()[-1], flush=True)
+                first = batch_size == batch_sizes[0] and dtype == dtypes[0]
+                rows.append(measure(name, n, batch_size, dtype, first))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
     print()
-    print("\n".join(block_targets(rows)))
+    print("\n".join(verdicts(rows)))
     print()
-    print(format_block_forms(rows))
+    print(table(rows))
     if args.json:
         info = {"torch": torch.__version__, "threads": args.threads, "repeats": repeats,
                 "budget s": budget, "clock": args.clock, "back to back": args.back_to_back,
-                "machine": platform.processor() or platform.machine(), "block forms": rows}
+                "machine": platform.processor() or platform.machine(), key: rows}
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
     return rows

@@ -904,23 +904,17 @@ def _block_forms(ctx, sec, state):
     default rule's way over the fastest: whether the rule's threshold (a batch's forward at
     most 8 MFLOP, placed on a CPU, where per-op cost is far below a GPU's kernel launch)
     holds on this device."""
-    from bench_products import BLOCK_FORMS
+    from bench_products import BLOCK_FORMS, block_operator, rule_form
 
     cfg, model, x, y = ctx.cfg, state["model"], state["x"], state["y"]
     label, batch, dim = state["label"], state["batch"], state["dim"]
     grad_s, b = sec.data["cnn"]["gradient_s"], max(cfg.blocks)
-    rule = state["op"]
-    chosen = ("forward-over-reverse" if rule.strategy == "forward-over-reverse" else
-              "batched backward" if rule.curvature.differentiate.batched_blocks else
-              "per column")
+    chosen = rule_form(state["op"])
     V = torch.randn(dim, b, dtype=torch.float64, device=ctx.device)
     per_vector = {}
     for form in BLOCK_FORMS:
-        strategy = ("forward-over-reverse" if form == "forward-over-reverse"
-                    else "reverse-over-reverse")
-        op = ctx.operator("hessian", model, x, y, batch, check_data=False, strategy=strategy)
-        if strategy == "reverse-over-reverse":
-            op.curvature.differentiate.batched_blocks = form == "batched backward"
+        op = block_operator(lambda strategy: ctx.operator(
+            "hessian", model, x, y, batch, check_data=False, strategy=strategy), form)
         op.apply(V)  # warm-up
         per_vector[form] = ctx.timed(lambda op=op: op.apply(V), cfg.repeats) / b
         sec.row(f"{label}: block of {b} by {form}, per vector / gradient",
