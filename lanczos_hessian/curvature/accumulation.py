@@ -1,7 +1,7 @@
 """The float64 sum of one pass, ``S = sum_B w_B C_B V``, from the batches' product pieces.
 
 Each batch's product arrives as the per-parameter tensors of a
-:class:`~lanczos_hessian.curvature.differentiation.BlockProduct`, in the model's dtype, and is
+:class:`~lanczos_hessian.curvature.block_product.BlockProduct`, in the model's dtype, and is
 added into the pass's flat float64 accumulator ``(b, M)`` (vector-major: row ``j`` is
 column ``j``); ``w_B = |B|`` for a ``mean`` loss, 1 for ``sum``.
 

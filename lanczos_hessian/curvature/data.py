@@ -35,6 +35,7 @@ import torch
 from ..errors import InvalidDataError
 from .fingerprint import PassFingerprint, sample_hashes  # noqa: F401  (their former home)
 from .inputs import batch_length, call_model, input_tensors, map_inputs  # noqa: F401
+from .stamps import HeldTensors, layout
 
 DEFAULT_BATCH_SIZE = 512
 
@@ -135,7 +136,7 @@ class DataSource:
             if held and self.unpack is None and isinstance(self._iterable, (list, tuple)):
                 return HeldTensors.of(self._iterable)
             return None
-        return tuple(_layout(t) for t in self._tensors)
+        return tuple(layout(t) for t in self._tensors)
 
     def placed(self, device, dtype) -> bool:
         """True when a tensor pair is already where the products need it: every tensor on
@@ -207,49 +208,6 @@ class DataSource:
                     "one; use smaller batches or fewer processes"
                 )
         raise InvalidDataError("the data source is empty: it yielded no batch")
-
-
-def _layout(t: torch.Tensor) -> tuple:
-    """A tensor's storage address, shape, strides, version counter and device."""
-    return t.data_ptr(), tuple(t.shape), t.stride(), t._version, str(t.device)
-
-
-class HeldTensors:
-    """The stamp of a list or tuple of batches: every tensor of every batch, held, with its
-    :func:`_layout`. Two stamps are equal when they hold the very same tensor objects (in
-    the same order) with the same layouts and versions: the list's samples are then
-    unchanged, as with a tensor pair's stamp. Held, no tensor of the earlier stamp is freed
-    while it lives, so a new tensor cannot take its place at the same address unseen."""
-
-    __slots__ = ("tensors", "layouts")
-
-    def __init__(self, tensors: tuple):
-        self.tensors = tensors
-        self.layouts = tuple(_layout(t) for t in tensors)
-
-    @classmethod
-    def of(cls, batches) -> "HeldTensors | None":
-        """The stamp of ``batches``, or None where a batch is not a pair of tensors (a tuple
-        or dict of tensors as inputs) and so cannot be identified by its tensors alone."""
-        tensors = []
-        for batch in batches:
-            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-                return None
-            inputs, targets = batch
-            parts = input_tensors(inputs) if isinstance(inputs, (torch.Tensor, tuple, list,
-                                                                 Mapping)) else [inputs]
-            for t in (*parts, targets):
-                if not isinstance(t, torch.Tensor):
-                    return None
-                tensors.append(t)
-        return cls(tuple(tensors))
-
-    def __eq__(self, other) -> bool:
-        return (isinstance(other, HeldTensors) and len(self.tensors) == len(other.tensors)
-                and all(a is b for a, b in zip(self.tensors, other.tensors))
-                and self.layouts == other.layouts)
-
-    __hash__ = None
 
 
 def _as_tensor_pair(data):

@@ -3,8 +3,8 @@
 A strategy takes a batch's functions (:class:`BatchFunctions`: the batch loss and the network
 outputs as functions of the selected parameters) and a block ``V`` of ``b`` flat vectors
 ``(M, b)`` in the model's dtype, and returns ``(batch loss, product)``, the product a
-:class:`BlockProduct`: the per-parameter tensors the differentiation gives, not flattened
-(:meth:`BlockProduct.joined` is the flat ``(M, b)`` block):
+:class:`~lanczos_hessian.curvature.block_product.BlockProduct`: the per-parameter tensors
+the differentiation gives, not flattened (its ``joined`` is the flat ``(M, b)`` block):
 
 * :meth:`hessian`: ``H_B V``, ``H_B = d^2 l_B / dw^2``;
 * :meth:`ggn`: ``G_B V = J_B^T (d^2 loss / dz^2) J_B V``, ``J_B = dz/dw`` for the outputs
@@ -21,10 +21,10 @@ backward. For a block of a small model (:attr:`ReverseOverReverse.batched_blocks
 the rule of :mod:`lanczos_hessian.curvature.products`) the second backward is one call for
 the whole block, vectorized over its columns (``is_grads_batched``: the same graph, each
 op of the backward applied to ``b`` cotangents at once): where a product is many small ops,
-this divides their per-op cost by ``b``. ``ForwardOverReverse`` takes ``torch.func.jvp`` of ``torch.func.grad`` on the
-parameters swapped in by ``functional_call``: one fused sweep per vector, vectorized over a
-block by ``torch.func.vmap`` (which repeats the primal work per vector); a single vector goes
-through no ``vmap``. Both give the same numbers up to rounding.
+this divides their per-op cost by ``b``. ``ForwardOverReverse`` takes ``torch.func.jvp`` of
+``torch.func.grad`` on the parameters swapped in by ``functional_call``: one fused sweep per
+vector, vectorized over a block by ``torch.func.vmap`` (which repeats the primal work per
+vector); a single vector goes through no ``vmap``. Both give the same numbers up to rounding.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad, grad_and_value, jvp, vjp, vmap
 
+from .block_product import BlockProduct
 from .data import call_model
 from .kernels import math_attention
 from .params import ParameterSpace
@@ -47,63 +48,6 @@ PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 #: Scalar ones by (dtype, device): the seeds of the gradients of scalar losses (:func:`_one`).
 ONES = {}
-
-
-class BlockProduct:
-    """A batch's product ``C_B V`` with a block ``V`` ``(M, b)``, as the per-parameter tensors
-    the differentiation returns (the pass adds them into its float64 sums parameter by
-    parameter, :mod:`lanczos_hessian.curvature.accumulation`: flattening each batch's
-    product into one ``(M, b)`` tensor first was a copy per batch, measured at a third of the
-    time outside the product on a 1M-parameter MLP). Two layouts:
-
-    * ``by_column``: ``pieces[j][k]`` is column ``j``'s part for parameter ``k``, of the
-      parameter's shape (reverse mode, and single vectors);
-    * not ``by_column``: ``pieces[k]`` is parameter ``k``'s part of every column,
-      ``(b, *shape)`` (a ``vmap`` over the block).
-    """
-
-    __slots__ = ("pieces", "by_column")
-
-    def __init__(self, pieces: list, by_column: bool):
-        self.pieces, self.by_column = pieces, by_column
-
-    def tensors(self) -> list:
-        """Every piece, in one list."""
-        if self.by_column:
-            return [t for column in self.pieces for t in column]
-        return list(self.pieces)
-
-    def joined(self, space: ParameterSpace) -> torch.Tensor:
-        """The flat block ``(M, b)`` (a copy)."""
-        if self.by_column:
-            return _as_block([space.join(column) for column in self.pieces])
-        return space.join(self.pieces, batched=True)
-
-    def all_finite(self) -> bool:
-        """Whether every entry is finite (one device sync per piece)."""
-        return all(bool(torch.isfinite(t).all()) for t in self.tensors())
-
-    def __sub__(self, other: "BlockProduct") -> "BlockProduct":
-        """The piecewise difference of two products of one block (in the layout ``(b,
-        *shape)`` per parameter where the two layouts differ)."""
-        if self.by_column and other.by_column:
-            return BlockProduct([[a - b for a, b in zip(mine, theirs)]
-                                 for mine, theirs in zip(self.pieces, other.pieces)], True)
-        return BlockProduct([a - b for a, b in zip(self.by_parameter(), other.by_parameter())],
-                            False)
-
-    def by_parameter(self) -> list:
-        """Per parameter, every column's part, ``(b, *shape)`` (stacked from the columns of
-        the other layout)."""
-        if not self.by_column:
-            return list(self.pieces)
-        return [torch.stack(parts) for parts in zip(*self.pieces)]
-
-    def clone(self) -> "BlockProduct":
-        """A copy of every piece (outputs of a CUDA graph, before its next replay)."""
-        if self.by_column:
-            return BlockProduct([[t.clone() for t in column] for column in self.pieces], True)
-        return BlockProduct([t.clone() for t in self.pieces], False)
 
 
 class BatchFunctions:
@@ -415,14 +359,6 @@ def _rows(V: torch.Tensor) -> torch.Tensor:
     strided, and strided tangents send the double backward's matrix products to slow
     kernels (measured 6x per vector on a 1M-parameter MLP)."""
     return V.T.contiguous() if V.shape[1] > 1 else V.reshape(1, -1)
-
-
-def _as_block(columns: list) -> torch.Tensor:
-    """``(M, b)`` from ``b`` flat columns: a view of one column, else the transpose of the
-    contiguous ``(b, M)`` stack."""
-    if len(columns) == 1:
-        return columns[0].unsqueeze(1)
-    return torch.stack(columns).T
 
 
 STRATEGY_CLASSES = {cls.name: cls for cls in (ForwardOverReverse, ReverseOverReverse)}

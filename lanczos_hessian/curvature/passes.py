@@ -31,7 +31,7 @@ add per parameter; the batch's loss kept for the health check) and a few per pas
   (through any view), every rebinding its storage address, so an unchanged stamp means the
   same bytes and the cached fingerprint is the one a fresh hash would give. A list or
   tuple of tensor batches likewise, its tensors held and compared by identity, storage and
-  version (:class:`~lanczos_hessian.curvature.data.HeldTensors`); other iterables (a
+  version (:class:`~lanczos_hessian.curvature.stamps.HeldTensors`); other iterables (a
   DataLoader makes new tensors every pass) are hashed on every pass;
 * **model**: its parameters and buffers are compared before and after each pass by identity
   and version counter, so a model that changes itself in ``forward`` is refused instead of

@@ -10,7 +10,7 @@ import torch
 
 from lanczos_hessian.curvature import accumulation
 from lanczos_hessian.curvature.accumulation import Accumulator
-from lanczos_hessian.curvature.differentiation import BlockProduct
+from lanczos_hessian.curvature.block_product import BlockProduct
 from lanczos_hessian.curvature.params import ParameterSpace
 
 SHAPES = [(3, 4), (4,), (2, 3)]  # M = 22
