@@ -33,8 +33,8 @@ resumed run continues with the products it started with:
    ``ReverseOverReverse.BATCHED_FROM`` columns: 2 for the Hessian, 8 for the GGN), else one
    call per column. Single vectors are the same either way. The count depends on the model
    and the shape of a batch alone (both part of what a run records and checks on resume),
-   so the form is the same in every run and on resume; the two forms differ at rounding level at most (bit for bit the
-   same on most rows of the grid below).
+   so the form is the same in every run and on resume; the two forms differ at rounding
+   level at most (bit for bit the same on most models measured, docs/BENCHMARKS.md).
 
 Why (measured by ``scripts/bench_products.py``, docs/BENCHMARKS.md, *Products against the bare
 loop*; CPU, one thread, medians of interleaved calls, preliminary figures on a shared
@@ -76,8 +76,8 @@ import logging
 
 from ..errors import ForwardModeUnsupportedError, InvalidModelError
 from .curvatures import CURVATURES, BatchCurvature
-from .data import call_model
 from .differentiation import PLAIN
+from .inputs import call_model
 from .kernels import twice_differentiable
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,8 @@ logger = logging.getLogger(__name__)
 STRATEGIES = ("auto", "forward-over-reverse", "reverse-over-reverse")
 KINDS = tuple(CURVATURES)
 
-#: Forward floating-point operations of one batch up to which reverse-over-reverse Hessian
-#: blocks take their second backward as one vectorized call (rule 4 of the module docstring).
+#: Forward floating-point operations of one batch up to which reverse-over-reverse blocks
+#: take their backward sweeps as one vectorized call (rule 4 of the module docstring).
 BATCHED_BLOCKS_UP_TO_FLOPS = 8_000_000
 
 
