@@ -112,8 +112,7 @@ class Accumulator:
                     self._flat_target = self.sums.view(-1)
                 flat, target = torch._C._nn.flatten_dense_tensors(pieces), self._flat_target
             else:  # (b, *shape) per parameter: side by side, (b, M) as sums
-                b = self.sums.shape[0]
-                flat, target = torch.cat([t.reshape(b, -1) for t in pieces], 1), self.sums
+                flat, target = self.space.join(pieces, batched=True).T, self.sums
             if copy:
                 target.copy_(flat)
             elif alpha is None:

@@ -158,16 +158,23 @@ def _direct(outputs, inputs, grad_outputs) -> bool:
     return grad_outputs is None or all(type(t) in PLAIN for t in grad_outputs)
 
 
+def _dependent(outputs, grad_outputs):
+    """The pairs of ``outputs`` and their cotangents that depend on the inputs (an output
+    without ``requires_grad`` contributes zeros); ``(outputs, grad_outputs)`` as given when
+    every output does, None when none does."""
+    for o in outputs:
+        if not o.requires_grad:
+            pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+            return tuple(zip(*pairs)) if pairs else None
+    return outputs, grad_outputs
+
+
 def _backward(outputs, inputs, grad_outputs, retain):
     """``sum_k grad_outputs[k]^T d outputs[k] / d inputs``, zeros where independent."""
-    for o in outputs:
-        if not o.requires_grad:  # drop the outputs that do not depend on the inputs
-            pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
-            if not pairs:
-                return [torch.zeros_like(x) for x in inputs]
-            outputs, grad_outputs = zip(*pairs)
-            break
-    return _grad(outputs, inputs, grad_outputs, retain=retain)
+    dependent = _dependent(outputs, grad_outputs)
+    if dependent is None:
+        return [torch.zeros_like(x) for x in inputs]
+    return _grad(dependent[0], inputs, dependent[1], retain=retain)
 
 
 def _batched_backward(outputs, inputs, grad_outputs):
@@ -176,11 +183,10 @@ def _batched_backward(outputs, inputs, grad_outputs):
     (``torch.autograd.grad`` with ``is_grads_batched``, a ``vmap`` of the backward over the
     cotangents' leading axis), zeros where independent. Releases the graph."""
     b = grad_outputs[0].shape[0]
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
-    if not pairs:
+    dependent = _dependent(outputs, grad_outputs)
+    if dependent is None:
         return [x.new_zeros((b, *x.shape)) for x in inputs]
-    outputs, grad_outputs = zip(*pairs)
-    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True,
+    grads = torch.autograd.grad(dependent[0], inputs, dependent[1], allow_unused=True,
                                 is_grads_batched=True)
     return [x.new_zeros((b, *x.shape)) if g is None else g for g, x in zip(grads, inputs)]
 
